@@ -1,0 +1,129 @@
+//! The command line: raw arguments are turned into validated settings once, then each
+//! subcommand (one module each) runs with them and returns an [`Exit`].
+
+mod plan;
+mod validate;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+/// Exit statuses, as SPEC section 8 gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Valid, or no changes.
+    Ok = 0,
+    /// Invalid file, refused plan, or an error.
+    Failure = 1,
+    /// `plan --detailed-exitcode`: there are changes.
+    Changes = 2,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "backplan", version, about = "Declarative backup and restore daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The configuration file [default: $BACKPLAN_CONFIG, then /etc/backplan/backplan.toml]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the configuration file; reports every problem at once. Exit 0 valid, 1 invalid.
+    Validate(ConfigArg),
+    /// Show what `apply` would do. Exit 0 (or 0/2 with --detailed-exitcode), 1 on error or refusal.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Plan for this time instead of now (RFC 3339, like 2026-11-27T02:30:00Z).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        at: Option<DateTime<Utc>>,
+        /// Exit 2 when there are changes, 0 when there are none.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Allow a plan that forgets more than half of the instances or deletes more than
+        /// half of the on-demand backups.
+        #[arg(long)]
+        allow_mass_removal: bool,
+    },
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e}); write it like 2026-11-27T02:30:00Z"))
+}
+
+impl ConfigArg {
+    fn resolve(self) -> PathBuf {
+        self.config
+            .or_else(|| std::env::var_os("BACKPLAN_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/etc/backplan/backplan.toml"))
+    }
+}
+
+/// Runs the command line and returns the process exit status.
+pub fn main() -> Exit {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let exit = match cli.command {
+        Command::Validate(c) => validate::run(&c.resolve(), &mut out, &mut err),
+        Command::Plan {
+            config,
+            json,
+            at,
+            detailed_exitcode,
+            allow_mass_removal,
+        } => plan::run(
+            &plan::Settings {
+                config: config.resolve(),
+                json,
+                at: at.unwrap_or_else(Utc::now),
+                detailed_exitcode,
+                options: crate::plan::PlanOptions { allow_mass_removal },
+            },
+            &mut out,
+            &mut err,
+        ),
+    };
+    let _ = out.flush();
+    exit
+}
+
+/// Loads the file, printing its diagnostics; `None` when it is invalid or unreadable.
+fn load_config(path: &std::path::Path, err: &mut dyn Write) -> Option<crate::config::Loaded> {
+    match crate::config::load(path) {
+        Ok(loaded) => {
+            if !loaded.warnings.is_empty() {
+                let _ = write!(
+                    err,
+                    "{}",
+                    crate::diagnostic::render(&path.display().to_string(), &loaded.text, &loaded.warnings)
+                );
+            }
+            Some(loaded)
+        }
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            None
+        }
+    }
+}

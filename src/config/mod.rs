@@ -1,0 +1,82 @@
+//! The configuration file: read ([`raw`]), then validated into the model ([`model`]).
+//!
+//! **A `Config` exists only for a file without errors**: nothing downstream ever plans
+//! against a file that failed validation.
+
+pub mod model;
+pub mod raw;
+pub mod validate;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+
+use crate::diagnostic::{self, Diagnostic, Severity};
+
+/// A valid file, and the warnings it raised.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diagnostic>,
+    pub text: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file has errors; `rendered` is the full report (diagnostics with locations).
+    #[error("{rendered}")]
+    Invalid {
+        diagnostics: Vec<Diagnostic>,
+        rendered: String,
+    },
+}
+
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match parse(path, &text) {
+        Ok((config, warnings)) => Ok(Loaded { config, warnings, text }),
+        Err(diagnostics) => Err(LoadError::Invalid {
+            rendered: diagnostic::render(&path.display().to_string(), &text, &diagnostics),
+            diagnostics,
+        }),
+    }
+}
+
+/// Reads and validates a configuration text. `path` locates relative paths and names the file.
+/// Returns the model and its warnings, or every diagnostic (errors and warnings) in file order.
+pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let raw::Read {
+        config: raw,
+        skipped,
+        diagnostics: mut diags,
+    } = raw::read(text);
+    let config = match raw {
+        Some(raw) => {
+            let (config, more) = validate::validate(&raw, &skipped, path, text);
+            diags.extend(more);
+            config
+        }
+        None => None,
+    };
+    diags.sort_by(|a, b| (a.span.start, a.rule).cmp(&(b.span.start, b.rule)));
+    match config {
+        Some(c) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok((c, diags)),
+        _ => Err(diags),
+    }
+}
+
+/// The JSON Schema of the file, for editors (taplo, Even Better TOML).
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(raw::RawConfig);
+    serde_json::to_string_pretty(&schema).expect("a schema serialises") + "\n"
+}

@@ -1,0 +1,659 @@
+//! The file as written: serde types that keep the span of every value, and the reader that
+//! fills them from TOML while collecting **every** structural problem (syntax, unknown keys,
+//! wrong types, missing keys, inline secrets) instead of stopping at the first.
+//!
+//! The same types derive `Deserialize` (so `toml::from_str::<RawConfig>` reads a valid file
+//! identically, a test checks it) and `JsonSchema` (the editor schema in
+//! `config/backplan.schema.json`). The reader's lists of known keys are `KEYS` constants that
+//! a test compares against the schema, so the three cannot drift apart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diagnostic::{Diagnostic, did_you_mean};
+
+pub type S<T> = Spanned<T>;
+
+/// backplan configuration: the instances to protect, their on-demand backups and the restores
+/// wanted. See SPEC section 2.
+#[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "backplan configuration")]
+pub struct RawConfig {
+    /// Settings of the daemon process.
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    /// When the daily system backup runs and how long backups are kept.
+    #[serde(default)]
+    pub schedule: RawSchedule,
+    /// Repositories that hold backup data. `local` always exists.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawStorage>")]
+    pub storage: BTreeMap<S<String>, RawStorage>,
+    /// The data stores backplan protects, by name.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawInstance>")]
+    pub instances: BTreeMap<S<String>, RawInstance>,
+    /// One-shot restores of a backup into a sandbox instance, by key.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawRestore>")]
+    pub restores: BTreeMap<S<String>, RawRestore>,
+}
+
+impl RawConfig {
+    pub const KEYS: &[&str] = &["daemon", "schedule", "storage", "instances", "restores"];
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Folder of the state store and of the default local repository. Default `/var/lib/backplan`.
+    #[schemars(with = "Option<String>")]
+    pub state_dir: Option<S<String>>,
+    /// Unix socket of the control interface. Default `<state_dir>/backplan.sock`.
+    #[schemars(with = "Option<String>")]
+    pub control_socket: Option<S<String>>,
+    /// `host:port` of the optional Prometheus endpoint.
+    #[schemars(with = "Option<String>")]
+    pub metrics_listen: Option<S<String>>,
+    /// Backups and restores running at once. Default 1.
+    #[schemars(with = "Option<u32>", range(min = 1, max = 64))]
+    pub max_parallel: Option<S<i64>>,
+}
+
+impl RawDaemon {
+    pub const KEYS: &[&str] = &["state_dir", "control_socket", "metrics_listen", "max_parallel"];
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// Local time `HH:MM` of the daily system backup. Default `02:00`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub daily_at: Option<S<String>>,
+    /// IANA time zone of `daily_at`. Default `UTC`.
+    #[schemars(with = "Option<String>")]
+    pub timezone: Option<S<String>>,
+    /// How long system backups and local on-demand backups are kept, like `3d`. Default `3d`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+[smhdwy]$"))]
+    pub retention: Option<S<String>>,
+    /// The newest N completed backups of an instance never expire. Default 1.
+    #[schemars(with = "Option<u32>", range(min = 0, max = 1000))]
+    pub keep_last_good: Option<S<i64>>,
+    /// On-demand backups need an instance version at least this, like `8.1`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+(\.[0-9]+)*$"))]
+    pub min_backup_version: Option<S<String>>,
+    /// Share of the repository read back by the daily check, like `5%`. Default `5%`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+(\.[0-9]+)?%$"))]
+    pub verify: Option<S<String>>,
+}
+
+impl RawSchedule {
+    pub const KEYS: &[&str] = &[
+        "daily_at",
+        "timezone",
+        "retention",
+        "keep_last_good",
+        "min_backup_version",
+        "verify",
+    ];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Local,
+    Azure,
+    S3,
+}
+
+/// A repository. The keys that apply depend on `kind`.
+#[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// `local`, `azure` or `s3`. Default `local` for the storage named `local`.
+    #[schemars(with = "Option<StorageKind>")]
+    pub kind: Option<S<StorageKind>>,
+    /// local: folder of the repository. Default `<state_dir>/repository` for `local`.
+    #[schemars(with = "Option<String>")]
+    pub path: Option<S<String>>,
+    /// File holding the repository password. Default: a key generated into the state dir.
+    #[schemars(with = "Option<String>")]
+    pub password_file: Option<S<String>>,
+    /// azure: storage account name.
+    #[schemars(with = "Option<String>")]
+    pub account: Option<S<String>>,
+    /// azure: blob container.
+    #[schemars(with = "Option<String>")]
+    pub container: Option<S<String>>,
+    /// azure: file holding the account key.
+    #[schemars(with = "Option<String>")]
+    pub access_key_file: Option<S<String>>,
+    /// azure: environment variable holding the account key.
+    #[schemars(with = "Option<String>")]
+    pub access_key_env: Option<S<String>>,
+    /// s3: bucket name.
+    #[schemars(with = "Option<String>")]
+    pub bucket: Option<S<String>>,
+    /// s3: region.
+    #[schemars(with = "Option<String>")]
+    pub region: Option<S<String>>,
+    /// s3: access key id (not a secret).
+    #[schemars(with = "Option<String>")]
+    pub access_key_id: Option<S<String>>,
+    /// s3: file holding the secret access key.
+    #[schemars(with = "Option<String>")]
+    pub secret_access_key_file: Option<S<String>>,
+    /// s3: environment variable holding the secret access key.
+    #[schemars(with = "Option<String>")]
+    pub secret_access_key_env: Option<S<String>>,
+    /// azure, s3: service URL (emulators, sovereign clouds).
+    #[schemars(with = "Option<String>")]
+    pub endpoint: Option<S<String>>,
+    /// How long backups here are kept: a duration or `forever`. Default: the schedule's
+    /// retention for local storage, `forever` for external storage.
+    #[schemars(with = "Option<String>")]
+    pub retention: Option<S<String>>,
+    /// Restores of backups older than this are refused, like `3y`.
+    #[schemars(with = "Option<String>")]
+    pub max_restore_age: Option<S<String>>,
+    /// Whether removing a backup from the file also deletes its data here. Default false for
+    /// external storage; local data is always deleted.
+    #[schemars(with = "Option<bool>")]
+    pub purge_on_delete: Option<S<bool>>,
+}
+
+impl RawStorage {
+    pub const KEYS: &[&str] = &[
+        "kind",
+        "path",
+        "password_file",
+        "account",
+        "container",
+        "access_key_file",
+        "access_key_env",
+        "bucket",
+        "region",
+        "access_key_id",
+        "secret_access_key_file",
+        "secret_access_key_env",
+        "endpoint",
+        "retention",
+        "max_restore_age",
+        "purge_on_delete",
+    ];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceType {
+    Production,
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Directory,
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawInstance {
+    /// `production` or `sandbox`. Only a sandbox can be the target of a restore.
+    #[serde(rename = "type")]
+    #[schemars(with = "InstanceType")]
+    pub kind: S<InstanceType>,
+    /// Dotted version of the data store, like `9.0`. Changing it runs an update.
+    #[schemars(with = "String", regex(pattern = r"^[0-9]+(\.[0-9]+)*$"))]
+    pub version: S<String>,
+    /// Where the data is.
+    pub source: RawSource,
+    /// Command run after the pre-update backup when `version` changes; `{version}` is replaced.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub on_update: Option<S<Vec<String>>>,
+    /// On-demand backups of this instance, by key.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawBackup>")]
+    pub backups: BTreeMap<S<String>, RawBackup>,
+}
+
+impl RawInstance {
+    pub const KEYS: &[&str] = &["type", "version", "source", "on_update", "backups"];
+}
+
+/// `{ kind = "directory", path = ... }`, `{ kind = "sqlite", path = ... }` or
+/// `{ kind = "postgres", url = ... }`.
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    #[schemars(with = "SourceKind")]
+    pub kind: S<SourceKind>,
+    /// directory, sqlite: the folder or database file.
+    #[schemars(with = "Option<String>")]
+    pub path: Option<S<String>>,
+    /// postgres: connection URL without a password.
+    #[schemars(with = "Option<String>")]
+    pub url: Option<S<String>>,
+    /// postgres: file holding the password.
+    #[schemars(with = "Option<String>")]
+    pub password_file: Option<S<String>>,
+}
+
+impl RawSource {
+    pub const KEYS: &[&str] = &["kind", "path", "url", "password_file"];
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    /// Shown in the backup list. Default: the key.
+    #[schemars(with = "Option<String>")]
+    pub label: Option<S<String>>,
+    /// Free text shown with the backup.
+    #[schemars(with = "Option<String>")]
+    pub notes: Option<S<String>>,
+    /// Name of a storage. Default `local`. Cannot change once the backup exists.
+    #[schemars(with = "Option<String>")]
+    pub storage: Option<S<String>>,
+}
+
+impl RawBackup {
+    pub const KEYS: &[&str] = &["label", "notes", "storage"];
+}
+
+#[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestore {
+    /// The backup: `<instance>/<key>`, `<instance>@latest`, `<instance>@daily:YYYY-MM-DD`,
+    /// `<instance>@pre-update:<version>` or a backup UUID.
+    #[schemars(with = "String")]
+    pub from: S<String>,
+    /// Name of the sandbox instance to restore into.
+    #[schemars(with = "String")]
+    pub to: S<String>,
+}
+
+impl RawRestore {
+    pub const KEYS: &[&str] = &["from", "to"];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reader.
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// What [`read`] made of a text.
+pub struct Read {
+    /// `None` only when the text is not TOML at all. Otherwise holds everything that could be
+    /// read; entries with problems are left out and `skipped` names them.
+    pub config: Option<RawConfig>,
+    /// Names of `[instances.*]` entries left out because of a problem (already reported), so
+    /// that later checks do not call them unknown.
+    pub skipped: BTreeSet<String>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Reads a TOML text into [`RawConfig`], with every structural problem found.
+pub fn read(src: &str) -> Read {
+    let (root, errors) = DeTable::parse_recoverable(src);
+    if !errors.is_empty() {
+        let diags = errors
+            .into_iter()
+            .map(|e| {
+                let span = e.span().unwrap_or(0..0);
+                Diagnostic::error("syntax", span, e.message().trim().to_string())
+                    .hint("the file is not valid TOML; see https://toml.io for the syntax")
+            })
+            .collect();
+        return Read {
+            config: None,
+            skipped: BTreeSet::new(),
+            diagnostics: diags,
+        };
+    }
+    let mut r = Reader {
+        diags: Vec::new(),
+        skipped: BTreeSet::new(),
+    };
+    let t = root.get_ref();
+    r.keys(t, "the top level", RawConfig::KEYS);
+    let cfg = RawConfig {
+        daemon: r.section(t, "daemon", |r, t| RawDaemon {
+            state_dir: r.string(t, "state_dir"),
+            control_socket: r.string(t, "control_socket"),
+            metrics_listen: r.string(t, "metrics_listen"),
+            max_parallel: r.int(t, "max_parallel"),
+        }),
+        schedule: r.section(t, "schedule", |r, t| RawSchedule {
+            daily_at: r.string(t, "daily_at"),
+            timezone: r.string(t, "timezone"),
+            retention: r.string(t, "retention"),
+            keep_last_good: r.int(t, "keep_last_good"),
+            min_backup_version: r.string(t, "min_backup_version"),
+            verify: r.string(t, "verify"),
+        }),
+        storage: r.map(t.get("storage"), "storage", |r, t, span, _| Some(r.storage(t, span))),
+        instances: r.map(t.get("instances"), "instances", |r, t, span, name| {
+            let i = r.instance(t, span, name);
+            if i.is_none() {
+                r.skipped.insert(name.to_string());
+            }
+            i
+        }),
+        restores: r.map(t.get("restores"), "restores", |r, t, span, name| {
+            let what = format!("[restores.{name}]");
+            let from = r.required(t, span.clone(), "from", &what, Reader::string);
+            let to = r.required(t, span, "to", &what, Reader::string);
+            r.keys(t, &what, RawRestore::KEYS);
+            Some(RawRestore { from: from?, to: to? })
+        }),
+    };
+    Read {
+        config: Some(cfg),
+        skipped: r.skipped,
+        diagnostics: r.diags,
+    }
+}
+
+struct Reader {
+    diags: Vec<Diagnostic>,
+    skipped: BTreeSet<String>,
+}
+
+impl Reader {
+    /// Reports the keys of `t` that are not in `known`.
+    fn keys(&mut self, t: &DeTable<'_>, what: &str, known: &[&str]) {
+        for (k, _) in t.iter() {
+            let key = k.get_ref().as_ref();
+            if known.contains(&key) {
+                continue;
+            }
+            let d = if is_inline_secret(key) {
+                Diagnostic::error(
+                    "inline-secret",
+                    k.span(),
+                    format!("`{key}` would put a secret in the file, which is kept in version control"),
+                )
+                .hint(format!(
+                    "put the secret in a file readable only by backplan and name it with `{key}_file` (or an environment variable with `{key}_env`); under systemd use LoadCredential= and $CREDENTIALS_DIRECTORY"
+                ))
+            } else {
+                let d = Diagnostic::error("unknown-key", k.span(), format!("unknown key `{key}` in {what}"));
+                match did_you_mean(key, known.iter().copied()) {
+                    Some(s) => d.hint(format!("did you mean `{s}`?")),
+                    None => d.hint(format!("the keys allowed here are: {}", known.join(", "))),
+                }
+            };
+            self.diags.push(d);
+        }
+    }
+
+    fn table<'t, 'i>(&mut self, v: &'t Value<'i>, what: &str) -> Option<&'t DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.type_error(v.span(), what, "a table", other);
+                None
+            }
+        }
+    }
+
+    fn type_error(&mut self, span: Range<usize>, what: &str, expected: &str, found: &DeValue<'_>) {
+        self.diags.push(
+            Diagnostic::error(
+                "wrong-type",
+                span,
+                format!("{what} must be {expected}, not {}", found.type_str()),
+            )
+            .hint(format!("write {what} as {expected}")),
+        );
+    }
+
+    /// A fixed section such as `[daemon]`: absent is the default.
+    fn section<T: Default>(
+        &mut self,
+        root: &DeTable<'_>,
+        name: &str,
+        f: impl FnOnce(&mut Self, &DeTable<'_>) -> T,
+    ) -> T {
+        let Some(v) = root.get(name) else {
+            return T::default();
+        };
+        let what = format!("[{name}]");
+        let Some(t) = self.table(v, &what) else {
+            return T::default();
+        };
+        let out = f(self, t);
+        let known = match name {
+            "daemon" => RawDaemon::KEYS,
+            _ => RawSchedule::KEYS,
+        };
+        self.keys(t, &what, known);
+        out
+    }
+
+    /// A map section such as `[instances.<name>]`. Entries that could not be read are left out
+    /// (their problems are reported).
+    fn map<T>(
+        &mut self,
+        section: Option<&Value<'_>>,
+        name: &str,
+        mut f: impl FnMut(&mut Self, &DeTable<'_>, Range<usize>, &str) -> Option<T>,
+    ) -> BTreeMap<S<String>, T> {
+        let mut out = BTreeMap::new();
+        let Some(v) = section else {
+            return out;
+        };
+        let Some(t) = self.table(v, &format!("[{name}]")) else {
+            return out;
+        };
+        for (k, v) in t.iter() {
+            let key: &str = k.get_ref();
+            if let Err(msg) = crate::config::values::check_name(key) {
+                self.diags.push(
+                    Diagnostic::error("bad-name", k.span(), msg)
+                        .hint("rename the table; names appear in addresses like `instance.<name>`"),
+                );
+                continue;
+            }
+            let what = format!("[{name}.{key}]");
+            if let Some(entry) = self.table(v, &what) {
+                if let Some(item) = f(self, entry, k.span(), key) {
+                    out.insert(Spanned::new(k.span(), key.to_string()), item);
+                }
+            }
+        }
+        out
+    }
+
+    fn storage(&mut self, t: &DeTable<'_>, _span: Range<usize>) -> RawStorage {
+        let s = RawStorage {
+            kind: self.keyword(t, "kind", &[
+                ("local", StorageKind::Local),
+                ("azure", StorageKind::Azure),
+                ("s3", StorageKind::S3),
+            ]),
+            path: self.string(t, "path"),
+            password_file: self.string(t, "password_file"),
+            account: self.string(t, "account"),
+            container: self.string(t, "container"),
+            access_key_file: self.string(t, "access_key_file"),
+            access_key_env: self.string(t, "access_key_env"),
+            bucket: self.string(t, "bucket"),
+            region: self.string(t, "region"),
+            access_key_id: self.string(t, "access_key_id"),
+            secret_access_key_file: self.string(t, "secret_access_key_file"),
+            secret_access_key_env: self.string(t, "secret_access_key_env"),
+            endpoint: self.string(t, "endpoint"),
+            retention: self.string(t, "retention"),
+            max_restore_age: self.string(t, "max_restore_age"),
+            purge_on_delete: self.boolean(t, "purge_on_delete"),
+        };
+        self.keys(t, "a [storage.*] table", RawStorage::KEYS);
+        s
+    }
+
+    fn instance(&mut self, t: &DeTable<'_>, span: Range<usize>, name: &str) -> Option<RawInstance> {
+        let what = format!("[instances.{name}]");
+        let kind = self.required(t, span.clone(), "type", &what, |r, t, k| {
+            r.keyword(t, k, &[
+                ("production", InstanceType::Production),
+                ("sandbox", InstanceType::Sandbox),
+            ])
+        });
+        let version = self.required(t, span.clone(), "version", &what, Reader::string);
+        let source = self.required(t, span, "source", &what, |r, t, k| {
+            let v = t.get(k)?;
+            let st = r.table(v, &format!("`source` of {what}"))?;
+            let kind = r.required(st, v.span(), "kind", "`source`", |r, t, k| {
+                r.keyword(t, k, &[
+                    ("directory", SourceKind::Directory),
+                    ("sqlite", SourceKind::Sqlite),
+                    ("postgres", SourceKind::Postgres),
+                ])
+            });
+            let src = RawSource {
+                kind: kind?,
+                path: r.string(st, "path"),
+                url: r.string(st, "url"),
+                password_file: r.string(st, "password_file"),
+            };
+            r.keys(st, &format!("`source` of {what}"), RawSource::KEYS);
+            Some(src)
+        });
+        let on_update = self.string_array(t, "on_update");
+        let backups = self.map(t.get("backups"), &format!("instances.{name}.backups"), |r, b, _, key| {
+            let out = RawBackup {
+                label: r.string(b, "label"),
+                notes: r.string(b, "notes"),
+                storage: r.string(b, "storage"),
+            };
+            r.keys(b, &format!("[instances.{name}.backups.{key}]"), RawBackup::KEYS);
+            Some(out)
+        });
+        self.keys(t, &what, RawInstance::KEYS);
+        Some(RawInstance {
+            kind: kind?,
+            version: version?,
+            source: source?,
+            on_update,
+            backups,
+        })
+    }
+
+    /// A key that must be present; a missing one is reported at the table's name.
+    fn required<T>(
+        &mut self,
+        t: &DeTable<'_>,
+        table_span: Range<usize>,
+        key: &str,
+        what: &str,
+        f: impl FnOnce(&mut Self, &DeTable<'_>, &str) -> Option<T>,
+    ) -> Option<T> {
+        if t.get(key).is_none() {
+            self.diags.push(
+                Diagnostic::error("missing-key", table_span, format!("{what} has no `{key}`"))
+                    .hint(format!("add `{key} = ...`; it has no default")),
+            );
+            return None;
+        }
+        f(self, t, key)
+    }
+
+    fn string(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<String>> {
+        let v = t.get(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(Spanned::new(v.span(), s.to_string())),
+            other => {
+                self.type_error(v.span(), &format!("`{key}`"), "a string", other);
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<i64>> {
+        let v = t.get(key)?;
+        match v.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+                Ok(n) => Some(Spanned::new(v.span(), n)),
+                Err(_) => {
+                    self.diags.push(Diagnostic::error("out-of-range", v.span(), format!("`{key}` is too large")));
+                    None
+                }
+            },
+            other => {
+                self.type_error(v.span(), &format!("`{key}`"), "an integer", other);
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<bool>> {
+        let v = t.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(Spanned::new(v.span(), *b)),
+            other => {
+                self.type_error(v.span(), &format!("`{key}`"), "`true` or `false`", other);
+                None
+            }
+        }
+    }
+
+    fn string_array(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<Vec<String>>> {
+        let v = t.get(key)?;
+        let what = format!("`{key}`");
+        let DeValue::Array(items) = v.get_ref() else {
+            self.type_error(v.span(), &what, "an array of strings", v.get_ref());
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push(s.to_string()),
+                other => {
+                    self.type_error(item.span(), &format!("each item of {what}"), "a string", other);
+                    return None;
+                }
+            }
+        }
+        Some(Spanned::new(v.span(), out))
+    }
+
+    fn keyword<T: Copy>(&mut self, t: &DeTable<'_>, key: &str, words: &[(&str, T)]) -> Option<S<T>> {
+        let s = self.string(t, key)?;
+        if let Some((_, w)) = words.iter().find(|(w, _)| *w == s.get_ref()) {
+            return Some(Spanned::new(s.span(), *w));
+        }
+        let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+        let mut d = Diagnostic::error(
+            "unknown-value",
+            s.span(),
+            format!("`{key}` cannot be `{}`", s.get_ref()),
+        );
+        d = match did_you_mean(s.get_ref(), names.iter().copied()) {
+            Some(n) => d.hint(format!("did you mean `{n}`? (one of: {})", names.join(", "))),
+            None => d.hint(format!("write one of: {}", names.join(", "))),
+        };
+        self.diags.push(d);
+        None
+    }
+}
+
+/// Keys that would hold a secret inline. Their `_file` / `_env` forms are fine.
+fn is_inline_secret(key: &str) -> bool {
+    if key.ends_with("_file") || key.ends_with("_env") || key == "access_key_id" {
+        return false;
+    }
+    ["password", "passwd", "secret", "token", "access_key", "account_key", "api_key", "private_key"]
+        .iter()
+        .any(|w| key.contains(w))
+        || key == "key"
+}

@@ -1,0 +1,663 @@
+//! From the file as written ([`RawConfig`]) to the model ([`Config`]): defaults, value
+//! parsing, path resolution and the checks that need no recorded state. Every problem is
+//! collected; the model is returned only when there is no error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::NaiveTime;
+use chrono_tz::Tz;
+
+use super::model::*;
+use super::raw::*;
+use super::values::{BackupRef, Dur, Percent, Retention, Version, parse_time_of_day};
+use crate::diagnostic::{Diagnostic, LineIndex, did_you_mean};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/backplan";
+
+/// `skipped` names instances the reader left out (their problems are already reported).
+pub fn validate(raw: &RawConfig, skipped: &BTreeSet<String>, file: &Path, src: &str) -> (Option<Config>, Vec<Diagnostic>) {
+    let base = file
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    let mut v = Validator {
+        skipped,
+        diags: Vec::new(),
+        base,
+        lines: LineIndex::new(src),
+    };
+    let daemon = v.daemon(&raw.daemon);
+    let schedule = v.schedule(&raw.schedule);
+    let storages = v.storages(raw, &daemon, &schedule);
+    let instances = v.instances(raw, &schedule, &storages);
+    let restores = v.restores(raw, &instances);
+    let ok = !v.diags.iter().any(|d| d.severity == crate::diagnostic::Severity::Error);
+    let cfg = ok.then(|| Config {
+        file: file.to_path_buf(),
+        daemon,
+        schedule,
+        storages,
+        instances,
+        restores,
+    });
+    (cfg, v.diags)
+}
+
+struct Validator<'s> {
+    skipped: &'s BTreeSet<String>,
+    diags: Vec<Diagnostic>,
+    base: PathBuf,
+    lines: LineIndex<'s>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, rule: &'static str, span: Range<usize>, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags.push(Diagnostic::error(rule, span, msg).hint(hint));
+    }
+
+    /// Parses an optional value, reporting a parse failure at its span.
+    fn parse<T>(&mut self, rule: &'static str, v: &Option<S<String>>, f: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        let v = v.as_ref()?;
+        match f(v.get_ref()) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                self.diags.push(Diagnostic::error(rule, v.span(), msg));
+                None
+            }
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn int_in(&mut self, v: &Option<S<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: u32) -> u32 {
+        match v {
+            None => default,
+            Some(n) if range.contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                self.err(
+                    "out-of-range",
+                    n.span(),
+                    format!("`{key}` is {}, outside {}..={}", n.get_ref(), range.start(), range.end()),
+                    format!("set `{key}` to a whole number from {} to {}", range.start(), range.end()),
+                );
+                default
+            }
+        }
+    }
+
+    fn daemon(&mut self, d: &RawDaemon) -> Daemon {
+        let state_dir = d
+            .state_dir
+            .as_ref()
+            .map(|p| self.path(p.get_ref()))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let control_socket = d
+            .control_socket
+            .as_ref()
+            .map(|p| self.path(p.get_ref()))
+            .unwrap_or_else(|| state_dir.join("backplan.sock"));
+        let metrics_listen = self.parse("bad-address", &d.metrics_listen, |s| {
+            s.parse()
+                .map_err(|_| format!("`{s}` is not an address; write `host:port` with an IP address, like `127.0.0.1:9464`"))
+        });
+        let max_parallel = self.int_in(&d.max_parallel, "max_parallel", 1..=64, 1);
+        Daemon {
+            state_dir,
+            control_socket,
+            metrics_listen,
+            max_parallel,
+        }
+    }
+
+    fn schedule(&mut self, s: &RawSchedule) -> Schedule {
+        let daily_at = self
+            .parse("bad-time", &s.daily_at, parse_time_of_day)
+            .unwrap_or(NaiveTime::from_hms_opt(2, 0, 0).expect("valid"));
+        let timezone = self
+            .parse("bad-timezone", &s.timezone, |name| {
+                Tz::from_str(name).map_err(|_| {
+                    let names = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name());
+                    match did_you_mean(name, names) {
+                        Some(n) => format!("`{name}` is not an IANA time zone; did you mean `{n}`?"),
+                        None => format!("`{name}` is not an IANA time zone; write a name like `UTC` or `Europe/Paris`"),
+                    }
+                })
+            })
+            .unwrap_or(Tz::UTC);
+        let retention = self.parse("bad-duration", &s.retention, Dur::parse).unwrap_or(Dur::from_secs(3 * 86_400));
+        let keep_last_good = self.int_in(&s.keep_last_good, "keep_last_good", 0..=1000, 1);
+        let min_backup_version = self.parse("bad-version", &s.min_backup_version, Version::parse);
+        let verify = self.parse("bad-percentage", &s.verify, Percent::parse).unwrap_or(Percent(5.0));
+        Schedule {
+            daily_at,
+            timezone,
+            retention,
+            keep_last_good,
+            min_backup_version,
+            verify,
+        }
+    }
+
+    /// A `*_file` secret: missing is an error, readable by group or others a warning.
+    fn secret_file(&mut self, v: &S<String>, key: &str) -> PathBuf {
+        let path = self.path(v.get_ref());
+        match std::fs::metadata(&path) {
+            Err(e) => self.err(
+                "secret-file",
+                v.span(),
+                format!("`{key}` names {}, which cannot be read: {e}", path.display()),
+                "create the file (mode 0600, owned by the user backplan runs as) or fix the path; under systemd, LoadCredential= puts it in $CREDENTIALS_DIRECTORY",
+            ),
+            Ok(m) => {
+                use std::os::unix::fs::PermissionsExt;
+                if m.permissions().mode() & 0o077 != 0 {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            "secret-file-mode",
+                            v.span(),
+                            format!(
+                                "`{key}` names {}, which group or others can read (mode {:o})",
+                                path.display(),
+                                m.permissions().mode() & 0o777
+                            ),
+                        )
+                        .hint(format!("run `chmod 600 {}`", path.display())),
+                    );
+                }
+            }
+        }
+        path
+    }
+
+    fn secret(&mut self, file: &Option<S<String>>, env: &Option<S<String>>, key: &str, span: Range<usize>, what: &str) -> Option<SecretSource> {
+        match (file, env) {
+            (Some(f), None) => Some(SecretSource::File(self.secret_file(f, &format!("{key}_file")))),
+            (None, Some(e)) => Some(SecretSource::Env(e.get_ref().clone())),
+            (Some(_), Some(e)) => {
+                self.err(
+                    "conflicting-keys",
+                    e.span(),
+                    format!("{what} gives both `{key}_file` and `{key}_env`"),
+                    format!("keep one of `{key}_file` and `{key}_env`"),
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    "missing-key",
+                    span,
+                    format!("{what} has no `{key}_file` or `{key}_env`"),
+                    format!("add `{key}_file = \"/run/credentials/backplan.service/...\"` or `{key}_env = \"VARIABLE\"`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn storages(&mut self, raw: &RawConfig, daemon: &Daemon, schedule: &Schedule) -> BTreeMap<String, Storage> {
+        let mut out = BTreeMap::new();
+        for (name, s) in &raw.storage {
+            let what = format!("[storage.{}]", name.get_ref());
+            let kind = match (&s.kind, name.get_ref().as_str()) {
+                (Some(k), _) => *k.get_ref(),
+                (None, "local") => StorageKind::Local,
+                (None, _) => {
+                    self.err(
+                        "missing-key",
+                        name.span(),
+                        format!("{what} has no `kind`"),
+                        "add `kind = \"azure\"`, `kind = \"s3\"` or `kind = \"local\"`",
+                    );
+                    continue;
+                }
+            };
+            if name.get_ref() == "local" && kind != StorageKind::Local {
+                let span = s.kind.as_ref().map(|k| k.span()).unwrap_or(name.span());
+                self.err(
+                    "local-is-local",
+                    span,
+                    "the storage named `local` is the local repository and must have `kind = \"local\"`",
+                    "give the external storage another name, like [storage.archive]",
+                );
+                continue;
+            }
+            // Keys that belong to another kind are mistakes, not noise.
+            let applies: &[&str] = match kind {
+                StorageKind::Local => &["path"],
+                StorageKind::Azure => &["account", "container", "access_key_file", "access_key_env", "endpoint"],
+                StorageKind::S3 => &[
+                    "bucket",
+                    "region",
+                    "access_key_id",
+                    "secret_access_key_file",
+                    "secret_access_key_env",
+                    "endpoint",
+                ],
+            };
+            let specific = [
+                ("path", &s.path),
+                ("account", &s.account),
+                ("container", &s.container),
+                ("access_key_file", &s.access_key_file),
+                ("access_key_env", &s.access_key_env),
+                ("bucket", &s.bucket),
+                ("region", &s.region),
+                ("access_key_id", &s.access_key_id),
+                ("secret_access_key_file", &s.secret_access_key_file),
+                ("secret_access_key_env", &s.secret_access_key_env),
+                ("endpoint", &s.endpoint),
+            ];
+            for (key, v) in specific {
+                if let (Some(v), false) = (v, applies.contains(&key)) {
+                    self.err(
+                        "key-not-for-kind",
+                        v.span(),
+                        format!("`{key}` does not apply to a storage of kind `{kind}`"),
+                        format!("remove `{key}`, or change `kind`; for `{kind}` the keys are: {}", applies.join(", ")),
+                    );
+                }
+            }
+            let need = |v: &mut Self, val: &Option<S<String>>, key: &str| -> Option<String> {
+                match val {
+                    Some(x) if !x.get_ref().is_empty() => Some(x.get_ref().clone()),
+                    Some(x) => {
+                        v.err("bad-value", x.span(), format!("`{key}` is empty"), format!("give `{key}` a value"));
+                        None
+                    }
+                    None => {
+                        v.err(
+                            "missing-key",
+                            name.span(),
+                            format!("{what} (kind `{kind}`) has no `{key}`"),
+                            format!("add `{key} = ...`"),
+                        );
+                        None
+                    }
+                }
+            };
+            let location = match kind {
+                StorageKind::Local => {
+                    let path = match (&s.path, name.get_ref().as_str()) {
+                        (Some(p), _) => Some(self.path(p.get_ref())),
+                        (None, "local") => Some(daemon.state_dir.join("repository")),
+                        (None, _) => need(self, &None, "path").map(PathBuf::from),
+                    };
+                    path.map(|path| StorageLocation::Local { path })
+                }
+                StorageKind::Azure => {
+                    let account = need(self, &s.account, "account");
+                    let container = need(self, &s.container, "container");
+                    let key = self.secret(&s.access_key_file, &s.access_key_env, "access_key", name.span(), &what);
+                    match (account, container, key) {
+                        (Some(account), Some(container), Some(access_key)) => Some(StorageLocation::Azure {
+                            account,
+                            container,
+                            endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
+                            access_key,
+                        }),
+                        _ => None,
+                    }
+                }
+                StorageKind::S3 => {
+                    let bucket = need(self, &s.bucket, "bucket");
+                    let key_id = need(self, &s.access_key_id, "access_key_id");
+                    let secret = self.secret(
+                        &s.secret_access_key_file,
+                        &s.secret_access_key_env,
+                        "secret_access_key",
+                        name.span(),
+                        &what,
+                    );
+                    match (bucket, key_id, secret) {
+                        (Some(bucket), Some(access_key_id), Some(secret_access_key)) => Some(StorageLocation::S3 {
+                            bucket,
+                            region: s.region.as_ref().map(|r| r.get_ref().clone()),
+                            endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
+                            access_key_id,
+                            secret_access_key,
+                        }),
+                        _ => None,
+                    }
+                }
+            };
+            let password_file = s.password_file.as_ref().map(|p| self.secret_file(p, "password_file"));
+            let external = kind != StorageKind::Local;
+            let retention = self.parse("bad-duration", &s.retention, Retention::parse);
+            let max_restore_age = self.parse("bad-duration", &s.max_restore_age, Dur::parse);
+            if let (false, Some(p)) = (external, &s.purge_on_delete) {
+                self.err(
+                    "key-not-for-kind",
+                    p.span(),
+                    "`purge_on_delete` applies to external storage only; local backup data is always deleted with the backup",
+                    "remove `purge_on_delete`",
+                );
+            }
+            if let Some(location) = location {
+                out.insert(
+                    name.get_ref().clone(),
+                    Storage {
+                        name: name.get_ref().clone(),
+                        location,
+                        password_file,
+                        retention: retention.unwrap_or(if external { Retention::Forever } else { Retention::For(schedule.retention) }),
+                        max_restore_age,
+                        purge_on_delete: s.purge_on_delete.as_ref().map(|p| *p.get_ref()).unwrap_or(false),
+                    },
+                );
+            }
+        }
+        out.entry("local".to_string()).or_insert_with(|| Storage {
+            name: "local".into(),
+            location: StorageLocation::Local {
+                path: daemon.state_dir.join("repository"),
+            },
+            password_file: None,
+            retention: Retention::For(schedule.retention),
+            max_restore_age: None,
+            purge_on_delete: false,
+        });
+        out
+    }
+
+    fn instances(
+        &mut self,
+        raw: &RawConfig,
+        schedule: &Schedule,
+        storages: &BTreeMap<String, Storage>,
+    ) -> BTreeMap<String, Instance> {
+        let mut out = BTreeMap::new();
+        for (name, i) in &raw.instances {
+            let version = self.parse("bad-version", &Some(i.version.clone()), Version::parse);
+            let source = self.source(&i.source);
+            let on_update = match &i.on_update {
+                Some(cmd) if cmd.get_ref().first().is_none_or(|c| c.trim().is_empty()) => {
+                    self.err(
+                        "bad-value",
+                        cmd.span(),
+                        "`on_update` must start with a program to run",
+                        "write the command as a list, like [\"/usr/local/bin/migrate\", \"--to\", \"{version}\"], or remove the key",
+                    );
+                    Vec::new()
+                }
+                Some(cmd) => cmd.get_ref().clone(),
+                None => Vec::new(),
+            };
+            let mut backups = BTreeMap::new();
+            for (key, b) in &i.backups {
+                let storage = b.storage.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("local");
+                let storage_span = b.storage.as_ref().map(|s| s.span()).unwrap_or(key.span());
+                if !storages.contains_key(storage) {
+                    let hint = match did_you_mean(storage, storages.keys().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`? Storages are declared as [storage.<name>]"),
+                        None => format!(
+                            "declare [storage.{storage}] or use one of: {}",
+                            storages.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    };
+                    self.err("unknown-storage", storage_span.clone(), format!("storage `{storage}` does not exist"), hint);
+                }
+                if let (Some(min), Some(v)) = (&schedule.min_backup_version, &version) {
+                    if v < min {
+                        self.err(
+                            "min-backup-version",
+                            key.span(),
+                            format!(
+                                "on-demand backup `{}` needs instance version {min} or later, and `{}` is at {v}",
+                                key.get_ref(),
+                                name.get_ref()
+                            ),
+                            format!("update the instance to version {min} or later first, or lower `min_backup_version`"),
+                        );
+                    }
+                }
+                backups.insert(
+                    key.get_ref().clone(),
+                    BackupDecl {
+                        key: key.get_ref().clone(),
+                        label: b.label.as_ref().map(|l| l.get_ref().clone()).unwrap_or_else(|| key.get_ref().clone()),
+                        notes: b.notes.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default(),
+                        storage: storage.to_string(),
+                        loc: self.lines.loc(key.span().start),
+                        storage_loc: self.lines.loc(storage_span.start),
+                    },
+                );
+            }
+            if let (Some(version), Some(source)) = (version, source) {
+                out.insert(
+                    name.get_ref().clone(),
+                    Instance {
+                        name: name.get_ref().clone(),
+                        kind: *i.kind.get_ref(),
+                        version,
+                        source,
+                        on_update,
+                        backups,
+                        loc: self.lines.loc(name.span().start),
+                        version_loc: self.lines.loc(i.version.span().start),
+                        source_loc: self.lines.loc(i.source.kind.span().start),
+                    },
+                );
+            }
+        }
+        self.overlapping_sources(raw, &out);
+        out
+    }
+
+    fn source(&mut self, s: &RawSource) -> Option<Source> {
+        let kind = *s.kind.get_ref();
+        let wrong = |v: &mut Self, val: &Option<S<String>>, key: &str, right: &str| {
+            if let Some(x) = val {
+                v.err(
+                    "key-not-for-kind",
+                    x.span(),
+                    format!("a `{kind}` source has no `{key}`"),
+                    format!("a `{kind}` source is given by `{right}`"),
+                );
+            }
+        };
+        match kind {
+            SourceKind::Directory | SourceKind::Sqlite => {
+                wrong(self, &s.url, "url", "path");
+                wrong(self, &s.password_file, "password_file", "path");
+                let Some(p) = &s.path else {
+                    self.err(
+                        "missing-key",
+                        s.kind.span(),
+                        format!("a `{kind}` source has no `path`"),
+                        format!("write `source = {{ kind = \"{kind}\", path = \"/srv/...\" }}`"),
+                    );
+                    return None;
+                };
+                if p.get_ref().is_empty() {
+                    self.err("bad-value", p.span(), "`path` is empty", "give the path of the data");
+                    return None;
+                }
+                let path = self.path(p.get_ref());
+                Some(match kind {
+                    SourceKind::Directory => Source::Directory { path },
+                    _ => Source::Sqlite { path },
+                })
+            }
+            SourceKind::Postgres => {
+                wrong(self, &s.path, "path", "url");
+                let Some(u) = &s.url else {
+                    self.err(
+                        "missing-key",
+                        s.kind.span(),
+                        "a `postgres` source has no `url`",
+                        "write `source = { kind = \"postgres\", url = \"postgres://backplan@localhost/db\" }`",
+                    );
+                    return None;
+                };
+                let url = u.get_ref();
+                let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) else {
+                    self.err(
+                        "bad-value",
+                        u.span(),
+                        format!("`{url}` is not a PostgreSQL URL"),
+                        "write `postgres://user@host[:port]/database`",
+                    );
+                    return None;
+                };
+                let userinfo = rest.split('/').next().unwrap_or("").rsplit_once('@').map(|(u, _)| u);
+                if userinfo.is_some_and(|u| u.contains(':')) || url.contains("password=") {
+                    self.err(
+                        "inline-secret",
+                        u.span(),
+                        "the URL holds a password, which would put a secret in the file",
+                        "remove the password from the URL and give it with `password_file` (or a ~/.pgpass of the backplan user)",
+                    );
+                    return None;
+                }
+                let password_file = s.password_file.as_ref().map(|p| self.secret_file(p, "password_file"));
+                Some(Source::Postgres {
+                    url: url.clone(),
+                    password_file,
+                })
+            }
+        }
+    }
+
+    /// Two instances on the same store, or a folder inside another's: a restore into one
+    /// would write into the other, so this is refused.
+    fn overlapping_sources(&mut self, raw: &RawConfig, instances: &BTreeMap<String, Instance>) {
+        let list: Vec<&Instance> = instances.values().collect();
+        for (i, a) in list.iter().enumerate() {
+            for b in &list[i + 1..] {
+                let overlap = match (&a.source, &b.source) {
+                    (Source::Directory { path: p }, Source::Directory { path: q })
+                    | (Source::Directory { path: p }, Source::Sqlite { path: q })
+                    | (Source::Sqlite { path: p }, Source::Directory { path: q })
+                    | (Source::Sqlite { path: p }, Source::Sqlite { path: q }) => p.starts_with(q) || q.starts_with(p),
+                    (Source::Postgres { url: u, .. }, Source::Postgres { url: v, .. }) => u == v,
+                    _ => false,
+                };
+                if overlap {
+                    let span = raw
+                        .instances
+                        .get(b.name.as_str())
+                        .map(|r| r.source.kind.span())
+                        .unwrap_or(0..0);
+                    self.err(
+                        "shared-source",
+                        span,
+                        format!(
+                            "instances `{}` and `{}` share data ({} and {})",
+                            a.name,
+                            b.name,
+                            a.source.describe(),
+                            b.source.describe()
+                        ),
+                        "give each instance its own store; a restore into one would otherwise overwrite the other",
+                    );
+                }
+            }
+        }
+    }
+
+    fn restores(&mut self, raw: &RawConfig, instances: &BTreeMap<String, Instance>) -> BTreeMap<String, Restore> {
+        let mut out = BTreeMap::new();
+        for (key, r) in &raw.restores {
+            let from = self.parse("bad-backup-ref", &Some(r.from.clone()), BackupRef::parse);
+            let to = r.to.get_ref();
+            let target = instances.get(to.as_str());
+            match target {
+                // An instance with problems of its own: already reported there.
+                None if raw.instances.contains_key(to.as_str()) || self.skipped.contains(to) => {}
+                None => {
+                    let hint = match did_you_mean(to, instances.keys().map(String::as_str)) {
+                        Some(n) => format!("did you mean `{n}`?"),
+                        None => "name a sandbox instance declared under [instances]".to_string(),
+                    };
+                    self.err("unknown-instance", r.to.span(), format!("restore target `{to}` is not an instance in this file"), hint);
+                }
+                Some(t) if t.kind == InstanceType::Production => {
+                    self.err(
+                        "restore-into-production",
+                        r.to.span(),
+                        format!("restore `{}` targets `{to}`, which is a production instance", key.get_ref()),
+                        format!(
+                            "restores only go into sandbox instances: restore into a sandbox, or set `type = \"sandbox\"` on `{to}` if it really is one"
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+            if let Some(from) = &from {
+                self.restore_source(from, &r.from, target, instances, |n| raw.instances.contains_key(n));
+            }
+            if let Some(from) = from {
+                out.insert(
+                    key.get_ref().clone(),
+                    Restore {
+                        key: key.get_ref().clone(),
+                        from,
+                        to: to.clone(),
+                        loc: self.lines.loc(key.span().start),
+                        to_loc: self.lines.loc(r.to.span().start),
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    fn restore_source(
+        &mut self,
+        from: &BackupRef,
+        span: &S<String>,
+        target: Option<&Instance>,
+        instances: &BTreeMap<String, Instance>,
+        raw_has: impl Fn(&str) -> bool,
+    ) {
+        let Some(inst_name) = from.instance() else {
+            return; // a UUID: only the recorded state can say what it is
+        };
+        let Some(inst) = instances.get(inst_name) else {
+            if self.skipped.contains(inst_name) || raw_has(inst_name) {
+                return;
+            }
+            let hint = match did_you_mean(inst_name, instances.keys().map(String::as_str)) {
+                Some(n) => format!("did you mean `{n}`?"),
+                None => "to restore a backup of an instance no longer in the file, name the backup by its UUID (see `backplan backups`)".into(),
+            };
+            self.err("unknown-instance", span.span(), format!("`{inst_name}` is not an instance in this file"), hint);
+            return;
+        };
+        if let BackupRef::OnDemand { key, .. } = from {
+            if !inst.backups.contains_key(key) {
+                let hint = match did_you_mean(key, inst.backups.keys().map(String::as_str)) {
+                    Some(n) => format!("did you mean `{inst_name}/{n}`?"),
+                    None => format!("declare it as [instances.{inst_name}.backups.{key}], or use `{inst_name}@latest`"),
+                };
+                self.err(
+                    "unknown-backup",
+                    span.span(),
+                    format!("`{inst_name}` has no on-demand backup `{key}` in this file"),
+                    hint,
+                );
+            }
+        }
+        if let Some(t) = target {
+            if t.source.kind() != inst.source.kind() {
+                self.err(
+                    "kind-mismatch",
+                    span.span(),
+                    format!(
+                        "a backup of `{inst_name}` ({}) cannot be restored into `{}` ({})",
+                        inst.source.kind(),
+                        t.name,
+                        t.source.kind()
+                    ),
+                    "restore into a sandbox of the same kind",
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Located problems in the configuration file and their rustc-like rendering:
+//!
+//! ```text
+//! error[unknown-key]: unknown key `retension` in [schedule]
+//!   --> backplan.toml:9:1
+//!    |
+//!  9 | retension = "3d"
+//!    | ^^^^^^^^^
+//!    = hint: did you mean `retention`?
+//! ```
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// The rule broken, a stable kebab-case name (`unknown-key`, `inline-secret`, ...).
+    pub rule: &'static str,
+    pub message: String,
+    /// Byte range in the file.
+    #[serde(skip)]
+    pub span: Range<usize>,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(rule: &'static str, span: Range<usize>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            rule,
+            message: message.into(),
+            span,
+            hint: None,
+        }
+    }
+    pub fn warning(rule: &'static str, span: Range<usize>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(rule, span, message)
+        }
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// A line and column, both counted from 1; the column counts characters, not bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Loc {
+    pub line: u32,
+    pub col: u32,
+}
+
+/// Turns byte offsets of one source text into lines and columns.
+pub struct LineIndex<'s> {
+    src: &'s str,
+    starts: Vec<usize>,
+}
+
+impl<'s> LineIndex<'s> {
+    pub fn new(src: &'s str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { src, starts }
+    }
+
+    pub fn loc(&self, offset: usize) -> Loc {
+        let offset = offset.min(self.src.len());
+        let line = self.starts.partition_point(|&s| s <= offset) - 1;
+        let start = self.starts[line];
+        let col = self.src[start..offset].chars().count() + 1;
+        Loc {
+            line: line as u32 + 1,
+            col: col as u32,
+        }
+    }
+
+    fn line_text(&self, line: u32) -> &'s str {
+        let i = line as usize - 1;
+        let start = self.starts[i];
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.src.len());
+        self.src[start..end].trim_end_matches(['\n', '\r'])
+    }
+}
+
+/// Renders diagnostics, in file order, with the file name as the user gave it.
+pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
+    let index = LineIndex::new(src);
+    let mut out = String::new();
+    for d in diags {
+        let loc = index.loc(d.span.start);
+        let level = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let _ = writeln!(out, "{level}[{}]: {}", d.rule, d.message);
+        let _ = writeln!(out, "  --> {file}:{}:{}", loc.line, loc.col);
+        let text = index.line_text(loc.line);
+        let gutter = loc.line.to_string().len();
+        // Underline to the end of the span, but only on its first line.
+        let span_on_line = src[d.span.start.min(src.len())..d.span.end.min(src.len())]
+            .lines()
+            .next()
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            .max(1);
+        let _ = writeln!(out, "{:gutter$} |", "");
+        let _ = writeln!(out, "{} | {text}", loc.line);
+        let _ = writeln!(
+            out,
+            "{:gutter$} | {}{}",
+            "",
+            " ".repeat(loc.col as usize - 1),
+            "^".repeat(span_on_line)
+        );
+        if let Some(h) = &d.hint {
+            let _ = writeln!(out, "{:gutter$} = hint: {h}", "");
+        }
+        out.push('\n');
+    }
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let warnings = diags.len() - errors;
+    let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+    if errors > 0 {
+        let _ = writeln!(
+            out,
+            "{file}: {} and {}; nothing was planned or changed.",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        );
+    } else if warnings > 0 {
+        let _ = writeln!(out, "{file}: valid, with {}.", plural(warnings, "warning"));
+    }
+    out
+}
+
+/// The closest candidate by edit distance, when it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_count_lines_and_characters_from_one() {
+        let src = "a = 1\nbé = 2\n";
+        let idx = LineIndex::new(src);
+        assert_eq!(idx.loc(0), Loc { line: 1, col: 1 });
+        assert_eq!(idx.loc(src.find('=').unwrap()), Loc { line: 1, col: 3 });
+        let second_eq = src.rfind('=').unwrap();
+        assert_eq!(idx.loc(second_eq), Loc { line: 2, col: 4 });
+    }
+
+    #[test]
+    fn suggestions_only_for_close_words() {
+        let keys = ["retention", "timezone", "daily_at"];
+        assert_eq!(did_you_mean("retension", keys), Some("retention"));
+        assert_eq!(did_you_mean("time_zone", keys), Some("timezone"));
+        assert_eq!(did_you_mean("colour", keys), None);
+    }
+
+    #[test]
+    fn rendering_points_at_the_span() {
+        let src = "[schedule]\nretension = \"3d\"\n";
+        let d = Diagnostic::error("unknown-key", 11..20, "unknown key `retension`").hint("did you mean `retention`?");
+        let out = render("f.toml", src, &[d]);
+        assert!(out.contains("  --> f.toml:2:1\n"), "{out}");
+        assert!(out.contains("2 | retension = \"3d\"\n  | ^^^^^^^^^\n"), "{out}");
+        assert!(out.contains("= hint: did you mean `retention`?"), "{out}");
+    }
+}

@@ -1,0 +1,8 @@
+//! backplan: a declarative backup and restore daemon. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod diagnostic;
+pub mod plan;
+pub mod records;
+pub mod state;

@@ -1,0 +1,218 @@
+//! Plans as text for people and JSON for programs (SPEC section 8).
+
+use std::fmt::Write as _;
+
+use super::*;
+
+pub fn json(plan: &Plan) -> String {
+    serde_json::to_string_pretty(plan).expect("plans serialise") + "\n"
+}
+
+fn symbol(op: Op) -> char {
+    match op {
+        Op::Create => '+',
+        Op::Update | Op::Switch => '~',
+        Op::Forget | Op::Delete => '-',
+        Op::Restore => '>',
+    }
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn expires(t: &Option<DateTime<Utc>>) -> String {
+    t.as_ref().map(time).unwrap_or_else(|| "never".into())
+}
+
+pub fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    if !plan.actions.is_empty() {
+        let _ = writeln!(w, "backplan will perform the following actions:\n");
+        for a in &plan.actions {
+            action(w, a);
+        }
+        let count = |ops: &[Op]| plan.actions.iter().filter(|a| ops.contains(&a.op)).count();
+        let _ = writeln!(
+            w,
+            "Plan: {} to create, {} to change, {} to delete, {} to restore.",
+            count(&[Op::Create]),
+            count(&[Op::Update, Op::Switch]),
+            count(&[Op::Delete, Op::Forget]),
+            count(&[Op::Restore]),
+        );
+    } else if plan.refusals.is_empty() {
+        let _ = writeln!(w, "No changes. The recorded state matches the configuration.");
+    }
+
+    if !plan.refusals.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let w = &mut out;
+        let _ = writeln!(w, "Refused ({}):\n", plan.refusals.len());
+        for r in &plan.refusals {
+            let _ = writeln!(w, "  x {} [{}]", r.address, r.rule);
+            let _ = writeln!(w, "      at:  {}", r.location);
+            let _ = writeln!(w, "      why: {}", r.message);
+            let _ = writeln!(w, "      fix: {}\n", r.fix);
+        }
+        let _ = writeln!(w, "Nothing from the file will be applied until every refusal is resolved.");
+    }
+
+    let w = &mut out;
+    let _ = writeln!(w);
+    if plan.due.is_empty() {
+        let _ = writeln!(w, "Nothing time-driven is due at {}.", time(&plan.at));
+    } else {
+        let _ = writeln!(w, "Due at {} (time-driven, not from the file):\n", time(&plan.at));
+        let width = plan.due.iter().map(|d| d.address.len()).max().unwrap_or(0);
+        for d in &plan.due {
+            let (sym, what) = match &d.details {
+                DueDetails::DailyBackup { slot_at, expires_at, .. } => (
+                    '+',
+                    format!("daily system backup (slot {}, expires {})", time(slot_at), expires(expires_at)),
+                ),
+                DueDetails::SkipDaily { slot_at, .. } => (
+                    '.',
+                    format!("slot {} was missed: recorded as skipped, not taken", time(slot_at)),
+                ),
+                DueDetails::Retry {
+                    attempt,
+                    max_attempts,
+                    last_error,
+                    ..
+                } => (
+                    '~',
+                    format!(
+                        "retry, try {attempt} of {max_attempts}{}",
+                        last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                    ),
+                ),
+                DueDetails::Expire { kind, expires_at, .. } => (
+                    '-',
+                    format!("{} backup expired {}: will be deleted", kind.as_str(), time(expires_at)),
+                ),
+            };
+            let _ = writeln!(w, "  {sym} {:width$}  {what}", d.address);
+        }
+        let daily = plan.due.iter().filter(|d| d.work == Work::DailyBackup).count();
+        let expire = plan.due.iter().filter(|d| d.work == Work::Expire).count();
+        let retry = plan.due.iter().filter(|d| d.work == Work::Retry).count();
+        let skip = plan.due.iter().filter(|d| d.work == Work::SkipDaily).count();
+        let _ = writeln!(
+            w,
+            "\nDue: {daily} daily backup(s), {retry} retry(ies), {expire} expiry(ies), {skip} missed slot(s)."
+        );
+    }
+
+    if !plan.notes.is_empty() {
+        let _ = writeln!(w, "\nNotes:");
+        for n in &plan.notes {
+            let _ = writeln!(w, "  - {n}");
+        }
+    }
+    out
+}
+
+fn action(w: &mut String, a: &Action) {
+    let header = match &a.details {
+        Details::CreateInstance { .. } => "will be created (or adopted if its store already exists)".to_string(),
+        Details::SwitchInstance { kind, .. } => format!("will be switched from {} to {}", kind.from, kind.to),
+        Details::UpdateInstance { version, .. } => format!(
+            "will be updated to {} (a system backup \"Before update to {}\" is taken first)",
+            version.to, version.to
+        ),
+        Details::CreateBackup { .. } => "will be created".to_string(),
+        Details::UpdateBackup { .. } => "will be updated in place (metadata only)".to_string(),
+        Details::Restore { to, .. } => format!("will restore into {to}, replacing its contents"),
+        Details::DeleteBackup { data, .. } => match data {
+            DataFate::Deleted => "will be deleted (because it is not in the configuration)",
+            DataFate::KeptInStorage => {
+                "will be deleted (because it is not in the configuration); its data is kept in external storage"
+            }
+            DataFate::AlreadyExpired => "will be removed (because it is not in the configuration); its data had already expired",
+        }
+        .to_string(),
+        Details::ForgetInstance { .. } => {
+            "will be forgotten (because it is not in the configuration); its data is not touched".to_string()
+        }
+    };
+    let _ = writeln!(w, "  # {} {header}", a.address);
+    let _ = writeln!(w, "  {} {}", symbol(a.op), a.address);
+    let mut field = |k: &str, v: String| {
+        let _ = writeln!(w, "      {k:<9} = {v}");
+    };
+    match &a.details {
+        Details::CreateInstance {
+            kind, version, source, ..
+        } => {
+            field("type", kind.to_string());
+            field("version", version.to_string());
+            field("source", source.describe());
+        }
+        Details::SwitchInstance { kind, .. } => field("type", format!("{} -> {}", kind.from, kind.to)),
+        Details::UpdateInstance {
+            version,
+            pre_update_backup,
+            on_update,
+            ..
+        } => {
+            field("version", format!("{} -> {}", version.from, version.to));
+            field("backup", format!("{pre_update_backup} (pre-update, created by System)"));
+            if !on_update.is_empty() {
+                field("on_update", on_update.join(" "));
+            }
+        }
+        Details::CreateBackup {
+            id,
+            label,
+            notes,
+            storage,
+            expires_at,
+            ..
+        } => {
+            field("id", id.to_string());
+            field("label", quoted(label));
+            if !notes.is_empty() {
+                field("notes", quoted(notes));
+            }
+            field("storage", storage.clone());
+            field("expires", expires(expires_at));
+        }
+        Details::UpdateBackup { label, notes, .. } => {
+            if let Some(c) = label {
+                field("label", format!("{} -> {}", quoted(&c.from), quoted(&c.to)));
+            }
+            if let Some(c) = notes {
+                field("notes", format!("{} -> {}", quoted(&c.from), quoted(&c.to)));
+            }
+        }
+        Details::Restore {
+            from,
+            backup,
+            backup_created_by_plan,
+            to,
+            pre_restore_backup,
+            ..
+        } => {
+            let by = if *backup_created_by_plan { ", taken by this plan" } else { "" };
+            field("from", format!("{from} (backup {backup}{by})"));
+            field("to", to.clone());
+            field("safety", format!("{pre_restore_backup} (pre-restore backup of {to}, taken first)"));
+        }
+        Details::DeleteBackup { id, storage, .. } => {
+            field("id", id.to_string());
+            field("storage", storage.clone());
+        }
+        Details::ForgetInstance { backups_kept, .. } => {
+            field("backups", format!("{backups_kept} kept; they expire on schedule"));
+        }
+    }
+    w.push('\n');
+}
