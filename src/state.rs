@@ -23,7 +23,8 @@ const RECORD_FORMAT: u8 = 1;
 /// Migrations, in order: `MIGRATIONS[i]` turns schema `i + 1` into `i + 2`. Empty while the
 /// schema is at its first version; a new layout adds a function here and bumps
 /// `SCHEMA_VERSION`.
-const MIGRATIONS: &[fn(&Store) -> Result<(), StateError>] = &[];
+type Migration = fn(&Store) -> Result<(), StateError>;
+const MIGRATIONS: &[Migration] = &[];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

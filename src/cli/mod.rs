@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
+
 /// Exit statuses, as SPEC section 8 gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -81,7 +82,14 @@ impl ConfigArg {
 
 /// Runs the command line and returns the process exit status.
 pub fn main() -> Exit {
-    let cli = Cli::parse();
+    // Usage errors exit 1, not clap's 2, which `plan --detailed-exitcode` uses for "changes".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { Exit::Failure } else { Exit::Ok };
+        }
+    };
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let exit = match cli.command {

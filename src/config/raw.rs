@@ -465,11 +465,10 @@ impl Reader {
                 continue;
             }
             let what = format!("[{name}.{key}]");
-            if let Some(entry) = self.table(v, &what) {
-                if let Some(item) = f(self, entry, k.span(), key) {
+            if let Some(entry) = self.table(v, &what)
+                && let Some(item) = f(self, entry, k.span(), key) {
                     out.insert(Spanned::new(k.span(), key.to_string()), item);
                 }
-            }
         }
         out
     }

@@ -402,8 +402,8 @@ impl Validator<'_> {
                     };
                     self.err("unknown-storage", storage_span.clone(), format!("storage `{storage}` does not exist"), hint);
                 }
-                if let (Some(min), Some(v)) = (&schedule.min_backup_version, &version) {
-                    if v < min {
+                if let (Some(min), Some(v)) = (&schedule.min_backup_version, &version)
+                    && v < min {
                         self.err(
                             "min-backup-version",
                             key.span(),
@@ -415,7 +415,6 @@ impl Validator<'_> {
                             format!("update the instance to version {min} or later first, or lower `min_backup_version`"),
                         );
                     }
-                }
                 backups.insert(
                     key.get_ref().clone(),
                     BackupDecl {
@@ -630,8 +629,8 @@ impl Validator<'_> {
             self.err("unknown-instance", span.span(), format!("`{inst_name}` is not an instance in this file"), hint);
             return;
         };
-        if let BackupRef::OnDemand { key, .. } = from {
-            if !inst.backups.contains_key(key) {
+        if let BackupRef::OnDemand { key, .. } = from
+            && !inst.backups.contains_key(key) {
                 let hint = match did_you_mean(key, inst.backups.keys().map(String::as_str)) {
                     Some(n) => format!("did you mean `{inst_name}/{n}`?"),
                     None => format!("declare it as [instances.{inst_name}.backups.{key}], or use `{inst_name}@latest`"),
@@ -643,9 +642,8 @@ impl Validator<'_> {
                     hint,
                 );
             }
-        }
-        if let Some(t) = target {
-            if t.source.kind() != inst.source.kind() {
+        if let Some(t) = target
+            && t.source.kind() != inst.source.kind() {
                 self.err(
                     "kind-mismatch",
                     span.span(),
@@ -658,6 +656,5 @@ impl Validator<'_> {
                     "restore into a sandbox of the same kind",
                 );
             }
-        }
     }
 }

@@ -67,7 +67,7 @@ impl fmt::Display for Dur {
     /// The largest unit that divides the duration exactly, so `72h` prints as `3d`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (u, mult) in UNITS {
-            if self.secs % mult == 0 {
+            if self.secs.is_multiple_of(mult) {
                 return write!(f, "{}{}", self.secs / mult, u);
             }
         }

@@ -400,8 +400,8 @@ impl Planner<'_> {
 
     fn create_backup(&mut self, inst: &Instance, key: &str, address: String) {
         let decl = &inst.backups[key];
-        if let Some(min) = &self.cfg.schedule.min_backup_version {
-            if &inst.version < min {
+        if let Some(min) = &self.cfg.schedule.min_backup_version
+            && &inst.version < min {
                 self.refuse(
                     "min-backup-version",
                     address,
@@ -411,7 +411,6 @@ impl Planner<'_> {
                 );
                 return;
             }
-        }
         let storage = &self.cfg.storages[&decl.storage];
         self.act(
             Op::Create,
@@ -594,8 +593,8 @@ impl Planner<'_> {
             }
         }
         if let Some(storage) = self.cfg.storages.get(&b.storage) {
-            if let (true, Some(age)) = (storage.is_external(), storage.max_restore_age) {
-                if self.now - b.created_at > age.to_chrono() {
+            if let (true, Some(age)) = (storage.is_external(), storage.max_restore_age)
+                && self.now - b.created_at > age.to_chrono() {
                     return Err((
                         "restore-too-old",
                         format!(
@@ -606,7 +605,6 @@ impl Planner<'_> {
                         "restore from a newer backup".into(),
                     ));
                 }
-            }
         } else {
             return Err((
                 "unknown-storage",
@@ -745,17 +743,20 @@ fn due(
         } else {
             created.succ_opt().expect("dates do not run out")
         };
-        let last_daily = backups
+        // Slots already recorded (taken, failed or skipped), by date.
+        let recorded: BTreeSet<NaiveDate> = backups
             .iter()
             .filter(|b| b.kind == BackupKind::Daily)
             .filter_map(|b| b.date)
-            .max();
+            .collect();
+        let taken = |d: NaiveDate| recorded.contains(&d) || rec.backups.contains_key(&daily_id(name, d));
+        let last_daily = recorded.last().copied();
         let mut d = first
             .max(last_daily.and_then(|d| d.succ_opt()).unwrap_or(first))
             .max(today - Duration::days(window_days));
         while d < today {
             let id = daily_id(name, d);
-            if !rec.backups.contains_key(&id) {
+            if !taken(d) {
                 out.push(Due {
                     work: Work::SkipDaily,
                     address: format!("backup.{name}@daily:{d}"),
@@ -771,7 +772,7 @@ fn due(
         }
         let slot = slot_at(s, today);
         let id = daily_id(name, today);
-        if today >= first && now >= slot && !rec.backups.contains_key(&id) {
+        if today >= first && now >= slot && !taken(today) {
             out.push(Due {
                 work: Work::DailyBackup,
                 address: format!("backup.{name}@daily:{today}"),
@@ -792,8 +793,8 @@ fn due(
                 .instances
                 .get(&b.instance)
                 .is_some_and(|i| b.key.as_ref().is_none_or(|k| !i.backups.contains_key(k)));
-        if let Some(at) = retry_at(b) {
-            if managed && !removed_from_file && now >= at && !expiring.contains(&b.id) {
+        if let Some(at) = retry_at(b)
+            && managed && !removed_from_file && now >= at && !expiring.contains(&b.id) {
                 out.push(Due {
                     work: Work::Retry,
                     address: backup_address(b),
@@ -807,7 +808,6 @@ fn due(
                     },
                 });
             }
-        }
         if expiring.contains(&b.id) && cfg.storages.contains_key(&b.storage) {
             out.push(Due {
                 work: Work::Expire,
