@@ -31,6 +31,9 @@ pub struct Diagnostic {
     #[serde(skip)]
     pub span: Range<usize>,
     pub hint: Option<String>,
+    /// Bytes of the file not to print (an inline secret): shown as `*` in the quoted line.
+    #[serde(skip)]
+    pub redact: Option<Range<usize>>,
 }
 
 impl Diagnostic {
@@ -41,6 +44,7 @@ impl Diagnostic {
             message: message.into(),
             span,
             hint: None,
+            redact: None,
         }
     }
     pub fn warning(rule: &'static str, span: Range<usize>, message: impl Into<String>) -> Self {
@@ -51,6 +55,10 @@ impl Diagnostic {
     }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+    pub fn redact(mut self, span: Range<usize>) -> Self {
+        self.redact = Some(span);
         self
     }
 }
@@ -87,11 +95,12 @@ impl<'s> LineIndex<'s> {
         }
     }
 
-    fn line_text(&self, line: u32) -> &'s str {
+    /// The text of a line (without its end), and the byte offset where it starts.
+    fn line_text(&self, line: u32) -> (&'s str, usize) {
         let i = line as usize - 1;
         let start = self.starts[i];
         let end = self.starts.get(i + 1).copied().unwrap_or(self.src.len());
-        self.src[start..end].trim_end_matches(['\n', '\r'])
+        (self.src[start..end].trim_end_matches(['\n', '\r']), start)
     }
 }
 
@@ -107,7 +116,20 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
         };
         let _ = writeln!(out, "{level}[{}]: {}", d.rule, d.message);
         let _ = writeln!(out, "  --> {file}:{}:{}", loc.line, loc.col);
-        let text = index.line_text(loc.line);
+        let (raw_text, line_start) = index.line_text(loc.line);
+        // Secrets are masked; tabs are kept in the caret's padding so it lines up.
+        let text: String = raw_text
+            .char_indices()
+            .map(|(i, c)| match &d.redact {
+                Some(r) if r.contains(&(line_start + i)) && c != '\t' => '*',
+                _ => c,
+            })
+            .collect();
+        let padding: String = text
+            .chars()
+            .take(loc.col as usize - 1)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
         let gutter = loc.line.to_string().len();
         // Underline to the end of the span, but only on its first line.
         let span_on_line = src[d.span.start.min(src.len())..d.span.end.min(src.len())]
@@ -120,9 +142,8 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
         let _ = writeln!(out, "{} | {text}", loc.line);
         let _ = writeln!(
             out,
-            "{:gutter$} | {}{}",
+            "{:gutter$} | {padding}{}",
             "",
-            " ".repeat(loc.col as usize - 1),
             "^".repeat(span_on_line)
         );
         if let Some(h) = &d.hint {
@@ -130,7 +151,10 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
         }
         out.push('\n');
     }
-    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     let warnings = diags.len() - errors;
     let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
     if errors > 0 {
@@ -147,7 +171,10 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
 }
 
 /// The closest candidate by edit distance, when it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (levenshtein(word, c), c))
@@ -195,10 +222,14 @@ mod tests {
     #[test]
     fn rendering_points_at_the_span() {
         let src = "[schedule]\nretension = \"3d\"\n";
-        let d = Diagnostic::error("unknown-key", 11..20, "unknown key `retension`").hint("did you mean `retention`?");
+        let d = Diagnostic::error("unknown-key", 11..20, "unknown key `retension`")
+            .hint("did you mean `retention`?");
         let out = render("f.toml", src, &[d]);
         assert!(out.contains("  --> f.toml:2:1\n"), "{out}");
-        assert!(out.contains("2 | retension = \"3d\"\n  | ^^^^^^^^^\n"), "{out}");
+        assert!(
+            out.contains("2 | retension = \"3d\"\n  | ^^^^^^^^^\n"),
+            "{out}"
+        );
         assert!(out.contains("= hint: did you mean `retention`?"), "{out}");
     }
 }

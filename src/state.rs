@@ -37,7 +37,11 @@ pub enum StateError {
     #[error("state store error: {0}")]
     Sled(#[from] sled::Error),
     #[error("the state store holds an unreadable {tree} record {key:?}: {reason}")]
-    Corrupt { tree: &'static str, key: String, reason: String },
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error(
         "the state store in {} has schema version {found}, newer than this backplan supports ({SCHEMA_VERSION}); run a newer backplan",
         dir.display()
@@ -59,7 +63,10 @@ impl Store {
     /// schema.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            sled::Error::Io(ref io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
                 StateError::Locked {
                     dir: dir.to_path_buf(),
                     source: e,
@@ -85,7 +92,11 @@ impl Store {
                 });
             }
             Some(v) => {
-                for (i, migrate) in MIGRATIONS.iter().enumerate().skip((v as usize).saturating_sub(1)) {
+                for (i, migrate) in MIGRATIONS
+                    .iter()
+                    .enumerate()
+                    .skip((v as usize).saturating_sub(1))
+                {
                     migrate(&store)?;
                     store.set_schema_version(i as u32 + 2)?;
                 }
@@ -229,7 +240,9 @@ fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], v: &[u8]) -> Resu
         reason,
     };
     match v.split_first() {
-        Some((&RECORD_FORMAT, json)) => serde_json::from_slice(json).map_err(|e| corrupt(e.to_string())),
+        Some((&RECORD_FORMAT, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+        }
         Some((f, _)) => Err(corrupt(format!("unknown record format {f}"))),
         None => Err(corrupt("empty value".into())),
     }
@@ -255,7 +268,10 @@ mod tests {
             assert_eq!(s.schema_version().unwrap(), Some(SCHEMA_VERSION));
             s.set_schema_version(SCHEMA_VERSION + 1).unwrap();
         }
-        assert!(matches!(Store::open(tmp.path()), Err(StateError::TooNew { .. })));
+        assert!(matches!(
+            Store::open(tmp.path()),
+            Err(StateError::TooNew { .. })
+        ));
     }
 
     #[test]
@@ -267,7 +283,16 @@ mod tests {
             s.flush().unwrap();
         }
         let err = read(tmp.path()).unwrap_err();
-        assert!(matches!(err, StateError::Corrupt { tree: "instances", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StateError::Corrupt {
+                    tree: "instances",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

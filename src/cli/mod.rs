@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-
 /// Exit statuses, as SPEC section 8 gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -29,7 +28,11 @@ impl From<Exit> for std::process::ExitCode {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "backplan", version, about = "Declarative backup and restore daemon")]
+#[command(
+    name = "backplan",
+    version,
+    about = "Declarative backup and restore daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,7 +72,9 @@ enum Command {
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e}); write it like 2026-11-27T02:30:00Z"))
+        .map_err(|e| {
+            format!("`{s}` is not an RFC 3339 time ({e}); write it like 2026-11-27T02:30:00Z")
+        })
 }
 
 impl ConfigArg {
@@ -87,7 +92,11 @@ pub fn main() -> Exit {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { Exit::Failure } else { Exit::Ok };
+            return if e.use_stderr() {
+                Exit::Failure
+            } else {
+                Exit::Ok
+            };
         }
     };
     let mut out = std::io::stdout().lock();
@@ -124,7 +133,11 @@ fn load_config(path: &std::path::Path, err: &mut dyn Write) -> Option<crate::con
                 let _ = write!(
                     err,
                     "{}",
-                    crate::diagnostic::render(&path.display().to_string(), &loaded.text, &loaded.warnings)
+                    crate::diagnostic::render(
+                        &path.display().to_string(),
+                        &loaded.text,
+                        &loaded.warnings
+                    )
                 );
             }
             Some(loaded)

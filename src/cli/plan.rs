@@ -29,7 +29,11 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
         }
     };
     let plan = plan::plan(cfg, &recorded, s.at, s.options);
-    let text = if s.json { render::json(&plan) } else { render::text(&plan) };
+    let text = if s.json {
+        render::json(&plan)
+    } else {
+        render::text(&plan)
+    };
     let _ = out.write_all(text.as_bytes());
     if !plan.refusals.is_empty() {
         Exit::Failure

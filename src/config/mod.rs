@@ -44,7 +44,11 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         source,
     })?;
     match parse(path, &text) {
-        Ok((config, warnings)) => Ok(Loaded { config, warnings, text }),
+        Ok((config, warnings)) => Ok(Loaded {
+            config,
+            warnings,
+            text,
+        }),
         Err(diagnostics) => Err(LoadError::Invalid {
             rendered: diagnostic::render(&path.display().to_string(), &text, &diagnostics),
             diagnostics,

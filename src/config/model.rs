@@ -125,7 +125,7 @@ impl Source {
         match self {
             Source::Directory { path } => format!("directory {}", path.display()),
             Source::Sqlite { path } => format!("sqlite {}", path.display()),
-            Source::Postgres { url, .. } => format!("postgres {url}"),
+            Source::Postgres { url, .. } => url.clone(),
         }
     }
 }

@@ -67,14 +67,22 @@ pub struct RawDaemon {
 }
 
 impl RawDaemon {
-    pub const KEYS: &[&str] = &["state_dir", "control_socket", "metrics_listen", "max_parallel"];
+    pub const KEYS: &[&str] = &[
+        "state_dir",
+        "control_socket",
+        "metrics_listen",
+        "max_parallel",
+    ];
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawSchedule {
     /// Local time `HH:MM` of the daily system backup. Default `02:00`.
-    #[schemars(with = "Option<String>", regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    )]
     pub daily_at: Option<S<String>>,
     /// IANA time zone of `daily_at`. Default `UTC`.
     #[schemars(with = "Option<String>")]
@@ -295,8 +303,8 @@ pub struct Read {
     /// `None` only when the text is not TOML at all. Otherwise holds everything that could be
     /// read; entries with problems are left out and `skipped` names them.
     pub config: Option<RawConfig>,
-    /// Names of `[instances.*]` entries left out because of a problem (already reported), so
-    /// that later checks do not call them unknown.
+    /// Entries left out because of a problem (already reported), as `instances.<name>` or
+    /// `storage.<name>`, so that later checks do not call them unknown.
     pub skipped: BTreeSet<String>,
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -340,20 +348,21 @@ pub fn read(src: &str) -> Read {
             min_backup_version: r.string(t, "min_backup_version"),
             verify: r.string(t, "verify"),
         }),
-        storage: r.map(t.get("storage"), "storage", |r, t, span, _| Some(r.storage(t, span))),
+        storage: r.map(t.get("storage"), "storage", |r, t, _, name| {
+            r.storage(t, name)
+        }),
         instances: r.map(t.get("instances"), "instances", |r, t, span, name| {
-            let i = r.instance(t, span, name);
-            if i.is_none() {
-                r.skipped.insert(name.to_string());
-            }
-            i
+            r.instance(t, span, name)
         }),
         restores: r.map(t.get("restores"), "restores", |r, t, span, name| {
             let what = format!("[restores.{name}]");
             let from = r.required(t, span.clone(), "from", &what, Reader::string);
             let to = r.required(t, span, "to", &what, Reader::string);
             r.keys(t, &what, RawRestore::KEYS);
-            Some(RawRestore { from: from?, to: to? })
+            Some(RawRestore {
+                from: from?,
+                to: to?,
+            })
         }),
     };
     Read {
@@ -371,22 +380,64 @@ struct Reader {
 impl Reader {
     /// Reports the keys of `t` that are not in `known`.
     fn keys(&mut self, t: &DeTable<'_>, what: &str, known: &[&str]) {
-        for (k, _) in t.iter() {
+        self.keys_with_secrets(t, what, known, None)
+    }
+
+    /// Like [`Self::keys`]; `secret_homes` are the `*_file` / `*_env` keys to suggest for an
+    /// inline secret when the key itself has none (default: those of `known`).
+    fn keys_with_secrets(
+        &mut self,
+        t: &DeTable<'_>,
+        what: &str,
+        known: &[&str],
+        secret_homes: Option<&[&str]>,
+    ) {
+        for (k, v) in t.iter() {
             let key = k.get_ref().as_ref();
             if known.contains(&key) {
                 continue;
             }
             let d = if is_inline_secret(key) {
+                let is_home = |k: &&&str| k.ends_with("_file") || k.ends_with("_env");
+                let own: Vec<&&str> = known
+                    .iter()
+                    .filter(|k| is_home(k) && k.starts_with(key))
+                    .collect();
+                let homes: Vec<String> = if !own.is_empty() {
+                    own.iter().map(|k| format!("`{k}`")).collect()
+                } else {
+                    secret_homes
+                        .unwrap_or(known)
+                        .iter()
+                        .filter(|k| is_home(k))
+                        .map(|k| format!("`{k}`"))
+                        .collect()
+                };
+                let how = if homes.is_empty() {
+                    format!("{what} takes no secret; remove it")
+                } else {
+                    format!(
+                        "put the secret in a file readable only by backplan (or an environment variable) and name it with {}",
+                        homes.join(" or ")
+                    )
+                };
                 Diagnostic::error(
                     "inline-secret",
                     k.span(),
-                    format!("`{key}` would put a secret in the file, which is kept in version control"),
+                    format!(
+                        "`{key}` would put a secret in the file, which is kept in version control"
+                    ),
                 )
                 .hint(format!(
-                    "put the secret in a file readable only by backplan and name it with `{key}_file` (or an environment variable with `{key}_env`); under systemd use LoadCredential= and $CREDENTIALS_DIRECTORY"
+                    "{how}; under systemd use LoadCredential= and $CREDENTIALS_DIRECTORY"
                 ))
+                .redact(v.span())
             } else {
-                let d = Diagnostic::error("unknown-key", k.span(), format!("unknown key `{key}` in {what}"));
+                let d = Diagnostic::error(
+                    "unknown-key",
+                    k.span(),
+                    format!("unknown key `{key}` in {what}"),
+                );
                 match did_you_mean(key, known.iter().copied()) {
                     Some(s) => d.hint(format!("did you mean `{s}`?")),
                     None => d.hint(format!("the keys allowed here are: {}", known.join(", "))),
@@ -411,7 +462,10 @@ impl Reader {
             Diagnostic::error(
                 "wrong-type",
                 span,
-                format!("{what} must be {expected}, not {}", found.type_str()),
+                format!(
+                    "{what} must be {expected}, not {}",
+                    with_article(found.type_str())
+                ),
             )
             .hint(format!("write {what} as {expected}")),
         );
@@ -457,29 +511,41 @@ impl Reader {
         };
         for (k, v) in t.iter() {
             let key: &str = k.get_ref();
+            let what = format!("[{name}.{key}]");
             if let Err(msg) = crate::config::values::check_name(key) {
-                self.diags.push(
-                    Diagnostic::error("bad-name", k.span(), msg)
-                        .hint("rename the table; names appear in addresses like `instance.<name>`"),
-                );
+                self.diags.push(Diagnostic::error("bad-name", k.span(), msg).hint(format!(
+                    "rename {what}; names appear in plan addresses and in backup references like `<instance>/<backup-key>`, so they cannot hold spaces, `/` or `@`"
+                )));
+                self.skipped.insert(format!("{name}.{key}"));
                 continue;
             }
-            let what = format!("[{name}.{key}]");
-            if let Some(entry) = self.table(v, &what)
-                && let Some(item) = f(self, entry, k.span(), key) {
+            let item = self
+                .table(v, &what)
+                .and_then(|entry| f(self, entry, k.span(), key));
+            match item {
+                Some(item) => {
                     out.insert(Spanned::new(k.span(), key.to_string()), item);
                 }
+                None => {
+                    self.skipped.insert(format!("{name}.{key}"));
+                }
+            }
         }
         out
     }
 
-    fn storage(&mut self, t: &DeTable<'_>, _span: Range<usize>) -> RawStorage {
+    /// `None` when `kind` is given but unreadable: the storage is then left out whole.
+    fn storage(&mut self, t: &DeTable<'_>, name: &str) -> Option<RawStorage> {
         let s = RawStorage {
-            kind: self.keyword(t, "kind", &[
-                ("local", StorageKind::Local),
-                ("azure", StorageKind::Azure),
-                ("s3", StorageKind::S3),
-            ]),
+            kind: self.keyword(
+                t,
+                "kind",
+                &[
+                    ("local", StorageKind::Local),
+                    ("azure", StorageKind::Azure),
+                    ("s3", StorageKind::S3),
+                ],
+            ),
             path: self.string(t, "path"),
             password_file: self.string(t, "password_file"),
             account: self.string(t, "account"),
@@ -496,29 +562,53 @@ impl Reader {
             max_restore_age: self.string(t, "max_restore_age"),
             purge_on_delete: self.boolean(t, "purge_on_delete"),
         };
-        self.keys(t, "a [storage.*] table", RawStorage::KEYS);
-        s
+        let homes: &[&str] = match s.kind.as_ref().map(|k| *k.get_ref()) {
+            Some(StorageKind::Azure) => &["access_key_file", "access_key_env"],
+            Some(StorageKind::S3) => &["secret_access_key_file", "secret_access_key_env"],
+            _ => &["password_file"],
+        };
+        self.keys_with_secrets(
+            t,
+            &format!("[storage.{name}]"),
+            RawStorage::KEYS,
+            Some(homes),
+        );
+        (s.kind.is_some() || t.get("kind").is_none()).then_some(s)
     }
 
     fn instance(&mut self, t: &DeTable<'_>, span: Range<usize>, name: &str) -> Option<RawInstance> {
         let what = format!("[instances.{name}]");
         let kind = self.required(t, span.clone(), "type", &what, |r, t, k| {
-            r.keyword(t, k, &[
-                ("production", InstanceType::Production),
-                ("sandbox", InstanceType::Sandbox),
-            ])
+            r.keyword(
+                t,
+                k,
+                &[
+                    ("production", InstanceType::Production),
+                    ("sandbox", InstanceType::Sandbox),
+                ],
+            )
         });
         let version = self.required(t, span.clone(), "version", &what, Reader::string);
         let source = self.required(t, span, "source", &what, |r, t, k| {
             let v = t.get(k)?;
             let st = r.table(v, &format!("`source` of {what}"))?;
-            let kind = r.required(st, v.span(), "kind", "`source`", |r, t, k| {
-                r.keyword(t, k, &[
-                    ("directory", SourceKind::Directory),
-                    ("sqlite", SourceKind::Sqlite),
-                    ("postgres", SourceKind::Postgres),
-                ])
-            });
+            let kind = r.required(
+                st,
+                v.span(),
+                "kind",
+                &format!("`source` of {what}"),
+                |r, t, k| {
+                    r.keyword(
+                        t,
+                        k,
+                        &[
+                            ("directory", SourceKind::Directory),
+                            ("sqlite", SourceKind::Sqlite),
+                            ("postgres", SourceKind::Postgres),
+                        ],
+                    )
+                },
+            );
             let src = RawSource {
                 kind: kind?,
                 path: r.string(st, "path"),
@@ -529,15 +619,23 @@ impl Reader {
             Some(src)
         });
         let on_update = self.string_array(t, "on_update");
-        let backups = self.map(t.get("backups"), &format!("instances.{name}.backups"), |r, b, _, key| {
-            let out = RawBackup {
-                label: r.string(b, "label"),
-                notes: r.string(b, "notes"),
-                storage: r.string(b, "storage"),
-            };
-            r.keys(b, &format!("[instances.{name}.backups.{key}]"), RawBackup::KEYS);
-            Some(out)
-        });
+        let backups = self.map(
+            t.get("backups"),
+            &format!("instances.{name}.backups"),
+            |r, b, _, key| {
+                let out = RawBackup {
+                    label: r.string(b, "label"),
+                    notes: r.string(b, "notes"),
+                    storage: r.string(b, "storage"),
+                };
+                r.keys(
+                    b,
+                    &format!("[instances.{name}.backups.{key}]"),
+                    RawBackup::KEYS,
+                );
+                Some(out)
+            },
+        );
         self.keys(t, &what, RawInstance::KEYS);
         Some(RawInstance {
             kind: kind?,
@@ -560,7 +658,7 @@ impl Reader {
         if t.get(key).is_none() {
             self.diags.push(
                 Diagnostic::error("missing-key", table_span, format!("{what} has no `{key}`"))
-                    .hint(format!("add `{key} = ...`; it has no default")),
+                    .hint(format!("add {}; it has no default", example(key))),
             );
             return None;
         }
@@ -581,13 +679,19 @@ impl Reader {
     fn int(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<i64>> {
         let v = t.get(key)?;
         match v.get_ref() {
-            DeValue::Integer(i) => match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
-                Ok(n) => Some(Spanned::new(v.span(), n)),
-                Err(_) => {
-                    self.diags.push(Diagnostic::error("out-of-range", v.span(), format!("`{key}` is too large")));
-                    None
+            DeValue::Integer(i) => {
+                match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+                    Ok(n) => Some(Spanned::new(v.span(), n)),
+                    Err(_) => {
+                        self.diags.push(Diagnostic::error(
+                            "out-of-range",
+                            v.span(),
+                            format!("`{key}` is too large"),
+                        ));
+                        None
+                    }
                 }
-            },
+            }
             other => {
                 self.type_error(v.span(), &format!("`{key}`"), "an integer", other);
                 None
@@ -618,7 +722,12 @@ impl Reader {
             match item.get_ref() {
                 DeValue::String(s) => out.push(s.to_string()),
                 other => {
-                    self.type_error(item.span(), &format!("each item of {what}"), "a string", other);
+                    self.type_error(
+                        item.span(),
+                        &format!("each item of {what}"),
+                        "a string",
+                        other,
+                    );
                     return None;
                 }
             }
@@ -626,7 +735,12 @@ impl Reader {
         Some(Spanned::new(v.span(), out))
     }
 
-    fn keyword<T: Copy>(&mut self, t: &DeTable<'_>, key: &str, words: &[(&str, T)]) -> Option<S<T>> {
+    fn keyword<T: Copy>(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &str,
+        words: &[(&str, T)],
+    ) -> Option<S<T>> {
         let s = self.string(t, key)?;
         if let Some((_, w)) = words.iter().find(|(w, _)| *w == s.get_ref()) {
             return Some(Spanned::new(s.span(), *w));
@@ -638,7 +752,10 @@ impl Reader {
             format!("`{key}` cannot be `{}`", s.get_ref()),
         );
         d = match did_you_mean(s.get_ref(), names.iter().copied()) {
-            Some(n) => d.hint(format!("did you mean `{n}`? (one of: {})", names.join(", "))),
+            Some(n) => d.hint(format!(
+                "did you mean `{n}`? (one of: {})",
+                names.join(", ")
+            )),
             None => d.hint(format!("write one of: {}", names.join(", "))),
         };
         self.diags.push(d);
@@ -646,13 +763,47 @@ impl Reader {
     }
 }
 
+/// How to write a required key, for hints.
+fn example(key: &str) -> String {
+    match key {
+        "type" => "`type = \"production\"` or `type = \"sandbox\"`".into(),
+        "version" => "the instance's version, like `version = \"9.0\"`".into(),
+        "source" => "where the data is, like `source = { kind = \"directory\", path = \"/srv/app\" }`".into(),
+        "kind" => "`kind = \"directory\"`, `\"sqlite\"` or `\"postgres\"`".into(),
+        "from" => "the backup to restore, like `from = \"<instance>/<backup-key>\"` or `\"<instance>@latest\"`".into(),
+        "to" => "the sandbox instance to restore into, like `to = \"contoso-sandbox\"`".into(),
+        _ => format!("`{key} = ...`"),
+    }
+}
+
+fn with_article(type_name: &str) -> String {
+    let article = if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {type_name}")
+}
+
 /// Keys that would hold a secret inline. Their `_file` / `_env` forms are fine.
 fn is_inline_secret(key: &str) -> bool {
     if key.ends_with("_file") || key.ends_with("_env") || key == "access_key_id" {
         return false;
     }
-    ["password", "passwd", "secret", "token", "access_key", "account_key", "api_key", "private_key"]
-        .iter()
-        .any(|w| key.contains(w))
+    [
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "access_key",
+        "account_key",
+        "api_key",
+        "private_key",
+        "connection_string",
+        "credential",
+    ]
+    .iter()
+    .any(|w| key.contains(w))
         || key == "key"
 }

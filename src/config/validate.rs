@@ -17,15 +17,53 @@ use crate::diagnostic::{Diagnostic, LineIndex, did_you_mean};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/backplan";
 
+/// A correct example for each kind of value, shown as the hint of a value that did not parse.
+fn example_for(rule: &str) -> &'static str {
+    match rule {
+        "bad-duration" => {
+            "durations are a whole number and one unit: `30s`, `10m`, `12h`, `3d`, `2w`, `3y`"
+        }
+        "bad-time" => "write the time as `HH:MM` on a 24-hour clock, like `daily_at = \"02:00\"`",
+        "bad-timezone" => {
+            "use an IANA time zone name, like `UTC`, `Europe/Paris` or `America/New_York`"
+        }
+        "bad-version" => {
+            "write numbers separated by dots, like `9.0` or `8.10.2` (no `v` prefix, no letters)"
+        }
+        "bad-percentage" => {
+            "write a share of the repository from above 0 to 100, like `verify = \"5%\"`"
+        }
+        "bad-address" => {
+            "write an IP address and a port, like `metrics_listen = \"127.0.0.1:9464\"`"
+        }
+        "bad-backup-ref" => {
+            "write `<instance>/<backup-key>`, `<instance>@latest`, `<instance>@daily:2026-11-26`, `<instance>@pre-update:9.1` or a backup UUID"
+        }
+        _ => "see the configuration reference in SPEC section 2",
+    }
+}
+
 /// `skipped` names instances the reader left out (their problems are already reported).
-pub fn validate(raw: &RawConfig, skipped: &BTreeSet<String>, file: &Path, src: &str) -> (Option<Config>, Vec<Diagnostic>) {
+pub fn validate(
+    raw: &RawConfig,
+    skipped: &BTreeSet<String>,
+    file: &Path,
+    src: &str,
+) -> (Option<Config>, Vec<Diagnostic>) {
     let base = file
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     let mut v = Validator {
         skipped,
+        broken_storages: BTreeSet::new(),
         diags: Vec::new(),
         base,
         lines: LineIndex::new(src),
@@ -35,7 +73,10 @@ pub fn validate(raw: &RawConfig, skipped: &BTreeSet<String>, file: &Path, src: &
     let storages = v.storages(raw, &daemon, &schedule);
     let instances = v.instances(raw, &schedule, &storages);
     let restores = v.restores(raw, &instances);
-    let ok = !v.diags.iter().any(|d| d.severity == crate::diagnostic::Severity::Error);
+    let ok = !v
+        .diags
+        .iter()
+        .any(|d| d.severity == crate::diagnostic::Severity::Error);
     let cfg = ok.then(|| Config {
         file: file.to_path_buf(),
         daemon,
@@ -49,23 +90,39 @@ pub fn validate(raw: &RawConfig, skipped: &BTreeSet<String>, file: &Path, src: &
 
 struct Validator<'s> {
     skipped: &'s BTreeSet<String>,
+    /// Storages declared but not valid (already reported): backups naming them are not
+    /// reported again.
+    broken_storages: BTreeSet<String>,
     diags: Vec<Diagnostic>,
     base: PathBuf,
     lines: LineIndex<'s>,
 }
 
 impl Validator<'_> {
-    fn err(&mut self, rule: &'static str, span: Range<usize>, msg: impl Into<String>, hint: impl Into<String>) {
-        self.diags.push(Diagnostic::error(rule, span, msg).hint(hint));
+    fn err(
+        &mut self,
+        rule: &'static str,
+        span: Range<usize>,
+        msg: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.diags
+            .push(Diagnostic::error(rule, span, msg).hint(hint));
     }
 
     /// Parses an optional value, reporting a parse failure at its span.
-    fn parse<T>(&mut self, rule: &'static str, v: &Option<S<String>>, f: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+    fn parse<T>(
+        &mut self,
+        rule: &'static str,
+        v: &Option<S<String>>,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
         let v = v.as_ref()?;
         match f(v.get_ref()) {
             Ok(t) => Some(t),
             Err(msg) => {
-                self.diags.push(Diagnostic::error(rule, v.span(), msg));
+                self.diags
+                    .push(Diagnostic::error(rule, v.span(), msg).hint(example_for(rule)));
                 None
             }
         }
@@ -75,7 +132,13 @@ impl Validator<'_> {
         self.base.join(p)
     }
 
-    fn int_in(&mut self, v: &Option<S<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, default: u32) -> u32 {
+    fn int_in(
+        &mut self,
+        v: &Option<S<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: u32,
+    ) -> u32 {
         match v {
             None => default,
             Some(n) if range.contains(n.get_ref()) => *n.get_ref() as u32,
@@ -83,8 +146,17 @@ impl Validator<'_> {
                 self.err(
                     "out-of-range",
                     n.span(),
-                    format!("`{key}` is {}, outside {}..={}", n.get_ref(), range.start(), range.end()),
-                    format!("set `{key}` to a whole number from {} to {}", range.start(), range.end()),
+                    format!(
+                        "`{key}` is {}, outside {}..={}",
+                        n.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
+                    format!(
+                        "set `{key}` to a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
                 );
                 default
             }
@@ -130,10 +202,14 @@ impl Validator<'_> {
                 })
             })
             .unwrap_or(Tz::UTC);
-        let retention = self.parse("bad-duration", &s.retention, Dur::parse).unwrap_or(Dur::from_secs(3 * 86_400));
+        let retention = self
+            .parse("bad-duration", &s.retention, Dur::parse)
+            .unwrap_or(Dur::from_secs(3 * 86_400));
         let keep_last_good = self.int_in(&s.keep_last_good, "keep_last_good", 0..=1000, 1);
         let min_backup_version = self.parse("bad-version", &s.min_backup_version, Version::parse);
-        let verify = self.parse("bad-percentage", &s.verify, Percent::parse).unwrap_or(Percent(5.0));
+        let verify = self
+            .parse("bad-percentage", &s.verify, Percent::parse)
+            .unwrap_or(Percent(5.0));
         Schedule {
             daily_at,
             timezone,
@@ -175,9 +251,27 @@ impl Validator<'_> {
         path
     }
 
-    fn secret(&mut self, file: &Option<S<String>>, env: &Option<S<String>>, key: &str, span: Range<usize>, what: &str) -> Option<SecretSource> {
+    fn secret(
+        &mut self,
+        file: &Option<S<String>>,
+        env: &Option<S<String>>,
+        key: &str,
+        span: Range<usize>,
+        what: &str,
+    ) -> Option<SecretSource> {
         match (file, env) {
-            (Some(f), None) => Some(SecretSource::File(self.secret_file(f, &format!("{key}_file")))),
+            (Some(f), None) => Some(SecretSource::File(
+                self.secret_file(f, &format!("{key}_file")),
+            )),
+            (None, Some(e)) if e.get_ref().trim().is_empty() => {
+                self.err(
+                    "bad-value",
+                    e.span(),
+                    format!("`{key}_env` is empty"),
+                    format!("name the environment variable that holds the secret, like `{key}_env = \"BACKPLAN_SECRET\"`"),
+                );
+                None
+            }
             (None, Some(e)) => Some(SecretSource::Env(e.get_ref().clone())),
             (Some(_), Some(e)) => {
                 self.err(
@@ -200,7 +294,12 @@ impl Validator<'_> {
         }
     }
 
-    fn storages(&mut self, raw: &RawConfig, daemon: &Daemon, schedule: &Schedule) -> BTreeMap<String, Storage> {
+    fn storages(
+        &mut self,
+        raw: &RawConfig,
+        daemon: &Daemon,
+        schedule: &Schedule,
+    ) -> BTreeMap<String, Storage> {
         let mut out = BTreeMap::new();
         for (name, s) in &raw.storage {
             let what = format!("[storage.{}]", name.get_ref());
@@ -214,6 +313,7 @@ impl Validator<'_> {
                         format!("{what} has no `kind`"),
                         "add `kind = \"azure\"`, `kind = \"s3\"` or `kind = \"local\"`",
                     );
+                    self.broken_storages.insert(name.get_ref().clone());
                     continue;
                 }
             };
@@ -225,12 +325,19 @@ impl Validator<'_> {
                     "the storage named `local` is the local repository and must have `kind = \"local\"`",
                     "give the external storage another name, like [storage.archive]",
                 );
+                self.broken_storages.insert(name.get_ref().clone());
                 continue;
             }
             // Keys that belong to another kind are mistakes, not noise.
             let applies: &[&str] = match kind {
                 StorageKind::Local => &["path"],
-                StorageKind::Azure => &["account", "container", "access_key_file", "access_key_env", "endpoint"],
+                StorageKind::Azure => &[
+                    "account",
+                    "container",
+                    "access_key_file",
+                    "access_key_env",
+                    "endpoint",
+                ],
                 StorageKind::S3 => &[
                     "bucket",
                     "region",
@@ -259,7 +366,10 @@ impl Validator<'_> {
                         "key-not-for-kind",
                         v.span(),
                         format!("`{key}` does not apply to a storage of kind `{kind}`"),
-                        format!("remove `{key}`, or change `kind`; for `{kind}` the keys are: {}", applies.join(", ")),
+                        format!(
+                            "remove `{key}`, or change `kind`; for `{kind}` the keys are: {}",
+                            applies.join(", ")
+                        ),
                     );
                 }
             }
@@ -267,7 +377,12 @@ impl Validator<'_> {
                 match val {
                     Some(x) if !x.get_ref().is_empty() => Some(x.get_ref().clone()),
                     Some(x) => {
-                        v.err("bad-value", x.span(), format!("`{key}` is empty"), format!("give `{key}` a value"));
+                        v.err(
+                            "bad-value",
+                            x.span(),
+                            format!("`{key}` is empty"),
+                            format!("give `{key}` a value"),
+                        );
                         None
                     }
                     None => {
@@ -293,14 +408,22 @@ impl Validator<'_> {
                 StorageKind::Azure => {
                     let account = need(self, &s.account, "account");
                     let container = need(self, &s.container, "container");
-                    let key = self.secret(&s.access_key_file, &s.access_key_env, "access_key", name.span(), &what);
+                    let key = self.secret(
+                        &s.access_key_file,
+                        &s.access_key_env,
+                        "access_key",
+                        name.span(),
+                        &what,
+                    );
                     match (account, container, key) {
-                        (Some(account), Some(container), Some(access_key)) => Some(StorageLocation::Azure {
-                            account,
-                            container,
-                            endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
-                            access_key,
-                        }),
+                        (Some(account), Some(container), Some(access_key)) => {
+                            Some(StorageLocation::Azure {
+                                account,
+                                container,
+                                endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
+                                access_key,
+                            })
+                        }
                         _ => None,
                     }
                 }
@@ -315,18 +438,23 @@ impl Validator<'_> {
                         &what,
                     );
                     match (bucket, key_id, secret) {
-                        (Some(bucket), Some(access_key_id), Some(secret_access_key)) => Some(StorageLocation::S3 {
-                            bucket,
-                            region: s.region.as_ref().map(|r| r.get_ref().clone()),
-                            endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
-                            access_key_id,
-                            secret_access_key,
-                        }),
+                        (Some(bucket), Some(access_key_id), Some(secret_access_key)) => {
+                            Some(StorageLocation::S3 {
+                                bucket,
+                                region: s.region.as_ref().map(|r| r.get_ref().clone()),
+                                endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
+                                access_key_id,
+                                secret_access_key,
+                            })
+                        }
                         _ => None,
                     }
                 }
             };
-            let password_file = s.password_file.as_ref().map(|p| self.secret_file(p, "password_file"));
+            let password_file = s
+                .password_file
+                .as_ref()
+                .map(|p| self.secret_file(p, "password_file"));
             let external = kind != StorageKind::Local;
             let retention = self.parse("bad-duration", &s.retention, Retention::parse);
             let max_restore_age = self.parse("bad-duration", &s.max_restore_age, Dur::parse);
@@ -338,6 +466,9 @@ impl Validator<'_> {
                     "remove `purge_on_delete`",
                 );
             }
+            if location.is_none() {
+                self.broken_storages.insert(name.get_ref().clone());
+            }
             if let Some(location) = location {
                 out.insert(
                     name.get_ref().clone(),
@@ -345,9 +476,17 @@ impl Validator<'_> {
                         name: name.get_ref().clone(),
                         location,
                         password_file,
-                        retention: retention.unwrap_or(if external { Retention::Forever } else { Retention::For(schedule.retention) }),
+                        retention: retention.unwrap_or(if external {
+                            Retention::Forever
+                        } else {
+                            Retention::For(schedule.retention)
+                        }),
                         max_restore_age,
-                        purge_on_delete: s.purge_on_delete.as_ref().map(|p| *p.get_ref()).unwrap_or(false),
+                        purge_on_delete: s
+                            .purge_on_delete
+                            .as_ref()
+                            .map(|p| *p.get_ref())
+                            .unwrap_or(false),
                     },
                 );
             }
@@ -390,21 +529,35 @@ impl Validator<'_> {
             };
             let mut backups = BTreeMap::new();
             for (key, b) in &i.backups {
-                let storage = b.storage.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("local");
+                let storage = b
+                    .storage
+                    .as_ref()
+                    .map(|s| s.get_ref().as_str())
+                    .unwrap_or("local");
                 let storage_span = b.storage.as_ref().map(|s| s.span()).unwrap_or(key.span());
-                if !storages.contains_key(storage) {
+                let broken = self.broken_storages.contains(storage)
+                    || self.skipped.contains(&format!("storage.{storage}"));
+                if !storages.contains_key(storage) && !broken {
                     let hint = match did_you_mean(storage, storages.keys().map(String::as_str)) {
-                        Some(s) => format!("did you mean `{s}`? Storages are declared as [storage.<name>]"),
+                        Some(s) => {
+                            format!("did you mean `{s}`? Storages are declared as [storage.<name>]")
+                        }
                         None => format!(
                             "declare [storage.{storage}] or use one of: {}",
                             storages.keys().cloned().collect::<Vec<_>>().join(", ")
                         ),
                     };
-                    self.err("unknown-storage", storage_span.clone(), format!("storage `{storage}` does not exist"), hint);
+                    self.err(
+                        "unknown-storage",
+                        storage_span.clone(),
+                        format!("storage `{storage}` does not exist"),
+                        hint,
+                    );
                 }
                 if let (Some(min), Some(v)) = (&schedule.min_backup_version, &version)
-                    && v < min {
-                        self.err(
+                    && v < min
+                {
+                    self.err(
                             "min-backup-version",
                             key.span(),
                             format!(
@@ -414,13 +567,21 @@ impl Validator<'_> {
                             ),
                             format!("update the instance to version {min} or later first, or lower `min_backup_version`"),
                         );
-                    }
+                }
                 backups.insert(
                     key.get_ref().clone(),
                     BackupDecl {
                         key: key.get_ref().clone(),
-                        label: b.label.as_ref().map(|l| l.get_ref().clone()).unwrap_or_else(|| key.get_ref().clone()),
-                        notes: b.notes.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default(),
+                        label: b
+                            .label
+                            .as_ref()
+                            .map(|l| l.get_ref().clone())
+                            .unwrap_or_else(|| key.get_ref().clone()),
+                        notes: b
+                            .notes
+                            .as_ref()
+                            .map(|l| l.get_ref().clone())
+                            .unwrap_or_default(),
                         storage: storage.to_string(),
                         loc: self.lines.loc(key.span().start),
                         storage_loc: self.lines.loc(storage_span.start),
@@ -474,7 +635,12 @@ impl Validator<'_> {
                     return None;
                 };
                 if p.get_ref().is_empty() {
-                    self.err("bad-value", p.span(), "`path` is empty", "give the path of the data");
+                    self.err(
+                        "bad-value",
+                        p.span(),
+                        "`path` is empty",
+                        "give the path of the data",
+                    );
                     return None;
                 }
                 let path = self.path(p.get_ref());
@@ -495,7 +661,10 @@ impl Validator<'_> {
                     return None;
                 };
                 let url = u.get_ref();
-                let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) else {
+                let Some(rest) = url
+                    .strip_prefix("postgres://")
+                    .or_else(|| url.strip_prefix("postgresql://"))
+                else {
                     self.err(
                         "bad-value",
                         u.span(),
@@ -504,17 +673,28 @@ impl Validator<'_> {
                     );
                     return None;
                 };
-                let userinfo = rest.split('/').next().unwrap_or("").rsplit_once('@').map(|(u, _)| u);
+                let userinfo = rest
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .rsplit_once('@')
+                    .map(|(u, _)| u);
                 if userinfo.is_some_and(|u| u.contains(':')) || url.contains("password=") {
-                    self.err(
-                        "inline-secret",
-                        u.span(),
-                        "the URL holds a password, which would put a secret in the file",
-                        "remove the password from the URL and give it with `password_file` (or a ~/.pgpass of the backplan user)",
+                    self.diags.push(
+                        Diagnostic::error(
+                            "inline-secret",
+                            u.span(),
+                            "the URL holds a password, which would put a secret in the file",
+                        )
+                        .hint("remove the password from the URL and give it with `password_file` (or a ~/.pgpass of the backplan user)")
+                        .redact(u.span()),
                     );
                     return None;
                 }
-                let password_file = s.password_file.as_ref().map(|p| self.secret_file(p, "password_file"));
+                let password_file = s
+                    .password_file
+                    .as_ref()
+                    .map(|p| self.secret_file(p, "password_file"));
                 Some(Source::Postgres {
                     url: url.clone(),
                     password_file,
@@ -533,7 +713,9 @@ impl Validator<'_> {
                     (Source::Directory { path: p }, Source::Directory { path: q })
                     | (Source::Directory { path: p }, Source::Sqlite { path: q })
                     | (Source::Sqlite { path: p }, Source::Directory { path: q })
-                    | (Source::Sqlite { path: p }, Source::Sqlite { path: q }) => p.starts_with(q) || q.starts_with(p),
+                    | (Source::Sqlite { path: p }, Source::Sqlite { path: q }) => {
+                        p.starts_with(q) || q.starts_with(p)
+                    }
                     (Source::Postgres { url: u, .. }, Source::Postgres { url: v, .. }) => u == v,
                     _ => false,
                 };
@@ -541,7 +723,13 @@ impl Validator<'_> {
                     let span = raw
                         .instances
                         .get(b.name.as_str())
-                        .map(|r| r.source.kind.span())
+                        .map(|r| {
+                            let src = &r.source;
+                            src.path
+                                .as_ref()
+                                .or(src.url.as_ref())
+                                .map_or(src.kind.span(), |p| p.span())
+                        })
                         .unwrap_or(0..0);
                     self.err(
                         "shared-source",
@@ -560,7 +748,11 @@ impl Validator<'_> {
         }
     }
 
-    fn restores(&mut self, raw: &RawConfig, instances: &BTreeMap<String, Instance>) -> BTreeMap<String, Restore> {
+    fn restores(
+        &mut self,
+        raw: &RawConfig,
+        instances: &BTreeMap<String, Instance>,
+    ) -> BTreeMap<String, Restore> {
         let mut out = BTreeMap::new();
         for (key, r) in &raw.restores {
             let from = self.parse("bad-backup-ref", &Some(r.from.clone()), BackupRef::parse);
@@ -568,13 +760,19 @@ impl Validator<'_> {
             let target = instances.get(to.as_str());
             match target {
                 // An instance with problems of its own: already reported there.
-                None if raw.instances.contains_key(to.as_str()) || self.skipped.contains(to) => {}
+                None if raw.instances.contains_key(to.as_str())
+                    || self.skipped.contains(&format!("instances.{to}")) => {}
                 None => {
                     let hint = match did_you_mean(to, instances.keys().map(String::as_str)) {
                         Some(n) => format!("did you mean `{n}`?"),
                         None => "name a sandbox instance declared under [instances]".to_string(),
                     };
-                    self.err("unknown-instance", r.to.span(), format!("restore target `{to}` is not an instance in this file"), hint);
+                    self.err(
+                        "unknown-instance",
+                        r.to.span(),
+                        format!("restore target `{to}` is not an instance in this file"),
+                        hint,
+                    );
                 }
                 Some(t) if t.kind == InstanceType::Production => {
                     self.err(
@@ -589,7 +787,9 @@ impl Validator<'_> {
                 Some(_) => {}
             }
             if let Some(from) = &from {
-                self.restore_source(from, &r.from, target, instances, |n| raw.instances.contains_key(n));
+                self.restore_source(from, &r.from, target, instances, |n| {
+                    raw.instances.contains_key(n)
+                });
             }
             if let Some(from) = from {
                 out.insert(
@@ -619,42 +819,51 @@ impl Validator<'_> {
             return; // a UUID: only the recorded state can say what it is
         };
         let Some(inst) = instances.get(inst_name) else {
-            if self.skipped.contains(inst_name) || raw_has(inst_name) {
+            if self.skipped.contains(&format!("instances.{inst_name}")) || raw_has(inst_name) {
                 return;
             }
             let hint = match did_you_mean(inst_name, instances.keys().map(String::as_str)) {
                 Some(n) => format!("did you mean `{n}`?"),
                 None => "to restore a backup of an instance no longer in the file, name the backup by its UUID (see `backplan backups`)".into(),
             };
-            self.err("unknown-instance", span.span(), format!("`{inst_name}` is not an instance in this file"), hint);
+            self.err(
+                "unknown-instance",
+                span.span(),
+                format!("`{inst_name}` is not an instance in this file"),
+                hint,
+            );
             return;
         };
         if let BackupRef::OnDemand { key, .. } = from
-            && !inst.backups.contains_key(key) {
-                let hint = match did_you_mean(key, inst.backups.keys().map(String::as_str)) {
-                    Some(n) => format!("did you mean `{inst_name}/{n}`?"),
-                    None => format!("declare it as [instances.{inst_name}.backups.{key}], or use `{inst_name}@latest`"),
-                };
-                self.err(
-                    "unknown-backup",
-                    span.span(),
-                    format!("`{inst_name}` has no on-demand backup `{key}` in this file"),
-                    hint,
-                );
-            }
+            && !inst.backups.contains_key(key)
+        {
+            let hint = match did_you_mean(key, inst.backups.keys().map(String::as_str)) {
+                Some(n) => format!("did you mean `{inst_name}/{n}`?"),
+                None => format!(
+                    "declare it as [instances.{inst_name}.backups.{key}], or use `{inst_name}@latest`"
+                ),
+            };
+            self.err(
+                "unknown-backup",
+                span.span(),
+                format!("`{inst_name}` has no on-demand backup `{key}` in this file"),
+                hint,
+            );
+        }
         if let Some(t) = target
-            && t.source.kind() != inst.source.kind() {
-                self.err(
-                    "kind-mismatch",
-                    span.span(),
-                    format!(
-                        "a backup of `{inst_name}` ({}) cannot be restored into `{}` ({})",
-                        inst.source.kind(),
-                        t.name,
-                        t.source.kind()
-                    ),
-                    "restore into a sandbox of the same kind",
-                );
-            }
+            && t.source.kind() != inst.source.kind()
+        {
+            self.err(
+                "kind-mismatch",
+                span.span(),
+                format!(
+                    "a backup of `{inst_name}` ({}) cannot be restored into `{}` ({})",
+                    inst.source.kind(),
+                    t.name,
+                    t.source.kind()
+                ),
+                "restore into a sandbox of the same kind",
+            );
+        }
     }
 }

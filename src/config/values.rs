@@ -37,7 +37,8 @@ impl Dur {
     }
 
     pub fn parse(s: &str) -> Result<Self, String> {
-        let hint = "write a whole number followed by one unit: `30s`, `10m`, `12h`, `3d`, `2w` or `3y`";
+        let hint =
+            "write a whole number followed by one unit: `30s`, `10m`, `12h`, `3d`, `2w` or `3y`";
         let s = s.trim();
         let Some(unit) = s.chars().last() else {
             return Err(format!("empty duration; {hint}"));
@@ -49,9 +50,7 @@ impl Dur {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!("`{s}` is not a duration; {hint}"));
         }
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{s}` is too large"))?;
+        let n: u64 = digits.parse().map_err(|_| format!("`{s}` is too large"))?;
         let secs = n
             .checked_mul(mult)
             .filter(|v| *v <= 1_000 * 365 * 86_400)
@@ -211,7 +210,8 @@ impl TryFrom<String> for Version {
 
 /// `HH:MM`, 24-hour clock.
 pub fn parse_time_of_day(s: &str) -> Result<NaiveTime, String> {
-    let bad = || format!("`{s}` is not a time of day; write `HH:MM` on a 24-hour clock, like `02:00`");
+    let bad =
+        || format!("`{s}` is not a time of day; write `HH:MM` on a 24-hour clock, like `02:00`");
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
     if h.len() != 2 || m.len() != 2 {
         return Err(bad());
@@ -227,11 +227,17 @@ pub struct Percent(pub f64);
 
 impl Percent {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a percentage; write a number from 0 to 100 followed by `%`, like `5%`");
+        let bad =
+            || format!("`{s}` is not a percentage; write a number followed by `%`, like `5%`");
         let n = s.strip_suffix('%').ok_or_else(bad)?;
         let v: f64 = n.trim().parse().map_err(|_| bad())?;
-        if !(0.0..=100.0).contains(&v) || !v.is_finite() {
+        if !v.is_finite() {
             return Err(bad());
+        }
+        if v <= 0.0 || v > 100.0 {
+            return Err(format!(
+                "`{s}` is outside the range: the share must be above 0% and at most 100%"
+            ));
         }
         Ok(Percent(v))
     }
@@ -296,8 +302,9 @@ impl BackupRef {
                 return Ok(BackupRef::Latest { instance });
             }
             if let Some(d) = sel.strip_prefix("daily:") {
-                let date = NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                    .map_err(|_| format!("`{d}` is not a date; write `YYYY-MM-DD`, like `2026-11-26`"))?;
+                let date = NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
+                    format!("`{d}` is not a date; write `YYYY-MM-DD`, like `2026-11-26`")
+                })?;
                 return Ok(BackupRef::Daily { instance, date });
             }
             if let Some(v) = sel.strip_prefix("pre-update:") {
@@ -385,13 +392,36 @@ mod tests {
                 key: "before-import".into()
             }
         );
-        assert_eq!(r("contoso@latest"), BackupRef::Latest { instance: "contoso".into() });
-        assert!(matches!(r("contoso@daily:2026-11-26"), BackupRef::Daily { .. }));
-        assert!(matches!(r("contoso@pre-update:9.1"), BackupRef::PreUpdate { .. }));
-        assert!(matches!(r("6f1c2a8e-5d1b-4c1e-9a8e-0c1f2b3d4e5f"), BackupRef::Id { .. }));
-        for bad in ["contoso", "contoso@daily:2026-13-01", "contoso@yesterday", "/x", "a/b/c"] {
+        assert_eq!(
+            r("contoso@latest"),
+            BackupRef::Latest {
+                instance: "contoso".into()
+            }
+        );
+        assert!(matches!(
+            r("contoso@daily:2026-11-26"),
+            BackupRef::Daily { .. }
+        ));
+        assert!(matches!(
+            r("contoso@pre-update:9.1"),
+            BackupRef::PreUpdate { .. }
+        ));
+        assert!(matches!(
+            r("6f1c2a8e-5d1b-4c1e-9a8e-0c1f2b3d4e5f"),
+            BackupRef::Id { .. }
+        ));
+        for bad in [
+            "contoso",
+            "contoso@daily:2026-13-01",
+            "contoso@yesterday",
+            "/x",
+            "a/b/c",
+        ] {
             assert!(BackupRef::parse(bad).is_err(), "{bad:?} should be refused");
         }
-        assert_eq!(r("contoso@daily:2026-11-26").to_string(), "contoso@daily:2026-11-26");
+        assert_eq!(
+            r("contoso@daily:2026-11-26").to_string(),
+            "contoso@daily:2026-11-26"
+        );
     }
 }

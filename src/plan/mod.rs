@@ -126,7 +126,10 @@ pub enum Details {
     },
     /// Stop managing the instance. Its data is never touched; its backups stay and expire on
     /// schedule.
-    ForgetInstance { instance: String, backups_kept: usize },
+    ForgetInstance {
+        instance: String,
+        backups_kept: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -160,14 +160,21 @@ impl<'r> Index<'r> {
         let mut on_demand: BTreeMap<(&str, &str), &BackupRecord> = BTreeMap::new();
         for b in rec.backups.values() {
             by_instance.entry(b.instance.as_str()).or_default().push(b);
-            if let (BackupKind::OnDemand, Some(key), false) = (b.kind, &b.key, b.status == BackupStatus::Deleting) {
-                let slot = on_demand.entry((b.instance.as_str(), key.as_str())).or_insert(b);
+            if let (BackupKind::OnDemand, Some(key), false) =
+                (b.kind, &b.key, b.status == BackupStatus::Deleting)
+            {
+                let slot = on_demand
+                    .entry((b.instance.as_str(), key.as_str()))
+                    .or_insert(b);
                 if (b.created_at, b.id) > (slot.created_at, slot.id) {
                     *slot = b;
                 }
             }
         }
-        Index { by_instance, on_demand }
+        Index {
+            by_instance,
+            on_demand,
+        }
     }
 }
 
@@ -187,7 +194,14 @@ impl Planner<'_> {
         format!("{}:{}:{}", self.file, loc.line, loc.col)
     }
 
-    fn refuse(&mut self, rule: &'static str, address: String, location: String, message: String, fix: String) {
+    fn refuse(
+        &mut self,
+        rule: &'static str,
+        address: String,
+        location: String,
+        message: String,
+        fix: String,
+    ) {
         self.refusals.push(Refusal {
             rule,
             address,
@@ -198,7 +212,11 @@ impl Planner<'_> {
     }
 
     fn act(&mut self, op: Op, address: String, details: Details) {
-        self.actions.push(Action { op, address, details });
+        self.actions.push(Action {
+            op,
+            address,
+            details,
+        });
     }
 
     /// Backups whose expiry has passed and that `keep_last_good` does not protect.
@@ -299,7 +317,9 @@ impl Planner<'_> {
                 continue;
             }
             let kept = self.idx.by_instance.get(name.as_str()).map_or(0, |v| {
-                v.iter().filter(|b| b.status != BackupStatus::Expired).count()
+                v.iter()
+                    .filter(|b| b.status != BackupStatus::Expired)
+                    .count()
             });
             self.act(
                 Op::Forget,
@@ -401,22 +421,33 @@ impl Planner<'_> {
     fn create_backup(&mut self, inst: &Instance, key: &str, address: String) {
         let decl = &inst.backups[key];
         if let Some(min) = &self.cfg.schedule.min_backup_version
-            && &inst.version < min {
-                self.refuse(
-                    "min-backup-version",
-                    address,
-                    self.at(decl.loc),
-                    format!("on-demand backups need version {min} or later; `{}` is at {}", inst.name, inst.version),
-                    format!("update `{}` to {min} or later first, or lower `min_backup_version`", inst.name),
-                );
-                return;
-            }
+            && &inst.version < min
+        {
+            self.refuse(
+                "min-backup-version",
+                address,
+                self.at(decl.loc),
+                format!(
+                    "on-demand backups need version {min} or later; `{}` is at {}",
+                    inst.name, inst.version
+                ),
+                format!(
+                    "update `{}` to {min} or later first, or lower `min_backup_version`",
+                    inst.name
+                ),
+            );
+            return;
+        }
         let storage = &self.cfg.storages[&decl.storage];
         self.act(
             Op::Create,
             address,
             Details::CreateBackup {
-                id: id_of(&format!("on-demand/{}/{key}/{}", inst.name, self.now.to_rfc3339())),
+                id: id_of(&format!(
+                    "on-demand/{}/{key}/{}",
+                    inst.name,
+                    self.now.to_rfc3339()
+                )),
                 instance: inst.name.clone(),
                 key: key.to_string(),
                 label: decl.label.clone(),
@@ -458,14 +489,22 @@ impl Planner<'_> {
                 continue;
             }
             if let Err((rule, message, fix)) = self.restore(r, expiring) {
-                let loc = if rule == "restore-into-production" { r.to_loc } else { r.loc };
+                let loc = if rule == "restore-into-production" {
+                    r.to_loc
+                } else {
+                    r.loc
+                };
                 self.refuse(rule, address, self.at(loc), message, fix);
             }
         }
     }
 
     /// Checks one new restore and plans it; on refusal returns (rule, message, fix).
-    fn restore(&mut self, r: &Restore, expiring: &BTreeSet<Uuid>) -> Result<(), (&'static str, String, String)> {
+    fn restore(
+        &mut self,
+        r: &Restore,
+        expiring: &BTreeSet<Uuid>,
+    ) -> Result<(), (&'static str, String, String)> {
         let cfg = self.cfg;
         let Some(target) = cfg.instances.get(&r.to) else {
             return Err((
@@ -478,8 +517,14 @@ impl Planner<'_> {
         if target.kind == InstanceType::Production {
             return Err((
                 "restore-into-production",
-                format!("`{}` is a production instance; only a sandbox can be the target of a restore", r.to),
-                format!("restore into a sandbox instance, or switch `{}` to sandbox first", r.to),
+                format!(
+                    "`{}` is a production instance; only a sandbox can be the target of a restore",
+                    r.to
+                ),
+                format!(
+                    "restore into a sandbox instance, or switch `{}` to sandbox first",
+                    r.to
+                ),
             ));
         }
         let (backup, by_plan, source_kind) = self.resolve(&r.from, expiring)?;
@@ -495,7 +540,10 @@ impl Planner<'_> {
                 "restore into a sandbox of the same kind".into(),
             ));
         }
-        let deleted = self.actions.iter().any(|a| matches!(a.details, Details::DeleteBackup { id, .. } if id == backup));
+        let deleted = self
+            .actions
+            .iter()
+            .any(|a| matches!(a.details, Details::DeleteBackup { id, .. } if id == backup));
         if deleted {
             return Err((
                 "backup-being-deleted",
@@ -531,36 +579,49 @@ impl Planner<'_> {
                 "list the backups with `backplan backups` and name one that exists".to_string(),
             )
         };
-        let of = |inst: &str| self.idx.by_instance.get(inst).map(Vec::as_slice).unwrap_or(&[]);
+        let of = |inst: &str| {
+            self.idx
+                .by_instance
+                .get(inst)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+        };
         let found: Option<&BackupRecord> = match from {
             BackupRef::Id { id } => self.rec.backups.get(id),
-            BackupRef::OnDemand { instance, key } => match self.idx.on_demand.get(&(instance.as_str(), key.as_str())) {
-                Some(b) => Some(*b),
-                None => {
-                    let planned = self.actions.iter().find_map(|a| match &a.details {
-                        Details::CreateBackup { id, instance: i, key: k, .. } if i == instance && k == key => Some(*id),
-                        _ => None,
-                    });
-                    if let Some(id) = planned {
-                        let kind = self.cfg.instances[instance].source.kind();
-                        return Ok((id, true, kind));
+            BackupRef::OnDemand { instance, key } => {
+                match self.idx.on_demand.get(&(instance.as_str(), key.as_str())) {
+                    Some(b) => Some(*b),
+                    None => {
+                        let planned = self.actions.iter().find_map(|a| match &a.details {
+                            Details::CreateBackup {
+                                id,
+                                instance: i,
+                                key: k,
+                                ..
+                            } if i == instance && k == key => Some(*id),
+                            _ => None,
+                        });
+                        if let Some(id) = planned {
+                            let kind = self.cfg.instances[instance].source.kind();
+                            return Ok((id, true, kind));
+                        }
+                        None
                     }
-                    None
                 }
-            },
+            }
             BackupRef::Latest { instance } => newest(
                 of(instance)
                     .iter()
                     .filter(|b| b.status == BackupStatus::Completed && !expiring.contains(&b.id)),
             ),
-            BackupRef::Daily { instance, date } => {
-                newest(of(instance).iter().filter(|b| b.kind == BackupKind::Daily && b.date == Some(*date)))
-            }
-            BackupRef::PreUpdate { instance, version } => newest(
+            BackupRef::Daily { instance, date } => newest(
                 of(instance)
                     .iter()
-                    .filter(|b| b.kind == BackupKind::PreUpdate && b.version.as_ref() == Some(version)),
+                    .filter(|b| b.kind == BackupKind::Daily && b.date == Some(*date)),
             ),
+            BackupRef::PreUpdate { instance, version } => newest(of(instance).iter().filter(|b| {
+                b.kind == BackupKind::PreUpdate && b.version.as_ref() == Some(version)
+            })),
         };
         let b = found.ok_or_else(unknown)?;
         let expired = b.status == BackupStatus::Expired || expiring.contains(&b.id);
@@ -579,7 +640,10 @@ impl Planner<'_> {
                     format!(
                         "backup {from} ({}) failed{}",
                         b.id,
-                        b.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                        b.error
+                            .as_ref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
                     ),
                     "restore from a backup that completed; `backplan backups` lists them".into(),
                 ));
@@ -594,21 +658,25 @@ impl Planner<'_> {
         }
         if let Some(storage) = self.cfg.storages.get(&b.storage) {
             if let (true, Some(age)) = (storage.is_external(), storage.max_restore_age)
-                && self.now - b.created_at > age.to_chrono() {
-                    return Err((
-                        "restore-too-old",
-                        format!(
-                            "backup {from} was taken {} and storage `{}` refuses restores of backups older than {age}",
-                            b.created_at.to_rfc3339(),
-                            b.storage
-                        ),
-                        "restore from a newer backup".into(),
-                    ));
-                }
+                && self.now - b.created_at > age.to_chrono()
+            {
+                return Err((
+                    "restore-too-old",
+                    format!(
+                        "backup {from} was taken {} and storage `{}` refuses restores of backups older than {age}",
+                        b.created_at.to_rfc3339(),
+                        b.storage
+                    ),
+                    "restore from a newer backup".into(),
+                ));
+            }
         } else {
             return Err((
                 "unknown-storage",
-                format!("backup {from} is in storage `{}`, which the file no longer declares", b.storage),
+                format!(
+                    "backup {from} is in storage `{}`, which the file no longer declares",
+                    b.storage
+                ),
                 format!("declare [storage.{}] again to restore from it", b.storage),
             ));
         }
@@ -619,10 +687,15 @@ impl Planner<'_> {
     /// than 2) of the on-demand backups deleted, is refused unless explicitly allowed.
     fn mass_removal(&mut self, opts: PlanOptions) {
         let forgets = self.actions.iter().filter(|a| a.op == Op::Forget).count()
-            + self.refusals.iter().filter(|r| r.rule == "production-removal").count();
+            + self
+                .refusals
+                .iter()
+                .filter(|r| r.rule == "production-removal")
+                .count();
         let instances = self.rec.instances.len();
         let live = |b: &&BackupRecord| {
-            b.kind == BackupKind::OnDemand && !matches!(b.status, BackupStatus::Expired | BackupStatus::Deleting)
+            b.kind == BackupKind::OnDemand
+                && !matches!(b.status, BackupStatus::Expired | BackupStatus::Deleting)
         };
         let deletes = self
             .actions
@@ -645,7 +718,8 @@ impl Planner<'_> {
             _ => format!("{deletes} of {on_demand} on-demand backups would be deleted"),
         };
         if opts.allow_mass_removal {
-            self.notes.push(format!("{what}; allowed by --allow-mass-removal"));
+            self.notes
+                .push(format!("{what}; allowed by --allow-mass-removal"));
             return;
         }
         self.refuse(
@@ -690,7 +764,8 @@ impl Planner<'_> {
 }
 
 fn newest<'r>(it: impl Iterator<Item = &'r &'r BackupRecord>) -> Option<&'r BackupRecord> {
-    it.max_by_key(|b| (b.finished_at(), b.created_at, b.id)).copied()
+    it.max_by_key(|b| (b.finished_at(), b.created_at, b.id))
+        .copied()
 }
 
 fn expiry(r: Retention, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -701,7 +776,10 @@ fn expiring(schedule: &Schedule, idx: &Index<'_>, now: DateTime<Utc>) -> BTreeSe
     let keep = schedule.keep_last_good as usize;
     let mut out = BTreeSet::new();
     for backups in idx.by_instance.values() {
-        let mut good: Vec<&&BackupRecord> = backups.iter().filter(|b| b.status == BackupStatus::Completed).collect();
+        let mut good: Vec<&&BackupRecord> = backups
+            .iter()
+            .filter(|b| b.status == BackupStatus::Completed)
+            .collect();
         good.sort_by_key(|b| std::cmp::Reverse((b.finished_at(), b.created_at, b.id)));
         let protected: BTreeSet<Uuid> = good.iter().take(keep).map(|b| b.id).collect();
         for b in backups {
@@ -735,7 +813,11 @@ fn due(
         if forgotten.contains(name.as_str()) {
             continue;
         }
-        let backups = idx.by_instance.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let backups = idx
+            .by_instance
+            .get(name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         // The first slot after the instance was first recorded.
         let created = local_date(s, inst.created_at);
         let first = if inst.created_at <= slot_at(s, created) {
@@ -749,7 +831,8 @@ fn due(
             .filter(|b| b.kind == BackupKind::Daily)
             .filter_map(|b| b.date)
             .collect();
-        let taken = |d: NaiveDate| recorded.contains(&d) || rec.backups.contains_key(&daily_id(name, d));
+        let taken =
+            |d: NaiveDate| recorded.contains(&d) || rec.backups.contains_key(&daily_id(name, d));
         let last_daily = recorded.last().copied();
         let mut d = first
             .max(last_daily.and_then(|d| d.succ_opt()).unwrap_or(first))
@@ -787,27 +870,32 @@ fn due(
         }
     }
     for b in rec.backups.values() {
-        let managed = rec.instances.contains_key(&b.instance) && !forgotten.contains(b.instance.as_str());
+        let managed =
+            rec.instances.contains_key(&b.instance) && !forgotten.contains(b.instance.as_str());
         let removed_from_file = b.kind == BackupKind::OnDemand
             && cfg
                 .instances
                 .get(&b.instance)
                 .is_some_and(|i| b.key.as_ref().is_none_or(|k| !i.backups.contains_key(k)));
         if let Some(at) = retry_at(b)
-            && managed && !removed_from_file && now >= at && !expiring.contains(&b.id) {
-                out.push(Due {
-                    work: Work::Retry,
-                    address: backup_address(b),
-                    details: DueDetails::Retry {
-                        id: b.id,
-                        instance: b.instance.clone(),
-                        kind: b.kind,
-                        attempt: b.attempts + 1,
-                        max_attempts: MAX_ATTEMPTS,
-                        last_error: b.error.clone(),
-                    },
-                });
-            }
+            && managed
+            && !removed_from_file
+            && now >= at
+            && !expiring.contains(&b.id)
+        {
+            out.push(Due {
+                work: Work::Retry,
+                address: backup_address(b),
+                details: DueDetails::Retry {
+                    id: b.id,
+                    instance: b.instance.clone(),
+                    kind: b.kind,
+                    attempt: b.attempts + 1,
+                    max_attempts: MAX_ATTEMPTS,
+                    last_error: b.error.clone(),
+                },
+            });
+        }
         if expiring.contains(&b.id) && cfg.storages.contains_key(&b.storage) {
             out.push(Due {
                 work: Work::Expire,

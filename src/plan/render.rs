@@ -47,7 +47,10 @@ pub fn text(plan: &Plan) -> String {
             count(&[Op::Restore]),
         );
     } else if plan.refusals.is_empty() {
-        let _ = writeln!(w, "No changes. The recorded state matches the configuration.");
+        let _ = writeln!(
+            w,
+            "No changes. The recorded state matches the configuration."
+        );
     }
 
     if !plan.refusals.is_empty() {
@@ -62,7 +65,10 @@ pub fn text(plan: &Plan) -> String {
             let _ = writeln!(w, "      why: {}", r.message);
             let _ = writeln!(w, "      fix: {}\n", r.fix);
         }
-        let _ = writeln!(w, "Nothing from the file will be applied until every refusal is resolved.");
+        let _ = writeln!(
+            w,
+            "Nothing from the file will be applied until every refusal is resolved."
+        );
     }
 
     let w = &mut out;
@@ -70,17 +76,32 @@ pub fn text(plan: &Plan) -> String {
     if plan.due.is_empty() {
         let _ = writeln!(w, "Nothing time-driven is due at {}.", time(&plan.at));
     } else {
-        let _ = writeln!(w, "Due at {} (time-driven, not from the file):\n", time(&plan.at));
+        let _ = writeln!(
+            w,
+            "Due at {} (time-driven, not from the file):\n",
+            time(&plan.at)
+        );
         let width = plan.due.iter().map(|d| d.address.len()).max().unwrap_or(0);
         for d in &plan.due {
             let (sym, what) = match &d.details {
-                DueDetails::DailyBackup { slot_at, expires_at, .. } => (
+                DueDetails::DailyBackup {
+                    slot_at,
+                    expires_at,
+                    ..
+                } => (
                     '+',
-                    format!("daily system backup (slot {}, expires {})", time(slot_at), expires(expires_at)),
+                    format!(
+                        "daily system backup (slot {}, expires {})",
+                        time(slot_at),
+                        expires(expires_at)
+                    ),
                 ),
                 DueDetails::SkipDaily { slot_at, .. } => (
                     '.',
-                    format!("slot {} was missed: recorded as skipped, not taken", time(slot_at)),
+                    format!(
+                        "slot {} was missed: recorded as skipped, not taken",
+                        time(slot_at)
+                    ),
                 ),
                 DueDetails::Retry {
                     attempt,
@@ -91,20 +112,37 @@ pub fn text(plan: &Plan) -> String {
                     '~',
                     format!(
                         "retry, try {attempt} of {max_attempts}{}",
-                        last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                        last_error
+                            .as_ref()
+                            .map(|e| format!(" (last error: {e})"))
+                            .unwrap_or_default()
                     ),
                 ),
-                DueDetails::Expire { kind, expires_at, .. } => (
+                DueDetails::Expire {
+                    kind, expires_at, ..
+                } => (
                     '-',
-                    format!("{} backup expired {}: will be deleted", kind.as_str(), time(expires_at)),
+                    format!(
+                        "{} backup expired {}: will be deleted",
+                        kind.as_str(),
+                        time(expires_at)
+                    ),
                 ),
             };
             let _ = writeln!(w, "  {sym} {:width$}  {what}", d.address);
         }
-        let daily = plan.due.iter().filter(|d| d.work == Work::DailyBackup).count();
+        let daily = plan
+            .due
+            .iter()
+            .filter(|d| d.work == Work::DailyBackup)
+            .count();
         let expire = plan.due.iter().filter(|d| d.work == Work::Expire).count();
         let retry = plan.due.iter().filter(|d| d.work == Work::Retry).count();
-        let skip = plan.due.iter().filter(|d| d.work == Work::SkipDaily).count();
+        let skip = plan
+            .due
+            .iter()
+            .filter(|d| d.work == Work::SkipDaily)
+            .count();
         let _ = writeln!(
             w,
             "\nDue: {daily} daily backup(s), {retry} retry(ies), {expire} expiry(ies), {skip} missed slot(s)."
@@ -150,13 +188,18 @@ fn action(w: &mut String, a: &Action) {
     };
     match &a.details {
         Details::CreateInstance {
-            kind, version, source, ..
+            kind,
+            version,
+            source,
+            ..
         } => {
             field("type", kind.to_string());
             field("version", version.to_string());
             field("source", source.describe());
         }
-        Details::SwitchInstance { kind, .. } => field("type", format!("{} -> {}", kind.from, kind.to)),
+        Details::SwitchInstance { kind, .. } => {
+            field("type", format!("{} -> {}", kind.from, kind.to))
+        }
         Details::UpdateInstance {
             version,
             pre_update_backup,
@@ -164,7 +207,10 @@ fn action(w: &mut String, a: &Action) {
             ..
         } => {
             field("version", format!("{} -> {}", version.from, version.to));
-            field("backup", format!("{pre_update_backup} (pre-update, created by System)"));
+            field(
+                "backup",
+                format!("{pre_update_backup} (pre-update, created by System)"),
+            );
             if !on_update.is_empty() {
                 field("on_update", on_update.join(" "));
             }
@@ -201,17 +247,27 @@ fn action(w: &mut String, a: &Action) {
             pre_restore_backup,
             ..
         } => {
-            let by = if *backup_created_by_plan { ", taken by this plan" } else { "" };
+            let by = if *backup_created_by_plan {
+                ", taken by this plan"
+            } else {
+                ""
+            };
             field("from", format!("{from} (backup {backup}{by})"));
             field("to", to.clone());
-            field("safety", format!("{pre_restore_backup} (pre-restore backup of {to}, taken first)"));
+            field(
+                "safety",
+                format!("{pre_restore_backup} (pre-restore backup of {to}, taken first)"),
+            );
         }
         Details::DeleteBackup { id, storage, .. } => {
             field("id", id.to_string());
             field("storage", storage.clone());
         }
         Details::ForgetInstance { backups_kept, .. } => {
-            field("backups", format!("{backups_kept} kept; they expire on schedule"));
+            field(
+                "backups",
+                format!("{backups_kept} kept; they expire on schedule"),
+            );
         }
     }
     w.push('\n');

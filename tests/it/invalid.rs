@@ -15,13 +15,26 @@ fn invalid_corpus() {
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
         let dir = file.parent().unwrap();
         let run = backplan(dir, &["validate", "-c", &format!("{name}.toml")]);
-        assert_eq!(run.code, 1, "{name}.toml should be invalid:\n{}", run.transcript());
-        assert!(run.stdout.is_empty(), "{name}: nothing on stdout when invalid");
+        assert_eq!(
+            run.code,
+            1,
+            "{name}.toml should be invalid:\n{}",
+            run.transcript()
+        );
+        assert!(
+            run.stdout.is_empty(),
+            "{name}: nothing on stdout when invalid"
+        );
         assert!(
             run.stderr.contains(&format!("{name}.toml:")),
             "{name}: each diagnostic names FILE:LINE:COLUMN"
         );
-        let about = std::fs::read_to_string(&file).unwrap().lines().next().unwrap_or("").to_string();
+        let about = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
         insta::with_settings!({
             snapshot_path => "snapshots/invalid",
             prepend_module_to_snapshot => false,
@@ -32,5 +45,8 @@ fn invalid_corpus() {
         });
     }
     // Checked last, so that the snapshots of a growing corpus are all written first.
-    assert!(count >= 40, "expected at least 40 invalid files, found {count}");
+    assert!(
+        count >= 40,
+        "expected at least 40 invalid files, found {count}"
+    );
 }

@@ -1,0 +1,82 @@
+//! Shared helpers: run the real binary, copy fixtures to a scratch folder, seed the state
+//! store, and filter run-specific paths out of output before it is snapshotted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use backplan::records::Recorded;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// What one run of the binary printed.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout, stderr and the exit status in one text, for snapshots.
+    pub fn transcript(&self) -> String {
+        let mut s = format!("exit: {}\n", self.code);
+        if !self.stdout.is_empty() {
+            s += &format!("--- stdout\n{}", self.stdout);
+        }
+        if !self.stderr.is_empty() {
+            s += &format!("--- stderr\n{}", self.stderr);
+        }
+        s
+    }
+}
+
+/// Runs `backplan ARGS` in `dir`, replacing `dir` in the output with `[DIR]`.
+pub fn backplan(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BACKPLAN_CONFIG")
+        .output()
+        .expect("the binary runs");
+    let real = dir.canonicalize().unwrap();
+    let filter = |b: Vec<u8>| {
+        String::from_utf8(b)
+            .expect("output is UTF-8")
+            .replace(&real.display().to_string(), "[DIR]")
+            .replace(&dir.display().to_string(), "[DIR]")
+    };
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: filter(out.stdout),
+        stderr: filter(out.stderr),
+    }
+}
+
+/// Copies a fixture folder (flat) into a new scratch folder.
+pub fn scratch_copy(fixture: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    tmp
+}
+
+/// Writes recorded state into the store in `state_dir`, as `apply` would have left it.
+pub fn seed_state(state_dir: &Path, rec: &Recorded) {
+    let store = backplan::state::Store::open(state_dir).expect("state store opens");
+    store.put_all(rec).expect("state is written");
+}
+
+/// The fixture folders under `tests/fixtures/<kind>`, sorted.
+pub fn fixture_dirs(kind: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures().join(kind))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,321 @@
+//! Property tests of the planner over random files and recorded states:
+//! - planning is deterministic (same inputs, same plan, to the byte of its JSON);
+//! - a plan never does what SPEC forbids: no forget of a production instance, no restore
+//!   into an instance that is production after the plan, no action at all beside a refusal,
+//!   no deletion of a system backup from the file, no expiry of the newest `keep_last_good`
+//!   completed backups, no restore from a backup that is not completed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use backplan::config::values::Version;
+use backplan::config::{InstanceType, Source, SourceKind};
+use backplan::plan::{Details, DueDetails, PlanOptions, plan};
+use backplan::records::*;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+const NAMES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+const KEYS: [&str; 3] = ["k1", "k2", "k3"];
+const VERSIONS: [&str; 4] = ["8.9", "8.10", "9.0", "9.1"];
+
+#[derive(Debug, Clone)]
+struct FileInstance {
+    name: usize,
+    production: bool,
+    version: usize,
+    moved: bool,
+    backups: Vec<(usize, bool, bool)>, // key, label variant, external storage
+}
+
+#[derive(Debug, Clone)]
+struct FileRestore {
+    key: usize,
+    from: (usize, u8, usize), // instance, form (0 key, 1 latest, 2 uuid), key or backup index
+    to: usize,
+}
+
+fn file_instance() -> impl Strategy<Value = FileInstance> {
+    (
+        0..NAMES.len(),
+        any::<bool>(),
+        0..VERSIONS.len(),
+        prop::bool::weighted(0.05),
+        prop::collection::vec(
+            (0..KEYS.len(), any::<bool>(), prop::bool::weighted(0.2)),
+            0..3,
+        ),
+    )
+        .prop_map(|(name, production, version, moved, backups)| FileInstance {
+            name,
+            production,
+            version,
+            moved,
+            backups,
+        })
+}
+
+fn file_restore() -> impl Strategy<Value = FileRestore> {
+    (
+        0..3usize,
+        (0..NAMES.len(), 0..3u8, 0..12usize),
+        0..NAMES.len(),
+    )
+        .prop_map(|(key, from, to)| FileRestore { key, from, to })
+}
+
+fn render(
+    instances: &[FileInstance],
+    restores: &[FileRestore],
+    ids: &[Uuid],
+    mass: bool,
+) -> String {
+    let mut s = String::from("[daemon]\nstate_dir = \"state\"\n[schedule]\nkeep_last_good = 1\n");
+    let _ = writeln!(
+        s,
+        "[storage.archive]\nkind = \"azure\"\naccount = \"a\"\ncontainer = \"c\"\naccess_key_env = \"K\"\nmax_restore_age = \"30d\"\npurge_on_delete = {mass}"
+    );
+    let mut seen = BTreeSet::new();
+    for i in instances {
+        if !seen.insert(i.name) {
+            continue;
+        }
+        let name = NAMES[i.name];
+        let path = if i.moved {
+            format!("/srv/{name}-moved")
+        } else {
+            format!("/srv/{name}")
+        };
+        let _ = writeln!(
+            s,
+            "[instances.{name}]\ntype = \"{}\"\nversion = \"{}\"\nsource = {{ kind = \"directory\", path = \"{path}\" }}",
+            if i.production {
+                "production"
+            } else {
+                "sandbox"
+            },
+            VERSIONS[i.version]
+        );
+        let mut keys = BTreeSet::new();
+        for (k, variant, external) in &i.backups {
+            if keys.insert(*k) {
+                let _ = writeln!(
+                    s,
+                    "[instances.{name}.backups.{}]\nlabel = \"label {variant}\"\nstorage = \"{}\"",
+                    KEYS[*k],
+                    if *external { "archive" } else { "local" }
+                );
+            }
+        }
+    }
+    // Restores name instances and keys of this file, so that most of them are valid.
+    let declared: Vec<&FileInstance> = {
+        let mut seen = BTreeSet::new();
+        instances.iter().filter(|i| seen.insert(i.name)).collect()
+    };
+    let sandboxes: Vec<&&FileInstance> = declared.iter().filter(|i| !i.production).collect();
+    let mut rkeys = BTreeSet::new();
+    for r in restores {
+        if sandboxes.is_empty() || !rkeys.insert(r.key) {
+            continue;
+        }
+        let (inst, form, n) = r.from;
+        let src = declared[inst % declared.len()];
+        let name = NAMES[src.name];
+        let from = match (form, src.backups.get(n % 3)) {
+            (0, Some((k, _, _))) => format!("{name}/{}", KEYS[*k]),
+            (2, _) if n < ids.len() => ids[n].to_string(),
+            _ => format!("{name}@latest"),
+        };
+        let to = NAMES[sandboxes[r.to % sandboxes.len()].name];
+        let _ = writeln!(s, "[restores.r{}]\nfrom = \"{from}\"\nto = \"{to}\"", r.key);
+    }
+    s
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap()
+}
+
+#[derive(Debug, Clone)]
+struct RecBackup {
+    instance: usize,
+    kind: u8,
+    key: usize,
+    status: u8,
+    hours: i64,
+    external: bool,
+}
+
+fn rec_backup() -> impl Strategy<Value = RecBackup> {
+    (
+        0..NAMES.len(),
+        0..4u8,
+        0..KEYS.len(),
+        0..7u8,
+        0..(24 * 8i64),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(instance, kind, key, status, hours, external)| RecBackup {
+            instance,
+            kind,
+            key,
+            status,
+            hours,
+            external,
+        })
+}
+
+fn recorded(instances: &[(usize, bool, usize, bool)], backups: &[RecBackup]) -> Recorded {
+    let mut rec = Recorded::default();
+    for (n, production, version, moved) in instances {
+        let name = NAMES[*n];
+        let path = if *moved {
+            format!("/srv/{name}-moved")
+        } else {
+            format!("/srv/{name}")
+        };
+        rec.instances.insert(
+            name.to_string(),
+            InstanceRecord {
+                name: name.to_string(),
+                kind: if *production {
+                    InstanceType::Production
+                } else {
+                    InstanceType::Sandbox
+                },
+                version: Version::parse(VERSIONS[*version]).unwrap(),
+                source: Source::Directory { path: path.into() },
+                created_at: t0(),
+                updated_at: t0(),
+                error: None,
+            },
+        );
+    }
+    for (i, b) in backups.iter().enumerate() {
+        let id = Uuid::from_u128(i as u128 + 1);
+        let kind = [
+            BackupKind::Daily,
+            BackupKind::PreUpdate,
+            BackupKind::PreRestore,
+            BackupKind::OnDemand,
+        ][b.kind as usize];
+        let status = [
+            BackupStatus::Pending,
+            BackupStatus::Running,
+            BackupStatus::Completed,
+            BackupStatus::Failed,
+            BackupStatus::Deleting,
+            BackupStatus::Expired,
+            BackupStatus::Skipped,
+        ][b.status as usize];
+        let created = t0() + Duration::hours(b.hours);
+        rec.backups.insert(
+            id,
+            BackupRecord {
+                id,
+                instance: NAMES[b.instance].to_string(),
+                source_kind: SourceKind::Directory,
+                kind,
+                key: (kind == BackupKind::OnDemand).then(|| KEYS[b.key].to_string()),
+                created_by: kind.created_by(),
+                label: "x".into(),
+                notes: String::new(),
+                storage: if b.external {
+                    "archive".into()
+                } else {
+                    "local".into()
+                },
+                status,
+                created_at: created,
+                completed_at: Some(created + Duration::minutes(5)),
+                expires_at: (!b.external).then(|| created + Duration::days(3)),
+                size_bytes: None,
+                snapshot_id: None,
+                error: None,
+                attempts: if status == BackupStatus::Failed {
+                    (b.hours % 6) as u32
+                } else {
+                    1
+                },
+                failed_at: (status == BackupStatus::Failed).then_some(created),
+                date: (kind == BackupKind::Daily).then(|| created.date_naive()),
+                version: None,
+            },
+        );
+    }
+    rec
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn plans_are_deterministic_and_never_do_what_spec_forbids(
+        file in prop::collection::vec(file_instance(), 0..5),
+        restores in prop::collection::vec(file_restore(), 0..3),
+        rec_instances in prop::collection::vec((0..NAMES.len(), any::<bool>(), 0..VERSIONS.len(), prop::bool::weighted(0.1)), 0..5),
+        rec_backups in prop::collection::vec(rec_backup(), 0..14),
+        hours in 0..(24 * 10i64),
+        allow_mass_removal in any::<bool>(),
+        purge in any::<bool>(),
+    ) {
+        let rec = recorded(&rec_instances, &rec_backups);
+        let ids: Vec<Uuid> = rec.backups.keys().copied().collect();
+        let text = render(&file, &restores, &ids, purge);
+        let Ok((cfg, _)) = backplan::config::parse(Path::new("/etc/backplan/backplan.toml"), &text) else {
+            return Ok(()); // invalid files are never planned; the corpus covers them
+        };
+        let now = t0() + Duration::hours(hours);
+        let opts = PlanOptions { allow_mass_removal };
+        let p = plan(&cfg, &rec, now, opts);
+
+        // Deterministic.
+        let again = plan(&cfg, &rec.clone(), now, opts);
+        prop_assert_eq!(serde_json::to_string(&p).unwrap(), serde_json::to_string(&again).unwrap());
+
+        // All or nothing.
+        if !p.refusals.is_empty() {
+            prop_assert!(p.actions.is_empty(), "actions beside refusals: {:?}", p.actions);
+        }
+        let final_type: BTreeMap<&str, InstanceType> = cfg.instances.iter().map(|(n, i)| (n.as_str(), i.kind)).collect();
+        let planned: BTreeSet<Uuid> = p.actions.iter().filter_map(|a| match a.details {
+            Details::CreateBackup { id, .. } => Some(id),
+            _ => None,
+        }).collect();
+        for a in &p.actions {
+            match &a.details {
+                Details::ForgetInstance { instance, .. } => {
+                    prop_assert_eq!(rec.instances[instance].kind, InstanceType::Sandbox, "forgot a production instance");
+                }
+                Details::Restore { to, backup, .. } => {
+                    prop_assert_eq!(final_type[to.as_str()], InstanceType::Sandbox, "restore into production");
+                    let ok = planned.contains(backup)
+                        || rec.backups.get(backup).is_some_and(|b| b.status == BackupStatus::Completed);
+                    prop_assert!(ok, "restore from a backup that is not completed");
+                }
+                Details::DeleteBackup { id, .. } => {
+                    prop_assert_eq!(rec.backups[id].kind, BackupKind::OnDemand, "deleted a system backup");
+                }
+                _ => {}
+            }
+        }
+        // keep_last_good = 1: the newest completed backup of each instance never expires.
+        let mut newest: BTreeMap<&str, &BackupRecord> = BTreeMap::new();
+        for b in rec.backups.values().filter(|b| b.status == BackupStatus::Completed) {
+            let e = newest.entry(b.instance.as_str()).or_insert(b);
+            if (b.finished_at(), b.created_at, b.id) > (e.finished_at(), e.created_at, e.id) {
+                *e = b;
+            }
+        }
+        for d in &p.due {
+            if let DueDetails::Expire { id, expires_at, .. } = &d.details {
+                prop_assert!(*expires_at <= now, "expired before its time");
+                let b = &rec.backups[id];
+                prop_assert!(newest.get(b.instance.as_str()).is_none_or(|n| n.id != *id), "expired the last good backup");
+            }
+        }
+    }
+}
