@@ -161,6 +161,7 @@ pub struct Restore {
     pub to: String,
     pub loc: Loc,
     pub to_loc: Loc,
+    pub from_loc: Loc,
 }
 
 impl std::fmt::Display for InstanceType {

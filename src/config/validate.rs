@@ -780,7 +780,7 @@ impl Validator<'_> {
                         r.to.span(),
                         format!("restore `{}` targets `{to}`, which is a production instance", key.get_ref()),
                         format!(
-                            "restores only go into sandbox instances: restore into a sandbox, or set `type = \"sandbox\"` on `{to}` if it really is one"
+                            "restores only go into sandbox instances: restore into a sandbox, or set `type = \"sandbox\"` on `{to}` if it really is one; if this restore has already run, remove it from the file (its record stays in the history)"
                         ),
                     );
                 }
@@ -800,6 +800,7 @@ impl Validator<'_> {
                         to: to.clone(),
                         loc: self.lines.loc(key.span().start),
                         to_loc: self.lines.loc(r.to.span().start),
+                        from_loc: self.lines.loc(r.from.span().start),
                     },
                 );
             }
@@ -840,7 +841,7 @@ impl Validator<'_> {
             let hint = match did_you_mean(key, inst.backups.keys().map(String::as_str)) {
                 Some(n) => format!("did you mean `{inst_name}/{n}`?"),
                 None => format!(
-                    "declare it as [instances.{inst_name}.backups.{key}], or use `{inst_name}@latest`"
+                    "declare it as [instances.{inst_name}.backups.{key}], or use `{inst_name}@latest`; if this restore has already run, remove it from the file (its record stays in the history)"
                 ),
             };
             self.err(

@@ -63,9 +63,10 @@ impl Dur {
 }
 
 impl fmt::Display for Dur {
-    /// The largest unit that divides the duration exactly, so `72h` prints as `3d`.
+    /// The largest unit that divides the duration exactly, so `72h` prints as `3d`. Weeks are
+    /// not used, so `7d` stays `7d`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (u, mult) in UNITS {
+        for (u, mult) in UNITS.into_iter().filter(|(u, _)| *u != 'w') {
             if self.secs.is_multiple_of(mult) {
                 return write!(f, "{}{}", self.secs / mult, u);
             }
@@ -354,6 +355,7 @@ mod tests {
         assert_eq!(Dur::parse("3d").unwrap().as_secs(), 3 * 86_400);
         assert_eq!(Dur::parse("72h").unwrap().to_string(), "3d");
         assert_eq!(Dur::parse("3y").unwrap().to_string(), "3y");
+        assert_eq!(Dur::parse("1w").unwrap().to_string(), "7d");
         for bad in ["", "3", "d", "3 days", "-3d", "0d", "1.5h", "99999999999y"] {
             assert!(Dur::parse(bad).is_err(), "{bad:?} should be refused");
         }

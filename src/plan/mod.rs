@@ -19,6 +19,11 @@ pub use planner::{PlanOptions, plan};
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Times in plans and messages: RFC 3339, UTC, whole seconds (`2026-11-27T02:00:00Z`).
+pub fn fmt_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     pub format_version: u32,
@@ -143,8 +148,8 @@ pub enum DataFate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Work {
-    DailyBackup,
     SkipDaily,
+    DailyBackup,
     Retry,
     Expire,
 }

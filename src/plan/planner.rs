@@ -14,7 +14,7 @@ use super::*;
 use crate::config::values::{BackupRef, Retention};
 use crate::config::{Config, Instance, Restore, Schedule};
 use crate::diagnostic::Loc;
-use crate::records::{BackupStatus, Recorded};
+use crate::records::{BackupStatus, Recorded, RestoreStatus};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlanOptions {
@@ -354,7 +354,7 @@ impl Planner<'_> {
                     ),
                     Some(r) if r.status == BackupStatus::Expired => self.notes.push(format!(
                         "{address} expired{}; only its record is left. Remove it from the file, or add a new key to take a new backup.",
-                        r.expires_at.map(|t| format!(" on {}", t.to_rfc3339())).unwrap_or_default()
+                        r.expires_at.map(|t| format!(" on {}", fmt_time(&t))).unwrap_or_default()
                     )),
                     Some(r) => {
                         let change = |from: &String, to: &String| {
@@ -464,7 +464,10 @@ impl Planner<'_> {
         for (key, r) in &cfg.restores {
             let address = format!("restore.{key}");
             if let Some(done) = self.rec.restores.get(key) {
-                if done.from != r.from.to_string() || done.to != r.to {
+                // Compared as references, so `from` written with another letter case of the
+                // same UUID is the same restore.
+                let same_from = BackupRef::parse(&done.from).is_ok_and(|f| f == r.from);
+                if !same_from || done.to != r.to {
                     self.refuse(
                         "restore-immutable",
                         address,
@@ -475,6 +478,17 @@ impl Planner<'_> {
                         ),
                         format!("put `{key}` back as it was (or remove it), and add the new restore under a new key"),
                     );
+                } else if done.status == RestoreStatus::Failed {
+                    self.notes.push(format!(
+                        "{address} failed{}{}; restores run once: add a new key to try again",
+                        done.completed_at
+                            .map(|t| format!(" at {}", fmt_time(&t)))
+                            .unwrap_or_default(),
+                        done.error
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ));
                 }
                 continue;
             }
@@ -489,10 +503,9 @@ impl Planner<'_> {
                 continue;
             }
             if let Err((rule, message, fix)) = self.restore(r, expiring) {
-                let loc = if rule == "restore-into-production" {
-                    r.to_loc
-                } else {
-                    r.loc
+                let loc = match rule {
+                    "restore-into-production" | "unknown-instance" => r.to_loc,
+                    _ => r.from_loc,
                 };
                 self.refuse(rule, address, self.at(loc), message, fix);
             }
@@ -619,9 +632,25 @@ impl Planner<'_> {
                     .iter()
                     .filter(|b| b.kind == BackupKind::Daily && b.date == Some(*date)),
             ),
-            BackupRef::PreUpdate { instance, version } => newest(of(instance).iter().filter(|b| {
-                b.kind == BackupKind::PreUpdate && b.version.as_ref() == Some(version)
-            })),
+            BackupRef::PreUpdate { instance, version } => {
+                // The pre-update backup of an update in this same plan is taken before restores.
+                let planned = self.actions.iter().find_map(|a| match &a.details {
+                    Details::UpdateInstance {
+                        instance: i,
+                        version: v,
+                        pre_update_backup,
+                        ..
+                    } if i == instance && &v.to == version => Some(*pre_update_backup),
+                    _ => None,
+                });
+                if let Some(id) = planned {
+                    let kind = self.cfg.instances[instance].source.kind();
+                    return Ok((id, true, kind));
+                }
+                newest(of(instance).iter().filter(|b| {
+                    b.kind == BackupKind::PreUpdate && b.version.as_ref() == Some(version)
+                }))
+            }
         };
         let b = found.ok_or_else(unknown)?;
         let expired = b.status == BackupStatus::Expired || expiring.contains(&b.id);
@@ -648,6 +677,15 @@ impl Planner<'_> {
                     "restore from a backup that completed; `backplan backups` lists them".into(),
                 ));
             }
+            BackupStatus::Skipped => {
+                return Err((
+                    "backup-not-taken",
+                    format!(
+                        "the daily slot {from} was missed while backplan was not running; no backup was taken"
+                    ),
+                    "restore from another backup; `backplan backups` lists them".into(),
+                ));
+            }
             other => {
                 return Err((
                     "backup-not-ready",
@@ -664,7 +702,7 @@ impl Planner<'_> {
                     "restore-too-old",
                     format!(
                         "backup {from} was taken {} and storage `{}` refuses restores of backups older than {age}",
-                        b.created_at.to_rfc3339(),
+                        fmt_time(&b.created_at),
                         b.storage
                     ),
                     "restore from a newer backup".into(),

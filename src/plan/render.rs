@@ -22,7 +22,7 @@ fn quoted(s: &str) -> String {
 }
 
 fn time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    fmt_time(t)
 }
 
 fn expires(t: &Option<DateTime<Utc>>) -> String {
@@ -46,10 +46,15 @@ pub fn text(plan: &Plan) -> String {
             count(&[Op::Delete, Op::Forget]),
             count(&[Op::Restore]),
         );
-    } else if plan.refusals.is_empty() {
+    } else if plan.refusals.is_empty() && plan.due.is_empty() {
         let _ = writeln!(
             w,
             "No changes. The recorded state matches the configuration."
+        );
+    } else if plan.refusals.is_empty() {
+        let _ = writeln!(
+            w,
+            "No changes from the file. The recorded state matches the configuration."
         );
     }
 
@@ -170,7 +175,7 @@ fn action(w: &mut String, a: &Action) {
         Details::UpdateBackup { .. } => "will be updated in place (metadata only)".to_string(),
         Details::Restore { to, .. } => format!("will restore into {to}, replacing its contents"),
         Details::DeleteBackup { data, .. } => match data {
-            DataFate::Deleted => "will be deleted (because it is not in the configuration)",
+            DataFate::Deleted => "will be deleted (because it is not in the configuration); its data is deleted",
             DataFate::KeptInStorage => {
                 "will be deleted (because it is not in the configuration); its data is kept in external storage"
             }
