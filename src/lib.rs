@@ -1,8 +1,11 @@
 //! backplan: a declarative backup and restore daemon. See ARCHITECTURE.md for the map.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;
+pub mod engine;
 pub mod plan;
 pub mod records;
 pub mod state;
+pub mod views;

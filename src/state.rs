@@ -140,6 +140,25 @@ impl Store {
         Ok(rec)
     }
 
+    pub fn get_instance(&self, name: &str) -> Result<Option<InstanceRecord>, StateError> {
+        self.instances
+            .get(name.as_bytes())?
+            .map(|v| decode("instances", name.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn get_backup(&self, id: Uuid) -> Result<Option<BackupRecord>, StateError> {
+        self.backups
+            .get(id.as_bytes())?
+            .map(|v| decode("backups", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn remove_restore(&self, key: &str) -> Result<(), StateError> {
+        self.restores.remove(key.as_bytes())?;
+        self.flush()
+    }
+
     pub fn put_instance(&self, r: &InstanceRecord) -> Result<(), StateError> {
         self.instances.insert(r.name.as_bytes(), encode(r))?;
         self.flush()
@@ -225,6 +244,14 @@ pub fn read(dir: &Path) -> Result<Recorded, StateError> {
         return Ok(Recorded::default());
     }
     Store::open(dir)?.load()
+}
+
+/// The journal in `dir` (empty when there is no state yet).
+pub fn journal(dir: &Path) -> Result<Vec<JournalEntry>, StateError> {
+    if !dir.join("db").exists() && !dir.join("conf").exists() {
+        return Ok(Vec::new());
+    }
+    Store::open(dir)?.journal_entries()
 }
 
 fn encode<T: Serialize>(r: &T) -> Vec<u8> {

@@ -1,8 +1,12 @@
 //! The command line: raw arguments are turned into validated settings once, then each
 //! subcommand (one module each) runs with them and returns an [`Exit`].
 
+mod apply;
 mod plan;
+pub mod progress;
+mod status;
 mod validate;
+mod verify;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,6 +71,57 @@ enum Command {
         #[arg(long)]
         allow_mass_removal: bool,
     },
+    /// Carry out the plan now (one shot, no daemon). Asks first on a terminal.
+    Apply {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Do not ask; required when not on a terminal.
+        #[arg(long)]
+        auto_approve: bool,
+        /// Allow a plan that forgets more than half of the instances or deletes more than
+        /// half of the on-demand backups.
+        #[arg(long)]
+        allow_mass_removal: bool,
+    },
+    /// Instances: type, version, state, last good backup, next daily backup.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The backup list (of one instance, or all).
+    Backups {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this instance's backups.
+        instance: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One backup with its history and errors.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// `<instance>/<key>`, `<instance>@latest`, `<instance>@daily:DATE`,
+        /// `<instance>@pre-update:VERSION` or a backup id.
+        backup: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the repositories: structure, a read-back of a share of the data, and that every
+    /// completed backup has its snapshot. Exit 1 on any problem.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Share of the data to read back, like `5%` (default) or `100%`.
+        #[arg(long, default_value = "5%", value_parser = parse_share)]
+        subset: f64,
+    },
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    crate::config::values::Percent::parse(s).map(|p| p.0)
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -99,8 +154,10 @@ pub fn main() -> Exit {
             };
         }
     };
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
+    init_logging();
+    // Not locked for the whole command: progress is written from the engine's threads.
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
     let exit = match cli.command {
         Command::Validate(c) => validate::run(&c.resolve(), &mut out, &mut err),
         Command::Plan {
@@ -120,9 +177,57 @@ pub fn main() -> Exit {
             &mut out,
             &mut err,
         ),
+        Command::Apply {
+            config,
+            auto_approve,
+            allow_mass_removal,
+        } => apply::run(
+            &apply::Settings {
+                config: config.resolve(),
+                auto_approve,
+                options: crate::plan::PlanOptions { allow_mass_removal },
+            },
+            &mut out,
+            &mut err,
+        ),
+        Command::Status { config, json } => {
+            status::status(&config.resolve(), json, &mut out, &mut err)
+        }
+        Command::Backups {
+            config,
+            instance,
+            json,
+        } => status::backups(
+            &config.resolve(),
+            instance.as_deref(),
+            json,
+            &mut out,
+            &mut err,
+        ),
+        Command::Show {
+            config,
+            backup,
+            json,
+        } => status::show(&config.resolve(), &backup, json, &mut out, &mut err),
+        Command::Verify { config, subset } => {
+            verify::run(&config.resolve(), subset, &mut out, &mut err)
+        }
     };
     let _ = out.flush();
     exit
+}
+
+/// Logs go to stderr: warnings and errors by default, more with `RUST_LOG` (e.g. `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+    crate::engine::install_log_bridge();
 }
 
 /// Loads the file, printing its diagnostics; `None` when it is invalid or unreadable.

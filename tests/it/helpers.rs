@@ -80,3 +80,29 @@ pub fn fixture_dirs(kind: &str) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// A scratch copy of `examples/quickstart`.
+pub fn quickstart_copy() -> tempfile::TempDir {
+    scratch_copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart"))
+}
+
+/// Appends TOML to the configuration file in `dir`.
+pub fn append_config(dir: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("backplan.toml"))
+        .unwrap();
+    writeln!(f, "\n{text}").unwrap();
+}
+
+/// `backplan backups --json` of the config in `dir`.
+pub fn backups_json(dir: &Path) -> Vec<serde_json::Value> {
+    let run = backplan(dir, &["backups", "-c", "backplan.toml", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    serde_json::from_str::<serde_json::Value>(&run.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}

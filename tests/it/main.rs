@@ -1,9 +1,12 @@
 //! The integration tests: one crate, shared helpers in `helpers`.
 
+mod apply;
 mod cli;
+mod engine;
 mod guards;
 mod helpers;
 mod invalid;
 mod plans;
 mod properties;
 mod schema;
+mod trees;

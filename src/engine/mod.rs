@@ -1,0 +1,163 @@
+//! The storage engine: restic-format repositories. **This is the only module that sees
+//! rustic types**; the rest of the program uses the [`Engine`] trait and the plain types here.
+//!
+//! Guards against known hazards of rustic_core 0.13 (see `rustic.rs` for each):
+//! - synchronous, and unusable from an async task (its OpenDAL backends start a runtime and
+//!   panic inside another): every operation runs on a thread of its own, outside any runtime;
+//!   callers in async code still use `spawn_blocking`, since the call blocks;
+//! - a repository handle does not see what it just wrote: every operation opens its own;
+//! - no repository locks: operations on one repository are serialised in this process (and
+//!   `sled` already admits a single backplan process per state directory);
+//! - panics inside the library (restore `unwrap`s I/O errors in worker threads) become
+//!   [`EngineError::Panicked`], never a dead process;
+//! - the local backend does not sync directories after renaming files into place: the
+//!   repository's directories are synced before an operation is reported complete.
+
+mod rustic;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use rustic::{RusticEngine, install_log_bridge};
+
+/// One repository, as the engine needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Repo {
+    /// The repository folder.
+    pub path: PathBuf,
+    /// The file holding the repository password.
+    pub password_file: PathBuf,
+}
+
+/// What a snapshot is tagged with: `backplan`, `instance=<name>`, `backup=<uuid>`, `kind=<kind>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotTags {
+    pub instance: String,
+    pub backup: Uuid,
+    pub kind: String,
+}
+
+impl SnapshotTags {
+    pub fn to_tags(&self) -> Vec<String> {
+        vec![
+            "backplan".to_string(),
+            format!("instance={}", self.instance),
+            format!("backup={}", self.backup),
+            format!("kind={}", self.kind),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotInfo {
+    /// The full snapshot id (64 hex digits).
+    pub id: String,
+    pub time: DateTime<Utc>,
+    pub tags: Vec<String>,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Bytes added to the repository (after deduplication and compression).
+    pub bytes_added: u64,
+    pub files: u64,
+}
+
+impl SnapshotInfo {
+    /// The backplan backup id in the snapshot's tags, if any.
+    pub fn backup_id(&self) -> Option<Uuid> {
+        self.tags.iter().find_map(|t| {
+            t.strip_prefix("backup=")
+                .and_then(|u| Uuid::parse_str(u).ok())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VerifyReport {
+    /// Problems found; empty means the repository is sound.
+    pub problems: Vec<String>,
+    pub snapshots: usize,
+}
+
+/// Where progress of long operations goes (a terminal line, or log lines).
+pub trait ProgressSink: Send + Sync {
+    /// `total` is known once the engine has sized the work.
+    fn update(&self, phase: &str, done_bytes: u64, total_bytes: Option<u64>);
+}
+
+/// A sink that drops everything.
+pub struct NoProgress;
+impl ProgressSink for NoProgress {
+    fn update(&self, _: &str, _: u64, _: Option<u64>) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot read the repository password from {}: {source}", path.display())]
+    Password {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("repository {}: {message}", repo.display())]
+    Repository { repo: PathBuf, message: String },
+    #[error(
+        "{op} failed inside the storage library (a panic: {message}); nothing was reported complete"
+    )]
+    Panicked { op: &'static str, message: String },
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no snapshot {id} in repository {}", repo.display())]
+    NoSnapshot { repo: PathBuf, id: String },
+    #[error("restore target {} must be an empty or absent folder", path.display())]
+    DestinationNotEmpty { path: PathBuf },
+}
+
+/// The engine's operations. Every call blocks; call from a blocking thread.
+pub trait Engine: Send + Sync {
+    /// Creates the repository if it does not exist yet (and the key file, when `create_key`
+    /// is set and the file is missing). Idempotent.
+    fn ensure(&self, repo: &Repo, create_key: bool) -> Result<(), EngineError>;
+    /// Backs up the tree under `source` (its contents, relative to it).
+    fn backup_dir(
+        &self,
+        repo: &Repo,
+        source: &Path,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<SnapshotInfo, EngineError>;
+    /// Snapshots tagged with backplan backup `id` (normally one).
+    fn find(&self, repo: &Repo, backup: Uuid) -> Result<Vec<SnapshotInfo>, EngineError>;
+    fn list(&self, repo: &Repo) -> Result<Vec<SnapshotInfo>, EngineError>;
+    /// Restores a snapshot's tree into `dest`, which must be absent or empty.
+    fn restore_dir(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        dest: &Path,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<RestoreStats, EngineError>;
+    /// Removes snapshots (the data goes at the next [`Engine::prune`]).
+    fn forget(&self, repo: &Repo, snapshots: &[String]) -> Result<(), EngineError>;
+    /// Deletes data no snapshot uses any more, now.
+    fn prune(&self, repo: &Repo) -> Result<(), EngineError>;
+    /// Checks the structure, and reads back `read_share` percent of the data (0 to 100).
+    fn verify(&self, repo: &Repo, read_share: f64) -> Result<VerifyReport, EngineError>;
+}
+
+/// The engine used by the program.
+pub fn default_engine() -> Arc<dyn Engine> {
+    Arc::new(RusticEngine::new())
+}

@@ -1,0 +1,699 @@
+//! [`Engine`] on rustic_core 0.13 with its local backend. Nothing outside this file names a
+//! rustic type.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+
+use chrono::{DateTime, Utc};
+use rustic_backend::BackendOptions;
+use rustic_core::repofile::{MasterKey, SnapshotFile};
+use rustic_core::{
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, LimitOption,
+    LocalDestination, LsOptions, OpenStatus, ParentOptions, PathList, Progress, ProgressBars,
+    ProgressType, PruneOptions, ReadSubsetOption, Repository, RepositoryOptions, RestoreOptions,
+    RusticError, RusticProgress, SnapshotGroupCriterion, SnapshotOptions,
+};
+use uuid::Uuid;
+
+use super::*;
+
+pub struct RusticEngine {
+    /// Master keys of repositories opened before, by (path, password): opening with the
+    /// password costs a scrypt derivation (0.4 s, 128 MiB); with the master key, microseconds.
+    /// This is what makes "a fresh handle per operation" affordable.
+    keys: Mutex<HashMap<(PathBuf, String), MasterKey>>,
+    /// One lock per repository: rustic takes no repository locks, so writers are serialised.
+    locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+}
+
+impl Default for RusticEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RusticEngine {
+    pub fn new() -> Self {
+        install_log_bridge();
+        RusticEngine {
+            keys: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lock that serialises operations on `repo` (exposed for tests).
+    pub fn repository_lock(&self, repo: &Repo) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(repo.path.clone()).or_default().clone()
+    }
+
+    /// Runs one operation with every guard: alone on its repository, on a thread of its own
+    /// (outside any async runtime: rustic's OpenDAL backends start a runtime of their own and
+    /// panic inside another), and with a panic turned into an error.
+    fn guarded<T: Send>(
+        &self,
+        repo: &Repo,
+        op: &'static str,
+        f: impl FnOnce() -> Result<T, EngineError> + Send,
+    ) -> Result<T, EngineError> {
+        let lock = self.repository_lock(repo);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        std::thread::scope(|s| {
+            let worker = std::thread::Builder::new()
+                .name(format!("engine {op}"))
+                .spawn_scoped(s, f)
+                .map_err(|source| EngineError::Io {
+                    op: "starting an engine thread",
+                    source,
+                })?;
+            match worker.join() {
+                Ok(result) => result,
+                Err(panic) => Err(EngineError::Panicked {
+                    op,
+                    message: panic_message(&panic),
+                }),
+            }
+        })
+    }
+
+    /// A fresh handle on the repository (never reused across operations: a handle does not
+    /// see the blobs it wrote itself, so a second backup on it stores everything again).
+    fn open(
+        &self,
+        repo: &Repo,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<Repository<OpenStatus>, EngineError> {
+        let password = read_password(repo)?;
+        let unopened = handle(repo, progress)?;
+        let cache_key = (repo.path.clone(), password.clone());
+        let known = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cache_key)
+            .cloned();
+        if let Some(key) = known
+            && let Ok(open) = unopened.clone().open(&Credentials::Masterkey(key))
+        {
+            return Ok(open);
+        }
+        let open = unopened
+            .open(&Credentials::password(&password))
+            .map_err(err(repo))?;
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cache_key, open.key());
+        Ok(open)
+    }
+}
+
+fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>, EngineError> {
+    // `local:` always: a path holding `:` would otherwise be read as a backend name.
+    let backends = BackendOptions::default()
+        .repository(format!("local:{}", repo.path.display()))
+        .to_backends()
+        .map_err(err(repo))?;
+    Repository::new_with_progress(
+        &RepositoryOptions::default().no_cache(true),
+        &backends,
+        Bars(progress),
+    )
+    .map_err(err(repo))
+}
+
+impl Engine for RusticEngine {
+    fn ensure(&self, repo: &Repo, create_key: bool) -> Result<(), EngineError> {
+        self.guarded(repo, "repository set-up", || {
+            let unopened = handle(repo, Arc::new(NoProgress))?;
+            let exists = unopened.config_id().map_err(err(repo))?.is_some();
+            if exists {
+                if !repo.password_file.exists() {
+                    return Err(EngineError::Repository {
+                        repo: repo.path.clone(),
+                        message: format!(
+                            "the repository exists but its key file {} is missing; put back the saved copy of the key (without it the backups cannot be read)",
+                            repo.password_file.display()
+                        ),
+                    });
+                }
+                return Ok(());
+            }
+            if !repo.password_file.exists() {
+                if !create_key {
+                    return Err(EngineError::Password {
+                        path: repo.password_file.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                    });
+                }
+                write_new_key(&repo.password_file)?;
+            }
+            let password = read_password(repo)?;
+            std::fs::create_dir_all(&repo.path).map_err(|source| EngineError::Io {
+                op: "creating the repository folder",
+                source,
+            })?;
+            let open = unopened
+                .init(
+                    &Credentials::password(&password),
+                    &KeyOptions::default(),
+                    &ConfigOptions::default(),
+                )
+                .map_err(err(repo))?;
+            self.keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((repo.path.clone(), password), open.key());
+            sync_repository(&repo.path)
+        })
+    }
+
+    fn backup_dir(
+        &self,
+        repo: &Repo,
+        source: &Path,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        self.guarded(repo, "backup", || {
+            let source_str = source.to_str().ok_or_else(|| EngineError::Repository {
+                repo: repo.path.clone(),
+                message: format!("the source path {} is not UTF-8", source.display()),
+            })?;
+            let open = self.open(repo, progress)?;
+            let indexed = open.to_indexed_ids().map_err(err(repo))?;
+            let mut snap = SnapshotOptions::default()
+                // Parents are found by label: one label per instance.
+                .label(format!("backplan:{}", tags.instance))
+                .command(format!("backplan backup {}", tags.instance));
+            for tag in tags.to_tags() {
+                snap = snap.add_tags(&tag).map_err(err(repo))?;
+            }
+            let snap = snap.to_snapshot().map_err(err(repo))?;
+            let opts = BackupOptions::default()
+                // The tree is stored relative to the source: restoring it gives the tree.
+                .as_path(PathBuf::from("/"))
+                .parent_opts(
+                    ParentOptions::default().group_by(SnapshotGroupCriterion::new().label(true)),
+                );
+            let paths = PathList::from_string(source_str)
+                .map_err(err(repo))?
+                .sanitize()
+                .map_err(|e| EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message: format!("source {}: {e}", source.display()),
+                })?;
+            let skipped = SkippedFiles::start();
+            let saved = indexed.backup(&opts, &paths, snap);
+            let skipped = skipped.finish();
+            let saved = saved.map_err(err(repo))?;
+            let info = info(&saved);
+            // rustic logs unreadable files and saves the snapshot anyway: such a snapshot is
+            // not a complete backup, so it is removed and the backup fails.
+            if !skipped.is_empty() {
+                let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
+                indexed.delete_snapshots(&ids).map_err(err(repo))?;
+                sync_repository(&repo.path)?;
+                return Err(EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message: format!(
+                        "{} item(s) of {} could not be read, so the backup is incomplete and was discarded; first: {}",
+                        skipped.len(),
+                        source.display(),
+                        skipped[0]
+                    ),
+                });
+            }
+            sync_repository(&repo.path)?;
+            Ok(info)
+        })
+    }
+
+    fn find(&self, repo: &Repo, backup: Uuid) -> Result<Vec<SnapshotInfo>, EngineError> {
+        let tag = format!("backup={backup}");
+        Ok(self
+            .list(repo)?
+            .into_iter()
+            .filter(|s| s.tags.contains(&tag))
+            .collect())
+    }
+
+    fn list(&self, repo: &Repo) -> Result<Vec<SnapshotInfo>, EngineError> {
+        self.guarded(repo, "listing snapshots", || {
+            // A repository not created yet holds no snapshots.
+            if handle(repo, Arc::new(NoProgress))?
+                .config_id()
+                .map_err(err(repo))?
+                .is_none()
+            {
+                return Ok(Vec::new());
+            }
+            let open = self.open(repo, Arc::new(NoProgress))?;
+            let mut all: Vec<SnapshotInfo> = open
+                .get_all_snapshots()
+                .map_err(err(repo))?
+                .iter()
+                .map(info)
+                .collect();
+            all.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+            Ok(all)
+        })
+    }
+
+    fn restore_dir(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        dest: &Path,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<RestoreStats, EngineError> {
+        self.guarded(repo, "restore", || {
+            let empty = match std::fs::read_dir(dest) {
+                Ok(mut entries) => entries.next().is_none(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(source) => {
+                    return Err(EngineError::Io {
+                        op: "reading the restore target",
+                        source,
+                    });
+                }
+            };
+            // Restoring over existing files fails on hard links and special files.
+            if !empty {
+                return Err(EngineError::DestinationNotEmpty {
+                    path: dest.to_path_buf(),
+                });
+            }
+            let dest_str = dest
+                .to_str()
+                .ok_or_else(|| EngineError::DestinationNotEmpty {
+                    path: dest.to_path_buf(),
+                })?;
+            let open = self.open(repo, progress)?;
+            let indexed = open.to_indexed().map_err(err(repo))?;
+            let snap = indexed
+                .get_snapshot_from_str(snapshot, |_| true)
+                .map_err(|_| EngineError::NoSnapshot {
+                    repo: repo.path.clone(),
+                    id: snapshot.to_string(),
+                })?;
+            let node = indexed
+                .node_from_snapshot_and_path(&snap, "")
+                .map_err(err(repo))?;
+            let ls = indexed
+                .ls(&node, &LsOptions::default())
+                .map_err(err(repo))?;
+            let destination = LocalDestination::new(dest_str, true, false).map_err(err(repo))?;
+            let opts = RestoreOptions::default().numeric_id(true);
+            let plan = indexed
+                .prepare_restore(&opts, ls.clone(), &destination, false)
+                .map_err(err(repo))?;
+            let stats = RestoreStats {
+                files: plan.stats.files.restore,
+                bytes: plan.restore_size,
+            };
+            indexed
+                .restore(plan, &opts, ls, &destination)
+                .map_err(err(repo))?;
+            // Nothing is swapped into place before it is on disk.
+            sync_filesystem(dest)?;
+            Ok(stats)
+        })
+    }
+
+    fn forget(&self, repo: &Repo, snapshots: &[String]) -> Result<(), EngineError> {
+        if snapshots.is_empty() {
+            return Ok(());
+        }
+        self.guarded(repo, "forget", || {
+            let open = self.open(repo, Arc::new(NoProgress))?;
+            let ids = open_ids(&open, snapshots, repo)?;
+            open.delete_snapshots(&ids).map_err(err(repo))?;
+            sync_repository(&repo.path)
+        })
+    }
+
+    fn prune(&self, repo: &Repo) -> Result<(), EngineError> {
+        self.guarded(repo, "prune", || {
+            let open = self.open(repo, Arc::new(NoProgress))?;
+            // Delete now (the default only marks packs for a day later) and repack partly
+            // used packs without the default 10% cap.
+            let opts = PruneOptions::default()
+                .instant_delete(true)
+                .max_unused(LimitOption::Percentage(0))
+                .max_repack(LimitOption::Unlimited);
+            let plan = open.prune_plan(&opts).map_err(err(repo))?;
+            open.prune(&opts, plan).map_err(err(repo))?;
+            sync_repository(&repo.path)
+        })
+    }
+
+    fn verify(&self, repo: &Repo, read_share: f64) -> Result<VerifyReport, EngineError> {
+        self.guarded(repo, "verify", || {
+            let open = self.open(repo, Arc::new(NoProgress))?;
+            let snapshots = open.get_all_snapshots().map_err(err(repo))?.len();
+            let mut opts = CheckOptions::default();
+            if read_share > 0.0 {
+                // rustic's percentage subset picks packs while they fit the budget, and at
+                // 100% it can still leave some out: "all" reads everything.
+                let subset: ReadSubsetOption = if read_share >= 100.0 {
+                    ReadSubsetOption::All
+                } else {
+                    format!("{read_share}%").parse().map_err(err(repo))?
+                };
+                opts = opts.read_data(true).read_data_subset(subset);
+            }
+            let results = open.check(opts).map_err(err(repo))?;
+            // `check` returns Ok even when it finds errors: read the findings.
+            let problems = results
+                .0
+                .iter()
+                .map(|(level, e)| format!("{level:?}: {}", one_line(&e.to_string())))
+                .collect();
+            Ok(VerifyReport {
+                problems,
+                snapshots,
+            })
+        })
+    }
+}
+
+fn open_ids<S: rustic_core::Open>(
+    open: &Repository<S>,
+    ids: &[String],
+    repo: &Repo,
+) -> Result<Vec<rustic_core::repofile::SnapshotId>, EngineError> {
+    Ok(open
+        .get_snapshots(ids)
+        .map_err(err(repo))?
+        .into_iter()
+        .map(|s| s.id)
+        .collect())
+}
+
+fn info(s: &SnapshotFile) -> SnapshotInfo {
+    let ts = s.time.timestamp();
+    let time =
+        DateTime::<Utc>::from_timestamp(ts.as_second(), ts.subsec_nanosecond().max(0) as u32)
+            .unwrap_or_default();
+    let (bytes_read, bytes_added, files) = s
+        .summary
+        .as_ref()
+        .map(|m| {
+            (
+                m.total_bytes_processed,
+                m.data_added,
+                m.total_files_processed,
+            )
+        })
+        .unwrap_or_default();
+    SnapshotInfo {
+        // `Display` of a snapshot id is only 8 hex digits; the full id is needed.
+        id: s.id.to_hex().to_string(),
+        time,
+        tags: s.tags.iter().cloned().collect(),
+        bytes_read,
+        bytes_added,
+        files,
+    }
+}
+
+fn err(repo: &Repo) -> impl Fn(Box<RusticError>) -> EngineError + '_ {
+    move |e| EngineError::Repository {
+        repo: repo.path.clone(),
+        // `Display` is a multi-line report with a backtrace; this is the one-line form.
+        message: e.display_log().trim_start_matches("Error: ").to_string(),
+    }
+}
+
+fn read_password(repo: &Repo) -> Result<String, EngineError> {
+    let text =
+        std::fs::read_to_string(&repo.password_file).map_err(|source| EngineError::Password {
+            path: repo.password_file.clone(),
+            source,
+        })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// A new random repository key, written 0600 and synced before the repository uses it.
+fn write_new_key(path: &Path) -> Result<(), EngineError> {
+    let io = |op| move |source| EngineError::Io { op, source };
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(io("reading random bytes for the repository key"))?;
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating the key's folder"))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("creating the repository key file"))?;
+    f.write_all(format!("{key}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io("writing the repository key file"))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), EngineError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| EngineError::Io {
+            op: "syncing a repository folder",
+            source,
+        })
+}
+
+/// The local backend writes a file, syncs it and renames it into place, but never syncs
+/// the folder: the rename (a new snapshot, index or pack) could be lost in a power cut after
+/// the backup was reported complete. Sync every folder of the repository.
+fn sync_repository(root: &Path) -> Result<(), EngineError> {
+    for sub in ["data", "index", "snapshots", "keys"] {
+        let dir = root.join(sub);
+        if sub == "data"
+            && let Ok(entries) = std::fs::read_dir(&dir)
+        {
+            for e in entries.flatten() {
+                sync_dir(&e.path())?;
+            }
+        }
+        if dir.exists() {
+            sync_dir(&dir)?;
+        }
+    }
+    sync_dir(root)
+}
+
+/// Flushes the filesystem holding `path` (a restored tree: rustic syncs none of its files).
+fn sync_filesystem(path: &Path) -> Result<(), EngineError> {
+    let f = std::fs::File::open(path).map_err(|source| EngineError::Io {
+        op: "opening the restored tree",
+        source,
+    })?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs takes a valid open descriptor, held by `f` for the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(EngineError::Io {
+            op: "syncing the restored tree",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// rustic's error reports span many lines (message, context, backtrace): keep the gist.
+fn one_line(report: &str) -> String {
+    report
+        .lines()
+        .map(str::trim)
+        .take_while(|l| {
+            !l.starts_with("For more information")
+                && !l.starts_with("Some additional details")
+                && !l.starts_with("Backtrace")
+        })
+        .filter(|l| !l.is_empty() && *l != "Message:")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress: rustic's progress bars, forwarded to a `ProgressSink`.
+
+#[derive(Clone)]
+struct Bars(Arc<dyn ProgressSink>);
+impl std::fmt::Debug for Bars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bars")
+    }
+}
+
+impl ProgressBars for Bars {
+    fn progress(&self, kind: ProgressType, prefix: &str) -> Progress {
+        Progress::new(Bar {
+            sink: self.0.clone(),
+            bytes: matches!(kind, ProgressType::Bytes),
+            phase: Mutex::new(prefix.trim_end_matches('.').to_string()),
+            len: AtomicU64::new(0),
+            pos: AtomicU64::new(0),
+        })
+    }
+}
+
+struct Bar {
+    sink: Arc<dyn ProgressSink>,
+    bytes: bool,
+    phase: Mutex<String>,
+    len: AtomicU64,
+    pos: AtomicU64,
+}
+impl std::fmt::Debug for Bar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bar")
+    }
+}
+
+impl RusticProgress for Bar {
+    fn is_hidden(&self) -> bool {
+        // Not hidden: a backup then sizes its source first, which gives the ETA.
+        false
+    }
+    fn set_length(&self, len: u64) {
+        self.len.store(len, Ordering::Relaxed);
+    }
+    fn set_title(&self, title: &str) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = title.to_string();
+    }
+    fn inc(&self, n: u64) {
+        let done = self.pos.fetch_add(n, Ordering::Relaxed) + n;
+        if self.bytes {
+            let len = self.len.load(Ordering::Relaxed);
+            let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            self.sink.update(&phase, done, (len > 0).then_some(len));
+        }
+    }
+    fn finish(&self) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// rustic logs through the `log` crate: forward to tracing, and watch for skipped files.
+
+static ACTIVE_BACKUPS: Mutex<Vec<Arc<Mutex<Vec<String>>>>> = Mutex::new(Vec::new());
+
+/// Collects the "ignoring error" warnings rustic logs while a backup runs (files it could not
+/// read and left out). With several backups at once, each sees all of them: a false failure
+/// is retried, a silent gap is not.
+struct SkippedFiles(Arc<Mutex<Vec<String>>>);
+
+impl SkippedFiles {
+    fn start() -> Self {
+        let c = Arc::new(Mutex::new(Vec::new()));
+        ACTIVE_BACKUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c.clone());
+        SkippedFiles(c)
+    }
+    fn finish(self) -> Vec<String> {
+        ACTIVE_BACKUPS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| !Arc::ptr_eq(c, &self.0));
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+struct LogBridge;
+impl log::Log for LogBridge {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let msg = r.args().to_string();
+        if msg.contains("ignoring error") {
+            for c in ACTIVE_BACKUPS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                c.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(msg.clone());
+            }
+        }
+        match r.level() {
+            log::Level::Error => tracing::error!(target: "rustic", "{msg}"),
+            _ => tracing::warn!(target: "rustic", "{msg}"),
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Sends `log` records (rustic's, sled's) to tracing, and lets backups see skipped files.
+/// Installed by the engine; idempotent.
+pub fn install_log_bridge() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if log::set_logger(&LogBridge).is_ok() {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_run_outside_any_async_runtime() {
+        let engine = RusticEngine::new();
+        let repo = Repo {
+            path: "/nonexistent".into(),
+            password_file: "/nonexistent.key".into(),
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let inside = rt.block_on(async {
+            assert!(tokio::runtime::Handle::try_current().is_ok());
+            engine.guarded(&repo, "probe", || {
+                Ok(tokio::runtime::Handle::try_current().is_ok())
+            })
+        });
+        assert!(!inside.unwrap(), "the operation saw the caller's runtime");
+    }
+
+    #[test]
+    fn a_panic_in_an_operation_is_an_error() {
+        let engine = RusticEngine::new();
+        let repo = Repo {
+            path: "/nonexistent".into(),
+            password_file: "/nonexistent.key".into(),
+        };
+        let r: Result<(), _> = engine.guarded(&repo, "probe", || panic!("boom"));
+        match r {
+            Err(EngineError::Panicked {
+                op: "probe",
+                message,
+            }) => assert_eq!(message, "boom"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

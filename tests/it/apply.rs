@@ -1,0 +1,417 @@
+//! `backplan apply` with the real binary on directory instances and a real repository.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::helpers::*;
+use crate::trees::*;
+
+fn apply(dir: &Path) -> Run {
+    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a");
+}
+
+#[test]
+fn quickstart_backup_restore_and_refusal() {
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    let prod = dir.join("data/contoso");
+    let sandbox = dir.join("data/contoso-sandbox");
+    std::fs::create_dir_all(&prod).unwrap();
+    rich_tree(&prod);
+
+    // 1. Instances created (production adopted), the declared backup taken.
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        run.stdout.contains("instance.contoso: adopted"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("instance.contoso-sandbox: created"),
+        "{}",
+        run.stdout
+    );
+    assert!(sandbox.is_dir());
+    let list = backups_json(dir);
+    let taken: Vec<_> = list
+        .iter()
+        .filter(|b| b["key"] == "before-import")
+        .collect();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0]["status"], "completed");
+    assert_eq!(taken[0]["created_by"], "user");
+    assert_eq!(taken[0]["label"], "Before solution import");
+    assert_eq!(
+        taken[0]["allowed_actions"],
+        serde_json::json!(["edit", "delete", "restore"])
+    );
+    let expected = dir.join("expected");
+    copy_tree(&prod, &expected);
+
+    // 2. Production changes; a restore of the backup into the sandbox.
+    std::fs::write(prod.join("a.txt"), "changed after the backup\n").unwrap();
+    std::fs::write(prod.join("new.txt"), "new").unwrap();
+    std::fs::write(sandbox.join("sandbox-only.txt"), "to be replaced").unwrap();
+    append_config(
+        dir,
+        "[restores.refresh-sandbox]\nfrom = \"contoso/before-import\"\nto = \"contoso-sandbox\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_same_tree(&expected, &sandbox);
+    let list = backups_json(dir);
+    let safety: Vec<_> = list
+        .iter()
+        .filter(|b| b["kind"] == "pre-restore" && b["instance"] == "contoso-sandbox")
+        .collect();
+    assert_eq!(
+        safety.len(),
+        1,
+        "one pre-restore safety backup of the sandbox"
+    );
+    assert_eq!(safety[0]["status"], "completed");
+    assert_eq!(safety[0]["created_by"], "System");
+    assert_eq!(safety[0]["allowed_actions"], serde_json::json!(["restore"]));
+    assert!(std::fs::read_dir(dir.join("data")).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("backplan-restore")
+    }));
+
+    // 3. A restore into production is refused and nothing changes.
+    let before = backups_json(dir);
+    let prod_before = snapshot(&prod);
+    append_config(
+        dir,
+        "[restores.oops]\nfrom = \"contoso-sandbox@latest\"\nto = \"contoso\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stderr.contains("error[restore-into-production]"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(backups_json(dir), before);
+    assert_eq!(snapshot(&prod), prod_before);
+}
+
+#[test]
+fn apply_off_a_terminal_asks_for_auto_approve_and_changes_nothing() {
+    let tmp = quickstart_copy();
+    let run = backplan(tmp.path(), &["apply", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(run.stderr.contains("--auto-approve"), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("Plan: 3 to create"),
+        "the plan is shown: {}",
+        run.stdout
+    );
+    assert!(!tmp.path().join("state").exists(), "nothing was created");
+    assert!(!tmp.path().join("data").exists(), "nothing was created");
+}
+
+#[test]
+fn version_updates_take_a_backup_then_run_the_hook() {
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    assert_eq!(apply(dir).code, 0);
+    let marker = dir.join("hook-ran");
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let updated = text.replacen(
+        "version = \"9.0\"\nsource = { kind = \"directory\", path = \"data/contoso\" }",
+        &format!(
+            "version = \"9.1\"\nsource = {{ kind = \"directory\", path = \"data/contoso\" }}\non_update = [\"sh\", \"-c\", \"echo {{version}} > {}\"]",
+            marker.display()
+        ),
+        1,
+    );
+    assert_ne!(text, updated);
+    std::fs::write(dir.join("backplan.toml"), &updated).unwrap();
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "9.1");
+    let pre: Vec<_> = backups_json(dir)
+        .into_iter()
+        .filter(|b| b["kind"] == "pre-update")
+        .collect();
+    assert_eq!(pre.len(), 1);
+    assert_eq!(pre[0]["label"], "Before update to 9.1");
+    assert_eq!(pre[0]["status"], "completed");
+
+    // A failing hook leaves the old version recorded and the instance in error.
+    let failing = updated
+        .replace("version = \"9.1\"", "version = \"9.2\"")
+        .replace(
+            &format!(
+                "on_update = [\"sh\", \"-c\", \"echo {{version}} > {}\"]",
+                marker.display()
+            ),
+            "on_update = [\"false\"]",
+        );
+    std::fs::write(dir.join("backplan.toml"), failing).unwrap();
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let status = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let contoso = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "contoso")
+        .unwrap();
+    assert_eq!(contoso["version"], "9.1");
+    assert_eq!(contoso["state"], "error");
+    assert!(
+        contoso["error"]
+            .as_str()
+            .unwrap()
+            .contains("on_update failed"),
+        "{contoso}"
+    );
+}
+
+/// Where to stop a run: right after a journal step (`BACKPLAN_CRASH_AFTER`, a SIGKILL the
+/// process sends itself), or after a delay (a SIGKILL from outside, wherever it lands).
+enum Kill {
+    After(&'static str),
+    Delay(u64),
+}
+
+#[test]
+fn killed_at_any_point_apply_converges() {
+    // A backup and a restore of it into the sandbox, stopped at every step, then run again:
+    // no backup recorded complete without its snapshot, no snapshot twice, no staging folder
+    // left, and the sandbox ends up exactly the backup.
+    let points = [
+        Kill::After("backup:started"),
+        Kill::After("backup:finished"),
+        Kill::After("restore:started"),
+        Kill::After("swap:started"),
+        Kill::After("swap:finished"),
+        Kill::After("restore:finished"),
+        Kill::Delay(100),
+        Kill::Delay(600),
+        Kill::Delay(1200),
+    ];
+    for point in points {
+        let tmp = quickstart_copy();
+        let dir = tmp.path();
+        let prod = dir.join("data/contoso");
+        std::fs::create_dir_all(&prod).unwrap();
+        rich_tree(&prod);
+        std::fs::write(prod.join("large.bin"), random_bytes(24 << 20)).unwrap();
+        let sandbox = dir.join("data/contoso-sandbox");
+        std::fs::create_dir_all(&sandbox).unwrap();
+        std::fs::write(sandbox.join("old.txt"), "the sandbox before the restore").unwrap();
+        let old_sandbox = snapshot(&sandbox);
+        append_config(
+            dir,
+            "[restores.refresh]\nfrom = \"contoso/before-import\"\nto = \"contoso-sandbox\"",
+        );
+        let expected = dir.join("expected");
+        copy_tree(&prod, &expected);
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backplan"));
+        cmd.args(["apply", "-c", "backplan.toml", "--auto-approve"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let label = match point {
+            Kill::After(step) => {
+                cmd.env("BACKPLAN_CRASH_AFTER", step);
+                let status = cmd.status().unwrap();
+                assert_eq!(
+                    std::os::unix::process::ExitStatusExt::signal(&status),
+                    Some(9),
+                    "killed after {step}"
+                );
+                format!("after {step}")
+            }
+            Kill::Delay(ms) => {
+                let mut child = cmd.spawn().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let _ = child.kill();
+                let _ = child.wait();
+                format!("at {ms} ms")
+            }
+        };
+        // The target is never half-restored: old or new, whole.
+        let now = snapshot(&sandbox);
+        let expected_tree = snapshot(&expected);
+        assert!(
+            now == old_sandbox || now == expected_tree,
+            "sandbox half-restored when killed {label}"
+        );
+
+        let run = apply(dir);
+        assert_eq!(run.code, 0, "after a kill {label}: {}", run.transcript());
+        let again = backplan(dir, &["plan", "-c", "backplan.toml", "--detailed-exitcode"]);
+        assert_eq!(
+            again.code,
+            0,
+            "converged after a kill {label}: {}",
+            again.transcript()
+        );
+
+        assert_same_tree(&expected, &sandbox);
+        let staging: Vec<_> = std::fs::read_dir(dir.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("backplan-restore"))
+            .collect();
+        assert!(
+            staging.is_empty(),
+            "staging left after a kill {label}: {staging:?}"
+        );
+
+        // The repository as restic sees it.
+        let out = Command::new("restic")
+            .args(["-r"])
+            .arg(dir.join("state/repository"))
+            .arg("--password-file")
+            .arg(dir.join("state/keys/local.key"))
+            .args(["--no-cache", "snapshots", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let backup_tags: Vec<String> = snaps
+            .iter()
+            .flat_map(|s| s["tags"].as_array().unwrap().iter())
+            .filter_map(|t| {
+                t.as_str()
+                    .filter(|t| t.starts_with("backup="))
+                    .map(String::from)
+            })
+            .collect();
+        let mut unique = backup_tags.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            backup_tags.len(),
+            "a backup stored twice after a kill {label}"
+        );
+        let list = backups_json(dir);
+        for b in &list {
+            if b["status"] == "completed" {
+                let id = b["snapshot_id"].as_str().unwrap();
+                assert!(
+                    snaps.iter().any(|s| s["id"] == id),
+                    "{} is completed but not in the repository",
+                    b["id"]
+                );
+            }
+        }
+        let safety = list.iter().filter(|b| b["kind"] == "pre-restore").count();
+        assert_eq!(
+            safety, 1,
+            "exactly one pre-restore backup after a kill {label}"
+        );
+    }
+}
+
+#[test]
+fn a_backup_missing_files_fails_rather_than_hiding_the_gap() {
+    // A real read failure: a file the backup user may not read. As root the backup runs as
+    // `nobody` (setpriv), since root reads everything.
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    let prod = dir.join("data/contoso");
+    std::fs::create_dir_all(&prod).unwrap();
+    std::fs::write(prod.join("readable"), "ok").unwrap();
+    std::fs::write(prod.join("unreadable"), "secret").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        prod.join("unreadable"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let ok = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            tmp.path().parent().unwrap(),
+            std::fs::Permissions::from_mode(0o1777),
+        )
+        .ok();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_backplan"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_backplan"))
+    };
+    let out = cmd
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("could not be read"), "{stdout}");
+    let list = backups_json(dir);
+    let b = list.iter().find(|b| b["key"] == "before-import").unwrap();
+    assert_eq!(b["status"], "failed");
+    assert_eq!(b["snapshot_id"], serde_json::Value::Null);
+}
+
+#[test]
+fn verify_finds_a_damaged_repository() {
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("data/contoso")).unwrap();
+    std::fs::write(dir.join("data/contoso/f.bin"), random_bytes(1 << 20)).unwrap();
+    assert_eq!(apply(dir).code, 0);
+    let run = backplan(dir, &["verify", "-c", "backplan.toml", "--subset", "100%"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(run.stdout.contains("storage local: OK"), "{}", run.stdout);
+    // Flip bytes in the middle of the largest pack.
+    let mut packs: Vec<(u64, std::path::PathBuf)> = Vec::new();
+    for sub in std::fs::read_dir(dir.join("state/repository/data")).unwrap() {
+        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = p.unwrap().path();
+            packs.push((std::fs::metadata(&p).unwrap().len(), p));
+        }
+    }
+    packs.sort();
+    let (len, pack) = packs.last().unwrap();
+    let mut bytes = std::fs::read(pack).unwrap();
+    for b in &mut bytes[(*len as usize / 2)..(*len as usize / 2 + 64)] {
+        *b ^= 0xff;
+    }
+    std::fs::write(pack, bytes).unwrap();
+    let run = backplan(dir, &["verify", "-c", "backplan.toml", "--subset", "100%"]);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(run.stdout.contains("problem(s) found"), "{}", run.stdout);
+}
