@@ -3,9 +3,12 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod diagnostic;
 pub mod engine;
 pub mod plan;
+pub mod query;
 pub mod records;
 pub mod state;
 pub mod views;

@@ -11,6 +11,7 @@ pub mod directory;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -115,6 +116,9 @@ pub struct Executor<'a> {
     /// Repositories with deleted snapshots, pruned once at the end.
     to_prune: BTreeSet<String>,
     pub report: Report,
+    /// Set to stop before the next action (the daemon's shutdown); the action under way
+    /// finishes.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Executor<'a> {
@@ -133,6 +137,7 @@ impl<'a> Executor<'a> {
             clock,
             to_prune: BTreeSet::new(),
             report: Report::default(),
+            stop: None,
         }
     }
 
@@ -305,11 +310,21 @@ impl<'a> Executor<'a> {
     // -----------------------------------------------------------------------------------------
     // The plan.
 
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
     pub fn run(&mut self, plan: &Plan) -> Result<(), ApplyError> {
         for a in &plan.actions {
+            if self.stopping() {
+                return Ok(());
+            }
             self.action(a)?;
         }
         for d in &plan.due {
+            if self.stopping() {
+                return Ok(());
+            }
             self.due(d)?;
         }
         let storages: Vec<String> = std::mem::take(&mut self.to_prune).into_iter().collect();

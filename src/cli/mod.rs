@@ -2,9 +2,9 @@
 //! subcommand (one module each) runs with them and returns an [`Exit`].
 
 mod apply;
-mod plan;
 pub mod progress;
-mod status;
+mod query;
+mod run;
 mod validate;
 mod verify;
 
@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
+
+use crate::query::Query;
 
 /// Exit statuses, as SPEC section 8 gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,17 @@ enum Command {
         #[arg(long)]
         allow_mass_removal: bool,
     },
+    /// The daemon: applies the file, watches it, takes the daily backups and expires old ones.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log format: `human` (default; without timestamps when journald reads it) or `json`.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+        /// Testing only: read the current time from this file (RFC 3339), watched for changes.
+        #[arg(long, hide = true, value_name = "FILE")]
+        clock_file: Option<PathBuf>,
+    },
     /// Instances: type, version, state, last good backup, next daily backup.
     Status {
         #[command(flatten)]
@@ -120,6 +133,12 @@ enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
 fn parse_share(s: &str) -> Result<f64, String> {
     crate::config::values::Percent::parse(s).map(|p| p.0)
 }
@@ -154,7 +173,10 @@ pub fn main() -> Exit {
             };
         }
     };
-    init_logging();
+    match &cli.command {
+        Command::Run { log_format, .. } => init_logging(*log_format, "info"),
+        _ => init_logging(LogFormat::Human, "warn"),
+    }
     // Not locked for the whole command: progress is written from the engine's threads.
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
@@ -166,14 +188,12 @@ pub fn main() -> Exit {
             at,
             detailed_exitcode,
             allow_mass_removal,
-        } => plan::run(
-            &plan::Settings {
-                config: config.resolve(),
-                json,
-                at: at.unwrap_or_else(Utc::now),
-                detailed_exitcode,
-                options: crate::plan::PlanOptions { allow_mass_removal },
-            },
+        } => query::plan(
+            &config.resolve(),
+            json,
+            Some(at.unwrap_or_else(Utc::now)),
+            detailed_exitcode,
+            allow_mass_removal,
             &mut out,
             &mut err,
         ),
@@ -190,17 +210,19 @@ pub fn main() -> Exit {
             &mut out,
             &mut err,
         ),
-        Command::Status { config, json } => {
-            status::status(&config.resolve(), json, &mut out, &mut err)
-        }
+        Command::Status { config, json } => query::run(
+            &config.resolve(),
+            Query::Status { json },
+            &mut out,
+            &mut err,
+        ),
         Command::Backups {
             config,
             instance,
             json,
-        } => status::backups(
+        } => query::run(
             &config.resolve(),
-            instance.as_deref(),
-            json,
+            Query::Backups { instance, json },
             &mut out,
             &mut err,
         ),
@@ -208,7 +230,23 @@ pub fn main() -> Exit {
             config,
             backup,
             json,
-        } => status::show(&config.resolve(), &backup, json, &mut out, &mut err),
+        } => query::run(
+            &config.resolve(),
+            Query::Show { backup, json },
+            &mut out,
+            &mut err,
+        ),
+        Command::Run {
+            config,
+            log_format,
+            clock_file,
+        } => run::run(
+            &run::Settings {
+                config: config.resolve(),
+                clock_file,
+            },
+            log_format,
+        ),
         Command::Verify { config, subset } => {
             verify::run(&config.resolve(), subset, &mut out, &mut err)
         }
@@ -217,16 +255,21 @@ pub fn main() -> Exit {
     exit
 }
 
-/// Logs go to stderr: warnings and errors by default, more with `RUST_LOG` (e.g. `info`).
-fn init_logging() {
+/// Logs go to stderr: `default` level and up unless `RUST_LOG` says otherwise. Human lines on
+/// a terminal, without timestamps when journald reads them (it adds its own), or JSON.
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let _ = match (format, journald || default == "warn") {
+        (LogFormat::Json, _) => builder.json().try_init(),
+        (LogFormat::Human, true) => builder.without_time().with_ansi(!journald).try_init(),
+        (LogFormat::Human, false) => builder.try_init(),
+    };
     crate::engine::install_log_bridge();
 }
 

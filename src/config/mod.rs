@@ -79,17 +79,24 @@ pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<D
     }
 }
 
-/// Where the state is, read from a file even when it is invalid (for commands that only show
-/// what is recorded): its `[daemon] state_dir` if that much can be read, else the default.
-pub fn state_dir_hint(path: &Path, text: &str) -> PathBuf {
+/// Where the state and the control socket are, read from a file even when it is invalid (for
+/// commands that only show what is recorded): its `[daemon]` settings if that much can be
+/// read, else the defaults.
+pub fn paths_hint(path: &Path, text: &str) -> (PathBuf, PathBuf) {
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    raw::read(text)
-        .config
-        .and_then(|c| c.daemon.state_dir.map(|d| base.join(d.into_inner())))
-        .unwrap_or_else(|| PathBuf::from(validate::DEFAULT_STATE_DIR))
+    let daemon = raw::read(text).config.map(|c| c.daemon).unwrap_or_default();
+    let state_dir = daemon
+        .state_dir
+        .map(|d| base.join(d.into_inner()))
+        .unwrap_or_else(|| PathBuf::from(validate::DEFAULT_STATE_DIR));
+    let socket = daemon
+        .control_socket
+        .map(|s| base.join(s.into_inner()))
+        .unwrap_or_else(|| state_dir.join("backplan.sock"));
+    (state_dir, socket)
 }
 
 /// The JSON Schema of the file, for editors (taplo, Even Better TOML).

@@ -80,6 +80,25 @@ pub fn retry_at(b: &BackupRecord) -> Option<DateTime<Utc>> {
     Some(b.failed_at.unwrap_or(b.created_at) + Duration::seconds(wait))
 }
 
+/// When time-driven work is next due after `now`: the next daily slot, the next expiry or the
+/// next retry, whichever comes first. The daemon sleeps until then.
+pub fn next_deadline(cfg: &Config, rec: &Recorded, now: DateTime<Utc>) -> DateTime<Utc> {
+    let mut next = next_slot(&cfg.schedule, now);
+    for b in rec.backups.values() {
+        let live = !matches!(
+            b.status,
+            BackupStatus::Expired | BackupStatus::Running | BackupStatus::Deleting
+        );
+        let candidates = [b.expires_at.filter(|_| live), retry_at(b)];
+        for t in candidates.into_iter().flatten() {
+            if t > now && t < next {
+                next = t;
+            }
+        }
+    }
+    next
+}
+
 pub fn plan(cfg: &Config, rec: &Recorded, now: DateTime<Utc>, opts: PlanOptions) -> Plan {
     let idx = Index::new(rec);
     let mut p = Planner {

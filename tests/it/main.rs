@@ -2,6 +2,7 @@
 
 mod apply;
 mod cli;
+mod daemon;
 mod engine;
 mod guards;
 mod helpers;

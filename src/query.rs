@@ -1,49 +1,136 @@
-//! `backplan status`, `backplan backups`, `backplan show`: what is recorded, read directly
-//! from the state store.
+//! The read-only commands (`status`, `backups`, `show`, `plan`) as queries answered from a
+//! configuration and the recorded state. The CLI answers them itself when no daemon runs, and
+//! the daemon answers them over its control socket when one does (sled admits one process), so
+//! the output is the same either way. No I/O here but the `journal` callback.
 
 use std::io::Write;
-use std::path::Path;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::Exit;
 use crate::apply::human_bytes;
+use crate::cli::Exit;
+use crate::config::Config;
 use crate::config::values::BackupRef;
-use crate::plan::fmt_time;
-use crate::records::Recorded;
+use crate::plan::{PlanOptions, fmt_time, render};
+use crate::records::{JournalEntry, Recorded};
 use crate::views;
 
-/// The configuration (if valid) and what is recorded. An invalid file does not hide the
-/// recorded state: its problems are printed and the state dir it names is read anyway.
-fn recorded(
-    config: &Path,
-    err: &mut dyn Write,
-) -> Option<(Option<crate::config::Config>, Recorded, std::path::PathBuf)> {
-    let (cfg, state_dir) = match crate::config::load(config) {
-        Ok(loaded) => {
-            let dir = loaded.config.daemon.state_dir.clone();
-            (Some(loaded.config), dir)
-        }
-        Err(crate::config::LoadError::Invalid { rendered, .. }) => {
-            let _ = write!(err, "{rendered}");
-            let _ = writeln!(
-                err,
-                "warning: the configuration is invalid; showing what is recorded only.\n"
-            );
-            let text = std::fs::read_to_string(config).unwrap_or_default();
-            (None, crate::config::state_dir_hint(config, &text))
-        }
-        Err(e) => {
-            let _ = writeln!(err, "{e}");
-            return None;
-        }
+/// A read-only command, as sent over the control socket (one JSON line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Query {
+    Status {
+        json: bool,
+    },
+    Backups {
+        instance: Option<String>,
+        json: bool,
+    },
+    Show {
+        backup: String,
+        json: bool,
+    },
+    /// Plans the given file (its path and text: the file the user named, which may differ
+    /// from the one in force) against the recorded state.
+    Plan {
+        /// Absolute, for relative paths in the file.
+        file: std::path::PathBuf,
+        /// As the user named it, for messages.
+        name: String,
+        text: String,
+        json: bool,
+        at: Option<DateTime<Utc>>,
+        detailed_exitcode: bool,
+        allow_mass_removal: bool,
+    },
+}
+
+/// What the command prints and its exit status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub exit: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What a query is answered from.
+pub struct Context<'a> {
+    /// The configuration in force (`None`: the file is invalid and none was ever valid).
+    pub config: Option<&'a Config>,
+    /// The problems of the file on disk, when it is invalid (rendered diagnostics).
+    pub config_error: Option<&'a str>,
+    pub recorded: &'a Recorded,
+    pub journal: &'a dyn Fn() -> Result<Vec<JournalEntry>, String>,
+    pub now: DateTime<Utc>,
+}
+
+pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let is_plan = matches!(q, Query::Plan { .. });
+    if let (Some(e), false) = (ctx.config_error, is_plan) {
+        let _ = write!(err, "{e}");
+        let _ = writeln!(
+            err,
+            "warning: the configuration file is invalid; {}\n",
+            if ctx.config.is_some() {
+                "the last valid one stays in force"
+            } else {
+                "showing what is recorded only"
+            }
+        );
+    }
+    let exit = match q {
+        Query::Status { json } => status(ctx, *json, &mut out),
+        Query::Backups { instance, json } => backups(ctx, instance.as_deref(), *json, &mut out),
+        Query::Show { backup, json } => show(ctx, backup, *json, &mut out, &mut err),
+        Query::Plan {
+            file,
+            name,
+            text,
+            json,
+            at,
+            detailed_exitcode,
+            allow_mass_removal,
+        } => match crate::config::parse(file, text) {
+            Err(diags) => {
+                let _ = write!(err, "{}", crate::diagnostic::render(name, text, &diags));
+                Exit::Failure
+            }
+            Ok((mut cfg, warnings)) => {
+                cfg.file = name.into();
+                if !warnings.is_empty() {
+                    let _ = write!(err, "{}", crate::diagnostic::render(name, text, &warnings));
+                }
+                let plan = crate::plan::plan(
+                    &cfg,
+                    ctx.recorded,
+                    at.unwrap_or(ctx.now),
+                    PlanOptions {
+                        allow_mass_removal: *allow_mass_removal,
+                    },
+                );
+                let text = if *json {
+                    render::json(&plan)
+                } else {
+                    render::text(&plan)
+                };
+                let _ = out.write_all(text.as_bytes());
+                if !plan.refusals.is_empty() {
+                    Exit::Failure
+                } else if *detailed_exitcode && plan.has_changes() {
+                    Exit::Changes
+                } else {
+                    Exit::Ok
+                }
+            }
+        },
     };
-    match crate::state::read(&state_dir) {
-        Ok(r) => Some((cfg, r, state_dir)),
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            None
-        }
+    Answer {
+        exit: exit as u8,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
     }
 }
 
@@ -82,11 +169,8 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-pub fn status(config: &Path, as_json: bool, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
-    let Some((cfg, rec, _)) = recorded(config, err) else {
-        return Exit::Failure;
-    };
-    let list = views::status(cfg.as_ref(), &rec, Utc::now());
+fn status(ctx: &Context<'_>, as_json: bool, out: &mut dyn Write) -> Exit {
+    let list = views::status(ctx.config, ctx.recorded, ctx.now);
     if as_json {
         json(out, &list);
         return Exit::Ok;
@@ -128,17 +212,8 @@ pub fn status(config: &Path, as_json: bool, out: &mut dyn Write, err: &mut dyn W
     Exit::Ok
 }
 
-pub fn backups(
-    config: &Path,
-    instance: Option<&str>,
-    as_json: bool,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> Exit {
-    let Some((_, rec, _)) = recorded(config, err) else {
-        return Exit::Failure;
-    };
-    let list = views::backups(&rec, instance);
+fn backups(ctx: &Context<'_>, instance: Option<&str>, as_json: bool, out: &mut dyn Write) -> Exit {
+    let list = views::backups(ctx.recorded, instance);
     if as_json {
         json(out, &list);
         return Exit::Ok;
@@ -196,16 +271,14 @@ pub fn backups(
     Exit::Ok
 }
 
-pub fn show(
-    config: &Path,
+fn show(
+    ctx: &Context<'_>,
     reference: &str,
     as_json: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Exit {
-    let Some((_, rec, state_dir)) = recorded(config, err) else {
-        return Exit::Failure;
-    };
+    let rec = ctx.recorded;
     let text = reference.strip_prefix("backup.").unwrap_or(reference);
     let r = match BackupRef::parse(text) {
         Ok(r) => r,
@@ -214,7 +287,7 @@ pub fn show(
             return Exit::Failure;
         }
     };
-    let Some(b) = views::find_backup(&rec, &r) else {
+    let Some(b) = views::find_backup(rec, &r) else {
         let _ = writeln!(
             err,
             "error: no recorded backup matches `{text}`; `backplan backups` lists them"
@@ -223,7 +296,7 @@ pub fn show(
     };
     // Its history: the journal lines about it.
     let address = crate::plan::backup_address(b);
-    let history: Vec<crate::records::JournalEntry> = match crate::state::journal(&state_dir) {
+    let history: Vec<crate::records::JournalEntry> = match (ctx.journal)() {
         Ok(j) => j
             .into_iter()
             .filter(|e| e.address == address || e.detail.contains(&b.id.to_string()))

@@ -1,0 +1,80 @@
+//! The control socket: one JSON line in (a [`Query`]), one JSON line out (an [`Answer`]).
+//! The daemon serves it; the CLI asks it first and reads the state itself when nobody
+//! listens.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::query::{Answer, Query};
+
+/// A reply on the socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Answer(Answer),
+    Error { error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// Nobody listens: the caller reads the state itself.
+    #[error("no daemon listens on {0}")]
+    NoDaemon(String),
+    #[error("the daemon on {socket} did not answer properly: {reason}")]
+    Broken { socket: String, reason: String },
+}
+
+/// Asks the daemon listening on `socket`.
+pub fn ask(socket: &Path, q: &Query) -> Result<Answer, AskError> {
+    let name = socket.display().to_string();
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(AskError::NoDaemon(name));
+        }
+        Err(e) => {
+            return Err(AskError::Broken {
+                socket: name,
+                reason: e.to_string(),
+            });
+        }
+    };
+    let broken = |reason: String| AskError::Broken {
+        socket: name.clone(),
+        reason,
+    };
+    // A plan over a large state takes a moment; a stuck daemon must not hang the CLI.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut line = serde_json::to_string(q).expect("queries serialise");
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| broken(e.to_string()))?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(|e| broken(e.to_string()))?;
+    match serde_json::from_str::<Reply>(&reply) {
+        Ok(Reply::Answer(a)) => Ok(a),
+        Ok(Reply::Error { error }) => Err(broken(error)),
+        Err(e) => Err(broken(format!("unreadable reply ({e})"))),
+    }
+}
+
+/// Parses one request line; a malformed or unknown request is an error reply, never a crash.
+pub fn parse_request(line: &str) -> Result<Query, String> {
+    serde_json::from_str(line.trim()).map_err(|e| {
+        format!(
+            "bad request: {e}; send one JSON object per line, like {{\"command\":\"status\",\"json\":true}}"
+        )
+    })
+}

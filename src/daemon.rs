@@ -1,0 +1,599 @@
+//! The daemon (`backplan run`): one loop that reconciles the host with the file, then sleeps
+//! until the next deadline (daily slot, expiry, retry) or an event (the file changed, SIGHUP,
+//! the test clock moved), with no polling. The control socket answers queries meanwhile.
+//!
+//! Like mini-redis, [`run`] takes its shutdown signal as a parameter, so tests can run the real
+//! daemon in-process; blocking work (the engine, sled) goes to `spawn_blocking`.
+//!
+//! **An invalid or deleted file changes nothing**: the last valid one stays in force and the
+//! problem is shown by `status`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::apply::Executor;
+use crate::config::Config;
+use crate::engine::{Engine, ProgressSink, RusticEngine};
+use crate::plan::{PlanOptions, planner};
+use crate::query::{Answer, Context, Query};
+use crate::state::Store;
+
+/// Where "now" comes from: the system clock, or (tests) a file holding an RFC 3339 time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Test clock: the time written in a file (read at each use), or the system time if the file
+/// cannot be read.
+pub struct FileClock(pub PathBuf);
+impl Clock for FileClock {
+    fn now(&self) -> DateTime<Utc> {
+        std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(Utc::now)
+    }
+}
+
+pub struct Settings {
+    pub config: PathBuf,
+    pub clock: Arc<dyn Clock>,
+    /// A file whose changes wake the loop (the test clock).
+    pub clock_file: Option<PathBuf>,
+    /// How long a stop waits for the operation under way before leaving it to recovery.
+    pub grace: Duration,
+}
+
+/// Why the loop runs a reconcile (logged with each run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Start,
+    FileChanged,
+    Reload,
+    Deadline,
+    ClockMoved,
+    /// The previous run did work; what it made due is done at once.
+    FollowUp,
+}
+
+/// What the control socket and the status line see.
+struct Shared {
+    config: RwLock<Option<Arc<Config>>>,
+    /// Rendered diagnostics of the file on disk when it is invalid, or why it cannot be read.
+    config_error: RwLock<Option<String>>,
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("control socket {}: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching {}: {source}", path.display())]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// Events that wake the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    File,
+    Reload,
+    Clock,
+}
+
+/// Runs the daemon until `shutdown` completes. `reload` delivers SIGHUP (or any request to
+/// re-read the file).
+pub async fn run(
+    s: Settings,
+    mut reload: mpsc::Receiver<()>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    // The file must be valid at start: there is no last good one yet.
+    let loaded = crate::config::load(&s.config).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let cfg = Arc::new(loaded.config);
+    for w in &loaded.warnings {
+        tracing::warn!("{}: {}", s.config.display(), w.message);
+    }
+    // A CLI command reading the state holds it for a moment: wait for it, not for a second
+    // daemon (that one keeps it, and this start fails after 10 s).
+    let store = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(&cfg.daemon.state_dir) {
+                Err(crate::state::StateError::Locked { .. })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break Arc::new(other?),
+            }
+        }
+    };
+    let engine: Arc<dyn Engine> = Arc::new(RusticEngine::new());
+    let shared = Arc::new(Shared {
+        config: RwLock::new(Some(cfg.clone())),
+        config_error: RwLock::new(None),
+        store: store.clone(),
+        clock: s.clock.clone(),
+    });
+    let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
+    let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
+    let socket = serve_control(&cfg.daemon.control_socket, shared.clone())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut last_text = std::fs::read_to_string(&s.config).unwrap_or_default();
+    tokio::pin!(shutdown);
+
+    let mut reason = Some(Reason::Start);
+    let mut ready = false;
+    let mut follow_ups = 0;
+    loop {
+        let mut reason_now = None;
+        // 1. Reconcile, when something asked for it.
+        let cfg = shared
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let (Some(cfg), Some(reason)) = (cfg, reason.take()) {
+            tracing::info!(reason = ?reason, "reconciling");
+            let work = tokio::task::spawn_blocking({
+                let (store, engine, clock, stop) =
+                    (store.clone(), engine.clone(), s.clock.clone(), stop.clone());
+                let cfg = cfg.clone();
+                move || reconcile(&cfg, &store, engine.as_ref(), clock.as_ref(), reason, stop)
+            });
+            tokio::pin!(work);
+            tokio::select! {
+                r = &mut work => match r {
+                    Ok((summary, worked)) => {
+                        tracing::info!("{summary}");
+                        // Work done can make more work due at once (a new backup lets an
+                        // older one expire): look again, a bounded number of times.
+                        if worked && follow_ups < 2 {
+                            follow_ups += 1;
+                            reason_now = Some(Reason::FollowUp);
+                        } else {
+                            follow_ups = 0;
+                        }
+                    }
+                    Err(e) => tracing::error!("reconcile stopped unexpectedly: {e}"),
+                },
+                () = &mut shutdown => {
+                    stop.store(true, Ordering::SeqCst);
+                    sd_notify("STOPPING=1\nSTATUS=stopping: waiting for the operation under way");
+                    if tokio::time::timeout(s.grace, &mut work).await.is_err() {
+                        tracing::warn!("stopping during an operation: it is resumed or discarded safely at the next start");
+                    }
+                    break;
+                }
+            }
+        }
+        if !ready {
+            ready = true;
+            sd_notify("READY=1");
+        }
+        if reason_now.is_some() {
+            reason = reason_now;
+            continue;
+        }
+        // 2. Sleep until the next deadline or an event.
+        let (next, status) = {
+            let cfg = shared
+                .config
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let rec = store.load().unwrap_or_default();
+            let now = s.clock.now();
+            let next = cfg.as_ref().map(|c| planner::next_deadline(c, &rec, now));
+            let error = shared
+                .config_error
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            let status = format!(
+                "STATUS={} instances{}; next run {}",
+                rec.instances.len(),
+                if error {
+                    "; the file on disk is INVALID, the last valid one is in force"
+                } else {
+                    ""
+                },
+                next.map(|t| crate::plan::fmt_time(&t))
+                    .unwrap_or_else(|| "-".into())
+            );
+            (next, status)
+        };
+        sd_notify(&status);
+        let sleep = next
+            .map(|t| (t - s.clock.now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        tracing::debug!(?sleep, "waiting");
+        let woke = tokio::select! {
+            () = tokio::time::sleep(sleep) => Some(Reason::Deadline),
+            Some(()) = reload.recv() => Some(Reason::Reload),
+            Some(w) = wake.recv() => Some(match w { Wake::Clock => Reason::ClockMoved, Wake::Reload => Reason::Reload, Wake::File => Reason::FileChanged }),
+            () = &mut shutdown => None,
+        };
+        let Some(woke) = woke else {
+            sd_notify("STOPPING=1");
+            break;
+        };
+        reason = if matches!(woke, Reason::FileChanged | Reason::Reload) {
+            // Debounce: editors write in several steps.
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(150), wake.recv()).await
+            {}
+            // Unchanged, invalid or missing: nothing to reconcile.
+            reload_file(&s.config, &mut last_text, &shared, woke == Reason::Reload).then_some(woke)
+        } else {
+            Some(woke)
+        };
+    }
+    drop(socket);
+    let _ = std::fs::remove_file(&cfg.daemon.control_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the file. Returns whether a reconcile is needed: the content changed (or a reload
+/// was asked for) and it is valid. An invalid or missing file keeps the last valid one.
+fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: bool) -> bool {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(
+                "{}: {e}; the last valid configuration stays in force",
+                path.display()
+            );
+            *shared
+                .config_error
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                "{}: {e}; the last valid configuration stays in force\n",
+                path.display()
+            ));
+            return false;
+        }
+    };
+    if text == *last_text && !forced {
+        return false; // an event that left the content unchanged
+    }
+    *last_text = text.clone();
+    sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+    let result = match crate::config::parse(path, &text) {
+        Ok((cfg, _)) => {
+            let old = shared
+                .config
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if old
+                .as_ref()
+                .is_some_and(|o| o.daemon.state_dir != cfg.daemon.state_dir)
+            {
+                tracing::warn!("state_dir changed in the file; it takes effect at the next start");
+            }
+            *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
+            *shared
+                .config_error
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+            tracing::info!("{}: reloaded", path.display());
+            true
+        }
+        Err(diags) => {
+            let rendered = crate::diagnostic::render(&path.display().to_string(), &text, &diags);
+            tracing::error!(
+                "{}: invalid, the last valid configuration stays in force:\n{rendered}",
+                path.display()
+            );
+            *shared
+                .config_error
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = Some(rendered);
+            false
+        }
+    };
+    sd_notify("READY=1");
+    result
+}
+
+/// One reconcile: resolve interrupted work, plan, apply. Runs on a blocking thread.
+fn reconcile(
+    cfg: &Config,
+    store: &Store,
+    engine: &dyn Engine,
+    clock: &dyn Clock,
+    reason: Reason,
+    stop: Arc<AtomicBool>,
+) -> (String, bool) {
+    let now_fn = || clock.now();
+    let mut exec = Executor::new(cfg, store, engine, Arc::new(LogProgress), &now_fn);
+    exec.stop = Some(stop);
+    if reason == Reason::Start
+        && let Err(e) = exec.recover()
+    {
+        return (format!("recovery failed: {e}"), false);
+    }
+    let rec = match store.load() {
+        Ok(r) => r,
+        Err(e) => return (format!("cannot read the state: {e}"), false),
+    };
+    let plan = crate::plan::plan(cfg, &rec, clock.now(), PlanOptions::default());
+    for r in &plan.refusals {
+        tracing::error!(address = %r.address, rule = r.rule, at = %r.location, "refused: {}; fix: {}", r.message, r.fix);
+    }
+    if !plan.refusals.is_empty() && plan.due.is_empty() {
+        return (
+            format!(
+                "{} refusal(s): nothing from the file applied",
+                plan.refusals.len()
+            ),
+            false,
+        );
+    }
+    if !plan.has_changes() {
+        return ("nothing to do".into(), false);
+    }
+    let missing = crate::apply::unsupported(cfg, &plan);
+    if !missing.is_empty() {
+        for m in &missing {
+            tracing::error!("cannot apply: {m}");
+        }
+        return (
+            "nothing applied: the plan needs what this version cannot do".into(),
+            false,
+        );
+    }
+    if let Err(e) = exec.run(&plan) {
+        return (format!("apply stopped: {e}"), false);
+    }
+    let failed = exec.report.failures();
+    let done = exec.report.lines.len() - failed;
+    (format!("applied: {done} done, {failed} failed"), done > 0)
+}
+
+/// Progress of long operations as log lines.
+struct LogProgress;
+impl ProgressSink for LogProgress {
+    fn update(&self, phase: &str, done: u64, total: Option<u64>) {
+        // The CLI's terminal sink throttles; here, a line per 5 % is enough.
+        if let Some(t) = total.filter(|t| *t > 0) {
+            let pct = done * 100 / t;
+            let prev = (done.saturating_sub(1)) * 100 / t;
+            if pct / 5 != prev / 5 || done >= t {
+                tracing::info!("{phase}: {pct}% of {}", crate::apply::human_bytes(t));
+            }
+        }
+    }
+}
+
+/// Watches the file's folder (editors and git save by renaming into place) and the test
+/// clock file; events for other names are ignored.
+fn watch(
+    config: &Path,
+    clock_file: Option<&Path>,
+    tx: mpsc::Sender<Wake>,
+) -> Result<notify::RecommendedWatcher, DaemonError> {
+    use notify::{RecursiveMode, Watcher};
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let config = absolute(config);
+    let clock = clock_file.map(absolute);
+    let config_name = config.file_name().map(|n| n.to_os_string());
+    let clock_name = clock
+        .as_ref()
+        .and_then(|c| c.file_name().map(|n| n.to_os_string()));
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        for p in &ev.paths {
+            let name = p.file_name().map(|n| n.to_os_string());
+            if name.is_some() && name == config_name {
+                let _ = tx.try_send(Wake::File);
+            } else if name.is_some() && name == clock_name {
+                let _ = tx.try_send(Wake::Clock);
+            }
+        }
+    })
+    .map_err(|source| DaemonError::Watch {
+        path: config.clone(),
+        source,
+    })?;
+    let mut dirs = vec![config.parent().unwrap_or(Path::new("/")).to_path_buf()];
+    if let Some(c) = &clock {
+        dirs.push(c.parent().unwrap_or(Path::new("/")).to_path_buf());
+    }
+    dirs.dedup();
+    for d in dirs {
+        watcher
+            .watch(&d, RecursiveMode::NonRecursive)
+            .map_err(|source| DaemonError::Watch {
+                path: d.clone(),
+                source,
+            })?;
+    }
+    Ok(watcher)
+}
+
+/// Serves the control socket (mode 0660): one JSON query per line, one JSON answer per line.
+/// A malformed request gets an error reply; a client never disturbs the daemon.
+fn serve_control(
+    path: &Path,
+    shared: Arc<Shared>,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| DaemonError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // A socket file left by a daemon that died: nobody answers on it.
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _ = serve_client(stream, shared).await;
+            });
+        }
+    }))
+}
+
+async fn serve_client(stream: tokio::net::UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    // At most 64 KiB per request line.
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .ok()
+        .transpose()?
+        .flatten()
+    {
+        if line.len() > 64 << 10 {
+            break;
+        }
+        let reply = match crate::control::parse_request(&line) {
+            Err(error) => crate::control::Reply::Error { error },
+            Ok(q) => {
+                let shared = shared.clone();
+                match tokio::task::spawn_blocking(move || answer(&q, &shared)).await {
+                    Ok(a) => crate::control::Reply::Answer(a),
+                    Err(e) => crate::control::Reply::Error {
+                        error: e.to_string(),
+                    },
+                }
+            }
+        };
+        let mut out = serde_json::to_string(&reply).expect("replies serialise");
+        out.push('\n');
+        write.write_all(out.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+fn answer(q: &Query, shared: &Shared) -> Answer {
+    let cfg = shared
+        .config
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let error = shared
+        .config_error
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let rec = match shared.store.load() {
+        Ok(r) => r,
+        Err(e) => {
+            return Answer {
+                exit: 1,
+                stdout: String::new(),
+                stderr: format!("error: {e}\n"),
+            };
+        }
+    };
+    let journal = || shared.store.journal_entries().map_err(|e| e.to_string());
+    crate::query::answer(
+        q,
+        &Context {
+            config: cfg.as_deref(),
+            config_error: error.as_deref(),
+            recorded: &rec,
+            journal: &journal,
+            now: shared.clock.now(),
+        },
+    )
+}
+
+/// systemd's notification protocol, without libsystemd: one datagram to `$NOTIFY_SOCKET`.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    // Never block the daemon on its supervisor: a full queue drops the message.
+    let _ = sock.set_nonblocking(true);
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd expects with RELOADING=1.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Sends WATCHDOG=1 at half the interval systemd asked for (`WATCHDOG_USEC`).
+pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        && pid != std::process::id()
+    {
+        return None;
+    }
+    let every = Duration::from_micros(usec / 2);
+    Some(tokio::spawn(async move {
+        loop {
+            sd_notify("WATCHDOG=1");
+            tokio::time::sleep(every).await;
+        }
+    }))
+}

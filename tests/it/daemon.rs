@@ -1,0 +1,358 @@
+//! `backplan run` with the real binary: following the file, keeping the last good one,
+//! signals, systemd notifications, crash recovery, the daily slot and expiry with a moved
+//! clock, and the control socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::trees::*;
+
+struct Daemon {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backplan"));
+        cmd.args(["run", "-c", "backplan.toml"])
+            .args(extra)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let d = Daemon {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+        };
+        d.wait_for("the socket", || dir.join("state/backplan.sock").exists());
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; daemon log:\n{}", self.log());
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Sends SIGTERM and returns the exit status and how long the stop took.
+    fn stop(mut self) -> (Option<i32>, Duration) {
+        self.signal(libc::SIGTERM);
+        let start = Instant::now();
+        let mut child = self.child.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code(), start.elapsed());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the daemon did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn statuses(dir: &Path) -> Vec<(String, String)> {
+    backups_json(dir)
+        .iter()
+        .map(|b| {
+            let name = b["key"].as_str().map(String::from).unwrap_or_else(|| {
+                format!(
+                    "{}:{}",
+                    b["kind"].as_str().unwrap(),
+                    b["date"].as_str().unwrap_or("")
+                )
+            });
+            (name, b["status"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn has(dir: &Path, name: &str, status: &str) -> bool {
+    statuses(dir).iter().any(|(n, s)| n == name && s == status)
+}
+
+fn prepared() -> tempfile::TempDir {
+    let tmp = quickstart_copy();
+    std::fs::create_dir_all(tmp.path().join("data/contoso")).unwrap();
+    std::fs::write(tmp.path().join("data/contoso/a.txt"), "hello").unwrap();
+    tmp
+}
+
+#[test]
+fn the_daemon_follows_the_file_and_keeps_the_last_good_one() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    // systemd's notification socket, played by the test.
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let d = Daemon::start(
+        dir,
+        &[],
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    );
+    let mut messages = Vec::new();
+    let read_until = |want: &str, messages: &mut Vec<String>| {
+        let mut buf = [0u8; 4096];
+        while !messages.iter().any(|m: &String| m.contains(want)) {
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {want} from the daemon: {e}; got {messages:?}"));
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    read_until("READY=1", &mut messages);
+    // READY comes after the first reconcile: the declared backup is there already.
+    assert!(
+        has(dir, "before-import", "completed"),
+        "{:?}",
+        statuses(dir)
+    );
+
+    // Added by rename-into-place (editors, git checkout).
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let with_b2 = format!("{text}\n[instances.contoso.backups.b2]\nlabel = \"by rename\"\n");
+    std::fs::write(dir.join("new.toml"), &with_b2).unwrap();
+    std::fs::rename(dir.join("new.toml"), dir.join("backplan.toml")).unwrap();
+    d.wait_for("b2", || has(dir, "b2", "completed"));
+
+    // Added by an in-place write.
+    append_config(dir, "[instances.contoso.backups.b3]\nlabel = \"in place\"");
+    d.wait_for("b3", || has(dir, "b3", "completed"));
+
+    // Removed: deleted.
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        text.replace(
+            "[instances.contoso.backups.b2]\nlabel = \"by rename\"\n",
+            "",
+        ),
+    )
+    .unwrap();
+    d.wait_for("b2 deleted", || {
+        !statuses(dir).iter().any(|(n, _)| n == "b2")
+    });
+
+    // An invalid file: nothing changes, status shows the error.
+    let good = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        format!("{good}\n[instances.contoso.backups.b4]\nlabel = \"b4\"\nlable = \"typo\"\n"),
+    )
+    .unwrap();
+    d.wait_for("the error in status", || {
+        let run = backplan(dir, &["status", "-c", "backplan.toml"]);
+        run.stderr.contains("unknown key `lable`")
+            && run.stderr.contains("the last valid one stays in force")
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !statuses(dir).iter().any(|(n, _)| n == "b4"),
+        "an invalid file was applied"
+    );
+
+    // Fixed: work resumes.
+    std::fs::write(
+        dir.join("backplan.toml"),
+        format!("{good}\n[instances.contoso.backups.b4]\nlabel = \"b4\"\n"),
+    )
+    .unwrap();
+    d.wait_for("b4", || has(dir, "b4", "completed"));
+    let run = backplan(dir, &["status", "-c", "backplan.toml"]);
+    assert!(!run.stderr.contains("invalid"), "{}", run.stderr);
+
+    // A deleted file is not "no instances": nothing changes.
+    let before = statuses(dir);
+    let kept = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    std::fs::remove_file(dir.join("backplan.toml")).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(dir.join("backplan.toml"), &kept).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(statuses(dir), before);
+    assert!(dir.join("data/contoso/a.txt").exists());
+
+    // SIGHUP reloads, with systemd's RELOADING=1 (and the monotonic time) then READY=1.
+    // (Drain what queued meanwhile: a full queue makes the daemon drop messages.)
+    notify.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    while notify.recv(&mut buf).is_ok() {}
+    notify.set_nonblocking(false).unwrap();
+    messages.clear();
+    d.signal(libc::SIGHUP);
+    read_until("RELOADING=1", &mut messages);
+    let reloading = messages.iter().find(|m| m.contains("RELOADING=1")).unwrap();
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    read_until("READY=1", &mut messages);
+
+    // A malformed request gets an error reply and disturbs nothing.
+    let mut s = UnixStream::connect(dir.join("state/backplan.sock")).unwrap();
+    s.write_all(b"{\"command\": \"format-disk\"}\nnot json at all\n")
+        .unwrap();
+    let mut r = BufReader::new(s);
+    for _ in 0..2 {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("\"error\""), "{line}");
+    }
+    assert_eq!(backplan(dir, &["status", "-c", "backplan.toml"]).code, 0);
+
+    // SIGTERM: STOPPING=1, exit 0 within 10 s.
+    let (code, took) = d.stop();
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+    let mut buf = [0u8; 4096];
+    let mut stopping = false;
+    while let Ok(n) = notify.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    assert!(
+        !dir.join("state/backplan.sock").exists(),
+        "the socket is removed"
+    );
+}
+
+#[test]
+fn stopped_or_killed_during_a_long_backup_a_restart_converges() {
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let tmp = prepared();
+        let dir = tmp.path();
+        std::fs::write(dir.join("data/contoso/large.bin"), random_bytes(160 << 20)).unwrap();
+        let d = Daemon::start(dir, &[], &[]);
+        d.wait_for("the backup to start", || d.log().contains("reconciling"));
+        std::thread::sleep(Duration::from_millis(700));
+        if signal == libc::SIGTERM {
+            let (code, took) = d.stop();
+            assert_eq!(
+                code,
+                Some(0),
+                "{}",
+                std::fs::read_to_string(dir.join("daemon.log")).unwrap()
+            );
+            assert!(took < Duration::from_secs(10), "stopping took {took:?}");
+        } else {
+            let mut d = d;
+            let mut child = d.child.take().unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        // Two CLI commands at once while the restarted daemon works.
+        let d = Daemon::start(dir, &[], &[]);
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| backplan(dir, &["status", "-c", "backplan.toml"]));
+            let b = s.spawn(|| backplan(dir, &["backups", "-c", "backplan.toml", "--json"]));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(
+            (a.code, b.code),
+            (0, 0),
+            "{}\n{}",
+            a.transcript(),
+            b.transcript()
+        );
+        d.wait_for("the backup after the restart", || {
+            has(dir, "before-import", "completed")
+        });
+        let (code, _) = d.stop();
+        assert_eq!(code, Some(0));
+        let out = Command::new("restic")
+            .arg("-r")
+            .arg(dir.join("state/repository"))
+            .arg("--password-file")
+            .arg(dir.join("state/keys/local.key"))
+            .args(["--no-cache", "snapshots", "--json"])
+            .output()
+            .unwrap();
+        let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            snaps.len(),
+            1,
+            "one snapshot, no duplicate, after signal {signal}"
+        );
+    }
+}
+
+#[test]
+fn the_daily_slot_and_expiry_follow_a_moved_clock() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let clock = dir.join("clock");
+    let set = |t: &str| std::fs::write(&clock, t).unwrap();
+    set("2026-11-27T01:00:00Z");
+    let d = Daemon::start(dir, &["--clock-file", "clock"], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    assert!(
+        !statuses(dir).iter().any(|(n, _)| n.starts_with("daily")),
+        "no daily before the slot"
+    );
+
+    // 02:00 passes: the daily backup of each instance.
+    set("2026-11-27T02:00:30Z");
+    d.wait_for("the daily backups", || {
+        statuses(dir)
+            .iter()
+            .filter(|(n, s)| n == "daily:2026-11-27" && s == "completed")
+            .count()
+            == 2
+    });
+
+    // Three days later (retention 3d): two missed slots recorded as skipped, today's taken,
+    // and what passed its expiry (keeping the newest good backup of each instance) expired.
+    set("2026-11-30T03:00:00Z");
+    d.wait_for("catch-up and expiry", || {
+        let s = statuses(dir);
+        let count =
+            |name: &str, status: &str| s.iter().filter(|(n, st)| n == name && st == status).count();
+        count("daily:2026-11-28", "skipped") == 2
+            && count("daily:2026-11-29", "skipped") == 2
+            && count("daily:2026-11-30", "completed") == 2
+            && count("daily:2026-11-27", "completed") == 0
+            && count("before-import", "completed") == 0
+    });
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
