@@ -709,7 +709,8 @@ impl<'a> Executor<'a> {
                 self.report.done(
                     address,
                     format!(
-                        "backed up {} ({} added)",
+                        "backed up {} files, {} ({} added to the repository)",
+                        s.files,
                         human_bytes(s.bytes_read),
                         human_bytes(s.bytes_added)
                     ),

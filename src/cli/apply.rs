@@ -31,14 +31,8 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
                 return Exit::Failure;
             }
         };
-        let plan = plan::plan(cfg, &recorded, Utc::now(), s.options);
-        let _ = out.write_all(render::text(&plan).as_bytes());
-        if !plan.refusals.is_empty() {
-            let _ = writeln!(err, "\nNothing was applied: the plan has refusals.");
-            return Exit::Failure;
-        }
-        if !plan.has_changes() {
-            return Exit::Ok;
+        if let Err(exit) = show_plan(cfg, &recorded, s.options, out, err) {
+            return exit;
         }
         let _ = writeln!(
             err,
@@ -75,15 +69,10 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
             return Exit::Failure;
         }
     };
-    let plan = plan::plan(cfg, &recorded, Utc::now(), s.options);
-    let _ = out.write_all(render::text(&plan).as_bytes());
-    if !plan.refusals.is_empty() {
-        let _ = writeln!(err, "\nNothing was applied: the plan has refusals.");
-        return Exit::Failure;
-    }
-    if !plan.has_changes() {
-        return Exit::Ok;
-    }
+    let plan = match show_plan(cfg, &recorded, s.options, out, err) {
+        Ok(p) => p,
+        Err(exit) => return exit,
+    };
     let missing = unsupported(cfg, &plan);
     if !missing.is_empty() {
         let _ = writeln!(
@@ -118,4 +107,25 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     let done = exec.report.lines.len() - failed;
     let _ = writeln!(out, "\nApply complete: {done} done, {failed} failed.");
     if failed > 0 { Exit::Failure } else { Exit::Ok }
+}
+
+/// Plans and prints the plan; `Err` with the exit status when there is nothing to apply
+/// (refused, or no changes).
+fn show_plan(
+    cfg: &crate::config::Config,
+    recorded: &crate::records::Recorded,
+    options: PlanOptions,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<crate::plan::Plan, Exit> {
+    let plan = plan::plan(cfg, recorded, Utc::now(), options);
+    let _ = out.write_all(render::text(&plan).as_bytes());
+    if !plan.refusals.is_empty() {
+        let _ = writeln!(err, "\nNothing was applied: the plan has refusals.");
+        return Err(Exit::Failure);
+    }
+    if !plan.has_changes() {
+        return Err(Exit::Ok);
+    }
+    Ok(plan)
 }

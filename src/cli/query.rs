@@ -20,16 +20,8 @@ pub fn plan(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Exit {
-    let text = match std::fs::read_to_string(config) {
-        Ok(t) => t,
-        Err(source) => {
-            let e = crate::config::LoadError::Read {
-                path: config.to_path_buf(),
-                source,
-            };
-            let _ = writeln!(err, "{e}");
-            return Exit::Failure;
-        }
+    let Some(text) = read(config, err) else {
+        return Exit::Failure;
     };
     // An invalid file is never planned: its diagnostics, and exit 1.
     if let Err(diags) = crate::config::parse(config, &text) {
@@ -40,32 +32,48 @@ pub fn plan(
         );
         return Exit::Failure;
     }
-    // Relative paths in the file resolve against its folder, wherever the daemon runs.
-    let file = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     let q = Query::Plan {
-        file,
+        // Relative paths in the file resolve against its folder, wherever the daemon runs.
+        file: std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf()),
         name: config.display().to_string(),
-        text,
+        text: text.clone(),
         json,
         at,
         detailed_exitcode,
         allow_mass_removal,
     };
-    run(config, q, out, err)
+    ask_or_answer(config, &text, q, out, err)
 }
 
-pub fn run(config: &Path, q: Query, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
-    let text = match std::fs::read_to_string(config) {
-        Ok(t) => t,
+fn read(config: &Path, err: &mut dyn Write) -> Option<String> {
+    match std::fs::read_to_string(config) {
+        Ok(t) => Some(t),
         Err(source) => {
             let e = crate::config::LoadError::Read {
                 path: config.to_path_buf(),
                 source,
             };
             let _ = writeln!(err, "{e}");
-            return Exit::Failure;
+            None
         }
+    }
+}
+
+pub fn run(config: &Path, q: Query, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
+    let Some(text) = read(config, err) else {
+        return Exit::Failure;
     };
+    ask_or_answer(config, &text, q, out, err)
+}
+
+fn ask_or_answer(
+    config: &Path,
+    text: &str,
+    q: Query,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Exit {
+    let text = text.to_string();
     let (cfg, config_error) = match crate::config::parse(config, &text) {
         Ok((c, warnings)) => {
             if !warnings.is_empty() {

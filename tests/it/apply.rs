@@ -279,20 +279,7 @@ fn killed_at_any_point_apply_converges() {
         );
 
         // The repository as restic sees it.
-        let out = Command::new("restic")
-            .args(["-r"])
-            .arg(dir.join("state/repository"))
-            .arg("--password-file")
-            .arg(dir.join("state/keys/local.key"))
-            .args(["--no-cache", "snapshots", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let snaps = restic_snapshots(dir);
         let backup_tags: Vec<String> = snaps
             .iter()
             .flat_map(|s| s["tags"].as_array().unwrap().iter())

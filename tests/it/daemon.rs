@@ -299,15 +299,7 @@ fn stopped_or_killed_during_a_long_backup_a_restart_converges() {
         });
         let (code, _) = d.stop();
         assert_eq!(code, Some(0));
-        let out = Command::new("restic")
-            .arg("-r")
-            .arg(dir.join("state/repository"))
-            .arg("--password-file")
-            .arg(dir.join("state/keys/local.key"))
-            .args(["--no-cache", "snapshots", "--json"])
-            .output()
-            .unwrap();
-        let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let snaps = restic_snapshots(dir);
         assert_eq!(
             snaps.len(),
             1,

@@ -106,3 +106,21 @@ pub fn backups_json(dir: &Path) -> Vec<serde_json::Value> {
         .unwrap()
         .clone()
 }
+
+/// The snapshots of the quickstart's local repository in `dir`, as the real restic lists them.
+pub fn restic_snapshots(dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("restic")
+        .arg("-r")
+        .arg(dir.join("state/repository"))
+        .arg("--password-file")
+        .arg(dir.join("state/keys/local.key"))
+        .args(["--no-cache", "snapshots", "--json"])
+        .output()
+        .expect("restic is installed (Debian package `restic`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
