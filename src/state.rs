@@ -62,18 +62,25 @@ impl Store {
     /// Opens (creating it if needed) the state store in `dir`, migrating it to the current
     /// schema.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
-        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(ref io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("lock") =>
-            {
-                StateError::Locked {
-                    dir: dir.to_path_buf(),
-                    source: e,
+        // Every write is flushed by this module, so sled's periodic flusher adds nothing but
+        // wake-ups (twice a second, with an fsync each); it runs once a minute instead of being
+        // turned off because it also compacts sled's log.
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(60_000))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    StateError::Locked {
+                        dir: dir.to_path_buf(),
+                        source: e,
+                    }
                 }
-            }
-            e => StateError::Sled(e),
-        })?;
+                e => StateError::Sled(e),
+            })?;
         let store = Store {
             instances: db.open_tree("instances")?,
             backups: db.open_tree("backups")?,
