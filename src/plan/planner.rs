@@ -5,7 +5,7 @@
 //! plan will take are UUIDv5 of what they are (and of `now` where the same thing may be taken
 //! twice), so they are known before anything runs and a re-run after a crash finds them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use uuid::Uuid;
@@ -170,13 +170,15 @@ fn rank(a: &Action) -> u8 {
 struct Index<'r> {
     by_instance: BTreeMap<&'r str, Vec<&'r BackupRecord>>,
     /// Live on-demand backups by (instance, key); records being deleted are not live.
-    on_demand: BTreeMap<(&'r str, &'r str), &'r BackupRecord>,
+    on_demand: HashMap<(&'r str, &'r str), &'r BackupRecord>,
 }
 
 impl<'r> Index<'r> {
     fn new(rec: &'r Recorded) -> Self {
-        let mut by_instance: BTreeMap<&str, Vec<&BackupRecord>> = BTreeMap::new();
-        let mut on_demand: BTreeMap<(&str, &str), &BackupRecord> = BTreeMap::new();
+        // Hash maps while scanning the 400k records, sorted once at the end.
+        let mut by_instance: HashMap<&str, Vec<&BackupRecord>> =
+            HashMap::with_capacity(rec.instances.len());
+        let mut on_demand: HashMap<(&str, &str), &BackupRecord> = HashMap::new();
         for b in rec.backups.values() {
             by_instance.entry(b.instance.as_str()).or_default().push(b);
             if let (BackupKind::OnDemand, Some(key), false) =
@@ -191,7 +193,7 @@ impl<'r> Index<'r> {
             }
         }
         Index {
-            by_instance,
+            by_instance: by_instance.into_iter().collect(),
             on_demand,
         }
     }
@@ -402,12 +404,22 @@ impl Planner<'_> {
             }
         }
         // Backups removed from the file, and deletes interrupted earlier.
-        for b in self.rec.backups.values() {
+        // One file lookup per instance, not per backup.
+        let by_instance: Vec<(Option<&Instance>, &BackupRecord)> = self
+            .idx
+            .by_instance
+            .iter()
+            .flat_map(|(name, list)| {
+                let inst = cfg.instances.get(*name);
+                list.iter().map(move |b| (inst, *b))
+            })
+            .collect();
+        for (inst, b) in by_instance {
             let (BackupKind::OnDemand, Some(key)) = (b.kind, &b.key) else {
                 continue;
             };
             let interrupted = b.status == BackupStatus::Deleting;
-            let removed = match cfg.instances.get(&b.instance) {
+            let removed = match inst {
                 // The instance left the file: its backups stay and expire on schedule.
                 None => false,
                 Some(inst) => !inst.backups.contains_key(key),
@@ -927,17 +939,20 @@ fn due(
         }
     }
     for b in rec.backups.values() {
+        // The per-instance lookups only for the (few) failed backups due a retry.
         let managed =
-            rec.instances.contains_key(&b.instance) && !forgotten.contains(b.instance.as_str());
-        let removed_from_file = b.kind == BackupKind::OnDemand
-            && cfg
-                .instances
-                .get(&b.instance)
-                .is_some_and(|i| b.key.as_ref().is_none_or(|k| !i.backups.contains_key(k)));
+            || rec.instances.contains_key(&b.instance) && !forgotten.contains(b.instance.as_str());
+        let removed_from_file = || {
+            b.kind == BackupKind::OnDemand
+                && cfg
+                    .instances
+                    .get(&b.instance)
+                    .is_some_and(|i| b.key.as_ref().is_none_or(|k| !i.backups.contains_key(k)))
+        };
         if let Some(at) = retry_at(b)
-            && managed
-            && !removed_from_file
             && now >= at
+            && managed()
+            && !removed_from_file()
             && !expiring.contains(&b.id)
         {
             out.push(Due {
