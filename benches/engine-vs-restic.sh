@@ -1,0 +1,476 @@
+#!/usr/bin/env bash
+# Storage engine benchmark: `backplan apply` against restic on the same dataset, same disk, same run.
+#
+#   bash benches/engine-vs-restic.sh [WORKDIR]        (default WORKDIR: /tmp/backplan-engine-bench)
+#
+# Needs: a Rust toolchain, restic (scripts/install-test-deps.sh installs Debian's), python3 and
+# GNU time at /usr/bin/time (Debian package `time`; installed when missing and running as root).
+# Takes about 5-10 minutes and about 6 GiB in WORKDIR. Everything it writes stays in WORKDIR.
+#
+# What it does:
+#  1. builds backplan in release (`cargo build --release --locked`);
+#  2. generates a deterministic ~700 MiB dataset in WORKDIR/data (seeded python3 generator, no
+#     /dev/urandom): 100 SQL-like dumps of 4 MiB, 20,000 small files of 1-16 KiB in 200 folders,
+#     100 MiB of incompressible data, symlinks, empty files and folders, a 1 GiB sparse file;
+#  3. times, for backplan (driven through its CLI, as a user would) and for restic, each into its
+#     own fresh repository in WORKDIR: cold backup, unchanged re-backup (median of 3, with and
+#     without dropped page caches), backup after changing ~1% of the data, restore of the latest
+#     backup into an empty folder; peak RSS of each step (GNU time %M); repository sizes;
+#  4. checks that both restored trees equal the source (contents, symlinks, modes, sizes, mtimes)
+#     and prints a Markdown report (also written to WORKDIR/report.md).
+#
+# Environment: BENCH_QUICK=1 uses a tenth of the dataset (to try the script; figures not
+# comparable). BENCH_DROP_CACHES=0 keeps page caches warm between steps (default: drop them
+# before every timed step when allowed, i.e. as root outside a restricted container).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ARG=${1:-}
+WORK=${ARG:-/tmp/backplan-engine-bench}
+MARKER=.backplan-engine-bench
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# ------------------------------------------------------------------------------------------
+# Prerequisites
+
+command -v cargo >/dev/null || die "cargo not found (install a Rust toolchain)"
+command -v python3 >/dev/null || die "python3 not found"
+command -v restic >/dev/null || die "restic not found (run scripts/install-test-deps.sh)"
+if [ ! -x /usr/bin/time ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian's GNU time (/usr/bin/time)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+  else
+    die "/usr/bin/time (GNU time) is missing: apt-get install time"
+  fi
+fi
+RESTIC_VERSION=$(restic version) || die "restic version failed"
+
+if [ -e "$WORK" ] && [ -n "$(ls -A "$WORK" 2>/dev/null)" ] && [ ! -e "$WORK/$MARKER" ]; then
+  die "$WORK exists, is not empty and was not made by this script; pick another WORKDIR"
+fi
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+touch "$WORK/$MARKER"
+avail_kib=$(df -Pk "$WORK" | awk 'NR==2 {print $4}')
+[ "$avail_kib" -gt $((6 * 1024 * 1024)) ] || say "warning: less than 6 GiB free in $WORK"
+
+say "== building backplan (cargo build --release --locked)"
+(cd "$ROOT" && cargo build --release --locked --quiet)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+BP=$TARGET_DIR/release/backplan
+[ -x "$BP" ] || die "no binary at $BP"
+
+# ------------------------------------------------------------------------------------------
+# Fresh work tree (only what this script creates)
+
+DATA=$WORK/data
+BPCFG=$WORK/backplan.toml
+BPSTATE=$WORK/bp-state
+SANDBOX=$WORK/sandbox
+RREPO=$WORK/restic-repo
+RRESTORE=$WORK/restic-restore
+LOGS=$WORK/logs
+RESULTS=$WORK/results.tsv
+rm -rf "$DATA" "$BPCFG" "$BPSTATE" "$SANDBOX" "$WORK"/.sandbox.backplan-restore-* \
+  "$RREPO" "$RRESTORE" "$LOGS" "$RESULTS" "$WORK/restic.pass" "$WORK/report.md"
+mkdir -p "$LOGS"
+: >"$RESULTS"
+
+# ------------------------------------------------------------------------------------------
+# Dataset: deterministic (random.Random with fixed seeds), regenerated on every run.
+
+GEN=$WORK/gen.py
+cat >"$GEN" <<'PY'
+import os, random, sys
+
+MiB = 1 << 20
+FIXED_MTIME = 1704067200  # 2024-01-01T00:00:00Z: identical trees on every run
+# BENCH_QUICK=1: a tenth of the dataset, to try the script out (figures not comparable).
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+N_SQL, N_DIRS, N_RANDOM = (10, 20, 1) if QUICK else (100, 200, 10)
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike "
+         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
+         "zulu account invoice customer order payment refund shipment warehouse product "
+         "category supplier contract region branch ledger balance credit debit status pending "
+         "approved rejected archived active inactive priority normal urgent low high note "
+         "the of and to in for on with by from at as is was be are this that it not").split()
+FIRST = "Anna Ben Chloe David Emma Felix Grace Hugo Ines Jonas Karin Lars Mia Noah Olga Paul".split()
+LAST = "Smith Muller Rossi Dubois Novak Jensen Silva Kowalski Nagy Popescu Berg Costa".split()
+CITIES = "Berlin Paris Madrid Rome Vienna Prague Warsaw Lisbon Dublin Oslo Athens Sofia".split()
+TABLES = "customers orders invoices payments shipments products suppliers ledger audit_log".split()
+
+
+def sql_lines(r, table, start_id):
+    """Endless INSERT lines of a dump: varied, compressible like real dumps."""
+    i = start_id
+    while True:
+        i += 1
+        first, last = r.choice(FIRST), r.choice(LAST)
+        note = " ".join(r.choice(WORDS) for _ in range(r.randint(3, 14)))
+        yield (f"INSERT INTO {table} VALUES ({i}, '{first} {last}', "
+               f"'{first.lower()}.{last.lower()}{r.randint(1, 999)}@example.com', "
+               f"'{r.choice(CITIES)}', {r.randint(0, 10**7) / 100:.2f}, "
+               f"'20{r.randint(10, 24):02d}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} "
+               f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}', "
+               f"{r.randint(0, 1)}, '{note}');\n")
+
+
+def sql_text(r, size, table, start_id=0):
+    parts, n = [], 0
+    for line in sql_lines(r, table, start_id):
+        parts.append(line)
+        n += len(line)
+        if n >= size:
+            break
+    return "".join(parts).encode()[:size]
+
+
+def write_sql(path, seed, size=4 * MiB):
+    r = random.Random(seed)
+    table = TABLES[seed % len(TABLES)]
+    head = (f"-- PostgreSQL-like dump {seed}\nBEGIN;\nCREATE TABLE {table} (id bigint primary key, "
+            f"name text, email text, city text, amount numeric(12,2), created timestamp, "
+            f"flag int, note text);\n").encode()
+    body = sql_text(r, size - len(head) - len(b"COMMIT;\n"), table)
+    with open(path, "wb") as f:
+        f.write(head + body + b"COMMIT;\n")
+
+
+def corpus(seed, size):
+    r = random.Random(seed)
+    out, n = [], 0
+    while n < size:
+        line = " ".join(r.choice(WORDS) for _ in range(r.randint(4, 16))) + "\n"
+        out.append(line)
+        n += len(line)
+    return "".join(out).encode()
+
+
+def small_content(r, text, size, tag):
+    if r.random() < 0.3:  # a third binary-ish (incompressible), the rest text
+        return r.randbytes(size)
+    head = f"# {tag} {r.getrandbits(64):016x}\n".encode()
+    off = r.randrange(0, len(text) - size)
+    return (head + text[off:off + size])[:size]
+
+
+def generate(root):
+    os.makedirs(root)
+    # 100 SQL-like dumps of 4 MiB
+    os.makedirs(f"{root}/sql")
+    for i in range(N_SQL):
+        write_sql(f"{root}/sql/dump_{i:03d}.sql", 1000 + i)
+    # 20,000 small files of 1-16 KiB in 200 folders
+    text = corpus(7, 4 * MiB)
+    r = random.Random(11)
+    for d in range(N_DIRS):
+        dd = f"{root}/small/d{d:03d}"
+        os.makedirs(dd)
+        for j in range(100):
+            size = r.randint(1024, 16 * 1024)
+            with open(f"{dd}/f{j:03d}.txt", "wb") as f:
+                f.write(small_content(r, text, size, f"d{d:03d}/f{j:03d}"))
+            if j % 37 == 0:
+                os.chmod(f"{dd}/f{j:03d}.txt", 0o750)
+    # 100 MiB of incompressible data in 10 files
+    os.makedirs(f"{root}/random")
+    r = random.Random(13)
+    for i in range(N_RANDOM):
+        with open(f"{root}/random/blob_{i:02d}.bin", "wb") as f:
+            f.write(r.randbytes(10 * MiB))
+    # symlinks (relative, to a folder, dangling), empty files and folders
+    os.makedirs(f"{root}/links")
+    for i in range(20):
+        os.symlink(f"../small/d{i:03d}/f{i:03d}.txt", f"{root}/links/l{i:02d}")
+    os.symlink("../small/d000", f"{root}/links/folder")
+    os.symlink("../does/not/exist", f"{root}/links/dangling")
+    os.makedirs(f"{root}/empty/a/b")
+    for i in range(5):
+        open(f"{root}/empty/e{i}", "wb").close()
+    # one sparse file: 1 GiB apparent, 4 MiB of data
+    os.makedirs(f"{root}/sparse")
+    r = random.Random(17)
+    with open(f"{root}/sparse/disk.img", "wb") as f:
+        f.truncate(1 << 30)
+        for off in (0, 256 * MiB, 512 * MiB, (1 << 30) - MiB):
+            f.seek(off)
+            f.write(r.randbytes(MiB))
+    fix_mtimes(root)
+
+
+def fix_mtimes(root):
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for n in filenames + dirnames:
+            p = os.path.join(dirpath, n)
+            os.utime(p, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
+    os.utime(root, (FIXED_MTIME, FIXED_MTIME))
+
+
+def change(root):
+    """About 1% of the data: one dump rewritten, one edited in the middle and appended to,
+    200 small files rewritten, 5 deleted, 5 added."""
+    write_sql(f"{root}/sql/dump_007.sql", 5007)  # 4 MiB, all new
+    r = random.Random(5042)
+    p = f"{root}/sql/dump_{42 % N_SQL:03d}.sql"
+    with open(p, "r+b") as f:  # 1 MiB rewritten in the middle, 256 KiB appended
+        f.seek(3 * MiB // 2)
+        f.write(sql_text(r, MiB, "orders", 900000))
+        f.seek(0, os.SEEK_END)
+        f.write(sql_text(r, MiB // 4, "orders", 990000))
+    text = corpus(8, 2 * MiB)
+    r = random.Random(5100)
+    for k in range(N_DIRS):
+        d, j = k, (k * 7) % 100
+        path = f"{root}/small/d{d:03d}/f{j:03d}.txt"
+        size = r.randint(1024, 16 * 1024)
+        with open(path, "wb") as f:
+            f.write(small_content(r, text, size, f"changed d{d:03d}/f{j:03d}"))
+    for d in range(5):
+        os.remove(f"{root}/small/d{d + N_DIRS // 2:03d}/f099.txt")
+    os.makedirs(f"{root}/small/new")
+    for j in range(5):
+        with open(f"{root}/small/new/n{j}.txt", "wb") as f:
+            f.write(small_content(r, text, 8192, f"new {j}"))
+
+
+if __name__ == "__main__":
+    {"generate": generate, "change": change}[sys.argv[1]](sys.argv[2])
+PY
+
+say "== generating the dataset in $DATA"
+t0=$(date +%s)
+python3 "$GEN" generate "$DATA"
+say "   done in $(($(date +%s) - t0)) s"
+DATA_BYTES=$(du -sb "$DATA" | cut -f1)
+DATA_DISK_KIB=$(du -sk "$DATA" | cut -f1)
+DATA_FILES=$(find "$DATA" -type f | wc -l)
+DATA_LINKS=$(find "$DATA" -type l | wc -l)
+DATA_DIRS=$(find "$DATA" -type d | wc -l)
+
+# ------------------------------------------------------------------------------------------
+# Measurement helpers
+
+DROP=${BENCH_DROP_CACHES:-1}
+if [ "$DROP" = 1 ]; then
+  if sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+    CACHE_NOTE="page caches dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed step, except the warm re-backups"
+  else
+    DROP=0
+    CACHE_NOTE="page caches could not be dropped (no permission): caches were warm for both tools alike"
+  fi
+else
+  CACHE_NOTE="page caches kept warm (BENCH_DROP_CACHES=0), for both tools alike"
+fi
+
+drop_caches() {
+  sync
+  if [ "$DROP" = 1 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+}
+
+# timed STEP TOOL CACHE CMD...: runs CMD under GNU time, appends "STEP TOOL secs kib" to RESULTS.
+timed() {
+  local step=$1 tool=$2 cache=$3
+  shift 3
+  local log=$LOGS/$step-$tool.log tf=$WORK/time.out
+  case $cache in
+    cold) drop_caches ;;
+    warm) sync ;;
+    asis) ;; # measures what the previous step left behind (the restore-sync row)
+  esac
+  if ! /usr/bin/time -f '%e %M' -o "$tf" "$@" >>"$log" 2>&1; then
+    say "error: $tool, step $step failed: $*"
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+  local secs kib
+  read -r secs kib < <(tail -n 1 "$tf")
+  printf '%s\t%s\t%s\t%s\n' "$step" "$tool" "$secs" "$kib" >>"$RESULTS"
+  say "   $(printf '%-22s %-8s %7s s %7s MiB' "$step" "$tool" "$secs" "$((kib / 1024))")"
+}
+
+# ------------------------------------------------------------------------------------------
+# backplan: a config with the dataset as a production directory instance and an empty sandbox.
+
+mkdir -p "$SANDBOX"
+cat >"$BPCFG" <<EOF
+# Written by benches/engine-vs-restic.sh; on-demand backups and the restore are appended below.
+[daemon]
+state_dir = "bp-state"
+
+[schedule]
+# Instances are created during the run, so today's slot is already past and the first daily
+# backup is tomorrow: no daily backup can start in the middle of a measurement.
+daily_at = "00:00"
+timezone = "UTC"
+
+[instances.bench]
+type = "production"
+version = "1"
+source = { kind = "directory", path = "data" }
+
+[instances.sandbox]
+type = "sandbox"
+version = "1"
+source = { kind = "directory", path = "sandbox" }
+EOF
+
+# Asserts that the next apply does exactly the expected work (nothing time-driven sneaks in).
+bp_expect() {
+  local want=$1
+  local got
+  got=$("$BP" plan -c "$BPCFG" --json | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+acts = " ".join(a["op"] + ":" + a["address"] for a in p["actions"])
+due = " ".join(d.get("address", "?") for d in p["due"])
+print(acts + (" due:" + due if due else "") + (" refused" if p["refusals"] else ""))')
+  [ "$got" = "$want" ] || die "backplan plan: expected '$want', got '$got' (a daily backup due? rerun away from 00:00 UTC)"
+}
+
+BP_RUN=0
+bp_backup() { # STEP CACHE
+  BP_RUN=$((BP_RUN + 1))
+  printf '\n[instances.bench.backups.run%d]\nlabel = "%s"\n' "$BP_RUN" "$1" >>"$BPCFG"
+  bp_expect "create:backup.bench/run$BP_RUN"
+  timed "$1" backplan "$2" "$BP" apply -c "$BPCFG" --auto-approve
+}
+
+export RESTIC_REPOSITORY=$RREPO RESTIC_PASSWORD_FILE=$WORK/restic.pass
+python3 -c 'import random; print("%064x" % random.Random(99).getrandbits(256))' >"$RESTIC_PASSWORD_FILE"
+chmod 600 "$RESTIC_PASSWORD_FILE"
+restic_backup() { # STEP CACHE
+  timed "$1" restic "$2" restic --no-cache backup "$DATA"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# ------------------------------------------------------------------------------------------
+# The run
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+say "== setup"
+bp_expect "create:instance.bench create:instance.sandbox"
+timed setup backplan warm "$BP" apply -c "$BPCFG" --auto-approve
+timed setup restic warm restic --no-cache init
+
+say "== cold backup (backplan creates its repository and key first)"
+bp_backup cold cold
+restic_backup cold cold
+
+say "== unchanged re-backup, cold caches (3 runs each)"
+for _ in 1 2 3; do
+  bp_backup unchanged-cold cold
+  restic_backup unchanged-cold cold
+done
+say "== unchanged re-backup, warm caches (3 runs each)"
+for _ in 1 2 3; do
+  bp_backup unchanged-warm warm
+  restic_backup unchanged-warm warm
+done
+
+say "== changing ~1% of the data"
+before=$(du -sb "$DATA" | cut -f1)
+python3 "$GEN" change "$DATA"
+CHANGED_NOTE="dump_007.sql rewritten (4 MiB), dump_042.sql: 1 MiB rewritten in the middle + 256 KiB appended, one small file per folder rewritten (200), 5 deleted, 5 added (tree $before -> $(du -sb "$DATA" | cut -f1) bytes)"
+bp_backup changed cold
+restic_backup changed cold
+
+say "== restore of the latest backup into an empty folder"
+printf '\n[restores.r1]\nfrom = "bench/run%d"\nto = "sandbox"\n' "$BP_RUN" >>"$BPCFG"
+bp_expect "restore:restore.r1"
+[ -z "$(ls -A "$SANDBOX")" ] || die "the sandbox is not empty"
+timed restore backplan cold "$BP" apply -c "$BPCFG" --auto-approve
+mkdir -p "$RRESTORE"
+timed restore restic cold restic --no-cache restore latest --target "$RRESTORE"
+# backplan syncs the restored tree before swapping it in (syncfs); restic does not sync at all.
+timed restore-sync restic asis sync
+
+# ------------------------------------------------------------------------------------------
+# Checks: restored trees equal the source
+
+listing() { # metadata of every entry below $1: type, mode, size, mtime, link target
+  (cd "$1" && find . -mindepth 1 -printf '%P\t%y\t%m\t%s\t%T@\t%l\n' | LC_ALL=C sort)
+}
+check_tree() { # TOOL DIR
+  local out=$LOGS/verify-$1.log
+  local content=ok meta=ok
+  diff -r --no-dereference "$DATA" "$2" >"$out" 2>&1 || content="DIFFERENT (see $out)"
+  if ! diff <(listing "$DATA") <(listing "$2") >>"$out" 2>&1; then
+    meta="$(($(grep -c '^<' "$out" || true))) entries differ (see $out)"
+  fi
+  printf '%s: contents and symlinks (diff -r --no-dereference): %s; type/mode/size/mtime of all %s entries: %s; sparse file on disk after restore: %s KiB\n' \
+    "$1" "$content" "$(listing "$DATA" | wc -l)" "$meta" "$(du -k "$2/sparse/disk.img" | cut -f1)"
+}
+say "== verifying the restored trees"
+VERIFY_BP=$(check_tree backplan "$SANDBOX")
+VERIFY_RESTIC=$(check_tree restic "$RRESTORE$DATA")
+say "   $VERIFY_BP"
+say "   $VERIFY_RESTIC"
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+BP_REPO_BYTES=$(du -sb "$BPSTATE/repository" | cut -f1)
+BP_STATE_BYTES=$(($(du -sb "$BPSTATE" | cut -f1) - BP_REPO_BYTES))
+R_REPO_BYTES=$(du -sb "$RREPO" | cut -f1)
+BP_SNAPS=$(find "$BPSTATE/repository/snapshots" -type f | wc -l)
+R_SNAPS=$(find "$RREPO/snapshots" -type f | wc -l)
+
+# ------------------------------------------------------------------------------------------
+# Report
+
+val() { # STEP TOOL FIELD(3=secs,4=kib) -> median over the runs
+  awk -F'\t' -v s="$1" -v t="$2" -v f="$3" '$1 == s && $2 == t {print $f}' "$RESULTS" | median
+}
+runs() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t {printf "%s%s", sep, $3; sep=", "}' "$RESULTS"; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+row() { # LABEL STEP [RESTIC_STEP_TO_ADD]
+  local bs bk rs rk
+  bs=$(val "$2" backplan 3) bk=$(val "$2" backplan 4) rs=$(val "$2" restic 3) rk=$(val "$2" restic 4)
+  if [ -n "${3:-}" ]; then # restic: two commands (init + backup): times add up, peak is the max
+    rs=$(awk -v a="$rs" -v b="$(val "$3" restic 3)" 'BEGIN {printf "%.2f", a + b}')
+    rk=$(awk -v a="$rk" -v b="$(val "$3" restic 4)" 'BEGIN {print (a > b ? a : b)}')
+  fi
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$bs" "$rs" "$(ratio "$bs" "$rs")" "$(mib "$bk")" "$(mib "$rk")"
+}
+hr() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
+
+REPORT=$WORK/report.md
+{
+  echo "Command: \`bash benches/engine-vs-restic.sh${ARG:+ $ARG}\`"
+  echo
+  echo "- date: $(date -u +%Y-%m-%dT%H:%MZ); backplan $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')"
+  echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM"
+  dev=$(df -P "$WORK" | awk 'NR==2 {print $1}')
+  echo "- disk: $dev ($(findmnt -n -o FSTYPE --target "$WORK" 2>/dev/null || echo '?'); rotational flag $(cat "/sys/block/$(basename "$dev")/queue/rotational" 2>/dev/null || echo '?'))"
+  echo "- $(rustc --version); $RESTIC_VERSION"
+  echo "- dataset: $(hr "$DATA_BYTES") apparent ($(awk -v k="$DATA_DISK_KIB" 'BEGIN {printf "%.1f MiB", k / 1024}') on disk), $DATA_FILES files, $DATA_LINKS symlinks, $DATA_DIRS folders"
+  echo "- $CACHE_NOTE"
+  echo "- load average (1/5/15 min) before the timed steps: $LOAD_BEFORE; after: $LOAD_AFTER (other work on the machine adds noise, to both tools alike: their steps alternate)"
+  echo
+  echo "| step | backplan s | restic s | ratio (backplan/restic) | backplan peak MiB | restic peak MiB |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  row "cold backup (backplan: creates repository + key; restic: init + backup)" cold setup
+  row "unchanged re-backup, cold caches (median of 3)" unchanged-cold
+  row "unchanged re-backup, warm caches (median of 3)" unchanged-warm
+  row "backup after ~1% change" changed
+  row "restore latest into an empty folder" restore
+  echo
+  echo "Repository size (du -sb): backplan $(hr "$BP_REPO_BYTES") ($BP_SNAPS snapshots), restic $(hr "$R_REPO_BYTES") ($R_SNAPS snapshots); ratio $(ratio "$BP_REPO_BYTES" "$R_REPO_BYTES"). backplan's state besides the repository (sled, key): $(hr "$BP_STATE_BYTES")."
+  echo
+  echo "Details:"
+  echo "- every run, seconds: unchanged cold: backplan $(runs unchanged-cold backplan) / restic $(runs unchanged-cold restic); unchanged warm: backplan $(runs unchanged-warm backplan) / restic $(runs unchanged-warm restic)"
+  echo "- restic alone: init $(val setup restic 3) s, cold backup $(val cold restic 3) s ($(mib "$(val cold restic 4)") MiB); backplan creating the two instances (no repository yet): $(val setup backplan 3) s"
+  echo "- the backplan restore includes the pre-restore safety backup of the (empty) sandbox that \`apply\` takes first, the staging folder, the syncfs of the restored tree and the swap; restic does not sync: a \`sync\` right after it took $(val restore-sync restic 3) s more"
+  echo "- change: $CHANGED_NOTE"
+  echo "- $VERIFY_BP"
+  echo "- $VERIFY_RESTIC"
+} >"$REPORT"
+echo
+cat "$REPORT"
+say ""
+say "report: $REPORT; logs: $LOGS; raw figures: $RESULTS"

@@ -1,0 +1,620 @@
+//! Planner benchmark: a steady-state host with 10,000 instances.
+//!
+//! Run with `cargo bench --bench plan`. Everything is generated here, deterministically: a
+//! configuration of 10,000 instances (30% production, directory sources `/srv/iNNNNN`), each
+//! with 10 on-demand backups (label + notes, the tenth in an external storage), and a
+//! recorded state holding, per instance, 30 days of completed daily backups and the same 10
+//! on-demand backups: 410,000 records, written once to a sled store in a temporary folder and
+//! read back with `state::read`, as the CLI gets them. 1% of the labels differ between file
+//! and state, so the plan has 1,000 backup edits. `now` is 5 minutes after today's daily
+//! slot, so the time-driven part is a real daily tick: 10,000 daily backups due and 10,000
+//! expiries (the 30-day-old daily of each instance, retention being `30d`).
+//!
+//! Timed (divan): (a) the whole `config::parse` + `plan::plan`, (b) parse + validate alone,
+//! split into (b1) `raw::read` and (b2) `validate::validate`, (c) `plan::plan` alone; the
+//! TOML floors `toml::from_str::<toml::Table>` and the span-keeping
+//! `DeTable::parse_recoverable` that `raw::read` is built on; `state::read` of the sled
+//! store (open, load, close, as the CLI does) and `Store::load` alone on an open store; and
+//! one bare pass over the loaded backups for reference.
+//!
+//! Memory: a counting global allocator tracks current and peak heap bytes. Before the timed
+//! runs, each step is run once under it and its peak printed.
+//!
+//! Environment: `BACKPLAN_BENCH_ONESHOT=1` runs only the memory report (for
+//! `/usr/bin/time -v`), `BACKPLAN_BENCH_SKIP_MEMORY=1` skips it (quick runs with a divan
+//! filter such as `cargo bench --bench plan -- c_plan`), `BACKPLAN_BENCH_WRITE=DIR` only
+//! writes the file and the sled state into DIR, to time the real `backplan plan` on them.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use backplan::config::values::Version;
+use backplan::config::{self, Config, InstanceType, Source, SourceKind};
+use backplan::plan::{self, PlanOptions, planner};
+use backplan::records::{BackupKind, BackupRecord, BackupStatus, InstanceRecord, Recorded, Size};
+use backplan::state;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use divan::Bencher;
+use uuid::Uuid;
+
+// ------------------------------------------------------------------------------------------
+// Counting allocator: current and peak live heap bytes.
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+#[inline]
+fn grow(n: usize) {
+    let now = CURRENT.fetch_add(n, Relaxed) + n;
+    if now > PEAK.load(Relaxed) {
+        PEAK.fetch_max(now, Relaxed);
+    }
+}
+
+#[inline]
+fn shrink(n: usize) {
+    CURRENT.fetch_sub(n, Relaxed);
+}
+
+// SAFETY: every call is forwarded to `System`; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grow(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grow(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        shrink(layout.size());
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size > layout.size() {
+                grow(new_size - layout.size());
+            } else {
+                shrink(layout.size() - new_size);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Heap use of one call: the heap in use before it, the peak during it, and what its result
+/// still holds afterwards.
+struct Heap {
+    before: usize,
+    peak: usize,
+    after: usize,
+}
+
+impl Heap {
+    fn show(&self, what: &str) {
+        eprintln!(
+            "heap, {what}: peak {:.1} MiB above what was live before, result holds {:.1} MiB",
+            mib(self.peak - self.before),
+            mib(self.after.saturating_sub(self.before)),
+        );
+    }
+}
+
+/// Runs `f` and returns its result with its [`Heap`] use.
+fn heap_of<T>(f: impl FnOnce() -> T) -> (T, Heap) {
+    let before = CURRENT.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    let out = f();
+    let after = CURRENT.load(Relaxed);
+    (
+        out,
+        Heap {
+            before,
+            peak: PEAK.load(Relaxed),
+            after,
+        },
+    )
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+// ------------------------------------------------------------------------------------------
+// The generated host.
+
+const INSTANCES: usize = 10_000;
+const ON_DEMAND: usize = 10;
+const DAILY_DAYS: i64 = 30;
+/// One backup label in this many differs between the file and the state.
+const RELABEL_EVERY: usize = 100;
+const FILE: &str = "/etc/backplan/backplan.toml";
+
+const HEADER: &str = r#"[daemon]
+state_dir = "/var/lib/backplan"
+max_parallel = 2
+
+[schedule]
+daily_at = "02:00"
+timezone = "Europe/Paris"
+retention = "30d"
+keep_last_good = 1
+min_backup_version = "8.1"
+
+[storage.archive]
+kind = "azure"
+account = "contosobackups"
+container = "backplan"
+access_key_env = "BACKPLAN_ARCHIVE_KEY"
+max_restore_age = "3y"
+"#;
+
+fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 5, 4).expect("a date")
+}
+
+fn name(i: usize) -> String {
+    format!("i{i:05}")
+}
+
+fn is_production(i: usize) -> bool {
+    i % 10 < 3
+}
+
+fn version(i: usize) -> &'static str {
+    if i.is_multiple_of(7) { "9.1" } else { "9.0" }
+}
+
+fn key(k: usize) -> String {
+    format!("b{k:02}")
+}
+
+fn label(i: usize, k: usize) -> String {
+    format!("Before change CR-{i}-{k}")
+}
+
+fn notes(i: usize, k: usize) -> String {
+    format!("Taken by ops before applying change request CR-{i}-{k} to i{i:05}")
+}
+
+fn storage(k: usize) -> &'static str {
+    if k == ON_DEMAND { "archive" } else { "local" }
+}
+
+/// Whether the file's label of backup `k` of instance `i` differs from the recorded one.
+fn relabelled(i: usize, k: usize) -> bool {
+    ((i - 1) * ON_DEMAND + (k - 1)).is_multiple_of(RELABEL_EVERY)
+}
+
+fn config_text() -> String {
+    let mut s = String::with_capacity(INSTANCES * 1300 + HEADER.len());
+    s.push_str(HEADER);
+    for i in 1..=INSTANCES {
+        let n = name(i);
+        let kind = if is_production(i) {
+            "production"
+        } else {
+            "sandbox"
+        };
+        let _ = write!(
+            s,
+            "\n[instances.{n}]\ntype = \"{kind}\"\nversion = \"{}\"\nsource = {{ kind = \"directory\", path = \"/srv/{n}\" }}\n",
+            version(i)
+        );
+        if is_production(i) {
+            s.push_str("on_update = [\"/usr/local/bin/migrate\", \"--to\", \"{version}\"]\n");
+        }
+        for k in 1..=ON_DEMAND {
+            let mut l = label(i, k);
+            if relabelled(i, k) {
+                l.push_str(" (renamed)");
+            }
+            let _ = write!(
+                s,
+                "\n[instances.{n}.backups.{}]\nlabel = \"{l}\"\nnotes = \"{}\"\n",
+                key(k),
+                notes(i, k)
+            );
+            if storage(k) != "local" {
+                let _ = writeln!(s, "storage = \"{}\"", storage(k));
+            }
+        }
+    }
+    s
+}
+
+fn snapshot_id(id: Uuid) -> String {
+    // 64 hex digits, like a restic snapshot id.
+    format!("{:032x}{:032x}", id.as_u128(), id.as_u128().rotate_left(64))
+}
+
+fn recorded(cfg: &Config) -> Recorded {
+    let s = &cfg.schedule;
+    let today = today();
+    let retention = Duration::days(DAILY_DAYS);
+    let slots: Vec<(NaiveDate, DateTime<Utc>)> = (1..=DAILY_DAYS)
+        .map(|d| {
+            let date = today - Duration::days(d);
+            (date, planner::slot_at(s, date))
+        })
+        .collect();
+    let now = now(cfg);
+    let ns = Uuid::from_u128(0x6265_6e63_6800_0000_8000_0000_0000_0000);
+    let mut rec = Recorded::default();
+    for i in 1..=INSTANCES {
+        let n = name(i);
+        let created = now - Duration::days(120);
+        rec.instances.insert(
+            n.clone(),
+            InstanceRecord {
+                name: n.clone(),
+                kind: if is_production(i) {
+                    InstanceType::Production
+                } else {
+                    InstanceType::Sandbox
+                },
+                version: Version::parse(version(i)).expect("a version"),
+                source: Source::Directory {
+                    path: format!("/srv/{n}").into(),
+                },
+                created_at: created,
+                updated_at: created,
+                error: None,
+            },
+        );
+        let base = |id: Uuid, kind: BackupKind, created_at: DateTime<Utc>| BackupRecord {
+            id,
+            instance: n.clone(),
+            source_kind: SourceKind::Directory,
+            kind,
+            key: None,
+            created_by: kind.created_by(),
+            label: String::new(),
+            notes: String::new(),
+            storage: "local".into(),
+            status: BackupStatus::Completed,
+            created_at,
+            completed_at: Some(created_at + Duration::seconds(90 + (i % 60) as i64)),
+            expires_at: Some(created_at + retention),
+            size_bytes: Some(Size {
+                read: 1 << 30,
+                added: (i as u64 % 97 + 1) << 20,
+            }),
+            snapshot_id: Some(snapshot_id(id)),
+            error: None,
+            attempts: 1,
+            failed_at: None,
+            date: None,
+            version: None,
+        };
+        for &(date, slot) in &slots {
+            let id = planner::daily_id(&n, date);
+            let mut b = base(id, BackupKind::Daily, slot);
+            b.label = format!("Daily backup {date}");
+            b.date = Some(date);
+            rec.backups.insert(id, b);
+        }
+        for k in 1..=ON_DEMAND {
+            let key = key(k);
+            let id = Uuid::new_v5(&ns, format!("{n}/{key}").as_bytes());
+            let created_at = now - Duration::days(k as i64) - Duration::hours(i as i64 % 24);
+            let mut b = base(id, BackupKind::OnDemand, created_at);
+            b.key = Some(key);
+            b.label = label(i, k);
+            b.notes = notes(i, k);
+            b.storage = storage(k).into();
+            if storage(k) != "local" {
+                b.expires_at = None;
+            }
+            rec.backups.insert(id, b);
+        }
+    }
+    rec
+}
+
+/// Five minutes after today's daily slot.
+fn now(cfg: &Config) -> DateTime<Utc> {
+    planner::slot_at(&cfg.schedule, today()) + Duration::minutes(5)
+}
+
+fn parse(text: &str) -> Config {
+    match config::parse(Path::new(FILE), text) {
+        Ok((cfg, _warnings)) => cfg,
+        Err(diags) => panic!(
+            "the generated file is invalid: {:?}",
+            &diags[..diags.len().min(5)]
+        ),
+    }
+}
+
+/// (a): what `backplan plan` does between reading the file and rendering, once the state is
+/// loaded.
+fn whole(text: &str, rec: &Recorded, now: DateTime<Utc>) -> plan::Plan {
+    let cfg = parse(text);
+    plan::plan(&cfg, rec, now, PlanOptions::default())
+}
+
+/// The configuration side: the text, and the `Config` it validates into.
+struct Fixture {
+    text: String,
+    config: Config,
+    now: DateTime<Utc>,
+}
+
+static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+    let t = Instant::now();
+    let text = config_text();
+    let took = t.elapsed();
+    let config = parse(&text);
+    let now = now(&config);
+    eprintln!(
+        "fixture: config of {INSTANCES} instances, {:.1} MiB ({} lines), generated in {took:.0?}; now = {now}",
+        mib(text.len()),
+        text.lines().count(),
+    );
+    Fixture { text, config, now }
+});
+
+/// The reader's output, for timing validation alone.
+static RAW: LazyLock<backplan::config::raw::RawConfig> = LazyLock::new(|| {
+    backplan::config::raw::read(&FIXTURE.text)
+        .config
+        .expect("TOML")
+});
+
+/// The recorded side, as the CLI gets it: generated, written once into a sled store in a
+/// temporary directory (`Store::put_all`), the store closed, then read back with
+/// `state::read`, so the records sit in memory the way a loaded state does.
+struct State {
+    dir: tempfile::TempDir,
+    recorded: Recorded,
+}
+
+static STATE: LazyLock<State> = LazyLock::new(|| {
+    let f = &*FIXTURE;
+    let t = Instant::now();
+    let generated = recorded(&f.config);
+    let took = t.elapsed();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let t = Instant::now();
+    {
+        let store = state::Store::open(dir.path()).expect("a sled store");
+        store.put_all(&generated).expect("records written");
+    }
+    let put = t.elapsed();
+    let t = Instant::now();
+    let recorded = state::read(dir.path()).expect("the state reads back");
+    let read = t.elapsed();
+    assert!(
+        recorded == generated,
+        "the sled round trip changed the state"
+    );
+    drop(generated);
+    eprintln!(
+        "fixture: {} instance and {} backup records generated in {took:.1?}, written with put_all in {put:.1?} ({:.0} MiB on disk), read back in {read:.1?}",
+        recorded.instances.len(),
+        recorded.backups.len(),
+        mib(dir_size(dir.path()) as usize),
+    );
+    State { dir, recorded }
+});
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------------------------------
+// Memory measurement (untimed, once, before divan).
+
+fn memory_report() {
+    let f = &*FIXTURE;
+    let s = &*STATE;
+    let (p, h) = heap_of(|| whole(&f.text, &s.recorded, f.now));
+    eprintln!(
+        "plan: {} actions, {} due, {} refusals, {} notes",
+        p.actions.len(),
+        p.due.len(),
+        p.refusals.len(),
+        p.notes.len()
+    );
+    assert!(
+        p.refusals.is_empty(),
+        "unexpected refusals: {:?}",
+        &p.refusals[..p.refusals.len().min(3)]
+    );
+    drop(p);
+    h.show("(a) whole parse+validate+plan");
+    eprintln!(
+        "heap, live before (a): {:.1} MiB (config text + its Config + the loaded state); absolute peak during (a): {:.1} MiB",
+        mib(h.before),
+        mib(h.peak)
+    );
+    let (cfg, h) = heap_of(|| parse(&f.text));
+    drop(cfg);
+    h.show("(b) parse+validate");
+    let (r, h) = heap_of(|| backplan::config::raw::read(&f.text));
+    drop(r);
+    h.show("(b1) raw::read");
+    let (p, h) = heap_of(|| plan::plan(&f.config, &s.recorded, f.now, PlanOptions::default()));
+    drop(p);
+    h.show("(c) plan");
+    let (t, h) = heap_of(|| toml::from_str::<toml::Table>(&f.text).expect("TOML"));
+    drop(t);
+    h.show("baseline toml::from_str::<Table>");
+    let (t, h) = heap_of(|| toml::de::DeTable::parse_recoverable(&f.text));
+    drop(t);
+    h.show("baseline DeTable::parse_recoverable");
+    let t = Instant::now();
+    let (r, h) = heap_of(|| state::read(s.dir.path()).expect("the state reads back"));
+    let took = t.elapsed();
+    drop(r);
+    h.show(&format!(
+        "state::read of the sled store ({took:.1?}); the result is the loaded state"
+    ));
+}
+
+/// Writes the file and the sled state into `dir`, for timing the real CLI on them.
+fn write_host(dir: &Path) {
+    let f = &*FIXTURE;
+    let state_dir = dir.join("state");
+    let text = f.text.replacen(
+        "state_dir = \"/var/lib/backplan\"",
+        &format!("state_dir = \"{}\"", state_dir.display()),
+        1,
+    );
+    std::fs::create_dir_all(&state_dir).expect("the state folder");
+    std::fs::write(dir.join("backplan.toml"), text).expect("the file written");
+    let store = state::Store::open(&state_dir).expect("a sled store");
+    store
+        .put_all(&recorded(&f.config))
+        .expect("records written");
+    eprintln!(
+        "wrote {} and {}; try: backplan plan -c {} --at {}",
+        dir.join("backplan.toml").display(),
+        state_dir.display(),
+        dir.join("backplan.toml").display(),
+        f.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+}
+
+fn main() {
+    // `BACKPLAN_BENCH_WRITE=DIR`: only write the host to DIR (for `backplan plan`).
+    if let Some(dir) = std::env::var_os("BACKPLAN_BENCH_WRITE") {
+        write_host(Path::new(&dir));
+        return;
+    }
+    // `BACKPLAN_BENCH_ONESHOT=1`: only the memory report (for `/usr/bin/time -v`).
+    if std::env::var_os("BACKPLAN_BENCH_ONESHOT").is_some() {
+        memory_report();
+        return;
+    }
+    // `BACKPLAN_BENCH_SKIP_MEMORY=1`: no memory report (quicker runs with a divan filter).
+    if std::env::var_os("BACKPLAN_BENCH_SKIP_MEMORY").is_none() {
+        memory_report();
+    }
+    divan::main();
+}
+
+// ------------------------------------------------------------------------------------------
+// Timed benchmarks. Slow ones take one run per sample and stop after 60 s.
+
+/// (a) `config::parse` (read + validate) then `plan::plan`, on the loaded state.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn a_whole_parse_validate_plan(b: Bencher) {
+    let (f, s) = (&*FIXTURE, &*STATE);
+    b.bench(|| whole(divan::black_box(&f.text), &s.recorded, f.now));
+}
+
+/// (b) `config::parse` alone.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn b_parse_validate(b: Bencher) {
+    let f = &*FIXTURE;
+    b.bench(|| parse(divan::black_box(&f.text)));
+}
+
+/// (b1) the reader alone: TOML with spans to `RawConfig`, structural checks.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn b1_raw_read(b: Bencher) {
+    let f = &*FIXTURE;
+    b.bench(|| backplan::config::raw::read(divan::black_box(&f.text)));
+}
+
+/// (b2) validation alone: `RawConfig` to `Config`.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn b2_validate(b: Bencher) {
+    let (f, raw) = (&*FIXTURE, &*RAW);
+    let skipped = Default::default();
+    b.bench(|| {
+        backplan::config::validate::validate(
+            divan::black_box(raw),
+            &skipped,
+            Path::new(FILE),
+            &f.text,
+        )
+    });
+}
+
+/// (c) `plan::plan` alone, on the validated config and the loaded state.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn c_plan(b: Bencher) {
+    let (f, s) = (&*FIXTURE, &*STATE);
+    b.bench(|| {
+        plan::plan(
+            divan::black_box(&f.config),
+            &s.recorded,
+            f.now,
+            PlanOptions::default(),
+        )
+    });
+}
+
+/// Baseline: the floor any TOML-based configuration pays.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn baseline_toml_table(b: Bencher) {
+    let f = &*FIXTURE;
+    b.bench(|| toml::from_str::<toml::Table>(divan::black_box(&f.text)).expect("TOML"));
+}
+
+/// Baseline 2: the span-keeping borrowed parse `raw::read` is built on.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn baseline_toml_detable(b: Bencher) {
+    let f = &*FIXTURE;
+    b.bench(|| toml::de::DeTable::parse_recoverable(divan::black_box(&f.text)));
+}
+
+/// `state::read`: open the sled store, load the 410k records (10k instances, 400k backups),
+/// close it. The CLI pays this before planning.
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn sled_read(b: Bencher) {
+    let s = &*STATE;
+    b.bench(|| state::read(divan::black_box(s.dir.path())).expect("the state reads back"));
+}
+
+/// `Store::load` alone, on a store opened once (outside the timing).
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn sled_load(b: Bencher) {
+    let s = &*STATE;
+    let store = state::Store::open(s.dir.path()).expect("the sled store opens");
+    b.bench(|| divan::black_box(&store).load().expect("the state loads"));
+}
+
+/// Reference: one bare pass over the 400k loaded backups that reads a field of each record
+/// and the first byte of its instance name (a heap string): the least any per-backup pass of
+/// the planner costs.
+#[divan::bench(sample_count = 10)]
+fn floor_one_pass_over_backups(b: Bencher) {
+    let s = &*STATE;
+    b.bench(|| {
+        divan::black_box(&s.recorded)
+            .backups
+            .values()
+            .filter(|b| b.status == BackupStatus::Completed && b.instance.as_bytes()[0] == b'i')
+            .count()
+    });
+}
