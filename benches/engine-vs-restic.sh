@@ -5,7 +5,8 @@
 #
 # Needs: a Rust toolchain, restic (scripts/install-test-deps.sh installs Debian's), python3 and
 # GNU time at /usr/bin/time (Debian package `time`; installed when missing and running as root).
-# Takes about 5-10 minutes and about 6 GiB in WORKDIR. Everything it writes stays in WORKDIR.
+# Takes about 5 minutes after the build (2 cores) and about 6 GiB in WORKDIR. Everything it
+# writes stays in WORKDIR.
 #
 # What it does:
 #  1. builds backplan in release (`cargo build --release --locked`);

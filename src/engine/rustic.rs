@@ -308,7 +308,10 @@ impl Engine for RusticEngine {
                 .ls(&node, &LsOptions::default())
                 .map_err(err(repo))?;
             let destination = LocalDestination::new(dest_str, true, false).map_err(err(repo))?;
-            let opts = RestoreOptions::default().numeric_id(true);
+            let mut opts = RestoreOptions::default().numeric_id(true);
+            // Sparse files back as sparse files. rustic 0.13 does not export the option's
+            // type, but the field is public and the type deserialises by name.
+            opts.sparse = serde_json::from_str("\"ByContent\"").ok();
             let plan = indexed
                 .prepare_restore(&opts, ls.clone(), &destination, false)
                 .map_err(err(repo))?;

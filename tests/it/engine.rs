@@ -227,6 +227,13 @@ fn restore_gives_back_an_identical_tree() {
         .restore_dir(&f.repo, &snap.id, &dest, no_progress())
         .unwrap();
     assert_same_tree(&src, &dest);
+    // The 8 MiB sparse file with 4 KiB of data comes back sparse.
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(dest.join("sparse.img")).unwrap().blocks() * 512;
+    assert!(
+        allocated < 1 << 20,
+        "the sparse file came back with {allocated} bytes allocated"
+    );
     // Restoring into a folder that is not empty is refused (rustic fails on hard links and
     // special files there).
     let e = f
