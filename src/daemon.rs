@@ -36,16 +36,33 @@ impl Clock for SystemClock {
     }
 }
 
-/// Test clock: the time written in a file (read at each use), or the system time if the file
-/// cannot be read.
-pub struct FileClock(pub PathBuf);
+/// Test clock: the time written in a file (read at each use). While the file is being
+/// rewritten it may read empty: the last time read stands then, never the system time.
+pub struct FileClock {
+    path: PathBuf,
+    last: std::sync::Mutex<Option<DateTime<Utc>>>,
+}
+
+impl FileClock {
+    pub fn new(path: PathBuf) -> Self {
+        FileClock {
+            path,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
 impl Clock for FileClock {
     fn now(&self) -> DateTime<Utc> {
-        std::fs::read_to_string(&self.0)
+        let read = std::fs::read_to_string(&self.path)
             .ok()
             .and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(Utc::now)
+            .map(|t| t.with_timezone(&Utc));
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if read.is_some() {
+            *last = read;
+        }
+        last.unwrap_or_else(Utc::now)
     }
 }
 

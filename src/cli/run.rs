@@ -56,7 +56,7 @@ pub fn run(s: &Settings, _format: LogFormat) -> Exit {
         };
         let _watchdog = daemon::spawn_watchdog();
         let clock: Arc<dyn daemon::Clock> = match &s.clock_file {
-            Some(f) => Arc::new(FileClock(f.clone())),
+            Some(f) => Arc::new(FileClock::new(f.clone())),
             None => Arc::new(SystemClock),
         };
         daemon::run(

@@ -313,7 +313,11 @@ fn the_daily_slot_and_expiry_follow_a_moved_clock() {
     let tmp = prepared();
     let dir = tmp.path();
     let clock = dir.join("clock");
-    let set = |t: &str| std::fs::write(&clock, t).unwrap();
+    // Moved atomically, as a clock should.
+    let set = |t: &str| {
+        std::fs::write(dir.join("clock.new"), t).unwrap();
+        std::fs::rename(dir.join("clock.new"), &clock).unwrap();
+    };
     set("2026-11-27T01:00:00Z");
     let d = Daemon::start(dir, &["--clock-file", "clock"], &[]);
     d.wait_for("the first apply", || has(dir, "before-import", "completed"));
