@@ -116,11 +116,10 @@ pub enum DaemonError {
     },
 }
 
-/// Events that wake the loop.
+/// Watcher events that wake the loop (SIGHUP comes through the `reload` channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     File,
-    Reload,
     Clock,
 }
 
@@ -255,7 +254,7 @@ pub async fn run(
         let woke = tokio::select! {
             () = tokio::time::sleep(sleep) => Some(Reason::Deadline),
             Some(()) = reload.recv() => Some(Reason::Reload),
-            Some(w) = wake.recv() => Some(match w { Wake::Clock => Reason::ClockMoved, Wake::Reload => Reason::Reload, Wake::File => Reason::FileChanged }),
+            Some(w) = wake.recv() => Some(match w { Wake::Clock => Reason::ClockMoved, Wake::File => Reason::FileChanged }),
             () = &mut shutdown => None,
         };
         let Some(woke) = woke else {
