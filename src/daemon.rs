@@ -225,9 +225,20 @@ pub async fn run(
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            let rec = store.load().unwrap_or_default();
-            let now = s.clock.now();
-            let next = cfg.as_ref().map(|c| planner::next_deadline(c, &rec, now));
+            // Loading the records is blocking I/O: not on the async workers, which serve the
+            // control socket meanwhile.
+            let (next, instances) = tokio::task::spawn_blocking({
+                let (store, clock) = (store.clone(), s.clock.clone());
+                move || {
+                    let rec = store.load().unwrap_or_default();
+                    let next = cfg
+                        .as_ref()
+                        .map(|c| planner::next_deadline(c, &rec, clock.now()));
+                    (next, rec.instances.len())
+                }
+            })
+            .await
+            .unwrap_or((None, 0));
             let error = shared
                 .config_error
                 .read()
@@ -235,7 +246,7 @@ pub async fn run(
                 .is_some();
             let status = format!(
                 "STATUS={} instances{}; next run {}",
-                rec.instances.len(),
+                instances,
                 if error {
                     "; the file on disk is INVALID, the last valid one is in force"
                 } else {
