@@ -276,6 +276,7 @@ fn recorded(cfg: &Config) -> Recorded {
                 created_at: created,
                 updated_at: created,
                 error: None,
+                creation_failed: false,
             },
         );
         let base = |id: Uuid, kind: BackupKind, created_at: DateTime<Utc>| BackupRecord {
@@ -302,6 +303,8 @@ fn recorded(cfg: &Config) -> Recorded {
             failed_at: None,
             date: None,
             version: None,
+            delete_at: None,
+            status_before_delete: None,
         };
         for &(date, slot) in &slots {
             let id = planner::daily_id(&n, date);

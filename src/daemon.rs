@@ -389,16 +389,6 @@ fn reconcile(
     if !plan.has_changes() {
         return ("nothing to do".into(), false);
     }
-    let missing = crate::apply::unsupported(cfg, &plan);
-    if !missing.is_empty() {
-        for m in &missing {
-            tracing::error!("cannot apply: {m}");
-        }
-        return (
-            "nothing applied: the plan needs what this version cannot do".into(),
-            false,
-        );
-    }
     if let Err(e) = exec.run(&plan) {
         return (format!("apply stopped: {e}"), false);
     }

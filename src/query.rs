@@ -242,7 +242,7 @@ fn backups(ctx: &Context<'_>, instance: Option<&str>, as_json: bool, out: &mut d
                     .as_ref()
                     .map(fmt_time)
                     .unwrap_or_else(|| "never".into()),
-                b.status.to_string(),
+                views::status_text(b),
                 b.size_bytes
                     .map(|s| format!("{} ({} added)", human_bytes(s.read), human_bytes(s.added)))
                     .unwrap_or_else(|| "-".into()),
@@ -327,7 +327,7 @@ fn show(
     if !b.notes.is_empty() {
         field(out, "notes", b.notes.clone());
     }
-    field(out, "status", b.status.to_string());
+    field(out, "status", views::status_text(b));
     field(out, "storage", b.storage.clone());
     field(out, "created at", fmt_time(&b.created_at));
     field(

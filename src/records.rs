@@ -23,6 +23,10 @@ pub struct InstanceRecord {
     /// Set when the last operation on the instance failed (a failing `on_update` hook, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Its creation failed (`error` says why): it is created again at the next run, and its
+    /// daily slots are recorded as skipped with that reason meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creation_failed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -71,6 +75,9 @@ pub enum BackupStatus {
     Expired,
     /// A daily slot missed while the daemon was down (SPEC section 4): recorded, not taken.
     Skipped,
+    /// Removed from the file and purged after its `deletion_grace`: the data is gone (or left
+    /// in external storage), the record stays as a tombstone.
+    Deleted,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +128,13 @@ pub struct BackupRecord {
     /// Pre-update backups: the version being updated to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<Version>,
+    /// `deleting` backups: when their data is deleted (`deletion_grace` after they left the
+    /// file). `None` on a `deleting` record of an older version: due at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_at: Option<DateTime<Utc>>,
+    /// `deleting` backups: the status to go back to if the key is put back in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_before_delete: Option<BackupStatus>,
 }
 
 impl BackupRecord {

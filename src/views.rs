@@ -85,13 +85,16 @@ pub struct BackupView {
     pub allowed_actions: Vec<&'static str>,
 }
 
-/// The backups of one instance (or all), newest first. Expired records are left out: their
-/// data is gone.
+/// The backups of one instance (or all), newest first. Expired and deleted records are left
+/// out: their data is gone.
 pub fn backups(rec: &Recorded, instance: Option<&str>) -> Vec<BackupView> {
     let mut list: Vec<BackupView> = rec
         .backups
         .values()
-        .filter(|b| instance.is_none_or(|i| b.instance == i) && b.status != BackupStatus::Expired)
+        .filter(|b| {
+            instance.is_none_or(|i| b.instance == i)
+                && !matches!(b.status, BackupStatus::Expired | BackupStatus::Deleted)
+        })
         .map(|b| BackupView {
             record: b.clone(),
             allowed_actions: allowed_actions(b),
@@ -110,10 +113,24 @@ pub fn allowed_actions(b: &BackupRecord) -> Vec<&'static str> {
     if b.kind == BackupKind::OnDemand && b.status != BackupStatus::Deleting {
         v.extend(["edit", "delete"]);
     }
-    if b.status == BackupStatus::Completed {
+    // In its deletion grace, a backup that had completed is still restorable (by id).
+    let restorable = b.status == BackupStatus::Completed
+        || (b.status == BackupStatus::Deleting
+            && b.status_before_delete == Some(BackupStatus::Completed));
+    if restorable {
         v.push("restore");
     }
     v
+}
+
+/// The status as a person reads it: a backup in its deletion grace says when its data goes.
+pub fn status_text(b: &BackupRecord) -> String {
+    match (b.status, b.delete_at) {
+        (BackupStatus::Deleting, Some(t)) => {
+            format!("deleting on {}", crate::plan::fmt_time(&t))
+        }
+        (status, _) => status.to_string(),
+    }
 }
 
 /// The recorded backup a reference names (`backplan show`): the newest that matches.

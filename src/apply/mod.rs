@@ -8,7 +8,8 @@
 
 pub mod directory;
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use crate::config::values::Retention;
 use crate::config::{Config, InstanceType, Source, SourceKind, StorageLocation};
 use crate::engine::{Engine, EngineError, ProgressSink, Repo, SnapshotTags};
-use crate::plan::{Action, DataFate, Details, Due, DueDetails, Plan, backup_address};
+use crate::plan::{Action, DataFate, Details, Due, DueDetails, Plan, backup_address, fmt_time};
 use crate::records::*;
 use crate::state::{StateError, Store};
 
@@ -67,44 +68,13 @@ impl Report {
     }
 }
 
-/// What `apply` cannot carry out yet, so that it refuses before doing anything.
-pub fn unsupported(cfg: &Config, plan: &Plan) -> Vec<String> {
-    let mut out = BTreeSet::new();
-    for (name, inst) in &cfg.instances {
-        let touched = plan
-            .actions
-            .iter()
-            .any(|a| a.address == format!("instance.{name}"))
-            || plan.due.iter().any(|d| due_instance(d) == name);
-        if touched && inst.source.kind() != SourceKind::Directory {
-            out.insert(format!(
-                "instance `{name}` is a {} instance; this version of backplan applies plans to directory instances only",
-                inst.source.kind()
-            ));
-        }
-    }
-    for a in &plan.actions {
-        if let Details::CreateBackup { storage, .. } = &a.details
-            && cfg.storages.get(storage).is_some_and(|s| s.is_external())
-        {
-            out.insert(format!(
-                    "{}: storage `{storage}` is external ({}); this version of backplan writes to local repositories only",
-                    a.address,
-                    cfg.storages[storage].kind()
-                ));
-        }
-    }
-    out.into_iter().collect()
+/// The message for a kind or storage this version lacks. Such an item fails alone and is
+/// not retried (SPEC section 3: one failure stays one failure).
+pub fn not_supported(what: impl std::fmt::Display) -> String {
+    format!("{what}: not supported by this version of backplan{NOT_RETRIED}")
 }
 
-fn due_instance(d: &Due) -> &str {
-    match &d.details {
-        DueDetails::DailyBackup { instance, .. }
-        | DueDetails::SkipDaily { instance, .. }
-        | DueDetails::Retry { instance, .. }
-        | DueDetails::Expire { instance, .. } => instance,
-    }
-}
+const NOT_RETRIED: &str = " (not retried)";
 
 pub struct Executor<'a> {
     pub cfg: &'a Config,
@@ -119,7 +89,12 @@ pub struct Executor<'a> {
     /// Set to stop before the next action (the daemon's shutdown); the action under way
     /// finishes.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Completed backups per instance, loaded at the first expiry of a run and kept in step
+    /// with every write (see [`Self::put_backup`]).
+    good: RefCell<Option<GoodBackups>>,
 }
+
+type GoodBackups = HashMap<String, HashMap<Uuid, (DateTime<Utc>, DateTime<Utc>)>>;
 
 impl<'a> Executor<'a> {
     pub fn new(
@@ -138,6 +113,7 @@ impl<'a> Executor<'a> {
             to_prune: BTreeSet::new(),
             report: Report::default(),
             stop: None,
+            good: RefCell::new(None),
         }
     }
 
@@ -175,10 +151,7 @@ impl<'a> Executor<'a> {
                 },
                 s.password_file.is_none(),
             )),
-            _ => Err(format!(
-                "storage `{storage}` is {}; this version of backplan writes to local repositories only",
-                s.kind()
-            )),
+            _ => Err(not_supported(format!("{} storage (`{storage}`)", s.kind()))),
         }
     }
 
@@ -247,7 +220,7 @@ impl<'a> Executor<'a> {
                     ));
                 }
             }
-            self.store.put_backup(&b)?;
+            self.put_backup(&b)?;
             self.journal(
                 "recover",
                 &backup_address(&b),
@@ -360,23 +333,38 @@ impl<'a> Executor<'a> {
                     Source::Directory { path } => {
                         directory::provision(path).map_err(|e| e.to_string())
                     }
-                    other => Err(format!("{} instances are not supported yet", other.kind())),
+                    other => Err(format!(
+                        "{} instances are not supported by this version of backplan",
+                        other.kind()
+                    )),
+                };
+                // A creation that failed before keeps its first date (its skipped slots).
+                let created_at = self
+                    .store
+                    .get_instance(instance)?
+                    .map_or(now, |r| r.created_at);
+                let mut record = InstanceRecord {
+                    name: instance.clone(),
+                    kind: *kind,
+                    version: version.clone(),
+                    source: source.clone(),
+                    created_at,
+                    updated_at: now,
+                    error: None,
+                    creation_failed: false,
                 };
                 match provisioned {
                     Ok(how) => {
-                        self.store.put_instance(&InstanceRecord {
-                            name: instance.clone(),
-                            kind: *kind,
-                            version: version.clone(),
-                            source: source.clone(),
-                            created_at: now,
-                            updated_at: now,
-                            error: None,
-                        })?;
+                        self.store.put_instance(&record)?;
                         self.journal("create", &a.address, Phase::Finished, how)?;
                         self.report.done(&a.address, how);
                     }
                     Err(e) => {
+                        // Recorded, so that status shows it and its daily slots are recorded
+                        // as skipped with the reason; it is created again at the next run.
+                        record.error = Some(format!("creation failed: {e}"));
+                        record.creation_failed = true;
+                        self.store.put_instance(&record)?;
                         self.journal("create", &a.address, Phase::Failed, &e)?;
                         self.report.failed(&a.address, e);
                     }
@@ -448,7 +436,7 @@ impl<'a> Executor<'a> {
                     if let Some(c) = notes {
                         b.notes = c.to.clone();
                     }
-                    self.store.put_backup(&b)?;
+                    self.put_backup(&b)?;
                     self.journal("update", &a.address, Phase::Finished, "metadata")?;
                     self.report.done(&a.address, "label and notes updated");
                 }
@@ -483,23 +471,72 @@ impl<'a> Executor<'a> {
                 pre_restore_backup,
                 ..
             } => self.restore(&a.address, restore, from, *backup, to, *pre_restore_backup)?,
-            Details::DeleteBackup { id, data, .. } => {
+            Details::DeleteBackup {
+                id,
+                data,
+                delete_at,
+                ..
+            } => {
                 let Some(mut b) = self.store.get_backup(*id)? else {
                     return Ok(());
                 };
-                b.status = BackupStatus::Deleting;
-                self.store.put_backup(&b)?;
-                self.journal("delete", &a.address, Phase::Started, "")?;
-                if *data == DataFate::Deleted
-                    && let Err(e) = self.forget_snapshot(&b)
-                {
-                    self.journal("delete", &a.address, Phase::Failed, &e)?;
-                    self.report.failed(&a.address, format!("the backup's data could not be deleted (it stays `deleting` and is tried again): {e}"));
+                if *data == DataFate::AlreadyExpired {
+                    self.remove_backup(*id)?;
+                    self.journal(
+                        "delete",
+                        &a.address,
+                        Phase::Finished,
+                        "record of an expired backup",
+                    )?;
+                    self.report
+                        .done(&a.address, "record removed (its data had already expired)");
                     return Ok(());
                 }
-                self.store.remove_backup(*id)?;
-                self.journal("delete", &a.address, Phase::Finished, "")?;
-                self.report.done(&a.address, "deleted");
+                // Nothing is deleted now: the data goes after the deletion grace.
+                b.status_before_delete = Some(b.status);
+                b.status = BackupStatus::Deleting;
+                b.delete_at = *delete_at;
+                self.put_backup(&b)?;
+                let when = delete_at.as_ref().map(fmt_time).unwrap_or_default();
+                self.journal(
+                    "delete",
+                    &a.address,
+                    Phase::Started,
+                    &format!("data deleted on {when}"),
+                )?;
+                self.report.done(
+                    &a.address,
+                    format!("marked for deletion on {when}; restorable by id and revived by putting the key back until then"),
+                );
+            }
+            Details::ReviveBackup {
+                id, label, notes, ..
+            } => {
+                let Some(mut b) = self.store.get_backup(*id)? else {
+                    return Ok(());
+                };
+                if b.status != BackupStatus::Deleting {
+                    return Ok(());
+                }
+                b.status = b
+                    .status_before_delete
+                    .take()
+                    .unwrap_or(if b.snapshot_id.is_some() {
+                        BackupStatus::Completed
+                    } else {
+                        BackupStatus::Failed
+                    });
+                b.delete_at = None;
+                if let Some(c) = label {
+                    b.label = c.to.clone();
+                }
+                if let Some(c) = notes {
+                    b.notes = c.to.clone();
+                }
+                self.put_backup(&b)?;
+                self.journal("revive", &a.address, Phase::Finished, "deletion cancelled")?;
+                self.report
+                    .done(&a.address, "kept: its deletion is cancelled");
             }
             Details::ForgetInstance { instance, .. } => {
                 self.store.remove_instance(instance)?;
@@ -536,6 +573,7 @@ impl<'a> Executor<'a> {
                 instance,
                 date,
                 slot_at,
+                reason,
             } => {
                 let mut b = self.new_backup(
                     *id,
@@ -548,8 +586,12 @@ impl<'a> Executor<'a> {
                 b.status = BackupStatus::Skipped;
                 b.created_at = *slot_at;
                 b.expires_at = self.expiry("local", *slot_at);
-                b.error = Some("missed: backplan was not running at the slot".into());
-                self.store.put_backup(&b)?;
+                b.error = Some(
+                    reason
+                        .clone()
+                        .unwrap_or_else(|| "missed: backplan was not running at the slot".into()),
+                );
+                self.put_backup(&b)?;
                 self.journal("skip", &d.address, Phase::Finished, "missed slot recorded")?;
                 self.report
                     .done(&d.address, "missed slot recorded as skipped");
@@ -559,10 +601,25 @@ impl<'a> Executor<'a> {
                     self.take_backup(b, &d.address)?;
                 }
             }
-            DueDetails::Expire { id, .. } => {
+            DueDetails::Expire { id, instance, .. } => {
                 let Some(mut b) = self.store.get_backup(*id)? else {
                     return Ok(());
                 };
+                // Checked again now: a follow-up expiry waits for a newer good backup, and
+                // `keep_last_good` must hold whatever happened earlier in this run.
+                if b.status != BackupStatus::Completed
+                    && b.status != BackupStatus::Failed
+                    && b.status != BackupStatus::Skipped
+                {
+                    return Ok(());
+                }
+                if self.among_last_good(instance, *id)? {
+                    self.report.done(
+                        &d.address,
+                        "kept for now: it is still among the newest good backups (keep_last_good)",
+                    );
+                    return Ok(());
+                }
                 self.journal("expire", &d.address, Phase::Started, "")?;
                 if let Err(e) = self.forget_snapshot(&b) {
                     self.journal("expire", &d.address, Phase::Failed, &e)?;
@@ -573,9 +630,89 @@ impl<'a> Executor<'a> {
                     return Ok(());
                 }
                 b.status = BackupStatus::Expired;
-                self.store.put_backup(&b)?;
+                self.put_backup(&b)?;
                 self.journal("expire", &d.address, Phase::Finished, "")?;
                 self.report.done(&d.address, "expired");
+            }
+            DueDetails::Purge { id, data, .. } => {
+                let Some(mut b) = self.store.get_backup(*id)? else {
+                    return Ok(());
+                };
+                if b.status != BackupStatus::Deleting {
+                    return Ok(()); // revived meanwhile
+                }
+                self.journal("purge", &d.address, Phase::Started, "")?;
+                if *data == DataFate::Deleted
+                    && let Err(e) = self.forget_snapshot(&b)
+                {
+                    self.journal("purge", &d.address, Phase::Failed, &e)?;
+                    self.report.failed(&d.address, format!("the backup's data could not be deleted (it stays `deleting` and is tried again): {e}"));
+                    return Ok(());
+                }
+                b.status = BackupStatus::Deleted;
+                self.put_backup(&b)?;
+                self.journal("purge", &d.address, Phase::Finished, "")?;
+                self.report.done(
+                    &d.address,
+                    if *data == DataFate::Deleted {
+                        "deleted after its grace; the record stays as a tombstone"
+                    } else {
+                        "removed from the catalogue; its data stays in external storage"
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether backup `id` is among the newest `keep_last_good` completed backups of its
+    /// instance, as recorded now.
+    fn among_last_good(&self, instance: &str, id: Uuid) -> Result<bool, ApplyError> {
+        let keep = self.cfg.schedule.keep_last_good as usize;
+        if keep == 0 {
+            return Ok(false);
+        }
+        let mut cache = self.good.borrow_mut();
+        if cache.is_none() {
+            let mut map: GoodBackups = HashMap::new();
+            for b in self.store.load()?.backups.into_values() {
+                if b.status == BackupStatus::Completed {
+                    map.entry(b.instance.clone())
+                        .or_default()
+                        .insert(b.id, (b.finished_at(), b.created_at));
+                }
+            }
+            *cache = Some(map);
+        }
+        let mut good: Vec<(DateTime<Utc>, DateTime<Utc>, Uuid)> = cache
+            .as_ref()
+            .and_then(|m| m.get(instance))
+            .map(|g| g.iter().map(|(id, (f, c))| (*f, *c, *id)).collect())
+            .unwrap_or_default();
+        good.sort_by_key(|g| std::cmp::Reverse(*g));
+        Ok(good.iter().take(keep).any(|g| g.2 == id))
+    }
+
+    /// Every backup write of the executor goes through here, so that the completed-backup
+    /// index used by [`Self::among_last_good`] stays in step with the store.
+    fn put_backup(&self, b: &BackupRecord) -> Result<(), ApplyError> {
+        self.store.put_backup(b)?;
+        if let Some(map) = self.good.borrow_mut().as_mut() {
+            let entry = map.entry(b.instance.clone()).or_default();
+            if b.status == BackupStatus::Completed {
+                entry.insert(b.id, (b.finished_at(), b.created_at));
+            } else {
+                entry.remove(&b.id);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_backup(&self, id: Uuid) -> Result<(), ApplyError> {
+        self.store.remove_backup(id)?;
+        if let Some(map) = self.good.borrow_mut().as_mut() {
+            for g in map.values_mut() {
+                g.remove(&id);
             }
         }
         Ok(())
@@ -630,6 +767,8 @@ impl<'a> Executor<'a> {
             failed_at: None,
             date: None,
             version: None,
+            delete_at: None,
+            status_before_delete: None,
         };
         fill(&mut b);
         b
@@ -669,7 +808,7 @@ impl<'a> Executor<'a> {
     ) -> Result<BackupRecord, ApplyError> {
         b.status = BackupStatus::Running;
         b.attempts += 1;
-        self.store.put_backup(&b)?;
+        self.put_backup(&b)?;
         self.journal(
             "backup",
             address,
@@ -679,7 +818,7 @@ impl<'a> Executor<'a> {
         let result = (|| -> Result<crate::engine::SnapshotInfo, String> {
             let path = self
                 .directory_of(&b.instance)
-                .ok_or_else(|| format!("instance `{}` is not a directory instance", b.instance))?;
+                .ok_or_else(|| not_supported(format!("backing up {} instances", b.source_kind)))?;
             let (repo, create_key) = self.repo(&b.storage)?;
             self.engine
                 .ensure(&repo, create_key)
@@ -704,7 +843,7 @@ impl<'a> Executor<'a> {
                 });
                 b.error = None;
                 b.failed_at = None;
-                self.store.put_backup(&b)?;
+                self.put_backup(&b)?;
                 self.journal("backup", address, Phase::Finished, "")?;
                 self.report.done(
                     address,
@@ -719,8 +858,12 @@ impl<'a> Executor<'a> {
             Err(e) => {
                 b.status = BackupStatus::Failed;
                 b.failed_at = Some(self.now());
+                if e.ends_with(NOT_RETRIED) {
+                    // What this version lacks does not come with a retry.
+                    b.attempts = b.attempts.max(crate::plan::planner::MAX_ATTEMPTS);
+                }
                 b.error = Some(e.clone());
-                self.store.put_backup(&b)?;
+                self.put_backup(&b)?;
                 self.journal("backup", address, Phase::Failed, &e)?;
                 self.report
                     .failed(address, format!("backup failed (try {}): {e}", b.attempts));
@@ -819,6 +962,12 @@ impl<'a> Executor<'a> {
         // Only a sandbox, checked again at the last moment.
         let target = self.store.get_instance(to)?;
         match &target {
+            Some(t) if t.creation_failed => {
+                return Ok(Err(format!(
+                    "`{to}` could not be created ({}); nothing was restored",
+                    t.error.as_deref().unwrap_or("no reason recorded")
+                )));
+            }
             Some(t) if t.kind == InstanceType::Sandbox => {}
             Some(_) => {
                 return Ok(Err(format!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::{Exit, load_config};
-use crate::apply::{Executor, unsupported};
+use crate::apply::Executor;
 use crate::plan::{self, PlanOptions, render};
 
 pub struct Settings {
@@ -73,17 +73,6 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
         Ok(p) => p,
         Err(exit) => return exit,
     };
-    let missing = unsupported(cfg, &plan);
-    if !missing.is_empty() {
-        let _ = writeln!(
-            err,
-            "\nNothing was applied; this plan needs what this version cannot do yet:"
-        );
-        for m in missing {
-            let _ = writeln!(err, "  - {m}");
-        }
-        return Exit::Failure;
-    }
     if !s.auto_approve {
         let _ = write!(
             out,

@@ -41,6 +41,9 @@ pub struct Schedule {
     pub keep_last_good: u32,
     pub min_backup_version: Option<Version>,
     pub verify: Percent,
+    /// How long a backup removed from the file stays `deleting` (restorable, revivable)
+    /// before its data is deleted.
+    pub deletion_grace: Dur,
 }
 
 /// Where a secret is read from at the moment it is needed. The secret itself is never part

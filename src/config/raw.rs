@@ -99,6 +99,10 @@ pub struct RawSchedule {
     /// Share of the repository read back by the daily check, like `5%`. Default `5%`.
     #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+(\.[0-9]+)?%$"))]
     pub verify: Option<S<String>>,
+    /// How long a backup removed from the file is kept (restorable by id, revived by putting
+    /// its key back) before its data is deleted, like `1d`. Default `1d`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+[smhdwy]$"))]
+    pub deletion_grace: Option<S<String>>,
 }
 
 impl RawSchedule {
@@ -109,6 +113,7 @@ impl RawSchedule {
         "keep_last_good",
         "min_backup_version",
         "verify",
+        "deletion_grace",
     ];
 }
 
@@ -347,6 +352,7 @@ pub fn read(src: &str) -> Read {
             keep_last_good: r.int(t, "keep_last_good"),
             min_backup_version: r.string(t, "min_backup_version"),
             verify: r.string(t, "verify"),
+            deletion_grace: r.string(t, "deletion_grace"),
         }),
         storage: r.map(t.get("storage"), "storage", |r, t, _, name| {
             r.storage(t, name)

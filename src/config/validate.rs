@@ -210,6 +210,9 @@ impl Validator<'_> {
         let verify = self
             .parse("bad-percentage", &s.verify, Percent::parse)
             .unwrap_or(Percent(5.0));
+        let deletion_grace = self
+            .parse("bad-duration", &s.deletion_grace, Dur::parse)
+            .unwrap_or(Dur::from_secs(86_400));
         Schedule {
             daily_at,
             timezone,
@@ -217,6 +220,7 @@ impl Validator<'_> {
             keep_last_good,
             min_backup_version,
             verify,
+            deletion_grace,
         }
     }
 

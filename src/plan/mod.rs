@@ -122,12 +122,29 @@ pub enum Details {
         to: String,
         pre_restore_backup: Uuid,
     },
+    /// The backup left the file: it becomes `deleting` until `delete_at` (still restorable
+    /// by id, revived by putting the key back); its data is deleted then, by time-driven work.
+    /// A record whose data had already expired is removed at once.
     DeleteBackup {
         id: Uuid,
         instance: String,
         key: String,
         storage: String,
         data: DataFate,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delete_at: Option<DateTime<Utc>>,
+    },
+    /// A `deleting` backup whose key is back in the file (same storage): its deletion is
+    /// cancelled; label and notes changes apply as an edit.
+    ReviveBackup {
+        id: Uuid,
+        instance: String,
+        key: String,
+        delete_at: Option<DateTime<Utc>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        label: Option<Change<String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        notes: Option<Change<String>>,
     },
     /// Stop managing the instance. Its data is never touched; its backups stay and expire on
     /// schedule.
@@ -152,6 +169,7 @@ pub enum Work {
     DailyBackup,
     Retry,
     Expire,
+    Purge,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -177,6 +195,10 @@ pub enum DueDetails {
         instance: String,
         date: NaiveDate,
         slot_at: DateTime<Utc>,
+        /// Why it is not taken, when it is not that backplan was down (an instance whose
+        /// creation failed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Retry {
         id: Uuid,
@@ -193,6 +215,20 @@ pub enum DueDetails {
         kind: BackupKind,
         storage: String,
         expires_at: DateTime<Utc>,
+        /// Set when the backup expires only because a backup taken earlier in the same run
+        /// (listed above it) becomes the newest good one; skipped if that backup fails.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Uuid>,
+    },
+    /// A backup removed from the file whose `deletion_grace` has passed: its data is deleted
+    /// (or kept in external storage), the record stays as a `deleted` tombstone.
+    Purge {
+        id: Uuid,
+        instance: String,
+        key: Option<String>,
+        storage: String,
+        delete_at: Option<DateTime<Utc>>,
+        data: DataFate,
     },
 }
 

@@ -89,7 +89,8 @@ pub fn next_deadline(cfg: &Config, rec: &Recorded, now: DateTime<Utc>) -> DateTi
             b.status,
             BackupStatus::Expired | BackupStatus::Running | BackupStatus::Deleting
         );
-        let candidates = [b.expires_at.filter(|_| live), retry_at(b)];
+        let purge = b.delete_at.filter(|_| b.status == BackupStatus::Deleting);
+        let candidates = [b.expires_at.filter(|_| live), retry_at(b), purge];
         for t in candidates.into_iter().flatten() {
             if t > now && t < next {
                 next = t;
@@ -141,7 +142,11 @@ pub fn plan(cfg: &Config, rec: &Recorded, now: DateTime<Utc>, opts: PlanOptions)
             _ => None,
         })
         .collect();
-    let due = due(cfg, rec, &idx, now, &expiring, &forgotten);
+    let mut due = due(cfg, rec, &idx, now, &expiring, &forgotten);
+    due.extend(follow_up_expiries(
+        cfg, rec, &idx, now, &expiring, &actions, &due,
+    ));
+    due.sort_by(|a, b| (a.work, &a.address).cmp(&(b.work, &b.address)));
     Plan {
         format_version: FORMAT_VERSION,
         at: now,
@@ -158,7 +163,7 @@ fn rank(a: &Action) -> u8 {
         Details::CreateInstance { .. } => 0,
         Details::SwitchInstance { .. } => 1,
         Details::UpdateInstance { .. } => 2,
-        Details::UpdateBackup { .. } => 3,
+        Details::UpdateBackup { .. } | Details::ReviveBackup { .. } => 3,
         Details::CreateBackup { .. } => 4,
         Details::Restore { .. } => 5,
         Details::DeleteBackup { .. } => 6,
@@ -171,6 +176,8 @@ struct Index<'r> {
     by_instance: BTreeMap<&'r str, Vec<&'r BackupRecord>>,
     /// Live on-demand backups by (instance, key); records being deleted are not live.
     on_demand: HashMap<(&'r str, &'r str), &'r BackupRecord>,
+    /// On-demand backups in their deletion grace (`deleting`), by (instance, key).
+    deleting: HashMap<(&'r str, &'r str), &'r BackupRecord>,
 }
 
 impl<'r> Index<'r> {
@@ -179,22 +186,27 @@ impl<'r> Index<'r> {
         let mut by_instance: HashMap<&str, Vec<&BackupRecord>> =
             HashMap::with_capacity(rec.instances.len());
         let mut on_demand: HashMap<(&str, &str), &BackupRecord> = HashMap::new();
+        let mut deleting: HashMap<(&str, &str), &BackupRecord> = HashMap::new();
         for b in rec.backups.values() {
             by_instance.entry(b.instance.as_str()).or_default().push(b);
-            if let (BackupKind::OnDemand, Some(key), false) =
-                (b.kind, &b.key, b.status == BackupStatus::Deleting)
-            {
-                let slot = on_demand
-                    .entry((b.instance.as_str(), key.as_str()))
-                    .or_insert(b);
-                if (b.created_at, b.id) > (slot.created_at, slot.id) {
-                    *slot = b;
-                }
+            let (BackupKind::OnDemand, Some(key)) = (b.kind, &b.key) else {
+                continue;
+            };
+            let map = match b.status {
+                // A tombstone: the key may be taken again.
+                BackupStatus::Deleted => continue,
+                BackupStatus::Deleting => &mut deleting,
+                _ => &mut on_demand,
+            };
+            let slot = map.entry((b.instance.as_str(), key.as_str())).or_insert(b);
+            if (b.created_at, b.id) > (slot.created_at, slot.id) {
+                *slot = b;
             }
         }
         Index {
             by_instance: by_instance.into_iter().collect(),
             on_demand,
+            deleting,
         }
     }
 }
@@ -248,7 +260,8 @@ impl Planner<'_> {
     fn instances(&mut self) {
         for (name, inst) in &self.cfg.instances {
             let address = format!("instance.{name}");
-            let Some(r) = self.rec.instances.get(name) else {
+            // Not recorded, or its creation failed: created (again).
+            let Some(r) = self.rec.instances.get(name).filter(|r| !r.creation_failed) else {
                 self.act(
                     Op::Create,
                     address,
@@ -327,7 +340,8 @@ impl Planner<'_> {
                 continue;
             }
             let address = format!("instance.{name}");
-            if r.kind == InstanceType::Production {
+            // One whose creation failed never held anything of backplan's: no guard.
+            if r.kind == InstanceType::Production && !r.creation_failed {
                 self.refuse(
                     "production-removal",
                     address,
@@ -358,7 +372,34 @@ impl Planner<'_> {
         for (name, inst) in &cfg.instances {
             for (key, decl) in &inst.backups {
                 let address = format!("backup.{name}/{key}");
+                let deleting = self
+                    .idx
+                    .deleting
+                    .get(&(name.as_str(), key.as_str()))
+                    .copied();
                 match self.idx.on_demand.get(&(name.as_str(), key.as_str())).copied() {
+                    // Put back before its data was deleted (same storage): the same backup.
+                    None if deleting.is_some_and(|d| d.storage == decl.storage) => {
+                        let d = deleting.expect("checked");
+                        let change = |from: &String, to: &String| {
+                            (from != to).then(|| Change {
+                                from: from.clone(),
+                                to: to.clone(),
+                            })
+                        };
+                        self.act(
+                            Op::Update,
+                            address,
+                            Details::ReviveBackup {
+                                id: d.id,
+                                instance: name.clone(),
+                                key: key.clone(),
+                                delete_at: d.delete_at,
+                                label: change(&d.label, &decl.label),
+                                notes: change(&d.notes, &decl.notes),
+                            },
+                        );
+                    }
                     None => self.create_backup(inst, key, address),
                     Some(r) if r.storage != decl.storage => self.refuse(
                         "storage-changed",
@@ -403,8 +444,8 @@ impl Planner<'_> {
                 }
             }
         }
-        // Backups removed from the file, and deletes interrupted earlier.
-        // One file lookup per instance, not per backup.
+        // Backups removed from the file: they enter their deletion grace (the data is deleted
+        // later, by time-driven work). One file lookup per instance, not per backup.
         let by_instance: Vec<(Option<&Instance>, &BackupRecord)> = self
             .idx
             .by_instance
@@ -418,23 +459,24 @@ impl Planner<'_> {
             let (BackupKind::OnDemand, Some(key)) = (b.kind, &b.key) else {
                 continue;
             };
-            let interrupted = b.status == BackupStatus::Deleting;
+            if matches!(b.status, BackupStatus::Deleting | BackupStatus::Deleted) {
+                continue;
+            }
             let removed = match inst {
                 // The instance left the file: its backups stay and expire on schedule.
                 None => false,
                 Some(inst) => !inst.backups.contains_key(key),
             };
-            if !(interrupted || removed) {
+            if !removed {
                 continue;
             }
-            let storage = cfg.storages.get(&b.storage);
             let data = if b.status == BackupStatus::Expired {
                 DataFate::AlreadyExpired
-            } else if storage.is_some_and(|s| s.is_external() && !s.purge_on_delete) {
-                DataFate::KeptInStorage
             } else {
-                DataFate::Deleted
+                data_fate(cfg, b)
             };
+            let delete_at = (data != DataFate::AlreadyExpired)
+                .then(|| self.now + cfg.schedule.deletion_grace.to_chrono());
             self.act(
                 Op::Delete,
                 format!("backup.{}/{key}", b.instance),
@@ -444,6 +486,7 @@ impl Planner<'_> {
                     key: key.clone(),
                     storage: b.storage.clone(),
                     data,
+                    delete_at,
                 },
             );
         }
@@ -684,6 +727,16 @@ impl Planner<'_> {
             }
         };
         let b = found.ok_or_else(unknown)?;
+        if b.status == BackupStatus::Deleted {
+            return Err((
+                "backup-deleted",
+                format!(
+                    "backup {from} ({}) was removed from the file and its deletion grace has passed; its data is deleted",
+                    b.id
+                ),
+                "restore from another backup; `backplan backups` lists them".into(),
+            ));
+        }
         let expired = b.status == BackupStatus::Expired || expiring.contains(&b.id);
         if expired {
             return Err((
@@ -692,7 +745,13 @@ impl Planner<'_> {
                 "restore from a newer backup, like `<instance>@latest`".into(),
             ));
         }
-        match b.status {
+        // A backup in its deletion grace is still restorable (by id) if it had completed.
+        let status = match (b.status, b.status_before_delete) {
+            (BackupStatus::Deleting, Some(before)) => before,
+            (BackupStatus::Deleting, None) if b.snapshot_id.is_some() => BackupStatus::Completed,
+            (status, _) => status,
+        };
+        match status {
             BackupStatus::Completed => {}
             BackupStatus::Failed => {
                 return Err((
@@ -764,7 +823,10 @@ impl Planner<'_> {
         let instances = self.rec.instances.len();
         let live = |b: &&BackupRecord| {
             b.kind == BackupKind::OnDemand
-                && !matches!(b.status, BackupStatus::Expired | BackupStatus::Deleting)
+                && !matches!(
+                    b.status,
+                    BackupStatus::Expired | BackupStatus::Deleting | BackupStatus::Deleted
+                )
         };
         let deletes = self
             .actions
@@ -806,7 +868,10 @@ impl Planner<'_> {
         let mut differing: BTreeMap<&str, usize> = BTreeMap::new();
         let mut undeclared: BTreeMap<&str, usize> = BTreeMap::new();
         for b in self.rec.backups.values() {
-            if matches!(b.status, BackupStatus::Expired | BackupStatus::Skipped) {
+            if matches!(
+                b.status,
+                BackupStatus::Expired | BackupStatus::Skipped | BackupStatus::Deleted
+            ) {
                 continue;
             }
             match self.cfg.storages.get(&b.storage) {
@@ -837,14 +902,35 @@ fn newest<'r>(it: impl Iterator<Item = &'r &'r BackupRecord>) -> Option<&'r Back
         .copied()
 }
 
+/// What deleting a backup's record does to its data: external storage keeps it unless
+/// `purge_on_delete`.
+fn data_fate(cfg: &Config, b: &BackupRecord) -> DataFate {
+    match cfg.storages.get(&b.storage) {
+        Some(s) if s.is_external() && !s.purge_on_delete => DataFate::KeptInStorage,
+        _ => DataFate::Deleted,
+    }
+}
+
 fn expiry(r: Retention, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
     r.duration().map(|d| from + d.to_chrono())
 }
 
 fn expiring(schedule: &Schedule, idx: &Index<'_>, now: DateTime<Utc>) -> BTreeSet<Uuid> {
+    expiring_with(schedule, idx, now, &HashMap::new())
+}
+
+/// Like [`expiring`], as if the backups in `taking` (per instance, how many) completed now:
+/// each of them would be newer than every recorded one.
+fn expiring_with(
+    schedule: &Schedule,
+    idx: &Index<'_>,
+    now: DateTime<Utc>,
+    taking: &HashMap<&str, usize>,
+) -> BTreeSet<Uuid> {
     let keep = schedule.keep_last_good as usize;
     let mut out = BTreeSet::new();
-    for backups in idx.by_instance.values() {
+    for (instance, backups) in &idx.by_instance {
+        let keep = keep.saturating_sub(taking.get(instance).copied().unwrap_or(0));
         let mut good: Vec<&&BackupRecord> = backups
             .iter()
             .filter(|b| b.status == BackupStatus::Completed)
@@ -854,7 +940,10 @@ fn expiring(schedule: &Schedule, idx: &Index<'_>, now: DateTime<Utc>) -> BTreeSe
         for b in backups {
             let in_flight = matches!(
                 b.status,
-                BackupStatus::Running | BackupStatus::Deleting | BackupStatus::Expired
+                BackupStatus::Running
+                    | BackupStatus::Deleting
+                    | BackupStatus::Expired
+                    | BackupStatus::Deleted
             );
             if !in_flight && b.expires_at.is_some_and(|e| e <= now) && !protected.contains(&b.id) {
                 out.insert(b.id);
@@ -862,6 +951,74 @@ fn expiring(schedule: &Schedule, idx: &Index<'_>, now: DateTime<Utc>) -> BTreeSe
         }
     }
     out
+}
+
+/// Expiries that follow from the backups this run takes (SPEC section 4, `keep_last_good`):
+/// a backup past its expiry, protected only because it is the newest good one, expires once
+/// a newer one completes. Listed so that the plan shows everything the run does; the
+/// executor checks again, after the backups, that the protection has really gone.
+fn follow_up_expiries(
+    cfg: &Config,
+    rec: &Recorded,
+    idx: &Index<'_>,
+    now: DateTime<Utc>,
+    expiring: &BTreeSet<Uuid>,
+    actions: &[Action],
+    due: &[Due],
+) -> Vec<Due> {
+    let mut taking: HashMap<&str, usize> = HashMap::new();
+    let mut first: HashMap<&str, Uuid> = HashMap::new();
+    let mut take = |instance: &'_ str, id: Uuid| {
+        // The instance names live in the recorded state; look them up there.
+        if let Some((name, _)) = rec.instances.get_key_value(instance) {
+            *taking.entry(name.as_str()).or_default() += 1;
+            first.entry(name.as_str()).or_insert(id);
+        }
+    };
+    for a in actions {
+        match &a.details {
+            Details::CreateBackup { id, instance, .. } => take(instance, *id),
+            Details::UpdateInstance {
+                instance,
+                pre_update_backup,
+                ..
+            } => take(instance, *pre_update_backup),
+            Details::Restore {
+                to,
+                pre_restore_backup,
+                ..
+            } => take(to, *pre_restore_backup),
+            _ => {}
+        }
+    }
+    for d in due {
+        match &d.details {
+            DueDetails::DailyBackup { id, instance, .. }
+            | DueDetails::Retry { id, instance, .. } => take(instance, *id),
+            _ => {}
+        }
+    }
+    if taking.is_empty() {
+        return Vec::new();
+    }
+    let after = expiring_with(&cfg.schedule, idx, now, &taking);
+    after
+        .difference(expiring)
+        .filter_map(|id| rec.backups.get(id))
+        .filter(|b| cfg.storages.contains_key(&b.storage))
+        .map(|b| Due {
+            work: Work::Expire,
+            address: backup_address(b),
+            details: DueDetails::Expire {
+                id: b.id,
+                instance: b.instance.clone(),
+                kind: b.kind,
+                storage: b.storage.clone(),
+                expires_at: b.expires_at.expect("only backups with an expiry expire"),
+                after: first.get(b.instance.as_str()).copied(),
+            },
+        })
+        .collect()
 }
 
 /// The time-driven work due at `now`.
@@ -906,25 +1063,38 @@ fn due(
         let mut d = first
             .max(last_daily.and_then(|d| d.succ_opt()).unwrap_or(first))
             .max(today - Duration::days(window_days));
+        // An instance whose creation failed has nothing to back up: its slots are recorded
+        // as skipped, with the reason.
+        let reason = inst.creation_failed.then(|| {
+            format!(
+                "not taken: {}",
+                inst.error
+                    .as_deref()
+                    .unwrap_or("the instance could not be created")
+            )
+        });
+        let skip = |d: NaiveDate| Due {
+            work: Work::SkipDaily,
+            address: format!("backup.{name}@daily:{d}"),
+            details: DueDetails::SkipDaily {
+                id: daily_id(name, d),
+                instance: name.clone(),
+                date: d,
+                slot_at: slot_at(s, d),
+                reason: reason.clone(),
+            },
+        };
         while d < today {
-            let id = daily_id(name, d);
             if !taken(d) {
-                out.push(Due {
-                    work: Work::SkipDaily,
-                    address: format!("backup.{name}@daily:{d}"),
-                    details: DueDetails::SkipDaily {
-                        id,
-                        instance: name.clone(),
-                        date: d,
-                        slot_at: slot_at(s, d),
-                    },
-                });
+                out.push(skip(d));
             }
             d = d.succ_opt().expect("dates do not run out");
         }
         let slot = slot_at(s, today);
         let id = daily_id(name, today);
-        if today >= first && now >= slot && !taken(today) {
+        if today >= first && now >= slot && !taken(today) && reason.is_some() {
+            out.push(skip(today));
+        } else if today >= first && now >= slot && !taken(today) {
             out.push(Due {
                 work: Work::DailyBackup,
                 address: format!("backup.{name}@daily:{today}"),
@@ -978,6 +1148,24 @@ fn due(
                     kind: b.kind,
                     storage: b.storage.clone(),
                     expires_at: b.expires_at.expect("only backups with an expiry expire"),
+                    after: None,
+                },
+            });
+        }
+        if b.status == BackupStatus::Deleting
+            && b.delete_at.is_none_or(|t| t <= now)
+            && cfg.storages.contains_key(&b.storage)
+        {
+            out.push(Due {
+                work: Work::Purge,
+                address: backup_address(b),
+                details: DueDetails::Purge {
+                    id: b.id,
+                    instance: b.instance.clone(),
+                    key: b.key.clone(),
+                    storage: b.storage.clone(),
+                    delete_at: b.delete_at,
+                    data: data_fate(cfg, b),
                 },
             });
         }
@@ -996,6 +1184,7 @@ impl std::fmt::Display for BackupStatus {
             BackupStatus::Deleting => "deleting",
             BackupStatus::Expired => "expired",
             BackupStatus::Skipped => "skipped",
+            BackupStatus::Deleted => "deleted",
         })
     }
 }

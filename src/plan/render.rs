@@ -101,12 +101,17 @@ pub fn text(plan: &Plan) -> String {
                         expires(expires_at)
                     ),
                 ),
-                DueDetails::SkipDaily { slot_at, .. } => (
+                DueDetails::SkipDaily {
+                    slot_at, reason, ..
+                } => (
                     '.',
-                    format!(
-                        "slot {} was missed: recorded as skipped, not taken",
-                        time(slot_at)
-                    ),
+                    match reason {
+                        Some(r) => format!("slot {}: recorded as skipped, {r}", time(slot_at)),
+                        None => format!(
+                            "slot {} was missed: recorded as skipped, not taken",
+                            time(slot_at)
+                        ),
+                    },
                 ),
                 DueDetails::Retry {
                     attempt,
@@ -124,13 +129,39 @@ pub fn text(plan: &Plan) -> String {
                     ),
                 ),
                 DueDetails::Expire {
-                    kind, expires_at, ..
+                    kind,
+                    expires_at,
+                    after,
+                    ..
                 } => (
                     '-',
                     format!(
-                        "{} backup expired {}: will be deleted",
+                        "{} backup expired {}: will be deleted{}",
                         kind.as_str(),
-                        time(expires_at)
+                        time(expires_at),
+                        if after.is_some() {
+                            " once a newer backup of this run completes (keep_last_good)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
+                DueDetails::Purge {
+                    delete_at, data, ..
+                } => (
+                    '-',
+                    format!(
+                        "removed from the file, deletion grace over{}: {}",
+                        delete_at
+                            .as_ref()
+                            .map(|t| format!(" at {}", time(t)))
+                            .unwrap_or_default(),
+                        match data {
+                            DataFate::KeptInStorage => {
+                                "leaves the catalogue, its data stays in external storage"
+                            }
+                            _ => "its data will be deleted",
+                        }
                     ),
                 ),
             };
@@ -148,9 +179,15 @@ pub fn text(plan: &Plan) -> String {
             .iter()
             .filter(|d| d.work == Work::SkipDaily)
             .count();
+        let purge = plan.due.iter().filter(|d| d.work == Work::Purge).count();
         let _ = writeln!(
             w,
-            "\nDue: {daily} daily backup(s), {retry} retry(ies), {expire} expiry(ies), {skip} missed slot(s)."
+            "\nDue: {daily} daily backup(s), {retry} retry(ies), {expire} expiry(ies), {skip} missed slot(s){}.",
+            if purge > 0 {
+                format!(", {purge} deletion(s) after grace")
+            } else {
+                String::new()
+            }
         );
     }
 
@@ -165,8 +202,12 @@ pub fn text(plan: &Plan) -> String {
 
 fn action(w: &mut String, a: &Action) {
     let header = match &a.details {
-        Details::CreateInstance { .. } => "will be created (or adopted if its store already exists)".to_string(),
-        Details::SwitchInstance { kind, .. } => format!("will be switched from {} to {}", kind.from, kind.to),
+        Details::CreateInstance { .. } => {
+            "will be created (or adopted if its store already exists)".to_string()
+        }
+        Details::SwitchInstance { kind, .. } => {
+            format!("will be switched from {} to {}", kind.from, kind.to)
+        }
         Details::UpdateInstance { version, .. } => format!(
             "will be updated to {} (a system backup \"Before update to {}\" is taken first)",
             version.to, version.to
@@ -174,16 +215,27 @@ fn action(w: &mut String, a: &Action) {
         Details::CreateBackup { .. } => "will be created".to_string(),
         Details::UpdateBackup { .. } => "will be updated in place (metadata only)".to_string(),
         Details::Restore { to, .. } => format!("will restore into {to}, replacing its contents"),
-        Details::DeleteBackup { data, .. } => match data {
-            DataFate::Deleted => "will be deleted (because it is not in the configuration); its data is deleted",
-            DataFate::KeptInStorage => {
-                "will be deleted (because it is not in the configuration); its data is kept in external storage"
+        Details::DeleteBackup {
+            data, delete_at, ..
+        } => {
+            let when = delete_at.as_ref().map(time).unwrap_or_default();
+            match data {
+                DataFate::Deleted => format!(
+                    "will be deleted (because it is not in the configuration): its data is deleted on {when}; until then it can still be restored, and putting the key back keeps it"
+                ),
+                DataFate::KeptInStorage => format!(
+                    "will be deleted (because it is not in the configuration): removed from the catalogue on {when}, its data is kept in external storage; putting the key back before then keeps it"
+                ),
+                DataFate::AlreadyExpired => "will be removed (because it is not in the configuration); its data had already expired".to_string(),
             }
-            DataFate::AlreadyExpired => "will be removed (because it is not in the configuration); its data had already expired",
         }
-        .to_string(),
+        Details::ReviveBackup { .. } => {
+            "will be kept: it is back in the configuration, so its deletion is cancelled"
+                .to_string()
+        }
         Details::ForgetInstance { .. } => {
-            "will be forgotten (because it is not in the configuration); its data is not touched".to_string()
+            "will be forgotten (because it is not in the configuration); its data is not touched"
+                .to_string()
         }
     };
     let _ = writeln!(w, "  # {} {header}", a.address);
@@ -264,9 +316,35 @@ fn action(w: &mut String, a: &Action) {
                 format!("{pre_restore_backup} (pre-restore backup of {to}, taken first)"),
             );
         }
-        Details::DeleteBackup { id, storage, .. } => {
+        Details::DeleteBackup {
+            id,
+            storage,
+            delete_at,
+            ..
+        } => {
             field("id", id.to_string());
             field("storage", storage.clone());
+            if let Some(t) = delete_at {
+                field("deleted", format!("{} (after the deletion grace)", time(t)));
+            }
+        }
+        Details::ReviveBackup {
+            id,
+            delete_at,
+            label,
+            notes,
+            ..
+        } => {
+            field("id", id.to_string());
+            if let Some(t) = delete_at {
+                field("was due", format!("{} (deletion cancelled)", time(t)));
+            }
+            if let Some(c) = label {
+                field("label", format!("{} -> {}", quoted(&c.from), quoted(&c.to)));
+            }
+            if let Some(c) = notes {
+                field("notes", format!("{} -> {}", quoted(&c.from), quoted(&c.to)));
+            }
         }
         Details::ForgetInstance { backups_kept, .. } => {
             field(

@@ -176,6 +176,7 @@ fn plan_reads_recorded_state_from_the_state_dir() {
                 created_at: at,
                 updated_at: at,
                 error: None,
+                creation_failed: false,
             },
         );
     }

@@ -160,7 +160,7 @@ fn the_daemon_follows_the_file_and_keeps_the_last_good_one() {
     append_config(dir, "[instances.contoso.backups.b3]\nlabel = \"in place\"");
     d.wait_for("b3", || has(dir, "b3", "completed"));
 
-    // Removed: deleted.
+    // Removed: deleting (its data waits out the deletion grace).
     let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
     std::fs::write(
         dir.join("backplan.toml"),
@@ -170,9 +170,7 @@ fn the_daemon_follows_the_file_and_keeps_the_last_good_one() {
         ),
     )
     .unwrap();
-    d.wait_for("b2 deleted", || {
-        !statuses(dir).iter().any(|(n, _)| n == "b2")
-    });
+    d.wait_for("b2 deleting", || has(dir, "b2", "deleting"));
 
     // An invalid file: nothing changes, status shows the error.
     let good = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();

@@ -3,6 +3,7 @@
 mod apply;
 mod cli;
 mod daemon;
+mod deletion;
 mod engine;
 mod guards;
 mod helpers;

@@ -191,6 +191,7 @@ fn recorded(instances: &[(usize, bool, usize, bool)], backups: &[RecBackup]) -> 
                 created_at: t0(),
                 updated_at: t0(),
                 error: None,
+                creation_failed: false,
             },
         );
     }
@@ -243,6 +244,8 @@ fn recorded(instances: &[(usize, bool, usize, bool)], backups: &[RecBackup]) -> 
                 failed_at: (status == BackupStatus::Failed).then_some(created),
                 date: (kind == BackupKind::Daily).then(|| created.date_naive()),
                 version: None,
+                delete_at: None,
+                status_before_delete: None,
             },
         );
     }
@@ -296,8 +299,12 @@ proptest! {
                         || rec.backups.get(backup).is_some_and(|b| b.status == BackupStatus::Completed);
                     prop_assert!(ok, "restore from a backup that is not completed");
                 }
-                Details::DeleteBackup { id, .. } => {
+                Details::DeleteBackup { id, delete_at, .. } => {
                     prop_assert_eq!(rec.backups[id].kind, BackupKind::OnDemand, "deleted a system backup");
+                    // Deletion is never immediate: data waits out the grace.
+                    if rec.backups[id].status != BackupStatus::Expired {
+                        prop_assert!(delete_at.is_some_and(|t| t > now), "deleted without a grace");
+                    }
                 }
                 _ => {}
             }
@@ -311,10 +318,20 @@ proptest! {
             }
         }
         for d in &p.due {
-            if let DueDetails::Expire { id, expires_at, .. } = &d.details {
+            if let DueDetails::Expire { id, expires_at, after, .. } = &d.details {
                 prop_assert!(*expires_at <= now, "expired before its time");
                 let b = &rec.backups[id];
-                prop_assert!(newest.get(b.instance.as_str()).is_none_or(|n| n.id != *id), "expired the last good backup");
+                // Only as a follow-up of a backup this same run takes (checked again when
+                // it runs).
+                let taken_by_run = after.is_some_and(|a| {
+                    planned.contains(&a)
+                        || p.due.iter().any(|d| matches!(&d.details,
+                            DueDetails::DailyBackup { id, .. } | DueDetails::Retry { id, .. } if *id == a))
+                        || p.actions.iter().any(|x| matches!(&x.details,
+                            Details::UpdateInstance { pre_update_backup, .. } if *pre_update_backup == a)
+                            || matches!(&x.details, Details::Restore { pre_restore_backup, .. } if *pre_restore_backup == a))
+                });
+                prop_assert!(taken_by_run || newest.get(b.instance.as_str()).is_none_or(|n| n.id != *id), "expired the last good backup");
             }
         }
     }
