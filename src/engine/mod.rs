@@ -74,6 +74,19 @@ impl SnapshotInfo {
     }
 }
 
+/// A backup source that is a byte stream: the standard output of a producer process
+/// (`pg_dump`, ...), stored in the snapshot as one file named `name`. The backup succeeds only
+/// if the producer exits 0; otherwise no snapshot is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSource {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Variables added to the producer's environment (a password for libpq, say).
+    pub env: Vec<(String, String)>,
+    /// The file name inside the snapshot.
+    pub name: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RestoreStats {
     pub files: u64,
@@ -123,6 +136,9 @@ pub enum EngineError {
     NoSnapshot { repo: PathBuf, id: String },
     #[error("restore target {} must be an empty or absent folder", path.display())]
     DestinationNotEmpty { path: PathBuf },
+    /// The producer of a stream backup failed; no snapshot was kept.
+    #[error("{program} failed, so no backup was kept: {message}")]
+    Producer { program: String, message: String },
 }
 
 /// The engine's operations. Every call blocks; call from a blocking thread.
@@ -138,6 +154,24 @@ pub trait Engine: Send + Sync {
         tags: &SnapshotTags,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<SnapshotInfo, EngineError>;
+    /// Backs up the standard output of a producer process as one file (no parent snapshot;
+    /// nothing kept unless the producer exits 0).
+    fn backup_stream(
+        &self,
+        repo: &Repo,
+        source: &StreamSource,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<SnapshotInfo, EngineError>;
+    /// Writes the file `name` of a stream backup's snapshot into `sink`; returns the bytes
+    /// written.
+    fn restore_stream(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        name: &str,
+        sink: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, EngineError>;
     /// Snapshots tagged with backplan backup `id` (normally one).
     fn find(&self, repo: &Repo, backup: Uuid) -> Result<Vec<SnapshotInfo>, EngineError>;
     fn list(&self, repo: &Repo) -> Result<Vec<SnapshotInfo>, EngineError>;

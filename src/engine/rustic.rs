@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use super::*;
 
+mod stream;
+
 pub struct RusticEngine {
     /// Master keys of repositories opened before, by (path, password): opening with the
     /// password costs a scrypt derivation (0.4 s, 128 MiB); with the master key, microseconds.
@@ -231,6 +233,26 @@ impl Engine for RusticEngine {
             sync_repository(&repo.path)?;
             Ok(info)
         })
+    }
+
+    fn backup_stream(
+        &self,
+        repo: &Repo,
+        source: &StreamSource,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        self.stream_backup(repo, source, tags, progress)
+    }
+
+    fn restore_stream(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        name: &str,
+        sink: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, EngineError> {
+        self.stream_restore(repo, snapshot, name, sink)
     }
 
     fn find(&self, repo: &Repo, backup: Uuid) -> Result<Vec<SnapshotInfo>, EngineError> {

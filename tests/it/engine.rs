@@ -313,3 +313,131 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+// --- Byte streams (a producer process's standard output as one file) ---------------------
+
+fn producer(script: &str, name: &str) -> backplan::engine::StreamSource {
+    backplan::engine::StreamSource {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec![("STREAM_TEST".into(), "1".into())],
+        name: name.into(),
+    }
+}
+
+fn restored(f: &Fixture, snapshot: &str, name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let n = f
+        .engine
+        .restore_stream(&f.repo, snapshot, name, &mut out)
+        .unwrap();
+    assert_eq!(n, out.len() as u64);
+    out
+}
+
+#[test]
+fn a_trickling_producer_is_stored_whole_and_read_back_by_restic() {
+    let f = fixture();
+    // 3,000 small writes, as a dump tool on a slow server produces them.
+    let script = "i=0; while [ $i -lt 3000 ]; do printf 'row %05d of a slow producer\\n' $i; i=$((i+1)); done";
+    let expected: String = (0..3000)
+        .map(|i| format!("row {i:05} of a slow producer\n"))
+        .collect();
+    let info = f
+        .engine
+        .backup_stream(
+            &f.repo,
+            &producer(script, "orders.dump"),
+            &tags("orders"),
+            no_progress(),
+        )
+        .unwrap();
+    assert_eq!(info.bytes_read, expected.len() as u64);
+    assert_eq!(restored(&f, &info.id, "orders.dump"), expected.as_bytes());
+    // The stock restic reads the same bytes.
+    let out = Command::new("restic")
+        .arg("-r")
+        .arg(&f.repo.path)
+        .arg("--password-file")
+        .arg(&f.repo.password_file)
+        .args(["--no-cache", "dump", &info.id, "/orders.dump"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, expected.as_bytes());
+}
+
+#[test]
+fn a_failing_producer_leaves_no_snapshot_and_its_message() {
+    let f = fixture();
+    let cases = [
+        (
+            "printf 'half a dump'; echo 'FATAL: password authentication failed for user \"backplan\"' >&2; exit 3",
+            "password authentication failed",
+        ),
+        ("printf 'half a dump'; kill -9 $$", "signal: 9"),
+    ];
+    for (script, expected) in cases {
+        let e = f
+            .engine
+            .backup_stream(
+                &f.repo,
+                &producer(script, "x.dump"),
+                &tags("orders"),
+                no_progress(),
+            )
+            .unwrap_err();
+        assert!(matches!(e, EngineError::Producer { .. }), "{e:?}");
+        assert!(e.to_string().contains(expected), "{e}");
+        assert!(e.to_string().contains("no backup was kept"), "{e}");
+    }
+    let missing = backplan::engine::StreamSource {
+        argv: vec!["/nonexistent/pg_dump".into()],
+        env: vec![],
+        name: "x.dump".into(),
+    };
+    let e = f
+        .engine
+        .backup_stream(&f.repo, &missing, &tags("orders"), no_progress())
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot start it"), "{e}");
+    assert!(
+        f.engine.list(&f.repo).unwrap().is_empty(),
+        "no snapshot kept"
+    );
+}
+
+#[test]
+fn a_stream_never_takes_its_content_from_a_parent() {
+    let f = fixture();
+    let first = f
+        .engine
+        .backup_stream(
+            &f.repo,
+            &producer("printf 'monday'", "db.dump"),
+            &tags("db"),
+            no_progress(),
+        )
+        .unwrap();
+    // Same instance, same name: with a parent, rustic would see an "unchanged" file (a stream
+    // has no size or time) and keep Monday's bytes without reading Tuesday's.
+    let second = f
+        .engine
+        .backup_stream(
+            &f.repo,
+            &producer("printf 'tuesday'", "db.dump"),
+            &tags("db"),
+            no_progress(),
+        )
+        .unwrap();
+    assert_eq!(restored(&f, &first.id, "db.dump"), b"monday");
+    assert_eq!(restored(&f, &second.id, "db.dump"), b"tuesday");
+    let e = f
+        .engine
+        .restore_stream(&f.repo, "", "db.dump", &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(e, EngineError::NoSnapshot { .. }), "{e:?}");
+}

@@ -1,0 +1,295 @@
+//! Byte-stream backups: the standard output of a producer process (`pg_dump`, ...) stored as
+//! one file of a snapshot, and streamed back out into a sink.
+//!
+//! Guards for the stream hazards of rustic_core 0.13 (each has a test below):
+//! - **short reads**: the chunker shrinks its read buffer after a short read and never grows it
+//!   back, so a pipe would end up read one byte per call. The reader handed to rustic fills
+//!   the buffer (or reaches the end) before it returns.
+//! - **no parent**: a stream has no metadata to compare, so with a parent snapshot rustic would
+//!   take the parent's content for "unchanged" and never read the stream. Streams never use one.
+//! - **no snapshot when the producer fails**: rustic saves the snapshot of whatever it read; the
+//!   producer's exit status is checked afterwards, and on failure the snapshot is deleted
+//!   before the error (with the producer's own message) is returned.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+use rustic_core::repofile::{Metadata, Node, NodeType};
+use rustic_core::{ErrorKind, ReadSource, ReadSourceEntry, ReadSourceOpen, RusticResult};
+
+use super::*;
+
+/// The last bytes a producer wrote to its standard error, for the failure message.
+const STDERR_KEPT: usize = 16 * 1024;
+
+impl RusticEngine {
+    pub(super) fn stream_backup(
+        &self,
+        repo: &Repo,
+        source: &StreamSource,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        self.guarded(repo, "stream backup", || {
+            let open = self.open(repo, progress)?;
+            let indexed = open.to_indexed_ids().map_err(err(repo))?;
+            let mut snap = SnapshotOptions::default()
+                .label(format!("backplan:{}", tags.instance))
+                .command(format!("backplan backup {}", tags.instance));
+            for tag in tags.to_tags() {
+                snap = snap.add_tags(&tag).map_err(err(repo))?;
+            }
+            let snap = snap.to_snapshot().map_err(err(repo))?;
+            // No parent, ever: see the module's comment.
+            let opts = BackupOptions::default().parent_opts(ParentOptions::default().force(true));
+
+            let mut producer = Producer::start(source)?;
+            let src = PipeSource {
+                name: PathBuf::from(&source.name),
+                stdout: Mutex::new(producer.child.stdout.take()),
+            };
+            let saved = indexed.archive(&opts, &src, snap, &[PathBuf::from(&source.name)]);
+            // Whatever happened, the producer is done with: reap it (killed if rustic stopped
+            // reading early), and only then judge the snapshot.
+            if saved.is_err() {
+                let _ = producer.child.kill();
+            }
+            let outcome = producer.finish();
+            let saved = saved.map_err(err(repo))?;
+            let info = info(&saved);
+            if let Err(message) = outcome {
+                let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
+                indexed.delete_snapshots(&ids).map_err(err(repo))?;
+                sync_repository(&repo.path)?;
+                return Err(EngineError::Producer {
+                    program: source.argv.first().cloned().unwrap_or_default(),
+                    message,
+                });
+            }
+            sync_repository(&repo.path)?;
+            Ok(info)
+        })
+    }
+
+    pub(super) fn stream_restore(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        name: &str,
+        sink: &mut (dyn Write + Send),
+    ) -> Result<u64, EngineError> {
+        if snapshot.is_empty() {
+            return Err(EngineError::NoSnapshot {
+                repo: repo.path.clone(),
+                id: "(none)".into(),
+            });
+        }
+        self.guarded(repo, "stream restore", || {
+            let open = self.open(repo, Arc::new(NoProgress))?;
+            let indexed = open.to_indexed().map_err(err(repo))?;
+            let snap = indexed
+                .get_snapshot_from_str(snapshot, |_| true)
+                .map_err(|_| EngineError::NoSnapshot {
+                    repo: repo.path.clone(),
+                    id: snapshot.to_string(),
+                })?;
+            let node = indexed
+                .node_from_snapshot_and_path(&snap, name)
+                .map_err(err(repo))?;
+            if node.node_type != NodeType::File {
+                return Err(EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message: format!("`{name}` in snapshot {snapshot} is not a stream backup"),
+                });
+            }
+            let mut counting = Counting { inner: sink, n: 0 };
+            indexed.dump(&node, &mut counting).map_err(err(repo))?;
+            counting.flush().map_err(|source| EngineError::Io {
+                op: "writing the restored stream",
+                source,
+            })?;
+            Ok(counting.n)
+        })
+    }
+}
+
+/// A running producer, its standard error collected on a thread of its own (so that a
+/// chatty producer never blocks on a full stderr pipe).
+struct Producer {
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+    program: String,
+}
+
+impl Producer {
+    fn start(source: &StreamSource) -> Result<Producer, EngineError> {
+        let (program, args) = source.argv.split_first().ok_or(EngineError::Io {
+            op: "starting the backup's producer",
+            source: std::io::Error::other("no command given"),
+        })?;
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(source.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| EngineError::Producer {
+                program: program.clone(),
+                message: format!("cannot start it: {e}"),
+            })?;
+        let stderr = child.stderr.take().map(|mut err| {
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > STDERR_KEPT {
+                        kept.drain(..kept.len() - STDERR_KEPT);
+                    }
+                }
+                kept
+            })
+        });
+        Ok(Producer {
+            child,
+            stderr,
+            program: program.clone(),
+        })
+    }
+
+    /// Waits for the producer; `Err` with its message unless it exited 0.
+    fn finish(mut self) -> Result<(), String> {
+        let status = self.child.wait();
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!(
+                "{} {s}{}",
+                self.program,
+                if stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {stderr}")
+                }
+            )),
+            Err(e) => Err(format!("waiting for {}: {e}", self.program)),
+        }
+    }
+}
+
+/// The one entry of a stream backup.
+struct PipeSource {
+    name: PathBuf,
+    stdout: Mutex<Option<ChildStdout>>,
+}
+
+struct PipeOpen(ChildStdout);
+
+impl ReadSourceOpen for PipeOpen {
+    type Reader = FullReads<ChildStdout>;
+    fn open(self) -> RusticResult<Self::Reader> {
+        Ok(FullReads(self.0))
+    }
+}
+
+impl ReadSource for PipeSource {
+    type Open = PipeOpen;
+    type Iter = std::iter::Once<RusticResult<ReadSourceEntry<PipeOpen>>>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        Ok(None)
+    }
+
+    fn entries(&self) -> Self::Iter {
+        let stdout = self.stdout.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let entry = match stdout {
+            Some(out) => {
+                let name = self.name.file_name().unwrap_or(self.name.as_os_str());
+                Ok(ReadSourceEntry {
+                    path: self.name.clone(),
+                    node: Node::new_node(name, NodeType::File, Metadata::default()),
+                    open: Some(PipeOpen(out)),
+                })
+            }
+            None => Err(RusticError::new(
+                ErrorKind::Internal,
+                "the producer's output was already read",
+            )),
+        };
+        std::iter::once(entry)
+    }
+}
+
+/// A reader that fills the caller's buffer before returning, unless the stream ends.
+pub(super) struct FullReads<R>(pub(super) R);
+
+impl<R: Read> Read for FullReads<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.0.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if filled > 0 => {
+                    // Report what was read; the error comes again at the next call.
+                    let _ = e;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
+    }
+}
+
+struct Counting<'a> {
+    inner: &'a mut (dyn Write + Send),
+    n: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gives at most one byte per call, like a pipe written to slowly.
+    struct Trickle(std::io::Cursor<Vec<u8>>);
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn full_reads_fill_the_buffer_from_a_trickling_pipe() {
+        let mut r = FullReads(Trickle(std::io::Cursor::new(vec![7u8; 10_000])));
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(r.read(&mut buf).unwrap(), 4096);
+        assert_eq!(r.read(&mut buf).unwrap(), 4096);
+        assert_eq!(r.read(&mut buf).unwrap(), 10_000 - 8192);
+        assert_eq!(r.read(&mut buf).unwrap(), 0);
+    }
+}
