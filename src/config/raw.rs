@@ -58,10 +58,10 @@ pub struct RawDaemon {
     /// Unix socket of the control interface. Default `<state_dir>/backplan.sock`.
     #[schemars(with = "Option<String>")]
     pub control_socket: Option<S<String>>,
-    /// `host:port` of the optional Prometheus endpoint.
+    /// `host:port` of the optional Prometheus endpoint. Not supported by this version (refused).
     #[schemars(with = "Option<String>")]
     pub metrics_listen: Option<S<String>>,
-    /// Backups and restores running at once. Default 1.
+    /// Backups and restores running at once. Default 1; this version supports only 1.
     #[schemars(with = "Option<u32>", range(min = 1, max = 64))]
     pub max_parallel: Option<S<i64>>,
 }
