@@ -182,9 +182,10 @@ fn status(ctx: &Context<'_>, as_json: bool, out: &mut dyn Write) -> Exit {
                 s.name.clone(),
                 s.kind.to_string(),
                 s.version.clone(),
-                match &s.error {
-                    Some(e) => format!("{}: {e}", s.state),
-                    None => s.state.clone(),
+                match (&s.error, &s.since) {
+                    (Some(e), Some(t)) => format!("{}: {e} (since {})", s.state, fmt_time(t)),
+                    (Some(e), None) => format!("{}: {e}", s.state),
+                    (None, _) => s.state.clone(),
                 },
                 s.last_good_backup
                     .as_ref()

@@ -191,3 +191,50 @@ fn plan_reads_recorded_state_from_the_state_dir() {
         .collect();
     assert_eq!(ops, ["backup.contoso/before-import"]);
 }
+
+#[test]
+fn status_shows_a_failing_or_skipped_daily_as_not_ok() {
+    let dir = fixtures().join("status/daily-failing");
+    let file = dir.join("backplan.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let (cfg, _) = backplan::config::parse(&file, &text).unwrap();
+    let rec: backplan::records::Recorded =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let journal = || Ok(Vec::new());
+    let ask = |json| {
+        backplan::query::answer(
+            &backplan::query::Query::Status { json },
+            &backplan::query::Context {
+                config: Some(&cfg),
+                config_error: None,
+                recorded: &rec,
+                journal: &journal,
+                now: "2026-11-28T12:00:00Z".parse().unwrap(),
+            },
+        )
+    };
+    let text = ask(false);
+    assert_eq!(text.exit, 0);
+    insta::assert_snapshot!(text.stdout);
+    let json: serde_json::Value = serde_json::from_str(&ask(true).stdout).unwrap();
+    let states: Vec<(&str, &str, &str)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["state"].as_str().unwrap(),
+                s["since"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("contoso", "daily failing", "2026-11-26T02:00:00Z"),
+            ("contoso-sandbox", "ok", "-"),
+            ("fabrikam", "daily failing", "2026-11-27T02:00:00Z"),
+        ]
+    );
+}
