@@ -96,7 +96,21 @@ fn ask_or_answer(
     };
     let (state_dir, socket) = match &cfg {
         Some(c) => (c.daemon.state_dir.clone(), c.daemon.control_socket.clone()),
-        None => crate::config::paths_hint(config, &text),
+        None => match crate::config::paths_hint(config, &text) {
+            Ok(paths) => paths,
+            Err(d) => {
+                // Guessed paths would show another state (or none) as if it were this one.
+                let _ = write!(err, "{}", config_error.unwrap_or_default());
+                let _ = writeln!(
+                    err,
+                    "error: {} is invalid where it says where the state is ({}), so the recorded state and the running daemon cannot be found; fix the file (`backplan validate -c {}` lists every problem)",
+                    config.display(),
+                    d.message,
+                    config.display()
+                );
+                return Exit::Failure;
+            }
+        },
     };
     // A daemon that is starting holds the state before it listens: ask again for a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
