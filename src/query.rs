@@ -1,7 +1,9 @@
-//! The read-only commands (`status`, `backups`, `show`, `plan`) as queries answered from a
+//! The read-only commands (`status`, `backups`, `show`) as queries answered from a
 //! configuration and the recorded state. The CLI answers them itself when no daemon runs, and
 //! the daemon answers them over its control socket when one does (sled admits one process), so
-//! the output is the same either way. No I/O here but the `journal` callback.
+//! the output is the same either way. `plan` is always computed by the CLI (it validates the
+//! file as the calling user), from the recorded state it reads or asks the daemon for
+//! (`recorded`). No I/O here but the `journal` callback.
 
 use std::io::Write;
 
@@ -16,7 +18,8 @@ use crate::plan::{PlanOptions, fmt_time, render};
 use crate::records::{JournalEntry, Recorded};
 use crate::views;
 
-/// A read-only command, as sent over the control socket (one JSON line).
+/// A request, as sent over the control socket (one JSON line): a read-only command, the
+/// recorded state, or (daemon only) an approved plan to carry out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Query {

@@ -486,6 +486,15 @@ fn a_refused_mass_removal_is_approved_through_the_running_daemon() {
     );
     assert_eq!(instances().len(), 3);
 
+    // The daemon carries out only the plan that was approved: other actions are refused.
+    let mut s = UnixStream::connect(dir.join("state/backplan.sock")).unwrap();
+    s.write_all(b"{\"command\":\"apply\",\"allow_mass_removal\":true,\"approved\":\"forget instance.s2\\n\"}\n")
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    assert!(line.contains("not the one shown"), "{line}");
+    assert_eq!(instances().len(), 3);
+
     // Approved with the flag, without stopping the service: the daemon carries it out once.
     let run = backplan(
         dir,
