@@ -113,6 +113,7 @@ fn daily_failing(rec: &Recorded, instance: &str) -> Option<(String, DateTime<Utc
         .map(|e| format!(": {e}"))
         .unwrap_or_default();
     let what = match last.status {
+        BackupStatus::Failed if last.attempts == 1 => format!("failed after 1 try{error}"),
         BackupStatus::Failed => format!("failed after {} tries{error}", last.attempts),
         _ => format!("was skipped{error}"),
     };
