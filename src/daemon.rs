@@ -634,6 +634,9 @@ fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str) -> Answer 
         stdout: String::new(),
         stderr: format!("error: {why}\n"),
     };
+    // After the loop's reconcile under way, if any; the file in force and the state are read,
+    // and the plan made and carried out, under the same lock.
+    let _work = shared.work.lock().unwrap_or_else(|p| p.into_inner());
     let cfg = shared
         .config
         .read()
@@ -652,8 +655,6 @@ fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str) -> Answer 
             "the file on disk is invalid, so the daemon keeps the last valid one; nothing was applied. Fix the file, then run apply again:\n{e}"
         ));
     }
-    // After the loop's reconcile under way, if any; the plan is made under the same lock.
-    let _work = shared.work.lock().unwrap_or_else(|p| p.into_inner());
     let rec = match shared.store.load() {
         Ok(r) => r,
         Err(e) => return refuse(e.to_string()),
