@@ -148,7 +148,6 @@ const FILE: &str = "/etc/backplan/backplan.toml";
 
 const HEADER: &str = r#"[daemon]
 state_dir = "/var/lib/backplan"
-max_parallel = 2
 
 [schedule]
 daily_at = "02:00"

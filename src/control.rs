@@ -28,8 +28,15 @@ pub enum AskError {
     Broken { socket: String, reason: String },
 }
 
-/// Asks the daemon listening on `socket`.
+/// Asks the daemon listening on `socket`; a stuck daemon must not hang the CLI, so the answer
+/// is waited for at most a minute.
 pub fn ask(socket: &Path, q: &Query) -> Result<Answer, AskError> {
+    ask_within(socket, q, Some(Duration::from_secs(60)))
+}
+
+/// Like [`ask`], waiting `timeout` for the answer (`None`: as long as it takes, for an
+/// approved plan that the daemon carries out).
+pub fn ask_within(socket: &Path, q: &Query, timeout: Option<Duration>) -> Result<Answer, AskError> {
     let name = socket.display().to_string();
     let mut stream = match UnixStream::connect(socket) {
         Ok(s) => s,
@@ -52,8 +59,7 @@ pub fn ask(socket: &Path, q: &Query) -> Result<Answer, AskError> {
         socket: name.clone(),
         reason,
     };
-    // A plan over a large state takes a moment; a stuck daemon must not hang the CLI.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = stream.set_read_timeout(timeout);
     let mut line = serde_json::to_string(q).expect("queries serialise");
     line.push('\n');
     stream
@@ -77,4 +83,23 @@ pub fn parse_request(line: &str) -> Result<Query, String> {
             "bad request: {e}; send one JSON object per line, like {{\"command\":\"status\",\"json\":true}}"
         )
     })
+}
+
+/// What an operator approves of a plan: its actions from the file, one `op address` line each.
+/// The daemon carries out an approved plan only when its own plan has the same lines (the
+/// time-driven work, and the identifiers of backups taken at a given time, may differ).
+pub fn approved_actions(plan: &crate::plan::Plan) -> String {
+    plan.actions
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}\n",
+                serde_json::to_value(a.op)
+                    .expect("ops serialise")
+                    .as_str()
+                    .unwrap_or("?"),
+                a.address
+            )
+        })
+        .collect()
 }

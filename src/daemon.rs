@@ -94,6 +94,10 @@ struct Shared {
     config_error: RwLock<Option<String>>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
+    engine: Arc<dyn Engine>,
+    /// Held while a plan is carried out: the loop's reconciles and approved plans (from the
+    /// control socket) run one at a time.
+    work: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +161,8 @@ pub async fn run(
         config_error: RwLock::new(None),
         store: store.clone(),
         clock: s.clock.clone(),
+        engine: engine.clone(),
+        work: std::sync::Mutex::new(()),
     });
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
@@ -181,8 +187,11 @@ pub async fn run(
             let work = tokio::task::spawn_blocking({
                 let (store, engine, clock, stop) =
                     (store.clone(), engine.clone(), s.clock.clone(), stop.clone());
-                let cfg = cfg.clone();
-                move || reconcile(&cfg, &store, engine.as_ref(), clock.as_ref(), reason, stop)
+                let (cfg, shared) = (cfg.clone(), shared.clone());
+                move || {
+                    let _work = shared.work.lock().unwrap_or_else(|p| p.into_inner());
+                    reconcile(&cfg, &store, engine.as_ref(), clock.as_ref(), reason, stop)
+                }
             });
             tokio::pin!(work);
             tokio::select! {
@@ -461,8 +470,17 @@ fn watch(
     Ok(watcher)
 }
 
+/// Connections served at once; more wait in the listen backlog, so a flood of idle clients
+/// costs the daemon no descriptors.
+const MAX_CONNECTIONS: usize = 64;
+/// A request must arrive whole within this time of the connection (or of the previous reply),
+/// and a reply must be taken within it.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the control socket (mode 0660): one JSON query per line, one JSON answer per line.
-/// A malformed request gets an error reply; a client never disturbs the daemon.
+/// A malformed request gets an error reply; a client never disturbs the daemon: a request is
+/// read at most [`crate::config::MAX_CONFIG_BYTES`] long, at most [`MAX_CONNECTIONS`] are
+/// served at once, and an idle one is closed after [`CLIENT_TIMEOUT`].
 fn serve_control(
     path: &Path,
     shared: Arc<Shared>,
@@ -481,53 +499,89 @@ fn serve_control(
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            // A slot first: beyond the limit, clients wait in the kernel's backlog.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(50);
+                    stream
+                }
+                Err(e) => {
+                    // Out of descriptors (EMFILE) and the like: wait, never spin.
+                    tracing::warn!("control socket: accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
             };
             let shared = shared.clone();
             tokio::spawn(async move {
                 let _ = serve_client(stream, shared).await;
+                drop(slot);
             });
         }
     }))
 }
 
 async fn serve_client(stream: tokio::net::UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let limit = crate::config::MAX_CONFIG_BYTES;
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    // At most 64 KiB per request line.
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .ok()
-        .transpose()?
-        .flatten()
-    {
-        if line.len() > 64 << 10 {
-            break;
-        }
-        let reply = match crate::control::parse_request(&line) {
-            Err(error) => crate::control::Reply::Error { error },
-            Ok(q) => {
-                let shared = shared.clone();
-                match tokio::task::spawn_blocking(move || answer(&q, &shared)).await {
-                    Ok(a) => crate::control::Reply::Answer(a),
-                    Err(e) => crate::control::Reply::Error {
-                        error: e.to_string(),
-                    },
+    let mut read = BufReader::new(read);
+    loop {
+        // Never more than the limit (and the newline) in memory, whatever the client sends.
+        let mut line = Vec::new();
+        let got = tokio::time::timeout(
+            CLIENT_TIMEOUT,
+            (&mut read)
+                .take(limit as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
+        let reply = match got {
+            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Ok(()), // idle, broken or closed
+            Ok(Ok(_)) if line.len() > limit => crate::control::Reply::Error {
+                error: format!("request longer than {limit} bytes; the connection is closed"),
+            },
+            Ok(Ok(_)) => match crate::control::parse_request(&String::from_utf8_lossy(&line)) {
+                Err(error) => crate::control::Reply::Error { error },
+                Ok(q) => {
+                    let shared = shared.clone();
+                    match tokio::task::spawn_blocking(move || answer(&q, &shared)).await {
+                        Ok(a) => crate::control::Reply::Answer(a),
+                        Err(e) => crate::control::Reply::Error {
+                            error: e.to_string(),
+                        },
+                    }
                 }
-            }
+            },
         };
+        let close = line.len() > limit;
         let mut out = serde_json::to_string(&reply).expect("replies serialise");
         out.push('\n');
-        write.write_all(out.as_bytes()).await?;
+        tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(out.as_bytes()))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if close {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 fn answer(q: &Query, shared: &Shared) -> Answer {
+    if let Query::Apply {
+        allow_mass_removal,
+        approved,
+    } = q
+    {
+        return approve(shared, *allow_mass_removal, approved);
+    }
     let cfg = shared
         .config
         .read()
@@ -559,6 +613,87 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
             now: shared.clock.now(),
         },
     )
+}
+
+/// `apply` with the daemon running: carries out the plan of the file in force once, with the
+/// options the operator gave (`--allow-mass-removal` approves one refused mass removal), if its
+/// actions are the ones the operator saw and approved. Whoever may use the socket may do this.
+fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str) -> Answer {
+    let refuse = |why: String| Answer {
+        exit: 1,
+        stdout: String::new(),
+        stderr: format!("error: {why}\n"),
+    };
+    // After the loop's reconcile under way, if any; the file in force and the state are read,
+    // and the plan made and carried out, under the same lock.
+    let _work = shared.work.lock().unwrap_or_else(|p| p.into_inner());
+    let cfg = shared
+        .config
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let error = shared
+        .config_error
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let Some(cfg) = cfg else {
+        return refuse("the daemon has no valid configuration".into());
+    };
+    if let Some(e) = error {
+        return refuse(format!(
+            "the file on disk is invalid, so the daemon keeps the last valid one; nothing was applied. Fix the file, then run apply again:\n{e}"
+        ));
+    }
+    let rec = match shared.store.load() {
+        Ok(r) => r,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let plan = crate::plan::plan(
+        &cfg,
+        &rec,
+        shared.clock.now(),
+        PlanOptions { allow_mass_removal },
+    );
+    if crate::control::approved_actions(&plan) != approved {
+        return refuse(
+            "the daemon's plan is not the one shown (the file in force or the recorded state changed since); nothing was applied. Run apply again to see the current plan".into(),
+        );
+    }
+    if !plan.refusals.is_empty() {
+        return refuse("the plan has refusals; nothing was applied".into());
+    }
+    tracing::info!(
+        allow_mass_removal,
+        "carrying out a plan approved on the control socket"
+    );
+    let now = || shared.clock.now();
+    let mut exec = Executor::new(
+        &cfg,
+        &shared.store,
+        shared.engine.as_ref(),
+        Arc::new(LogProgress),
+        &now,
+    );
+    if let Err(e) = exec.run(&plan) {
+        return refuse(format!("apply stopped: {e}"));
+    }
+    let mut stdout = String::new();
+    for (outcome, address, what) in &exec.report.lines {
+        let tag = match outcome {
+            crate::apply::Outcome::Done => "ok  ",
+            crate::apply::Outcome::Failed => "FAIL",
+        };
+        stdout += &format!("  {tag} {address}: {what}\n");
+    }
+    let failed = exec.report.failures();
+    let done = exec.report.lines.len() - failed;
+    stdout += &format!("\nApply complete (by the daemon): {done} done, {failed} failed.\n");
+    Answer {
+        exit: u8::from(failed > 0),
+        stdout,
+        stderr: String::new(),
+    }
 }
 
 /// systemd's notification protocol, without libsystemd: one datagram to `$NOTIFY_SOCKET`.

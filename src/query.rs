@@ -1,7 +1,9 @@
-//! The read-only commands (`status`, `backups`, `show`, `plan`) as queries answered from a
+//! The read-only commands (`status`, `backups`, `show`) as queries answered from a
 //! configuration and the recorded state. The CLI answers them itself when no daemon runs, and
 //! the daemon answers them over its control socket when one does (sled admits one process), so
-//! the output is the same either way. No I/O here but the `journal` callback.
+//! the output is the same either way. `plan` is always computed by the CLI (it validates the
+//! file as the calling user), from the recorded state it reads or asks the daemon for
+//! (`recorded`). No I/O here but the `journal` callback.
 
 use std::io::Write;
 
@@ -16,7 +18,8 @@ use crate::plan::{PlanOptions, fmt_time, render};
 use crate::records::{JournalEntry, Recorded};
 use crate::views;
 
-/// A read-only command, as sent over the control socket (one JSON line).
+/// A request, as sent over the control socket (one JSON line): a read-only command, the
+/// recorded state, or (daemon only) an approved plan to carry out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Query {
@@ -31,18 +34,15 @@ pub enum Query {
         backup: String,
         json: bool,
     },
-    /// Plans the given file (its path and text: the file the user named, which may differ
-    /// from the one in force) against the recorded state.
-    Plan {
-        /// Absolute, for relative paths in the file.
-        file: std::path::PathBuf,
-        /// As the user named it, for messages.
-        name: String,
-        text: String,
-        json: bool,
-        at: Option<DateTime<Utc>>,
-        detailed_exitcode: bool,
+    /// The recorded state, as JSON on stdout: the CLI plans the file itself (validating it
+    /// as the calling user), so the daemon never reads a file on a client's behalf.
+    Recorded,
+    /// Carry out the plan of the file in force now (daemon only), if its actions are the ones
+    /// the operator approved ([`crate::control::approved_actions`]); `allow_mass_removal`
+    /// applies to this one plan only.
+    Apply {
         allow_mass_removal: bool,
+        approved: String,
     },
 }
 
@@ -68,8 +68,8 @@ pub struct Context<'a> {
 pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let is_plan = matches!(q, Query::Plan { .. });
-    if let (Some(e), false) = (ctx.config_error, is_plan) {
+    let not_a_report = matches!(q, Query::Recorded | Query::Apply { .. });
+    if let (Some(e), false) = (ctx.config_error, not_a_report) {
         let _ = write!(err, "{e}");
         let _ = writeln!(
             err,
@@ -85,52 +85,51 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
         Query::Status { json } => status(ctx, *json, &mut out),
         Query::Backups { instance, json } => backups(ctx, instance.as_deref(), *json, &mut out),
         Query::Show { backup, json } => show(ctx, backup, *json, &mut out, &mut err),
-        Query::Plan {
-            file,
-            name,
-            text,
-            json,
-            at,
-            detailed_exitcode,
-            allow_mass_removal,
-        } => match crate::config::parse(file, text) {
-            Err(diags) => {
-                let _ = write!(err, "{}", crate::diagnostic::render(name, text, &diags));
-                Exit::Failure
-            }
-            Ok((mut cfg, warnings)) => {
-                cfg.file = name.into();
-                if !warnings.is_empty() {
-                    let _ = write!(err, "{}", crate::diagnostic::render(name, text, &warnings));
-                }
-                let plan = crate::plan::plan(
-                    &cfg,
-                    ctx.recorded,
-                    at.unwrap_or(ctx.now),
-                    PlanOptions {
-                        allow_mass_removal: *allow_mass_removal,
-                    },
-                );
-                let text = if *json {
-                    render::json(&plan)
-                } else {
-                    render::text(&plan)
-                };
-                let _ = out.write_all(text.as_bytes());
-                if !plan.refusals.is_empty() {
-                    Exit::Failure
-                } else if *detailed_exitcode && plan.has_changes() {
-                    Exit::Changes
-                } else {
-                    Exit::Ok
-                }
-            }
-        },
+        Query::Recorded => {
+            json(&mut out, ctx.recorded);
+            Exit::Ok
+        }
+        Query::Apply { .. } => {
+            let _ = writeln!(
+                err,
+                "error: only a running daemon carries out an approved plan"
+            );
+            Exit::Failure
+        }
     };
     Answer {
         exit: exit as u8,
         stdout: String::from_utf8_lossy(&out).into_owned(),
         stderr: String::from_utf8_lossy(&err).into_owned(),
+    }
+}
+
+/// `plan`: a valid configuration planned against the recorded state.
+pub fn plan(
+    cfg: &Config,
+    recorded: &Recorded,
+    now: DateTime<Utc>,
+    json: bool,
+    detailed_exitcode: bool,
+    options: PlanOptions,
+) -> Answer {
+    let plan = crate::plan::plan(cfg, recorded, now, options);
+    let stdout = if json {
+        render::json(&plan)
+    } else {
+        render::text(&plan)
+    };
+    let exit = if !plan.refusals.is_empty() {
+        Exit::Failure
+    } else if detailed_exitcode && plan.has_changes() {
+        Exit::Changes
+    } else {
+        Exit::Ok
+    };
+    Answer {
+        exit: exit as u8,
+        stdout,
+        stderr: String::new(),
     }
 }
 
@@ -182,9 +181,10 @@ fn status(ctx: &Context<'_>, as_json: bool, out: &mut dyn Write) -> Exit {
                 s.name.clone(),
                 s.kind.to_string(),
                 s.version.clone(),
-                match &s.error {
-                    Some(e) => format!("{}: {e}", s.state),
-                    None => s.state.clone(),
+                match (&s.error, &s.since) {
+                    (Some(e), Some(t)) => format!("{}: {e} (since {})", s.state, fmt_time(t)),
+                    (Some(e), None) => format!("{}: {e}", s.state),
+                    (None, _) => s.state.clone(),
                 },
                 s.last_good_backup
                     .as_ref()

@@ -15,9 +15,14 @@ pub struct InstanceStatus {
     #[serde(rename = "type")]
     pub kind: InstanceType,
     pub version: String,
-    /// `ok`, `error`, `not created yet` (in the file, not applied) or `not in the file`.
+    /// `ok`, `error` (the last operation on the instance failed), `daily failing` (its last
+    /// daily backup failed or was skipped), `not created yet` (in the file, not applied) or
+    /// `not in the file`.
     pub state: String,
     pub error: Option<String>,
+    /// Since when the instance has not been ok (`daily failing`: the first slot of the run of
+    /// daily backups that did not complete).
+    pub since: Option<DateTime<Utc>>,
     pub last_good_backup: Option<LastGood>,
     pub next_daily: Option<DateTime<Utc>>,
 }
@@ -56,8 +61,10 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                 (None, Some(d)) => (d.kind, d.version.to_string()),
                 (None, None) => unreachable!("the name comes from one of them"),
             };
+            let failing = daily_failing(rec, name);
             let state = match (recorded, declared) {
                 (Some(r), Some(_)) if r.error.is_some() => "error",
+                (Some(_), Some(_)) if failing.is_some() => "daily failing",
                 (Some(_), Some(_)) => "ok",
                 (None, Some(_)) => "not created yet",
                 (Some(_), None) if cfg.is_none() => "unknown (invalid file)",
@@ -69,12 +76,55 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                 kind,
                 version,
                 state: state.to_string(),
-                error: recorded.and_then(|r| r.error.clone()),
+                error: recorded
+                    .and_then(|r| r.error.clone())
+                    .or_else(|| failing.as_ref().map(|f| f.0.clone())),
+                since: failing.map(|f| f.1),
                 last_good_backup: last_good,
                 next_daily: recorded.and(next),
             }
         })
         .collect()
+}
+
+/// Why an instance's daily backups are not ok, and since when: its newest daily backup failed
+/// or was skipped. `None` when the newest one completed (or is under way, or there is none).
+fn daily_failing(rec: &Recorded, instance: &str) -> Option<(String, DateTime<Utc>)> {
+    let mut dailies: Vec<&BackupRecord> = rec
+        .backups
+        .values()
+        .filter(|b| b.instance == instance && b.kind == BackupKind::Daily)
+        .filter(|b| !matches!(b.status, BackupStatus::Expired | BackupStatus::Deleting))
+        .collect();
+    dailies.sort_by_key(|b| (b.date, b.created_at, b.id));
+    let bad = |b: &&BackupRecord| matches!(b.status, BackupStatus::Failed | BackupStatus::Skipped);
+    let last = *dailies.last().filter(|b| bad(b))?;
+    let run: Vec<&BackupRecord> = dailies
+        .iter()
+        .rev()
+        .take_while(|b| bad(b))
+        .copied()
+        .collect();
+    let first = run.last().expect("the last one is in the run");
+    let date = |b: &BackupRecord| b.date.map(|d| d.to_string()).unwrap_or_else(|| "?".into());
+    let error = last
+        .error
+        .as_ref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    let what = match last.status {
+        BackupStatus::Failed if last.attempts == 1 => format!("failed after 1 try{error}"),
+        BackupStatus::Failed => format!("failed after {} tries{error}", last.attempts),
+        _ => format!("was skipped{error}"),
+    };
+    let why = match run.len() {
+        1 => format!("the daily backup of {} {what}", date(last)),
+        n => format!(
+            "{n} daily backups did not complete; the one of {} {what}",
+            date(last)
+        ),
+    };
+    Some((why, first.created_at))
 }
 
 /// One line of the backup list: the record, and what the user may do with it.

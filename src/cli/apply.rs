@@ -8,7 +8,9 @@ use chrono::Utc;
 
 use super::{Exit, load_config};
 use crate::apply::Executor;
+use crate::control::AskError;
 use crate::plan::{self, PlanOptions, render};
+use crate::query::Query;
 
 pub struct Settings {
     pub config: PathBuf,
@@ -22,6 +24,16 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     };
     let cfg = &loaded.config;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // A running daemon holds the store: the plan is made against its state and, once
+    // approved, carried out by it.
+    match crate::control::ask(&cfg.daemon.control_socket, &Query::Recorded) {
+        Err(AskError::NoDaemon(_)) => {}
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return Exit::Failure;
+        }
+        Ok(a) => return through_daemon(s, cfg, &a, interactive, out, err),
+    }
     if !s.auto_approve && !interactive {
         // Nobody to ask: show the plan without touching anything, and refuse.
         let recorded = match crate::state::read(&cfg.daemon.state_dir) {
@@ -96,6 +108,82 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     let done = exec.report.lines.len() - failed;
     let _ = writeln!(out, "\nApply complete: {done} done, {failed} failed.");
     if failed > 0 { Exit::Failure } else { Exit::Ok }
+}
+
+/// `apply` next to a running daemon: the plan against the daemon's state is shown, approved
+/// here (`yes`, or `--auto-approve`), and carried out once by the daemon, which checks that
+/// its own plan has the same actions. `--allow-mass-removal` approves one refused mass removal
+/// without stopping the service.
+fn through_daemon(
+    s: &Settings,
+    cfg: &crate::config::Config,
+    recorded: &crate::query::Answer,
+    interactive: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Exit {
+    let socket = &cfg.daemon.control_socket;
+    if recorded.exit != 0 {
+        let _ = err.write_all(recorded.stderr.as_bytes());
+        return Exit::Failure;
+    }
+    let recorded: crate::records::Recorded = match serde_json::from_str(&recorded.stdout) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(
+                err,
+                "error: the daemon on {} sent a state this version cannot read ({e})",
+                socket.display()
+            );
+            return Exit::Failure;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "The daemon on {} carries out this plan once it is approved.\n",
+        socket.display()
+    );
+    let plan = match show_plan(cfg, &recorded, s.options, out, err) {
+        Ok(p) => p,
+        Err(exit) => return exit,
+    };
+    if !s.auto_approve {
+        if !interactive {
+            let _ = writeln!(
+                err,
+                "\nNothing was applied: not on a terminal, so there is nobody to confirm. Review the plan and run again with --auto-approve."
+            );
+            return Exit::Failure;
+        }
+        let _ = write!(
+            out,
+            "\nDo you want the daemon to perform these actions? Only 'yes' will be accepted: "
+        );
+        let _ = out.flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if answer.trim() != "yes" {
+            let _ = writeln!(out, "Apply cancelled; nothing was changed.");
+            return Exit::Failure;
+        }
+    }
+    let _ = writeln!(out);
+    let _ = out.flush();
+    let q = Query::Apply {
+        allow_mass_removal: s.options.allow_mass_removal,
+        approved: crate::control::approved_actions(&plan),
+    };
+    match crate::control::ask_within(socket, &q, None) {
+        Ok(a) => {
+            let _ = out.write_all(a.stdout.as_bytes());
+            let _ = err.write_all(a.stderr.as_bytes());
+            if a.exit == 0 { Exit::Ok } else { Exit::Failure }
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            Exit::Failure
+        }
+    }
 }
 
 /// Plans and prints the plan; `Err` with the exit status when there is nothing to apply

@@ -9,8 +9,10 @@ use chrono::Utc;
 use super::Exit;
 use crate::control::{AskError, ask};
 use crate::query::{Answer, Context, Query, answer};
+use crate::records::Recorded;
 
-/// `plan`: the named file, planned against the recorded state (through the daemon if one runs).
+/// `plan`: the named file, validated here (as the calling user), planned against the
+/// recorded state (asked of the daemon if one runs).
 pub fn plan(
     config: &Path,
     json: bool,
@@ -23,26 +25,70 @@ pub fn plan(
     let Some(text) = read(config, err) else {
         return Exit::Failure;
     };
+    let name = config.display().to_string();
     // An invalid file is never planned: its diagnostics, and exit 1.
-    if let Err(diags) = crate::config::parse(config, &text) {
-        let _ = write!(
-            err,
-            "{}",
-            crate::diagnostic::render(&config.display().to_string(), &text, &diags)
-        );
-        return Exit::Failure;
-    }
-    let q = Query::Plan {
-        // Relative paths in the file resolve against its folder, wherever the daemon runs.
-        file: std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf()),
-        name: config.display().to_string(),
-        text: text.clone(),
-        json,
-        at,
-        detailed_exitcode,
-        allow_mass_removal,
+    let cfg = match crate::config::parse(config, &text) {
+        Err(diags) => {
+            let _ = write!(err, "{}", crate::diagnostic::render(&name, &text, &diags));
+            return Exit::Failure;
+        }
+        Ok((cfg, warnings)) => {
+            if !warnings.is_empty() {
+                let _ = write!(
+                    err,
+                    "{}",
+                    crate::diagnostic::render(&name, &text, &warnings)
+                );
+            }
+            cfg
+        }
     };
-    ask_or_answer(config, &text, q, out, err)
+    let recorded = match recorded(&cfg.daemon.state_dir, &cfg.daemon.control_socket) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return Exit::Failure;
+        }
+    };
+    let a = crate::query::plan(
+        &cfg,
+        &recorded,
+        at.unwrap_or_else(Utc::now),
+        json,
+        detailed_exitcode,
+        crate::plan::PlanOptions { allow_mass_removal },
+    );
+    print(&a, out, err)
+}
+
+/// The recorded state: asked of the running daemon (it holds the store), else read directly.
+/// A daemon that is starting holds the state before it listens: ask again for a while.
+pub(super) fn recorded(state_dir: &Path, socket: &Path) -> Result<Recorded, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match ask(socket, &Query::Recorded) {
+            Ok(a) if a.exit == 0 => {
+                return serde_json::from_str(&a.stdout).map_err(|e| {
+                    format!(
+                        "the daemon on {} sent a state this version cannot read ({e})",
+                        socket.display()
+                    )
+                });
+            }
+            Ok(a) => return Err(a.stderr.trim().trim_start_matches("error: ").to_string()),
+            Err(AskError::NoDaemon(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match crate::state::read(state_dir) {
+            Ok(r) => return Ok(r),
+            Err(crate::state::StateError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 fn read(config: &Path, err: &mut dyn Write) -> Option<String> {
@@ -96,7 +142,21 @@ fn ask_or_answer(
     };
     let (state_dir, socket) = match &cfg {
         Some(c) => (c.daemon.state_dir.clone(), c.daemon.control_socket.clone()),
-        None => crate::config::paths_hint(config, &text),
+        None => match crate::config::paths_hint(config, &text) {
+            Ok(paths) => paths,
+            Err(d) => {
+                // Guessed paths would show another state (or none) as if it were this one.
+                let _ = write!(err, "{}", config_error.unwrap_or_default());
+                let _ = writeln!(
+                    err,
+                    "error: {} is invalid where it says where the state is ({}), so the recorded state and the running daemon cannot be found; fix the file (`backplan validate -c {}` lists every problem)",
+                    config.display(),
+                    d.message,
+                    config.display()
+                );
+                return Exit::Failure;
+            }
+        },
     };
     // A daemon that is starting holds the state before it listens: ask again for a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

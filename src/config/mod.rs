@@ -14,6 +14,9 @@ pub use model::*;
 
 use crate::diagnostic::{self, Diagnostic, Severity};
 
+/// The largest configuration file read (and the largest request on the control socket).
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
 /// A valid file, and the warnings it raised.
 #[derive(Debug)]
 pub struct Loaded {
@@ -80,14 +83,15 @@ pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<D
 }
 
 /// Where the state and the control socket are, read from a file even when it is invalid (for
-/// commands that only show what is recorded): its `[daemon]` settings if that much can be
-/// read, else the defaults.
-pub fn paths_hint(path: &Path, text: &str) -> (PathBuf, PathBuf) {
+/// commands that only show what is recorded): its `[daemon]` settings, or the defaults where
+/// it has none. `Err` when the `[daemon]` section cannot be read (the file is not TOML, or the
+/// section has a problem): the paths would be guesses, and the answer wrong.
+pub fn paths_hint(path: &Path, text: &str) -> Result<(PathBuf, PathBuf), Diagnostic> {
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let daemon = raw::read(text).config.map(|c| c.daemon).unwrap_or_default();
+    let daemon = raw::read_daemon(text)?;
     let state_dir = daemon
         .state_dir
         .map(|d| base.join(d.into_inner()))
@@ -96,7 +100,7 @@ pub fn paths_hint(path: &Path, text: &str) -> (PathBuf, PathBuf) {
         .control_socket
         .map(|s| base.join(s.into_inner()))
         .unwrap_or_else(|| state_dir.join("backplan.sock"));
-    (state_dir, socket)
+    Ok((state_dir, socket))
 }
 
 /// The JSON Schema of the file, for editors (taplo, Even Better TOML).

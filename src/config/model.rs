@@ -2,7 +2,6 @@
 //! parsed. Only `config::load` builds it, so holding a `Config` means the file was valid.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use chrono::NaiveTime;
@@ -29,8 +28,6 @@ pub struct Config {
 pub struct Daemon {
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
-    pub metrics_listen: Option<SocketAddr>,
-    pub max_parallel: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -58,10 +58,10 @@ pub struct RawDaemon {
     /// Unix socket of the control interface. Default `<state_dir>/backplan.sock`.
     #[schemars(with = "Option<String>")]
     pub control_socket: Option<S<String>>,
-    /// `host:port` of the optional Prometheus endpoint.
+    /// `host:port` of the optional Prometheus endpoint. Not supported by this version (refused).
     #[schemars(with = "Option<String>")]
     pub metrics_listen: Option<S<String>>,
-    /// Backups and restores running at once. Default 1.
+    /// Backups and restores running at once. Default 1; this version supports only 1.
     #[schemars(with = "Option<u32>", range(min = 1, max = 64))]
     pub max_parallel: Option<S<i64>>,
 }
@@ -339,12 +339,7 @@ pub fn read(src: &str) -> Read {
     let t = root.get_ref();
     r.keys(t, "the top level", RawConfig::KEYS);
     let cfg = RawConfig {
-        daemon: r.section(t, "daemon", |r, t| RawDaemon {
-            state_dir: r.string(t, "state_dir"),
-            control_socket: r.string(t, "control_socket"),
-            metrics_listen: r.string(t, "metrics_listen"),
-            max_parallel: r.int(t, "max_parallel"),
-        }),
+        daemon: r.section(t, "daemon", Reader::daemon),
         schedule: r.section(t, "schedule", |r, t| RawSchedule {
             daily_at: r.string(t, "daily_at"),
             timezone: r.string(t, "timezone"),
@@ -378,12 +373,42 @@ pub fn read(src: &str) -> Read {
     }
 }
 
+/// The `[daemon]` section alone, for commands that show what is recorded even when the rest
+/// of the file is invalid. `Err` with the first problem when the section cannot be trusted:
+/// the file is not TOML, or the section itself has a problem (a misspelled `state_dir` would
+/// send them to the wrong state).
+pub fn read_daemon(src: &str) -> Result<RawDaemon, Diagnostic> {
+    let (root, errors) = DeTable::parse_recoverable(src);
+    if !errors.is_empty() {
+        // Not TOML: the reader's syntax diagnostic.
+        return Err(read(src).diagnostics.swap_remove(0));
+    }
+    let mut r = Reader {
+        diags: Vec::new(),
+        skipped: BTreeSet::new(),
+    };
+    let daemon = r.section(root.get_ref(), "daemon", Reader::daemon);
+    match r.diags.into_iter().next() {
+        Some(d) => Err(d),
+        None => Ok(daemon),
+    }
+}
+
 struct Reader {
     diags: Vec<Diagnostic>,
     skipped: BTreeSet<String>,
 }
 
 impl Reader {
+    fn daemon(&mut self, t: &DeTable<'_>) -> RawDaemon {
+        RawDaemon {
+            state_dir: self.string(t, "state_dir"),
+            control_socket: self.string(t, "control_socket"),
+            metrics_listen: self.string(t, "metrics_listen"),
+            max_parallel: self.int(t, "max_parallel"),
+        }
+    }
+
     /// Reports the keys of `t` that are not in `known`.
     fn keys(&mut self, t: &DeTable<'_>, what: &str, known: &[&str]) {
         self.keys_with_secrets(t, what, known, None)

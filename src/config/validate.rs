@@ -33,9 +33,6 @@ fn example_for(rule: &str) -> &'static str {
         "bad-percentage" => {
             "write a share of the repository from above 0 to 100, like `verify = \"5%\"`"
         }
-        "bad-address" => {
-            "write an IP address and a port, like `metrics_listen = \"127.0.0.1:9464\"`"
-        }
         "bad-backup-ref" => {
             "write `<instance>/<backup-key>`, `<instance>@latest`, `<instance>@daily:2026-11-26`, `<instance>@pre-update:9.1` or a backup UUID"
         }
@@ -174,16 +171,29 @@ impl Validator<'_> {
             .as_ref()
             .map(|p| self.path(p.get_ref()))
             .unwrap_or_else(|| state_dir.join("backplan.sock"));
-        let metrics_listen = self.parse("bad-address", &d.metrics_listen, |s| {
-            s.parse()
-                .map_err(|_| format!("`{s}` is not an address; write `host:port` with an IP address, like `127.0.0.1:9464`"))
-        });
+        // Settings whose feature this version lacks are refused, never accepted and ignored.
+        if let Some(m) = &d.metrics_listen {
+            self.err(
+                "not-supported",
+                m.span(),
+                "`metrics_listen` is not supported by this version: it has no metrics endpoint yet",
+                "remove `metrics_listen`; `backplan status --json` gives the state of every instance meanwhile",
+            );
+        }
         let max_parallel = self.int_in(&d.max_parallel, "max_parallel", 1..=64, 1);
+        if let (Some(n), 2..) = (&d.max_parallel, max_parallel) {
+            self.err(
+                "not-supported",
+                n.span(),
+                format!(
+                    "`max_parallel = {max_parallel}` is not supported by this version: it runs one operation at a time"
+                ),
+                "remove `max_parallel` (or set it to 1)",
+            );
+        }
         Daemon {
             state_dir,
             control_socket,
-            metrics_listen,
-            max_parallel,
         }
     }
 

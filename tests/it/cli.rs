@@ -192,3 +192,105 @@ fn plan_reads_recorded_state_from_the_state_dir() {
         .collect();
     assert_eq!(ops, ["backup.contoso/before-import"]);
 }
+
+#[test]
+fn status_shows_a_failing_or_skipped_daily_as_not_ok() {
+    let dir = fixtures().join("status/daily-failing");
+    let file = dir.join("backplan.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let (cfg, _) = backplan::config::parse(&file, &text).unwrap();
+    let rec: backplan::records::Recorded =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let journal = || Ok(Vec::new());
+    let ask = |json| {
+        backplan::query::answer(
+            &backplan::query::Query::Status { json },
+            &backplan::query::Context {
+                config: Some(&cfg),
+                config_error: None,
+                recorded: &rec,
+                journal: &journal,
+                now: "2026-11-28T12:00:00Z".parse().unwrap(),
+            },
+        )
+    };
+    let text = ask(false);
+    assert_eq!(text.exit, 0);
+    insta::assert_snapshot!(text.stdout);
+    let json: serde_json::Value = serde_json::from_str(&ask(true).stdout).unwrap();
+    let states: Vec<(&str, &str, &str)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["state"].as_str().unwrap(),
+                s["since"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("contoso", "daily failing", "2026-11-26T02:00:00Z"),
+            ("contoso-sandbox", "ok", "-"),
+            ("fabrikam", "daily failing", "2026-11-27T02:00:00Z"),
+        ]
+    );
+}
+
+#[test]
+fn queries_with_an_unreadable_daemon_section_fail_instead_of_showing_another_state() {
+    let tmp = quickstart();
+    let dir = tmp.path();
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let (cfg, _) = backplan::config::parse(&dir.join("backplan.toml"), &text).unwrap();
+    let rec: backplan::records::Recorded = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("status/daily-failing/state.json")).unwrap(),
+    )
+    .unwrap();
+    seed_state(&cfg.daemon.state_dir, &rec);
+
+    // Invalid elsewhere: the `[daemon]` section still says where the state is.
+    std::fs::write(
+        dir.join("backplan.toml"),
+        format!("{text}\n[instances.contoso.backups.b2]\nlable = \"typo\"\n"),
+    )
+    .unwrap();
+    let run = backplan(dir, &["backups", "-c", "backplan.toml", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(run.stderr.contains("unknown key `lable`"), "{}", run.stderr);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&run.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        7
+    );
+
+    // Not TOML, or a misspelled `state_dir`: where the state is cannot be known, and the
+    // answer would be about another state (or none): exit 1, and say so.
+    for broken in [
+        format!("{text}\n[instances.contoso\n"),
+        text.replace("state_dir = \"state\"", "stat_dir = \"state\""),
+    ] {
+        std::fs::write(dir.join("backplan.toml"), &broken).unwrap();
+        for cmd in ["backups", "status"] {
+            let run = backplan(dir, &[cmd, "-c", "backplan.toml"]);
+            assert_eq!(run.code, 1, "{}", run.transcript());
+            assert!(
+                !run.stdout.contains("No backups recorded"),
+                "{}",
+                run.stdout
+            );
+            assert!(
+                run.stderr.contains("cannot be found")
+                    && run.stderr.contains("backplan validate -c backplan.toml"),
+                "{}",
+                run.stderr
+            );
+        }
+    }
+}

@@ -350,3 +350,226 @@ fn the_daily_slot_and_expiry_follow_a_moved_clock() {
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 }
+
+/// The descriptors the process `pid` holds.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn the_control_socket_bounds_requests_connections_and_idle_clients() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let d = Daemon::start(dir, &[], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    let pid = d.child.as_ref().unwrap().id();
+    let sock = dir.join("state/backplan.sock");
+
+    // A request streamed without a newline is cut at the size limit of a file: an error
+    // reply, the connection closed, and the daemon's memory does not follow the client.
+    let limit = backplan::config::MAX_CONFIG_BYTES;
+    let s = UnixStream::connect(&sock).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..64 {
+            if w.write_all(&chunk).is_err() {
+                return; // closed by the daemon
+            }
+        }
+    });
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"error\"") && line.contains(&format!("longer than {limit} bytes")),
+        "{line}"
+    );
+    writer.join().unwrap();
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kb < 400 << 10, "peak memory {rss_kb} kB");
+
+    // A flood of idle connections holds at most the connection limit of descriptors.
+    let before = open_fds(pid);
+    let idle: Vec<UnixStream> = (0..200)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_fds(pid);
+    assert!(
+        during <= before + 64,
+        "{before} descriptors before, {during} with 200 idle clients"
+    );
+    drop(idle);
+    let run = backplan(dir, &["status", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+
+    // An idle client is closed after a while.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut s, &mut buf).unwrap(), 0);
+    assert!(start.elapsed() < Duration::from_secs(15));
+
+    // The daemon reads no file for a client: a plan is computed by the CLI, which validates
+    // the file as the calling user; a request naming a file is refused.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"{\"command\":\"plan\",\"file\":\"/etc/backplan.toml\",\"name\":\"x\",\"text\":\"[storage.local]\\npassword_file = \\\"/etc/shadow\\\"\\n\",\"json\":false,\"at\":null,\"detailed_exitcode\":false,\"allow_mass_removal\":false}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    assert!(line.contains("\"error\""), "{line}");
+    let run = backplan(dir, &["plan", "-c", "backplan.toml", "--detailed-exitcode"]);
+    assert_eq!(run.code, 0, "applied already: {}", run.transcript());
+    assert!(run.stdout.contains("No changes"), "{}", run.stdout);
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_refused_mass_removal_is_approved_through_the_running_daemon() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let quickstart = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    append_config(
+        dir,
+        "[instances.s2]\ntype = \"sandbox\"\nversion = \"9.0\"\nsource = { kind = \"directory\", path = \"data/s2\" }",
+    );
+    let d = Daemon::start(dir, &[], &[]);
+    let instances = || {
+        let run = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&run.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s["name"].as_str().unwrap(),
+                    s["state"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    d.wait_for("three instances", || {
+        has(dir, "before-import", "completed")
+            && instances().iter().filter(|s| s.ends_with(" ok")).count() == 3
+    });
+
+    // Two of the three instances removed from the file: the daemon refuses to forget them.
+    let without = quickstart.replace(
+        "[instances.contoso-sandbox]\ntype = \"sandbox\"\nversion = \"9.0\"\nsource = { kind = \"directory\", path = \"data/contoso-sandbox\" }\n",
+        "",
+    );
+    assert_ne!(without, quickstart);
+    std::fs::write(dir.join("backplan.toml"), &without).unwrap();
+    d.wait_for("the refusal", || d.log().contains("mass-removal"));
+
+    // `apply` without the flag shows the refusal and changes nothing.
+    let run = backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stdout.contains("2 of 3 instances would be forgotten"),
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(instances().len(), 3);
+
+    // The daemon carries out only the plan that was approved: other actions are refused.
+    let mut s = UnixStream::connect(dir.join("state/backplan.sock")).unwrap();
+    s.write_all(b"{\"command\":\"apply\",\"allow_mass_removal\":true,\"approved\":\"forget instance.s2\\n\"}\n")
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    assert!(line.contains("not the one shown"), "{line}");
+    assert_eq!(instances().len(), 3);
+
+    // Approved with the flag, without stopping the service: the daemon carries it out once.
+    let run = backplan(
+        dir,
+        &[
+            "apply",
+            "-c",
+            "backplan.toml",
+            "--auto-approve",
+            "--allow-mass-removal",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        run.stdout.contains("instance.s2: forgotten"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("Apply complete (by the daemon): 2 done, 0 failed."),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(instances(), ["contoso ok"]);
+    let run = backplan(dir, &["plan", "-c", "backplan.toml", "--detailed-exitcode"]);
+    assert_eq!(run.code, 0, "nothing left to do: {}", run.transcript());
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+/// CPU time (user + system, in clock ticks) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_descriptors_the_control_socket_backs_off_instead_of_spinning() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let d = Daemon::start(dir, &[], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    let pid = d.child.as_ref().unwrap().id();
+    let sock = dir.join("state/backplan.sock");
+    // A few descriptors left: accepting fails with EMFILE while clients wait.
+    let set_limit = |n: u64| {
+        let lim = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: 4096,
+        };
+        let r = unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &lim,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    set_limit(open_fds(pid) as u64 + 5);
+    let waiting: Vec<UnixStream> = (0..40)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 50,
+        "{used} ticks of CPU in 2 s while out of descriptors"
+    );
+    drop(waiting);
+    set_limit(1024);
+    let run = backplan(dir, &["status", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
