@@ -154,12 +154,14 @@ impl RestoreTarget {
         } else {
             parent
         };
+        let at = |e: std::io::Error| refuse(format!("{}: {e}", parent_path.display()));
         let parent = open_at(
             None,
             &cstr(parent_path.as_os_str())?,
             libc::O_PATH | libc::O_DIRECTORY,
-        )?;
-        let parent_entry = stat_at(&parent, &CString::default())?;
+        )
+        .map_err(at)?;
+        let parent_entry = stat_at(&parent, &CString::default()).map_err(at)?;
         let name = cstr(name)?;
         let mut t = RestoreTarget {
             path: target.to_path_buf(),
@@ -176,8 +178,9 @@ impl RestoreTarget {
     /// Checks the target again (as it is now, through the opened parent) and returns it.
     fn check(&self) -> std::io::Result<Entry> {
         let refuse = |why: String| Err(std::io::Error::other(why));
-        let e = stat_at(&self.parent, &self.name)?;
         let shown = self.path.display();
+        let e = stat_at(&self.parent, &self.name)
+            .map_err(|e| std::io::Error::other(format!("{shown}: {e}")))?;
         if e.is_symlink() {
             return refuse(format!(
                 "{shown} is a symbolic link; a restore replaces a real folder only, never what a link points to"

@@ -912,7 +912,7 @@ impl<'a> Executor<'a> {
         // The target, held through its opened parent from here on; checked before anything is
         // written: a real folder, swappable, and reaching no other store.
         let target = match directory::RestoreTarget::open(&target)
-            .map_err(|e| format!("{}: {e}", target.display()))
+            .map_err(|e| e.to_string())
             .and_then(|t| self.reaches_nothing_protected(&t, to).map(|()| t))
         {
             Ok(t) => t,
