@@ -193,6 +193,18 @@ pub struct JournalEntry {
     pub detail: String,
 }
 
+/// The repository a storage writes to, recorded the first time it was used: a repository at
+/// the storage's path (a changed path, a remounted disk) is accepted only if it is this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageRecord {
+    pub name: String,
+    /// The id in the repository's `config` file.
+    pub repository_id: String,
+    /// Where it was when recorded (shown in errors).
+    pub path: std::path::PathBuf,
+    pub recorded_at: DateTime<Utc>,
+}
+
 /// Everything recorded, in memory: the planner's view of the state store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recorded {

@@ -1,7 +1,9 @@
 //! The state store. **This is the only module that touches sled.**
 //!
 //! Trees: `instances` (name → record), `backups` (UUID → record), `restores` (key → record),
-//! `journal` (sequence number, big-endian → entry) and `meta` (`schema_version`). Each value
+//! `journal` (sequence number, big-endian → entry), `storages` (name → the repository id it
+//! uses; a tree added without a schema change, empty in older stores) and `meta`
+//! (`schema_version`). Each value
 //! is one format byte followed by the record as JSON, so a record can change shape later
 //! without guessing. **Every write is flushed to disk before the call returns**, so a state
 //! transition that was reported is durable.
@@ -55,6 +57,7 @@ pub struct Store {
     backups: sled::Tree,
     restores: sled::Tree,
     journal: sled::Tree,
+    storages: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -86,6 +89,7 @@ impl Store {
             backups: db.open_tree("backups")?,
             restores: db.open_tree("restores")?,
             journal: db.open_tree("journal")?,
+            storages: db.open_tree("storages")?,
             meta: db.open_tree("meta")?,
             db,
         };
@@ -159,6 +163,30 @@ impl Store {
             .get(id.as_bytes())?
             .map(|v| decode("backups", id.as_bytes(), &v))
             .transpose()
+    }
+
+    pub fn get_storage(&self, name: &str) -> Result<Option<StorageRecord>, StateError> {
+        self.storages
+            .get(name.as_bytes())?
+            .map(|v| decode("storages", name.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn put_storage(&self, r: &StorageRecord) -> Result<(), StateError> {
+        self.storages.insert(r.name.as_bytes(), encode(r))?;
+        self.flush()
+    }
+
+    /// Whether any backup recorded on `storage` has (or had) a snapshot in its repository.
+    pub fn storage_has_backups(&self, storage: &str) -> Result<bool, StateError> {
+        for item in self.backups.iter() {
+            let (k, v) = item?;
+            let b: BackupRecord = decode("backups", &k, &v)?;
+            if b.storage == storage && b.snapshot_id.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub fn remove_restore(&self, key: &str) -> Result<(), StateError> {

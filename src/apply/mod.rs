@@ -155,19 +155,72 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// The repository of a storage, ready for a backup. A repository is created only on the
+    /// storage's first use: once one was recorded (or backups were taken to it), a missing one
+    /// is an error naming the path (an unmounted disk, a wrong path), and one found there must
+    /// be the recorded repository, opened by the key.
+    fn usable_repo(&self, storage: &str) -> Result<Repo, String> {
+        let (repo, create_key) = self.repo(storage)?;
+        let recorded = self.store.get_storage(storage).map_err(|e| e.to_string())?;
+        let found = self
+            .engine
+            .repository_id(&repo)
+            .map_err(|e| e.to_string())?;
+        let id = match (found, &recorded) {
+            (Some(found), Some(r)) if found == r.repository_id => return Ok(repo),
+            (Some(found), Some(r)) => {
+                return Err(format!(
+                    "the repository at {} (id {found}) is not the one storage `{storage}` has used (id {}, at {}); refusing to write to it. Point `path` back to the recorded repository, or mount the disk that holds it",
+                    repo.path.display(),
+                    r.repository_id,
+                    r.path.display()
+                ));
+            }
+            (Some(found), None) => found,
+            (None, Some(r)) => {
+                return Err(missing_repository(storage, &repo, &r.path));
+            }
+            (None, None) => {
+                if self
+                    .store
+                    .storage_has_backups(storage)
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(missing_repository(storage, &repo, &repo.path));
+                }
+                self.engine
+                    .ensure(&repo, create_key)
+                    .map_err(|e| e.to_string())?;
+                self.engine
+                    .repository_id(&repo)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!("no repository at {} after creating it", repo.path.display())
+                    })?
+            }
+        };
+        self.store
+            .put_storage(&StorageRecord {
+                name: storage.to_string(),
+                repository_id: id,
+                path: repo.path.clone(),
+                recorded_at: self.now(),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(repo)
+    }
+
+    /// Where an instance's data lives: what was recorded when it was created wins over the
+    /// file (a changed `source` is refused by the planner, and must not be read under the old
+    /// name); the file only for an instance not recorded yet.
     fn directory_of(&self, instance: &str) -> Option<PathBuf> {
         let source = self
-            .cfg
-            .instances
-            .get(instance)
-            .map(|i| i.source.clone())
-            .or_else(|| {
-                self.store
-                    .get_instance(instance)
-                    .ok()
-                    .flatten()
-                    .map(|r| r.source)
-            })?;
+            .store
+            .get_instance(instance)
+            .ok()
+            .flatten()
+            .map(|r| r.source)
+            .or_else(|| self.cfg.instances.get(instance).map(|i| i.source.clone()))?;
         match source {
             Source::Directory { path } => Some(path),
             _ => None,
@@ -819,10 +872,8 @@ impl<'a> Executor<'a> {
             let path = self
                 .directory_of(&b.instance)
                 .ok_or_else(|| not_supported(format!("backing up {} instances", b.source_kind)))?;
-            let (repo, create_key) = self.repo(&b.storage)?;
-            self.engine
-                .ensure(&repo, create_key)
-                .map_err(|e| e.to_string())?;
+            directory::check_source(&path, &b.instance)?;
+            let repo = self.usable_repo(&b.storage)?;
             let tags = SnapshotTags {
                 instance: b.instance.clone(),
                 backup: b.id,
@@ -929,12 +980,22 @@ impl<'a> Executor<'a> {
         )?;
         let result = self.restore_steps(address, key, backup, to, safety);
         match result? {
-            Ok(()) => {
+            Ok(None) => {
                 record.status = RestoreStatus::Completed;
                 record.completed_at = Some(self.now());
                 self.store.put_restore(&record)?;
                 self.journal("restore", address, Phase::Finished, "")?;
                 self.report.done(address, format!("{to} now holds {from}"));
+            }
+            Ok(Some(warning)) => {
+                // Swapped: the record says what the target holds, and what went wrong after.
+                record.status = RestoreStatus::Completed;
+                record.completed_at = Some(self.now());
+                record.error = Some(warning.clone());
+                self.store.put_restore(&record)?;
+                self.journal("restore", address, Phase::Finished, &warning)?;
+                self.report
+                    .failed(address, format!("{to} now holds {from}, but {warning}"));
             }
             Err(e) => {
                 record.status = RestoreStatus::Failed;
@@ -958,7 +1019,7 @@ impl<'a> Executor<'a> {
         backup: Uuid,
         to: &str,
         safety: Uuid,
-    ) -> Result<Result<(), String>, ApplyError> {
+    ) -> Result<Result<Option<String>, String>, ApplyError> {
         // Only a sandbox, checked again at the last moment.
         let target = self.store.get_instance(to)?;
         match &target {
@@ -990,6 +1051,22 @@ impl<'a> Executor<'a> {
             }
             None => return Ok(Err(format!("backup {backup} is not recorded"))),
         };
+        // An empty id would be read as a prefix of every snapshot.
+        let Some(snapshot) = b.snapshot_id.clone().filter(|s| !s.trim().is_empty()) else {
+            return Ok(Err(format!(
+                "backup {} is recorded as completed but without a snapshot id; nothing was restored",
+                backup_address(&b)
+            )));
+        };
+        // The target, held through its opened parent from here on; checked before anything is
+        // written: a real folder, swappable, and reaching no other store.
+        let target = match directory::RestoreTarget::open(&target)
+            .map_err(|e| e.to_string())
+            .and_then(|t| self.reaches_nothing_protected(&t, to).map(|()| t))
+        {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
         // 1. A safety backup of the target as it is now.
         if let Err(e) = self.system_backup(
             safety,
@@ -1003,43 +1080,110 @@ impl<'a> Executor<'a> {
             )));
         }
         // 2. Restore beside the target.
-        let staging = directory::staging_path(&target, key);
-        if staging.exists() {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        let (repo, _) = match self.repo(&b.storage) {
+        let repo = match self.usable_repo(&b.storage) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let snapshot = b.snapshot_id.clone().unwrap_or_default();
+        let staging = match target.make_staging(key) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(format!("preparing the staging folder: {e}"))),
+        };
         if let Err(e) = self
             .engine
             .restore_dir(&repo, &snapshot, &staging, self.progress.clone())
         {
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = target.remove_staging(key);
             return Ok(Err(e.to_string()));
         }
-        if let Err(e) = directory::copy_root_metadata(&target, &staging) {
-            let _ = std::fs::remove_dir_all(&staging);
+        if let Err(e) = target.copy_root_metadata(key) {
+            let _ = target.remove_staging(key);
             return Ok(Err(format!("preparing the restored tree: {e}")));
         }
-        // 3. Swap, durably, then remove the old tree (now at the staging path).
+        // 3. Checked again, swapped, then the old tree (now at the staging path) removed.
+        if let Err(e) = self.reaches_nothing_protected(&target, to) {
+            let _ = target.remove_staging(key);
+            return Ok(Err(e));
+        }
         self.journal("swap", address, Phase::Started, "")?;
-        let parent = target.parent().map(PathBuf::from).unwrap_or_default();
-        if let Err(e) =
-            directory::exchange(&staging, &target).and_then(|()| directory::sync_dir(&parent))
-        {
-            let _ = std::fs::remove_dir_all(&staging);
+        if let Err(e) = target.exchange(key) {
+            let _ = target.remove_staging(key);
             return Ok(Err(format!("swapping the restored tree into place: {e}")));
         }
+        // From here the target holds the restored tree, whatever fails next.
         self.journal("swap", address, Phase::Finished, "")?;
-        if let Err(e) = std::fs::remove_dir_all(&staging) {
+        if let Err(e) = target.sync_parent() {
+            return Ok(Ok(Some(format!(
+                "the restored tree is in place, but syncing {} failed ({e}); the old tree was kept at {}",
+                target.path().display(),
+                staging.display()
+            ))));
+        }
+        if let Err(e) = target.remove_staging(key) {
             tracing::warn!(
                 "the old tree at {} could not be removed: {e}",
                 staging.display()
             );
         }
-        Ok(Ok(()))
+        Ok(Ok(None))
+    }
+
+    /// Refuses a restore target that is, holds or is inside another instance's data,
+    /// backplan's state folder, a repository or a key file, compared by device and inode
+    /// (so symbolic links, `..` and bind mounts give no way around it).
+    fn reaches_nothing_protected(
+        &self,
+        target: &directory::RestoreTarget,
+        to: &str,
+    ) -> Result<(), String> {
+        let shown = target.path().display();
+        let chain = target
+            .identity_chain()
+            .map_err(|e| format!("cannot check where {shown} is: {e}"))?;
+        for (what, path) in self.protected_paths(to)? {
+            let other = directory::identity_chain(&path)
+                .map_err(|e| format!("cannot check where {} is: {e}", path.display()))?;
+            if directory::overlaps(&chain, &other) {
+                return Err(format!(
+                    "{shown} is, holds or is inside {what} ({}); a restore there would replace it, so nothing was restored. Give the sandbox a folder of its own",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a restore into `to` must never reach.
+    fn protected_paths(&self, to: &str) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut out = vec![(
+            "backplan's state folder".to_string(),
+            self.cfg.daemon.state_dir.clone(),
+        )];
+        let recorded = self.store.load().map_err(|e| e.to_string())?;
+        let sources = self
+            .cfg
+            .instances
+            .values()
+            .map(|i| (&i.name, &i.source))
+            .chain(recorded.instances.values().map(|r| (&r.name, &r.source)));
+        for (name, source) in sources {
+            if name == to {
+                continue;
+            }
+            if let Source::Directory { path } | Source::Sqlite { path } = source {
+                out.push((format!("the data of instance `{name}`"), path.clone()));
+            }
+        }
+        for (name, s) in &self.cfg.storages {
+            if let StorageLocation::Local { path } = &s.location {
+                out.push((format!("the repository of storage `{name}`"), path.clone()));
+            }
+            let key = s
+                .password_file
+                .clone()
+                .unwrap_or_else(|| generated_key_path(self.cfg, name));
+            out.push((format!("the key file of storage `{name}`"), key));
+        }
+        Ok(out)
     }
 }
 
@@ -1057,6 +1201,18 @@ fn crash_point(op: &str, phase: Phase) {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
     }
+}
+
+fn missing_repository(storage: &str, repo: &Repo, recorded: &std::path::Path) -> String {
+    let moved = if recorded != repo.path {
+        format!(" (it was at {})", recorded.display())
+    } else {
+        String::new()
+    };
+    format!(
+        "there is no repository at {}, but storage `{storage}` has used one before{moved}: its backups are recorded; backplan does not create a new empty repository in its place. Mount the disk that holds it, or set `path` to where it is",
+        repo.path.display()
+    )
 }
 
 /// Where backplan keeps the key it generated for a storage without `password_file`.

@@ -69,6 +69,7 @@ pub fn validate(
     let schedule = v.schedule(&raw.schedule);
     let storages = v.storages(raw, &daemon, &schedule);
     let instances = v.instances(raw, &schedule, &storages);
+    v.overlapping_sources(raw, &instances, &daemon, &storages);
     let restores = v.restores(raw, &instances);
     let ok = !v
         .diags
@@ -125,8 +126,10 @@ impl Validator<'_> {
         }
     }
 
+    /// A path from the file, relative to the file's folder, with `.` and `..` taken away
+    /// (by name: every use of the path then means the same folder, whatever links lie on it).
     fn path(&self, p: &str) -> PathBuf {
-        self.base.join(p)
+        lexical(&self.base.join(p))
     }
 
     fn int_in(
@@ -619,7 +622,6 @@ impl Validator<'_> {
                 );
             }
         }
-        self.overlapping_sources(raw, &out);
         out
     }
 
@@ -718,25 +720,60 @@ impl Validator<'_> {
     }
 
     /// Two instances on the same store, or a folder inside another's: a restore into one
-    /// would write into the other, so this is refused.
-    fn overlapping_sources(&mut self, raw: &RawConfig, instances: &BTreeMap<String, Instance>) {
+    /// would write into the other, so this is refused. Likewise an instance on backplan's own
+    /// state folder, a repository or a key file. Paths are compared as the system resolves
+    /// them where they exist (symbolic links followed), so no spelling of a path hides it.
+    fn overlapping_sources(
+        &mut self,
+        raw: &RawConfig,
+        instances: &BTreeMap<String, Instance>,
+        daemon: &Daemon,
+        storages: &BTreeMap<String, Storage>,
+    ) {
+        enum Owner<'c> {
+            Instance(&'c Instance),
+            Own(String, &'c std::path::Path),
+        }
         // Sorted and swept, not compared in pairs (10,000 instances would be 50M pairs). In component order every path that
         // has `p` as a prefix comes right after `p`, so a stack of the open ancestors finds
         // every nested pair in O(n log n + pairs).
-        let mut paths: Vec<(&std::path::Path, &Instance)> = Vec::new();
+        let mut paths: Vec<(PathBuf, Owner)> = Vec::new();
         let mut urls: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
         for i in instances.values() {
             match &i.source {
                 Source::Directory { path } | Source::Sqlite { path } => {
-                    paths.push((path.as_path(), i))
+                    paths.push((resolved(path), Owner::Instance(i)))
                 }
                 Source::Postgres { url, .. } => urls.entry(url.as_str()).or_default().push(i),
             }
         }
-        paths.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        let mut own = vec![(
+            "backplan's state folder (`state_dir`)".to_string(),
+            &daemon.state_dir,
+        )];
+        for (name, s) in storages {
+            if let StorageLocation::Local { path } = &s.location {
+                own.push((format!("the repository of storage `{name}`"), path));
+            }
+            if let Some(key) = &s.password_file {
+                own.push((format!("the key file of storage `{name}`"), key));
+            }
+        }
+        for (what, path) in own {
+            paths.push((resolved(path), Owner::Own(what, path)));
+        }
+        let name_of = |o: &Owner| match o {
+            Owner::Instance(i) => i.name.clone(),
+            Owner::Own(w, _) => w.clone(),
+        };
+        paths.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| name_of(&a.1).cmp(&name_of(&b.1)))
+        });
         let mut pairs: Vec<(&Instance, &Instance)> = Vec::new();
-        let mut stack: Vec<(&std::path::Path, &Instance)> = Vec::new();
-        for (p, i) in paths {
+        let mut own_hits: Vec<(&Instance, &str, &std::path::Path)> = Vec::new();
+        let mut stack: Vec<(&std::path::Path, &Owner)> = Vec::new();
+        for (p, o) in &paths {
             while let Some((top, _)) = stack.last() {
                 if p.starts_with(top) {
                     break;
@@ -744,9 +781,16 @@ impl Validator<'_> {
                 stack.pop();
             }
             for (_, a) in &stack {
-                pairs.push(if a.name < i.name { (*a, i) } else { (i, *a) });
+                match (a, o) {
+                    (Owner::Instance(a), Owner::Instance(i)) => {
+                        pairs.push(if a.name < i.name { (*a, *i) } else { (*i, *a) })
+                    }
+                    (Owner::Instance(i), Owner::Own(w, p))
+                    | (Owner::Own(w, p), Owner::Instance(i)) => own_hits.push((*i, w.as_str(), *p)),
+                    (Owner::Own(..), Owner::Own(..)) => {}
+                }
             }
-            stack.push((p, i));
+            stack.push((p.as_path(), o));
         }
         for list in urls.values() {
             for (k, a) in list.iter().enumerate() {
@@ -755,11 +799,9 @@ impl Validator<'_> {
                 }
             }
         }
-        pairs.sort_by(|x, y| (&x.0.name, &x.1.name).cmp(&(&y.0.name, &y.1.name)));
-        for (a, b) in pairs {
-            let span = raw
-                .instances
-                .get(b.name.as_str())
+        let span_of = |name: &str| {
+            raw.instances
+                .get(name)
                 .map(|r| {
                     let src = &r.source;
                     src.path
@@ -767,7 +809,11 @@ impl Validator<'_> {
                         .or(src.url.as_ref())
                         .map_or(src.kind.span(), |p| p.span())
                 })
-                .unwrap_or(0..0);
+                .unwrap_or(0..0)
+        };
+        pairs.sort_by(|x, y| (&x.0.name, &x.1.name).cmp(&(&y.0.name, &y.1.name)));
+        for (a, b) in pairs {
+            let span = span_of(b.name.as_str());
             self.err(
                 "shared-source",
                 span,
@@ -779,6 +825,21 @@ impl Validator<'_> {
                     b.source.describe()
                 ),
                 "give each instance its own store; a restore into one would otherwise overwrite the other",
+            );
+        }
+        own_hits.sort_by(|x, y| (&x.0.name, x.1).cmp(&(&y.0.name, y.1)));
+        for (i, what, path) in own_hits {
+            let span = span_of(i.name.as_str());
+            self.err(
+                "shared-source",
+                span,
+                format!(
+                    "instance `{}` ({}) overlaps {what} ({}): one is, holds or is inside the other",
+                    i.name,
+                    i.source.describe(),
+                    path.display()
+                ),
+                "give the instance a folder apart from backplan's own files; a restore into it would otherwise replace them",
             );
         }
     }
@@ -900,6 +961,44 @@ impl Validator<'_> {
                 ),
                 "restore into a sandbox of the same kind",
             );
+        }
+    }
+}
+
+/// `p` with `.` and `..` components removed by name (`a/b/../c` is `a/c`).
+pub fn lexical(p: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `p` as the system resolves it: its deepest existing ancestor with symbolic links
+/// followed, then the rest by name. Creates nothing.
+fn resolved(p: &std::path::Path) -> PathBuf {
+    let p = lexical(p);
+    let mut rest = Vec::new();
+    let mut existing = p.as_path();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return lexical(&rest.iter().rev().fold(real, |acc: PathBuf, c| acc.join(c)));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return p,
         }
     }
 }

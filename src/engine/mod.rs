@@ -10,6 +10,8 @@
 //!   `sled` already admits a single backplan process per state directory);
 //! - panics inside the library (restore `unwrap`s I/O errors in worker threads) become
 //!   [`EngineError::Panicked`], never a dead process;
+//! - a snapshot id is read as a prefix (an empty one matches a snapshot): restores take full
+//!   ids only;
 //! - the local backend does not sync directories after renaming files into place: the
 //!   repository's directories are synced before an operation is reported complete.
 
@@ -146,6 +148,10 @@ pub trait Engine: Send + Sync {
     /// Creates the repository if it does not exist yet (and the key file, when `create_key`
     /// is set and the file is missing). Idempotent.
     fn ensure(&self, repo: &Repo, create_key: bool) -> Result<(), EngineError>;
+    /// The id of the repository at `repo.path` (the `id` in its `config` file), read with its
+    /// key: `None` when there is no repository there, an error when the key does not open it.
+    /// Creates nothing.
+    fn repository_id(&self, repo: &Repo) -> Result<Option<String>, EngineError>;
     /// Backs up the tree under `source` (its contents, relative to it).
     fn backup_dir(
         &self,
@@ -175,7 +181,8 @@ pub trait Engine: Send + Sync {
     /// Snapshots tagged with backplan backup `id` (normally one).
     fn find(&self, repo: &Repo, backup: Uuid) -> Result<Vec<SnapshotInfo>, EngineError>;
     fn list(&self, repo: &Repo) -> Result<Vec<SnapshotInfo>, EngineError>;
-    /// Restores a snapshot's tree into `dest`, which must be absent or empty.
+    /// Restores a snapshot's tree into `dest`, which must be absent or empty. `snapshot` is a
+    /// full id (64 hex digits), never a prefix.
     fn restore_dir(
         &self,
         repo: &Repo,

@@ -174,6 +174,30 @@ impl Engine for RusticEngine {
         })
     }
 
+    fn repository_id(&self, repo: &Repo) -> Result<Option<String>, EngineError> {
+        self.guarded(repo, "repository check", || {
+            // A missing folder is no repository; the backend must not create it.
+            if !repo.path.exists() {
+                return Ok(None);
+            }
+            let unopened = handle(repo, Arc::new(NoProgress))?;
+            if unopened.config_id().map_err(err(repo))?.is_none() {
+                return Ok(None);
+            }
+            if !repo.password_file.exists() {
+                return Err(EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message: format!(
+                        "the repository exists but its key file {} is missing; put back the saved copy of the key (without it the backups cannot be read)",
+                        repo.password_file.display()
+                    ),
+                });
+            }
+            let open = self.open(repo, Arc::new(NoProgress))?;
+            Ok(Some(open.config().id.to_hex().to_string()))
+        })
+    }
+
     fn backup_dir(
         &self,
         repo: &Repo,
@@ -315,6 +339,13 @@ impl Engine for RusticEngine {
                 .ok_or_else(|| EngineError::DestinationNotEmpty {
                     path: dest.to_path_buf(),
                 })?;
+            // A full id only: the library reads a shorter one (even an empty one) as a prefix.
+            if snapshot.len() != 64 || !snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(EngineError::NoSnapshot {
+                    repo: repo.path.clone(),
+                    id: snapshot.to_string(),
+                });
+            }
             let open = self.open(repo, progress)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = indexed

@@ -77,6 +77,43 @@ fn a_generated_key_is_private_and_never_replaced() {
 }
 
 #[test]
+fn a_snapshot_is_named_by_its_full_id_never_by_a_prefix() {
+    let f = fixture();
+    let src = f.root.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), "x").unwrap();
+    let snap = f
+        .engine
+        .backup_dir(&f.repo, &src, &tags("i"), no_progress())
+        .unwrap();
+    for id in ["", " ", &snap.id[..8]] {
+        let dest = f.root.join("dest");
+        let e = f
+            .engine
+            .restore_dir(&f.repo, id, &dest, no_progress())
+            .unwrap_err();
+        assert!(matches!(e, EngineError::NoSnapshot { .. }), "{id:?}: {e}");
+        assert!(!dest.join("f").exists(), "{id:?} restored something");
+    }
+    let ids = f
+        .engine
+        .repository_id(&f.repo)
+        .unwrap()
+        .expect("a repository");
+    assert_eq!(ids.len(), 64);
+    assert_eq!(
+        f.engine
+            .repository_id(&Repo {
+                path: f.root.join("nothing-here"),
+                password_file: f.repo.password_file.clone(),
+            })
+            .unwrap(),
+        None
+    );
+    assert!(!f.root.join("nothing-here").exists(), "nothing created");
+}
+
+#[test]
 fn calls_from_an_async_task_work() {
     let f = fixture();
     let rt = tokio::runtime::Runtime::new().unwrap();

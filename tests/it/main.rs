@@ -8,6 +8,7 @@ mod engine;
 mod guards;
 mod helpers;
 mod invalid;
+mod paths;
 mod plans;
 mod properties;
 mod schema;
