@@ -6,8 +6,6 @@
 //! moment of doing it, that the preconditions the plan assumed still hold (a restore's backup
 //! completed, say), and records what happened.
 
-pub mod directory;
-
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -18,11 +16,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::values::Retention;
-use crate::config::{Config, InstanceType, Source, SourceKind, StorageLocation};
+use crate::config::{Config, InstanceType, Source};
 use crate::engine::{Engine, EngineError, ProgressSink, Repo, SnapshotTags};
+use crate::kinds::{self, BackupSource, RestoreInto};
 use crate::plan::{Action, DataFate, Details, Due, DueDetails, Plan, backup_address, fmt_time};
 use crate::records::*;
 use crate::state::{StateError, Store};
+use crate::storage;
 
 /// Errors that stop an apply. A failing *operation* is not one of them: it is recorded (the
 /// backup `failed`, the instance in error) and the apply goes on with independent work.
@@ -135,24 +135,8 @@ impl<'a> Executor<'a> {
 
     /// The repository of a storage, and whether backplan may generate its key.
     fn repo(&self, storage: &str) -> Result<(Repo, bool), String> {
-        let s = self
-            .cfg
-            .storages
-            .get(storage)
-            .ok_or_else(|| format!("storage `{storage}` is not declared in the file"))?;
-        match &s.location {
-            StorageLocation::Local { path } => Ok((
-                Repo {
-                    path: path.clone(),
-                    password_file: s
-                        .password_file
-                        .clone()
-                        .unwrap_or_else(|| generated_key_path(self.cfg, storage)),
-                },
-                s.password_file.is_none(),
-            )),
-            _ => Err(not_supported(format!("{} storage (`{storage}`)", s.kind()))),
-        }
+        let r = storage::resolve(self.cfg, storage).map_err(|e| format!("{e}{NOT_RETRIED}"))?;
+        Ok((r.repo, r.may_generate_key))
     }
 
     /// The repository of a storage, ready for a backup. A repository is created only on the
@@ -213,18 +197,13 @@ impl<'a> Executor<'a> {
     /// Where an instance's data lives: what was recorded when it was created wins over the
     /// file (a changed `source` is refused by the planner, and must not be read under the old
     /// name); the file only for an instance not recorded yet.
-    fn directory_of(&self, instance: &str) -> Option<PathBuf> {
-        let source = self
-            .store
+    fn source_of(&self, instance: &str) -> Option<Source> {
+        self.store
             .get_instance(instance)
             .ok()
             .flatten()
             .map(|r| r.source)
-            .or_else(|| self.cfg.instances.get(instance).map(|i| i.source.clone()))?;
-        match source {
-            Source::Directory { path } => Some(path),
-            _ => None,
-        }
+            .or_else(|| self.cfg.instances.get(instance).map(|i| i.source.clone()))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -320,13 +299,10 @@ impl<'a> Executor<'a> {
                 },
             )?;
         }
-        for name in rec.instances.keys() {
-            if let Some(dir) = self.directory_of(name) {
-                for leftover in directory::leftover_staging(&dir) {
-                    tracing::warn!("removing leftover staging folder {}", leftover.display());
-                    if let Err(e) = std::fs::remove_dir_all(&leftover) {
-                        tracing::error!("cannot remove {}: {e}", leftover.display());
-                    }
+        for r in rec.instances.values() {
+            if let Ok(kind) = kinds::of(r.source.kind()) {
+                for line in kind.discard_leftovers(&r.source) {
+                    tracing::warn!("{}: {line}", r.name);
                 }
             }
         }
@@ -382,15 +358,7 @@ impl<'a> Executor<'a> {
                 version,
                 source,
             } => {
-                let provisioned = match source {
-                    Source::Directory { path } => {
-                        directory::provision(path).map_err(|e| e.to_string())
-                    }
-                    other => Err(format!(
-                        "{} instances are not supported by this version of backplan",
-                        other.kind()
-                    )),
-                };
+                let provisioned = kinds::of(source.kind()).and_then(|k| k.provision(source));
                 // A creation that failed before keeps its first date (its skipped slots).
                 let created_at = self
                     .store
@@ -514,7 +482,12 @@ impl<'a> Executor<'a> {
                         b.notes = notes.clone();
                     },
                 );
-                self.take_backup(b, &a.address)?;
+                match b {
+                    Ok(b) => {
+                        self.take_backup(b, &a.address)?;
+                    }
+                    Err(e) => self.report.failed(&a.address, e),
+                }
             }
             Details::Restore {
                 restore,
@@ -619,7 +592,12 @@ impl<'a> Executor<'a> {
                     "local",
                     |b| b.date = Some(*date),
                 );
-                self.take_backup(b, &d.address)?;
+                match b {
+                    Ok(b) => {
+                        self.take_backup(b, &d.address)?;
+                    }
+                    Err(e) => self.report.failed(&d.address, e),
+                }
             }
             DueDetails::SkipDaily {
                 id,
@@ -628,14 +606,20 @@ impl<'a> Executor<'a> {
                 slot_at,
                 reason,
             } => {
-                let mut b = self.new_backup(
+                let mut b = match self.new_backup(
                     *id,
                     instance,
                     BackupKind::Daily,
                     format!("Daily backup {date}"),
                     "local",
                     |b| b.date = Some(*date),
-                );
+                ) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.report.failed(&d.address, e);
+                        return Ok(());
+                    }
+                };
                 b.status = BackupStatus::Skipped;
                 b.created_at = *slot_at;
                 b.expires_at = self.expiry("local", *slot_at);
@@ -790,14 +774,12 @@ impl<'a> Executor<'a> {
         label: String,
         storage: &str,
         fill: impl FnOnce(&mut BackupRecord),
-    ) -> BackupRecord {
+    ) -> Result<BackupRecord, String> {
         let now = self.now();
         let source_kind = self
-            .cfg
-            .instances
-            .get(instance)
-            .map(|i| i.source.kind())
-            .unwrap_or(SourceKind::Directory);
+            .source_of(instance)
+            .map(|s| s.kind())
+            .ok_or_else(|| format!("`{instance}` is neither recorded nor in the file"))?;
         let mut b = BackupRecord {
             id,
             instance: instance.to_string(),
@@ -824,7 +806,7 @@ impl<'a> Executor<'a> {
             status_before_delete: None,
         };
         fill(&mut b);
-        b
+        Ok(b)
     }
 
     /// Takes a system backup unless a completed one with this id exists already (a re-run
@@ -841,7 +823,10 @@ impl<'a> Executor<'a> {
         let b = match existing {
             Some(b) if b.status == BackupStatus::Completed => return Ok(Ok(())),
             Some(b) => b,
-            None => self.new_backup(id, instance, kind, label, "local", fill),
+            None => match self.new_backup(id, instance, kind, label, "local", fill) {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e)),
+            },
         };
         let address = backup_address(&b);
         let done = self.take_backup(b, &address)?;
@@ -869,19 +854,23 @@ impl<'a> Executor<'a> {
             &format!("try {}", b.attempts),
         )?;
         let result = (|| -> Result<crate::engine::SnapshotInfo, String> {
-            let path = self
-                .directory_of(&b.instance)
-                .ok_or_else(|| not_supported(format!("backing up {} instances", b.source_kind)))?;
-            directory::check_source(&path, &b.instance)?;
+            let source = self
+                .source_of(&b.instance)
+                .ok_or_else(|| format!("`{}` is neither recorded nor in the file", b.instance))?;
+            let kind = kinds::of(source.kind()).map_err(|e| format!("{e}{NOT_RETRIED}"))?;
+            let what = kind.backup_source(&source, &b.instance)?;
             let repo = self.usable_repo(&b.storage)?;
             let tags = SnapshotTags {
                 instance: b.instance.clone(),
                 backup: b.id,
                 kind: b.kind.as_str().to_string(),
             };
-            self.engine
-                .backup_dir(&repo, &path, &tags, self.progress.clone())
-                .map_err(|e: EngineError| e.to_string())
+            let progress = self.progress.clone();
+            match what {
+                BackupSource::Tree(path) => self.engine.backup_dir(&repo, &path, &tags, progress),
+                BackupSource::Stream(s) => self.engine.backup_stream(&repo, &s, &tags, progress),
+            }
+            .map_err(|e: EngineError| e.to_string())
         })();
         match result {
             Ok(s) => {
@@ -1037,8 +1026,12 @@ impl<'a> Executor<'a> {
             }
             None => return Ok(Err(format!("`{to}` is not a managed instance"))),
         }
-        let Some(target) = self.directory_of(to) else {
-            return Ok(Err(format!("`{to}` is not a directory instance")));
+        let Some(source) = self.source_of(to) else {
+            return Ok(Err(format!("`{to}` is neither recorded nor in the file")));
+        };
+        let kind = match kinds::of(source.kind()) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e)),
         };
         let b = match self.store.get_backup(backup)? {
             Some(b) if b.status == BackupStatus::Completed => b,
@@ -1058,11 +1051,15 @@ impl<'a> Executor<'a> {
                 backup_address(&b)
             )));
         };
-        // The target, held through its opened parent from here on; checked before anything is
-        // written: a real folder, swappable, and reaching no other store.
-        let target = match directory::RestoreTarget::open(&target)
-            .map_err(|e| e.to_string())
-            .and_then(|t| self.reaches_nothing_protected(&t, to).map(|()| t))
+        // The target, opened and checked before anything is written: replaceable atomically,
+        // and reaching no other store.
+        let protected = match self.protected_paths(to) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let target = match kind
+            .open_target(&source)
+            .and_then(|t| t.check_apart_from(&protected).map(|()| t))
         {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
@@ -1084,80 +1081,44 @@ impl<'a> Executor<'a> {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let staging = match target.make_staging(key) {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(format!("preparing the staging folder: {e}"))),
-        };
-        if let Err(e) = self
-            .engine
-            .restore_dir(&repo, &snapshot, &staging, self.progress.clone())
+        let restored = target.stage(key).and_then(|into| match into {
+            RestoreInto::Tree(path) => self
+                .engine
+                .restore_dir(&repo, &snapshot, &path, self.progress.clone())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            RestoreInto::Stream { name, mut sink } => self
+                .engine
+                .restore_stream(&repo, &snapshot, &name, &mut sink)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        });
+        if let Err(e) = restored
+            .and_then(|()| target.prepare(key))
+            // 3. Checked again right before the swap.
+            .and_then(|()| target.check_apart_from(&protected))
         {
-            let _ = target.remove_staging(key);
-            return Ok(Err(e.to_string()));
-        }
-        if let Err(e) = target.copy_root_metadata(key) {
-            let _ = target.remove_staging(key);
-            return Ok(Err(format!("preparing the restored tree: {e}")));
-        }
-        // 3. Checked again, swapped, then the old tree (now at the staging path) removed.
-        if let Err(e) = self.reaches_nothing_protected(&target, to) {
-            let _ = target.remove_staging(key);
+            target.discard(key);
             return Ok(Err(e));
         }
         self.journal("swap", address, Phase::Started, "")?;
-        if let Err(e) = target.exchange(key) {
-            let _ = target.remove_staging(key);
-            return Ok(Err(format!("swapping the restored tree into place: {e}")));
+        if let Err(e) = target.commit(key) {
+            target.discard(key);
+            return Ok(Err(e));
         }
-        // From here the target holds the restored tree, whatever fails next.
+        // From here the target holds the restored data, whatever fails next.
         self.journal("swap", address, Phase::Finished, "")?;
-        if let Err(e) = target.sync_parent() {
-            return Ok(Ok(Some(format!(
-                "the restored tree is in place, but syncing {} failed ({e}); the old tree was kept at {}",
-                target.path().display(),
-                staging.display()
-            ))));
-        }
-        if let Err(e) = target.remove_staging(key) {
-            tracing::warn!(
-                "the old tree at {} could not be removed: {e}",
-                staging.display()
-            );
-        }
-        Ok(Ok(None))
+        Ok(Ok(target.finish(key).err()))
     }
 
-    /// Refuses a restore target that is, holds or is inside another instance's data,
-    /// backplan's state folder, a repository or a key file, compared by device and inode
-    /// (so symbolic links, `..` and bind mounts give no way around it).
-    fn reaches_nothing_protected(
-        &self,
-        target: &directory::RestoreTarget,
-        to: &str,
-    ) -> Result<(), String> {
-        let shown = target.path().display();
-        let chain = target
-            .identity_chain()
-            .map_err(|e| format!("cannot check where {shown} is: {e}"))?;
-        for (what, path) in self.protected_paths(to)? {
-            let other = directory::identity_chain(&path)
-                .map_err(|e| format!("cannot check where {} is: {e}", path.display()))?;
-            if directory::overlaps(&chain, &other) {
-                return Err(format!(
-                    "{shown} is, holds or is inside {what} ({}); a restore there would replace it, so nothing was restored. Give the sandbox a folder of its own",
-                    path.display()
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// What a restore into `to` must never reach.
+    /// What a restore into `to` must never reach: backplan's state folder, its repositories
+    /// and key files, and every other instance's store.
     fn protected_paths(&self, to: &str) -> Result<Vec<(String, PathBuf)>, String> {
         let mut out = vec![(
             "backplan's state folder".to_string(),
             self.cfg.daemon.state_dir.clone(),
         )];
+        out.extend(storage::own_paths(self.cfg));
         let recorded = self.store.load().map_err(|e| e.to_string())?;
         let sources = self
             .cfg
@@ -1169,19 +1130,12 @@ impl<'a> Executor<'a> {
             if name == to {
                 continue;
             }
-            if let Source::Directory { path } | Source::Sqlite { path } = source {
-                out.push((format!("the data of instance `{name}`"), path.clone()));
+            if let Some(path) = kinds::of(source.kind())
+                .ok()
+                .and_then(|k| k.store_path(source))
+            {
+                out.push((format!("the data of instance `{name}`"), path));
             }
-        }
-        for (name, s) in &self.cfg.storages {
-            if let StorageLocation::Local { path } = &s.location {
-                out.push((format!("the repository of storage `{name}`"), path.clone()));
-            }
-            let key = s
-                .password_file
-                .clone()
-                .unwrap_or_else(|| generated_key_path(self.cfg, name));
-            out.push((format!("the key file of storage `{name}`"), key));
         }
         Ok(out)
     }
@@ -1213,14 +1167,6 @@ fn missing_repository(storage: &str, repo: &Repo, recorded: &std::path::Path) ->
         "there is no repository at {}, but storage `{storage}` has used one before{moved}: its backups are recorded; backplan does not create a new empty repository in its place. Mount the disk that holds it, or set `path` to where it is",
         repo.path.display()
     )
-}
-
-/// Where backplan keeps the key it generated for a storage without `password_file`.
-pub fn generated_key_path(cfg: &Config, storage: &str) -> PathBuf {
-    cfg.daemon
-        .state_dir
-        .join("keys")
-        .join(format!("{storage}.key"))
 }
 
 fn run_hook(argv: &[String]) -> Result<(), String> {

@@ -5,10 +5,10 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{Exit, load_config};
-use crate::apply::generated_key_path;
 use crate::config::StorageLocation;
 use crate::engine::{Engine, Repo};
 use crate::records::BackupStatus;
+use crate::storage::generated_key_path;
 
 pub fn run(config: &Path, subset: f64, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     let Some(loaded) = load_config(config, err) else {

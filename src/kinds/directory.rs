@@ -11,6 +11,123 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::{BackupSource, Kind, RestoreInto, Target};
+use crate::config::Source;
+
+/// The directory kind (`source = { kind = "directory", path = ... }`).
+pub struct Directory;
+
+fn path_of(source: &Source) -> Result<&Path, String> {
+    match source {
+        Source::Directory { path } => Ok(path),
+        other => Err(format!(
+            "{} is not a directory instance's source",
+            other.describe()
+        )),
+    }
+}
+
+impl Kind for Directory {
+    fn provision(&self, source: &Source) -> Result<&'static str, String> {
+        provision(path_of(source)?).map_err(|e| e.to_string())
+    }
+
+    fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String> {
+        let path = path_of(source)?;
+        check_source(path, instance)?;
+        Ok(BackupSource::Tree(path.to_path_buf()))
+    }
+
+    fn open_target(&self, source: &Source) -> Result<Box<dyn Target>, String> {
+        let t = RestoreTarget::open(path_of(source)?).map_err(|e| e.to_string())?;
+        Ok(Box::new(t))
+    }
+
+    fn discard_leftovers(&self, source: &Source) -> Vec<String> {
+        let Ok(path) = path_of(source) else {
+            return Vec::new();
+        };
+        leftover_staging(path)
+            .into_iter()
+            .map(|leftover| match std::fs::remove_dir_all(&leftover) {
+                Ok(()) => format!("removed the leftover staging folder {}", leftover.display()),
+                Err(e) => format!("cannot remove {}: {e}", leftover.display()),
+            })
+            .collect()
+    }
+
+    fn store_path(&self, source: &Source) -> Option<PathBuf> {
+        path_of(source).ok().map(Path::to_path_buf)
+    }
+}
+
+impl Target for RestoreTarget {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn check_apart_from(&self, protected: &[(String, PathBuf)]) -> Result<(), String> {
+        let shown = self.path.display();
+        let chain = self
+            .identity_chain()
+            .map_err(|e| format!("cannot check where {shown} is: {e}"))?;
+        for (what, path) in protected {
+            let other = identity_chain(path)
+                .map_err(|e| format!("cannot check where {} is: {e}", path.display()))?;
+            if overlaps(&chain, &other) {
+                return Err(format!(
+                    "{shown} is, holds or is inside {what} ({}); a restore there would replace it, so nothing was restored. Give the sandbox a folder of its own",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn stage(&self, restore_key: &str) -> Result<RestoreInto, String> {
+        self.make_staging(restore_key)
+            .map(RestoreInto::Tree)
+            .map_err(|e| format!("preparing the staging folder: {e}"))
+    }
+
+    fn prepare(&self, restore_key: &str) -> Result<(), String> {
+        self.copy_root_metadata(restore_key)
+            .map_err(|e| format!("preparing the restored tree: {e}"))
+    }
+
+    fn commit(&self, restore_key: &str) -> Result<(), String> {
+        self.exchange(restore_key)
+            .map_err(|e| format!("swapping the restored tree into place: {e}"))
+    }
+
+    fn finish(&self, restore_key: &str) -> Result<(), String> {
+        let staging = staging_path(&self.path, restore_key);
+        self.sync_parent().map_err(|e| {
+            format!(
+                "the restored tree is in place, but syncing {} failed ({e}); the old tree was kept at {}",
+                self.path.display(),
+                staging.display()
+            )
+        })?;
+        if let Err(e) = self.remove_staging(restore_key) {
+            tracing::warn!(
+                "the old tree at {} could not be removed: {e}",
+                staging.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn discard(&self, restore_key: &str) {
+        if let Err(e) = self.remove_staging(restore_key) {
+            tracing::warn!(
+                "the staging folder of {} could not be removed: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
 /// Creates the folder, or adopts it if it exists. Refuses anything that is not a folder.
 pub fn provision(path: &Path) -> std::io::Result<&'static str> {
     match std::fs::symlink_metadata(path) {

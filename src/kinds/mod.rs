@@ -1,0 +1,96 @@
+//! Instance kinds: the one seam between the executor and a kind of data store (a directory
+//! tree, a SQLite file, a PostgreSQL database). The executor talks only to [`Kind`] and
+//! [`Target`]; everything specific to a kind lives in its module here.
+//!
+//! **Adding a kind** is one module implementing [`Kind`] (and a [`Target`] for its restores)
+//! plus one line in [`of`]. What each implementation must guarantee:
+//! - **`provision` adopts what exists and never changes its contents**; it creates only what
+//!   is missing.
+//! - **`backup_source` checks that the store is what the kind expects** (a folder, a database
+//!   file...) and says so before the engine is called; it never follows a symbolic link to
+//!   somewhere else.
+//! - **A restore never writes into the store itself**: `open_target` checks, before anything
+//!   is written (and before the pre-restore backup), that the store can be replaced
+//!   atomically; the engine writes only into what `stage` returns; `commit` swaps it in with
+//!   one atomic step; before `commit` the store is untouched, after it the store holds the
+//!   restored data, whatever fails next.
+//! - **`discard` and `discard_leftovers` remove only what this kind's restores created**
+//!   (staging places with backplan's own names).
+//! - **`store_path` names the place a store occupies** (for the shared-store check), or
+//!   `None` for stores that are not on this host's filesystem.
+//!
+//! The tests every kind must pass are written once, generic over the kind, in
+//! `tests/it/kinds.rs`.
+
+pub mod directory;
+
+use std::path::PathBuf;
+
+use crate::config::{Source, SourceKind};
+use crate::engine::StreamSource;
+
+/// What the engine reads for a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupSource {
+    /// The contents of a folder, stored relative to it.
+    Tree(PathBuf),
+    /// The standard output of a producer process, stored as one file.
+    Stream(StreamSource),
+}
+
+/// Where the engine writes a restore.
+pub enum RestoreInto {
+    /// An empty folder that receives the snapshot's tree.
+    Tree(PathBuf),
+    /// A sink that receives the file `name` of a stream backup.
+    Stream {
+        name: String,
+        sink: Box<dyn std::io::Write + Send>,
+    },
+}
+
+/// One kind of data store.
+pub trait Kind: Sync {
+    /// Creates the store, or adopts it if it exists: returns `"created"` or `"adopted"`.
+    fn provision(&self, source: &Source) -> Result<&'static str, String>;
+    /// What the engine reads to back up `instance`, checked to be what the kind expects.
+    fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String>;
+    /// Opens the store as a restore target, checking that it can be replaced atomically.
+    fn open_target(&self, source: &Source) -> Result<Box<dyn Target>, String>;
+    /// Removes the staging places interrupted restores left behind; returns a line for each
+    /// place removed or that could not be.
+    fn discard_leftovers(&self, source: &Source) -> Vec<String>;
+    /// The place on this host's filesystem the store occupies, if any.
+    fn store_path(&self, source: &Source) -> Option<PathBuf>;
+}
+
+/// A store opened for one restore (see [`Kind::open_target`]). `restore_key` names the
+/// staging place, so that a restore run again after a crash finds its own.
+pub trait Target {
+    /// How the store is named in messages (a path, a database).
+    fn describe(&self) -> String;
+    /// Refuses a store that is, holds or is inside one of `protected` (what it is, where),
+    /// compared by identity, not by spelling.
+    fn check_apart_from(&self, protected: &[(String, PathBuf)]) -> Result<(), String>;
+    /// Makes an empty staging place beside the store; the engine restores into it.
+    fn stage(&self, restore_key: &str) -> Result<RestoreInto, String>;
+    /// Readies the staged data for the swap (metadata, durability), once the engine is done.
+    fn prepare(&self, restore_key: &str) -> Result<(), String>;
+    /// Swaps the staged data in, atomically. `Ok`: the store holds the restored data.
+    fn commit(&self, restore_key: &str) -> Result<(), String>;
+    /// After `commit`: makes it durable and removes the old data. An `Err` is a warning: the
+    /// store holds the restored data all the same.
+    fn finish(&self, restore_key: &str) -> Result<(), String>;
+    /// Removes the staging place of a restore that did not reach `commit`.
+    fn discard(&self, restore_key: &str);
+}
+
+/// The implementation of a kind, or why this version has none.
+pub fn of(kind: SourceKind) -> Result<&'static dyn Kind, String> {
+    match kind {
+        SourceKind::Directory => Ok(&directory::Directory),
+        other => Err(format!(
+            "{other} instances are not supported by this version of backplan"
+        )),
+    }
+}
