@@ -162,7 +162,7 @@ pub async fn run(
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
     let socket = serve_control(&cfg.daemon.control_socket, shared.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut last_text = std::fs::read_to_string(&s.config).unwrap_or_default();
+    let mut last_text = crate::config::read_text(&s.config).unwrap_or_default();
     tokio::pin!(shutdown);
 
     let mut reason = Some(Reason::Start);
@@ -292,19 +292,15 @@ pub async fn run(
 /// Re-reads the file. Returns whether a reconcile is needed: the content changed (or a reload
 /// was asked for) and it is valid. An invalid or missing file keeps the last valid one.
 fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: bool) -> bool {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::config::read_text(path) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(
-                "{}: {e}; the last valid configuration stays in force",
-                path.display()
-            );
+            tracing::error!("{e}; the last valid configuration stays in force");
             *shared
                 .config_error
                 .write()
                 .unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                "{}: {e}; the last valid configuration stays in force\n",
-                path.display()
+                "{e}; the last valid configuration stays in force\n"
             ));
             return false;
         }

@@ -16,6 +16,10 @@ use super::values::{BackupRef, Dur, Percent, Retention, Version, parse_time_of_d
 use crate::diagnostic::{Diagnostic, LineIndex, did_you_mean};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/backplan";
+/// The longest backup label, in characters (it is one cell of the `backups` table).
+pub const MAX_LABEL_CHARS: usize = 200;
+/// The longest backup notes, in characters.
+pub const MAX_NOTES_CHARS: usize = 2000;
 
 /// A correct example for each kind of value, shown as the hint of a value that did not parse.
 fn example_for(rule: &str) -> &'static str {
@@ -529,6 +533,24 @@ impl Validator<'_> {
             };
             let mut backups = BTreeMap::new();
             for (key, b) in &i.backups {
+                for (v, what, max) in [
+                    (&b.label, "label", MAX_LABEL_CHARS),
+                    (&b.notes, "notes", MAX_NOTES_CHARS),
+                ] {
+                    let Some(v) = v else { continue };
+                    let n = v.get_ref().chars().count();
+                    if n > max {
+                        self.err(
+                            "too-long",
+                            v.span(),
+                            format!(
+                                "`{what}` of backup `{}` has {n} characters; at most {max} are allowed",
+                                key.get_ref()
+                            ),
+                            format!("shorten `{what}` to {max} characters or fewer"),
+                        );
+                    }
+                }
                 let storage = b
                     .storage
                     .as_ref()
