@@ -7,6 +7,7 @@ mod engine;
 mod guards;
 mod helpers;
 mod invalid;
+mod keys;
 mod limits;
 mod plans;
 mod properties;
