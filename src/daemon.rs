@@ -360,7 +360,8 @@ fn reconcile(
     let now_fn = || clock.now();
     let mut exec = Executor::new(cfg, store, engine, Arc::new(LogProgress), &now_fn);
     exec.stop = Some(stop);
-    if reason == Reason::Start
+    // At a start, and after the store failed (a full disk): work left `running` is resolved.
+    if (reason == Reason::Start || store.take_reopened())
         && let Err(e) = exec.recover()
     {
         return (format!("recovery failed: {e}"), false);
@@ -544,18 +545,27 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let rec = match shared.store.load() {
-        Ok(r) => r,
-        Err(e) => {
-            return Answer {
-                exit: 1,
-                stdout: String::new(),
-                stderr: format!("error: {e}\n"),
-            };
-        }
+    // A store that cannot be read (a full disk) still answers with what it held last.
+    let (rec, stale) = match shared.store.load() {
+        Ok(r) => (r, None),
+        Err(e) => match shared.store.last_read() {
+            Some(r) => (
+                r,
+                Some(format!(
+                    "warning: the state store cannot be read ({e}); showing what it held when last read\n"
+                )),
+            ),
+            None => {
+                return Answer {
+                    exit: 1,
+                    stdout: String::new(),
+                    stderr: format!("error: {e}\n"),
+                };
+            }
+        },
     };
     let journal = || shared.store.journal_entries().map_err(|e| e.to_string());
-    crate::query::answer(
+    let mut a = crate::query::answer(
         q,
         &Context {
             config: cfg.as_deref(),
@@ -564,7 +574,11 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
             journal: &journal,
             now: shared.clock.now(),
         },
-    )
+    );
+    if let Some(w) = stale {
+        a.stderr.insert_str(0, &w);
+    }
+    a
 }
 
 /// systemd's notification protocol, without libsystemd: one datagram to `$NOTIFY_SOCKET`.

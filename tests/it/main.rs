@@ -4,6 +4,7 @@ mod apply;
 mod cli;
 mod daemon;
 mod engine;
+mod full_disk;
 mod guards;
 mod helpers;
 mod invalid;
