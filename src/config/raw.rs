@@ -262,11 +262,11 @@ impl RawSource {
 #[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackup {
-    /// Shown in the backup list. Default: the key.
-    #[schemars(with = "Option<String>")]
+    /// Shown in the backup list, at most 200 characters. Default: the key.
+    #[schemars(with = "Option<String>", length(max = super::validate::MAX_LABEL_CHARS))]
     pub label: Option<S<String>>,
-    /// Free text shown with the backup.
-    #[schemars(with = "Option<String>")]
+    /// Free text shown with the backup, at most 2000 characters.
+    #[schemars(with = "Option<String>", length(max = super::validate::MAX_NOTES_CHARS))]
     pub notes: Option<S<String>>,
     /// Name of a storage. Default `local`. Cannot change once the backup exists.
     #[schemars(with = "Option<String>")]
