@@ -236,6 +236,22 @@ impl Validator<'_> {
             ),
             Ok(m) => {
                 use std::os::unix::fs::PermissionsExt;
+                // Read as the secret's user reads it (restic trims whitespace); a file this
+                // user cannot read is left to the run.
+                let empty = m.is_file()
+                    && m.len() < 64 << 10
+                    && std::fs::read(&path).is_ok_and(|b| b.trim_ascii().is_empty());
+                if empty {
+                    self.err(
+                        "secret-file-empty",
+                        v.span(),
+                        format!(
+                            "`{key}` names {}, which is empty (or holds only whitespace)",
+                            path.display()
+                        ),
+                        "write the secret in the file (surrounding spaces and line ends are not part of it)",
+                    );
+                }
                 if m.permissions().mode() & 0o077 != 0 {
                     self.diags.push(
                         Diagnostic::warning(

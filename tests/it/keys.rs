@@ -155,3 +155,26 @@ fn state_and_keys_are_private_and_a_loose_key_is_reported_at_each_start() {
         assert!(run.stderr.contains("run `chmod 600 "), "{}", run.stderr);
     }
 }
+
+#[test]
+fn validate_refuses_an_empty_password_file_where_it_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    key_file(dir, " \n");
+    std::fs::write(
+        dir.join("b.toml"),
+        "[storage.local]\npassword_file = \"repo.key\"\n\n[instances.a]\ntype = \"sandbox\"\nversion = \"1\"\nsource = { kind = \"directory\", path = \"/srv/a\" }\n",
+    )
+    .unwrap();
+    let run = backplan(dir, &["validate", "-c", "b.toml"]);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stderr.contains("error[secret-file-empty]"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("b.toml:2:17"), "{}", run.stderr);
+    key_file(dir, "secret\n");
+    let run = backplan(dir, &["validate", "-c", "b.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+}
