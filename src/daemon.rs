@@ -168,7 +168,7 @@ pub async fn run(
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
     let socket = serve_control(&cfg.daemon.control_socket, shared.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut last_text = std::fs::read_to_string(&s.config).unwrap_or_default();
+    let mut last_text = crate::config::read_text(&s.config).unwrap_or_default();
     tokio::pin!(shutdown);
 
     let mut reason = Some(Reason::Start);
@@ -301,19 +301,15 @@ pub async fn run(
 /// Re-reads the file. Returns whether a reconcile is needed: the content changed (or a reload
 /// was asked for) and it is valid. An invalid or missing file keeps the last valid one.
 fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: bool) -> bool {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::config::read_text(path) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(
-                "{}: {e}; the last valid configuration stays in force",
-                path.display()
-            );
+            tracing::error!("{e}; the last valid configuration stays in force");
             *shared
                 .config_error
                 .write()
                 .unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                "{}: {e}; the last valid configuration stays in force\n",
-                path.display()
+                "{e}; the last valid configuration stays in force\n"
             ));
             return false;
         }
@@ -373,7 +369,8 @@ fn reconcile(
     let now_fn = || clock.now();
     let mut exec = Executor::new(cfg, store, engine, Arc::new(LogProgress), &now_fn);
     exec.stop = Some(stop);
-    if reason == Reason::Start
+    // At a start, and after the store failed (a full disk): work left `running` is resolved.
+    if (reason == Reason::Start || store.take_reopened())
         && let Err(e) = exec.recover()
     {
         return (format!("recovery failed: {e}"), false);
@@ -479,7 +476,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the control socket (mode 0660): one JSON query per line, one JSON answer per line.
 /// A malformed request gets an error reply; a client never disturbs the daemon: a request is
-/// read at most [`crate::config::MAX_CONFIG_BYTES`] long, at most [`MAX_CONNECTIONS`] are
+/// read at most [`crate::config::MAX_FILE_BYTES`] long, at most [`MAX_CONNECTIONS`] are
 /// served at once, and an idle one is closed after [`CLIENT_TIMEOUT`].
 fn serve_control(
     path: &Path,
@@ -531,7 +528,7 @@ fn serve_control(
 
 async fn serve_client(stream: tokio::net::UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let limit = crate::config::MAX_CONFIG_BYTES;
+    let limit = crate::config::MAX_FILE_BYTES as usize;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     loop {
@@ -592,18 +589,27 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let rec = match shared.store.load() {
-        Ok(r) => r,
-        Err(e) => {
-            return Answer {
-                exit: 1,
-                stdout: String::new(),
-                stderr: format!("error: {e}\n"),
-            };
-        }
+    // A store that cannot be read (a full disk) still answers with what it held last.
+    let (rec, stale) = match shared.store.load() {
+        Ok(r) => (r, None),
+        Err(e) => match shared.store.last_read() {
+            Some(r) => (
+                r,
+                Some(format!(
+                    "warning: the state store cannot be read ({e}); showing what it held when last read\n"
+                )),
+            ),
+            None => {
+                return Answer {
+                    exit: 1,
+                    stdout: String::new(),
+                    stderr: format!("error: {e}\n"),
+                };
+            }
+        },
     };
     let journal = || shared.store.journal_entries().map_err(|e| e.to_string());
-    crate::query::answer(
+    let mut a = crate::query::answer(
         q,
         &Context {
             config: cfg.as_deref(),
@@ -612,7 +618,11 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
             journal: &journal,
             now: shared.clock.now(),
         },
-    )
+    );
+    if let Some(w) = stale {
+        a.stderr.insert_str(0, &w);
+    }
+    a
 }
 
 /// `apply` with the daemon running: carries out the plan of the file in force once, with the

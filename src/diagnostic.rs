@@ -9,6 +9,7 @@
 //!    = hint: did you mean `retention`?
 //! ```
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::ops::Range;
 
@@ -106,6 +107,7 @@ impl<'s> LineIndex<'s> {
 
 /// Renders diagnostics, in file order, with the file name as the user gave it.
 pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
+    let file = printable(file, false);
     let index = LineIndex::new(src);
     let mut out = String::new();
     for d in diags {
@@ -114,20 +116,24 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let _ = writeln!(out, "{level}[{}]: {}", d.rule, d.message);
+        let _ = writeln!(out, "{level}[{}]: {}", d.rule, printable(&d.message, true));
         let _ = writeln!(out, "  --> {file}:{}:{}", loc.line, loc.col);
         let (raw_text, line_start) = index.line_text(loc.line);
-        // Secrets are masked; tabs are kept in the caret's padding so it lines up.
-        let text: String = raw_text
+        // Secrets are masked; control characters are escaped (each char becomes one or more);
+        // tabs are kept, also in the caret's padding, so that it lines up.
+        let shown: Vec<String> = raw_text
             .char_indices()
             .map(|(i, c)| match &d.redact {
-                Some(r) if r.contains(&(line_start + i)) && c != '\t' => '*',
-                _ => c,
+                Some(r) if r.contains(&(line_start + i)) && c != '\t' => "*".to_string(),
+                _ if c == '\t' => "\t".to_string(),
+                _ => printable(c.encode_utf8(&mut [0; 4]), false).into_owned(),
             })
             .collect();
-        let padding: String = text
-            .chars()
+        let text: String = shown.concat();
+        let padding: String = shown
+            .iter()
             .take(loc.col as usize - 1)
+            .flat_map(|c| c.chars())
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         let gutter = loc.line.to_string().len();
@@ -135,7 +141,15 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
         let span_on_line = src[d.span.start.min(src.len())..d.span.end.min(src.len())]
             .lines()
             .next()
-            .map(|s| s.chars().count())
+            .map(|s| {
+                // As wide as the span is shown (escapes are wider than what they stand for).
+                shown
+                    .iter()
+                    .skip(loc.col as usize - 1)
+                    .take(s.chars().count())
+                    .map(|c| c.chars().count())
+                    .sum::<usize>()
+            })
             .unwrap_or(0)
             .max(1);
         let _ = writeln!(out, "{:gutter$} |", "");
@@ -147,7 +161,7 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
             "^".repeat(span_on_line)
         );
         if let Some(h) = &d.hint {
-            let _ = writeln!(out, "{:gutter$} = hint: {h}", "");
+            let _ = writeln!(out, "{:gutter$} = hint: {}", "", printable(h, true));
         }
         out.push('\n');
     }
@@ -170,6 +184,30 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
     out
 }
 
+/// `s` safe to print on a terminal: control characters (escape sequences, carriage returns,
+/// C1 codes) and the bidirectional overrides that reorder what is shown are written as
+/// escapes (`\u{1b}`, `\r`, `\t`), so that a label, a note or a name cannot move the cursor
+/// or rewrite what is on screen. With `keep_newlines`, `\n` stays (a whole output); a value
+/// printed in a cell or a field escapes it too. JSON output is never passed through this.
+pub fn printable(s: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let escaped = |c: char| {
+        (c.is_control() && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(escaped) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if escaped(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// The closest candidate by edit distance, when it is close enough to be a likely typo.
 pub fn did_you_mean<'a>(
     word: &str,
@@ -183,7 +221,8 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
+/// The number of single-character edits between two words.
+pub fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -217,6 +256,26 @@ mod tests {
         assert_eq!(did_you_mean("retension", keys), Some("retention"));
         assert_eq!(did_you_mean("time_zone", keys), Some("timezone"));
         assert_eq!(did_you_mean("colour", keys), None);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_caret_still_lines_up() {
+        let src = "a\u{7}b = \"\u{1b}[2J\"\n";
+        let after = Diagnostic::error("x", 2..3, "m\u{1b}[2J");
+        let on = Diagnostic::error("x", 7..8, "m").hint("h\u{9b}");
+        let out = render("f\u{1b}.toml", src, &[after, on]);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(out.contains("error[x]: m\\u{1b}[2J\n"), "{out}");
+        assert!(out.contains("  --> f\\u{1b}.toml:1:3\n"), "{out}");
+        assert!(
+            out.contains("1 | a\\u{7}b = \"\\u{1b}[2J\"\n  |       ^\n"),
+            "{out}"
+        );
+        assert!(out.contains("\n  |            ^^^^^^\n"), "{out}");
+        assert!(out.contains("= hint: h\\u{9b}\n"), "{out}");
+        assert_eq!(printable("a\tb\nc", true), "a\\tb\nc");
+        assert_eq!(printable("a\tb\nc", false), "a\\tb\\nc");
+        assert_eq!(printable("\u{202e}x", false), "\\u{202e}x");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::apply::human_bytes;
 use crate::cli::Exit;
 use crate::config::Config;
 use crate::config::values::BackupRef;
+use crate::diagnostic::printable;
 use crate::plan::{PlanOptions, fmt_time, render};
 use crate::records::{JournalEntry, Recorded};
 use crate::views;
@@ -97,10 +98,23 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
             Exit::Failure
         }
     };
+    // Text for a terminal never carries control characters from the file or the state (a
+    // label could rewrite the screen); JSON is exact (its strings escape them).
+    let json = match q {
+        Query::Status { json } | Query::Backups { json, .. } | Query::Show { json, .. } => *json,
+        // The recorded state is JSON; an apply's report is text.
+        Query::Recorded => true,
+        Query::Apply { .. } => false,
+    };
+    let stdout = String::from_utf8_lossy(&out);
     Answer {
         exit: exit as u8,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
+        stdout: if json {
+            stdout.into_owned()
+        } else {
+            printable(&stdout, true).into_owned()
+        },
+        stderr: printable(&String::from_utf8_lossy(&err), true).into_owned(),
     }
 }
 
@@ -141,20 +155,25 @@ fn json(out: &mut dyn Write, v: &impl serde::Serialize) {
     );
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart; control characters in a cell (a newline too) are
+/// escaped. Padded by hand: `format!`'s width is limited to 65,535 and panics beyond.
 fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c, false).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
     let line = |cells: Vec<String>| {
-        let mut s: String = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}  "))
-            .collect();
+        let mut s = String::new();
+        for (c, w) in cells.iter().zip(&widths) {
+            s.push_str(c);
+            s.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
+        }
         s.truncate(s.trim_end().len());
         s
     };
@@ -164,7 +183,7 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
         line(header.iter().map(|h| h.to_string()).collect())
     );
     for r in rows {
-        let _ = writeln!(out, "{}", line(r.clone()));
+        let _ = writeln!(out, "{}", line(r));
     }
 }
 
@@ -318,7 +337,7 @@ fn show(
     }
     let _ = writeln!(out, "{address}");
     let field = |out: &mut dyn Write, k: &str, v: String| {
-        let _ = writeln!(out, "  {k:<13} {v}");
+        let _ = writeln!(out, "  {k:<13} {}", printable(&v, false));
     };
     field(out, "id", b.id.to_string());
     field(out, "instance", b.instance.clone());
@@ -374,7 +393,7 @@ fn show(
                 fmt_time(&e.at),
                 e.op,
                 format!("{:?}", e.phase).to_lowercase(),
-                e.detail
+                printable(&e.detail, false)
             );
         }
     }

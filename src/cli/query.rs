@@ -92,13 +92,9 @@ pub(super) fn recorded(state_dir: &Path, socket: &Path) -> Result<Recorded, Stri
 }
 
 fn read(config: &Path, err: &mut dyn Write) -> Option<String> {
-    match std::fs::read_to_string(config) {
+    match crate::config::read_text(config) {
         Ok(t) => Some(t),
-        Err(source) => {
-            let e = crate::config::LoadError::Read {
-                path: config.to_path_buf(),
-                source,
-            };
+        Err(e) => {
             let _ = writeln!(err, "{e}");
             None
         }

@@ -14,8 +14,9 @@ pub use model::*;
 
 use crate::diagnostic::{self, Diagnostic, Severity};
 
-/// The largest configuration file read (and the largest request on the control socket).
-pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+/// The largest configuration file read, in bytes (4 MiB: thousands of instances fit). The
+/// control socket reuses it as its request limit.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A valid file, and the warnings it raised.
 #[derive(Debug)]
@@ -33,6 +34,22 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the configuration file {} is larger than {} MiB; backplan reads no more than that (split the data elsewhere or remove what is not configuration)",
+        path.display(),
+        MAX_FILE_BYTES / (1024 * 1024)
+    )]
+    TooLarge { path: PathBuf },
+    #[error(
+        "{}:{line}:{column}: the configuration file is not valid UTF-8 (byte 0x{byte:02x}); save it as UTF-8",
+        path.display()
+    )]
+    NotUtf8 {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        byte: u8,
+    },
     /// The file has errors; `rendered` is the full report (diagnostics with locations).
     #[error("{rendered}")]
     Invalid {
@@ -41,11 +58,40 @@ pub enum LoadError {
     },
 }
 
-pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+/// The text of the configuration file: at most [`MAX_FILE_BYTES`], and UTF-8 (an invalid byte
+/// is reported with its line and column).
+pub fn read_text(path: &Path) -> Result<String, LoadError> {
+    use std::io::Read as _;
+    let read_err = |source| LoadError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        // The prefix is valid UTF-8: count its lines, then the characters of the last one.
+        let valid = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+        let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+        LoadError::NotUtf8 {
+            path: path.to_path_buf(),
+            line: valid.matches('\n').count() + 1,
+            column: valid[line_start..].chars().count() + 1,
+            byte: bytes[at],
+        }
+    })
+}
+
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = read_text(path)?;
     match parse(path, &text) {
         Ok((config, warnings)) => Ok(Loaded {
             config,

@@ -267,11 +267,11 @@ impl RawSource {
 #[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackup {
-    /// Shown in the backup list. Default: the key.
-    #[schemars(with = "Option<String>")]
+    /// Shown in the backup list, at most 200 characters. Default: the key.
+    #[schemars(with = "Option<String>", length(max = super::validate::MAX_LABEL_CHARS))]
     pub label: Option<S<String>>,
-    /// Free text shown with the backup.
-    #[schemars(with = "Option<String>")]
+    /// Free text shown with the backup, at most 2000 characters.
+    #[schemars(with = "Option<String>", length(max = super::validate::MAX_NOTES_CHARS))]
     pub notes: Option<S<String>>,
     /// Name of a storage. Default `local`. Cannot change once the backup exists.
     #[schemars(with = "Option<String>")]
@@ -428,7 +428,11 @@ impl Reader {
             if known.contains(&key) {
                 continue;
             }
-            let d = if is_inline_secret(key) {
+            let suggestion = did_you_mean(key, known.iter().copied());
+            // A misspelt secret (`pasword = "..."`) is never shown either: reported as an
+            // inline secret, or, when a key close to it exists, as unknown with its value masked.
+            let secret = looks_secret(key, suggestion);
+            let d = if is_inline_secret(key) || (secret && suggestion.is_none()) {
                 let is_home = |k: &&&str| k.ends_with("_file") || k.ends_with("_env");
                 let own: Vec<&&str> = known
                     .iter()
@@ -464,12 +468,15 @@ impl Reader {
                 ))
                 .redact(v.span())
             } else {
-                let d = Diagnostic::error(
+                let mut d = Diagnostic::error(
                     "unknown-key",
                     k.span(),
                     format!("unknown key `{key}` in {what}"),
                 );
-                match did_you_mean(key, known.iter().copied()) {
+                if secret {
+                    d = d.redact(v.span());
+                }
+                match suggestion {
                     Some(s) => d.hint(format!("did you mean `{s}`?")),
                     None => d.hint(format!("the keys allowed here are: {}", known.join(", "))),
                 }
@@ -816,25 +823,55 @@ fn with_article(type_name: &str) -> String {
     format!("{article} {type_name}")
 }
 
+/// Words that name a secret in a key.
+const SECRET_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "access_key",
+    "account_key",
+    "api_key",
+    "private_key",
+    "connection_string",
+    "credential",
+];
+
 /// Keys that would hold a secret inline. Their `_file` / `_env` forms are fine.
 fn is_inline_secret(key: &str) -> bool {
     if key.ends_with("_file") || key.ends_with("_env") || key == "access_key_id" {
         return false;
     }
-    [
-        "password",
-        "passwd",
-        "passphrase",
-        "secret",
-        "token",
-        "access_key",
-        "account_key",
-        "api_key",
-        "private_key",
-        "connection_string",
-        "credential",
-    ]
-    .iter()
-    .any(|w| key.contains(w))
-        || key == "key"
+    SECRET_WORDS.iter().any(|w| key.contains(w)) || key == "key"
+}
+
+/// Whether an unknown key may hold a secret, so that its value is never shown: did-you-mean
+/// leads to a secret key (or its `_file` / `_env` home), a word of it is `key`, or a word (or
+/// two words) of it is a misspelt secret word (`pasword`, `acces_key`, `secert`). Masking a
+/// value that was no secret costs nothing; showing one that was is the harm.
+fn looks_secret(key: &str, suggestion: Option<&str>) -> bool {
+    let home = |s: &str| {
+        s.strip_suffix("_file")
+            .or_else(|| s.strip_suffix("_env"))
+            .unwrap_or(s)
+            .to_string()
+    };
+    if suggestion.is_some_and(|s| is_inline_secret(&home(s))) {
+        return true;
+    }
+    let key = key.to_ascii_lowercase();
+    let words: Vec<&str> = key.split(['_', '-', '.']).collect();
+    let pairs = words.windows(2).map(|w| format!("{}_{}", w[0], w[1]));
+    let close = |w: &str| {
+        SECRET_WORDS.iter().any(|s| {
+            let allowed = if s.len() >= 6 { 2 } else { 1 };
+            crate::diagnostic::levenshtein(w, s) <= allowed
+        })
+    };
+    words
+        .iter()
+        .any(|w| matches!(*w, "key" | "keys") || close(w))
+        || pairs.into_iter().any(|p| close(&p))
+        || close(&key)
 }

@@ -16,6 +16,10 @@ use super::values::{BackupRef, Dur, Percent, Retention, Version, parse_time_of_d
 use crate::diagnostic::{Diagnostic, LineIndex, did_you_mean};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/backplan";
+/// The longest backup label, in characters (it is one cell of the `backups` table).
+pub const MAX_LABEL_CHARS: usize = 200;
+/// The longest backup notes, in characters.
+pub const MAX_NOTES_CHARS: usize = 2000;
 
 /// A correct example for each kind of value, shown as the hint of a value that did not parse.
 fn example_for(rule: &str) -> &'static str {
@@ -249,6 +253,22 @@ impl Validator<'_> {
             ),
             Ok(m) => {
                 use std::os::unix::fs::PermissionsExt;
+                // Read as the secret's user reads it (restic trims whitespace); a file this
+                // user cannot read is left to the run.
+                let empty = m.is_file()
+                    && m.len() < 64 << 10
+                    && std::fs::read(&path).is_ok_and(|b| b.trim_ascii().is_empty());
+                if empty {
+                    self.err(
+                        "secret-file-empty",
+                        v.span(),
+                        format!(
+                            "`{key}` names {}, which is empty (or holds only whitespace)",
+                            path.display()
+                        ),
+                        "write the secret in the file (surrounding spaces and line ends are not part of it)",
+                    );
+                }
                 if m.permissions().mode() & 0o077 != 0 {
                     self.diags.push(
                         Diagnostic::warning(
@@ -546,6 +566,24 @@ impl Validator<'_> {
             };
             let mut backups = BTreeMap::new();
             for (key, b) in &i.backups {
+                for (v, what, max) in [
+                    (&b.label, "label", MAX_LABEL_CHARS),
+                    (&b.notes, "notes", MAX_NOTES_CHARS),
+                ] {
+                    let Some(v) = v else { continue };
+                    let n = v.get_ref().chars().count();
+                    if n > max {
+                        self.err(
+                            "too-long",
+                            v.span(),
+                            format!(
+                                "`{what}` of backup `{}` has {n} characters; at most {max} are allowed",
+                                key.get_ref()
+                            ),
+                            format!("shorten `{what}` to {max} characters or fewer"),
+                        );
+                    }
+                }
                 let storage = b
                     .storage
                     .as_ref()

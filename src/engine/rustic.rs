@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -30,6 +30,8 @@ pub struct RusticEngine {
     keys: Mutex<HashMap<(PathBuf, String), MasterKey>>,
     /// One lock per repository: rustic takes no repository locks, so writers are serialised.
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+    /// Key files already reported as readable by others (once per process: at every start).
+    loose_keys: Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl Default for RusticEngine {
@@ -44,7 +46,29 @@ impl RusticEngine {
         RusticEngine {
             keys: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            loose_keys: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// The repository password (see [`read_password`]), with a warning, once per process, when
+    /// the key file is readable by group or others.
+    fn password(&self, repo: &Repo) -> Result<Password, EngineError> {
+        let password = read_password(&repo.password_file)?;
+        if password.mode & 0o077 != 0
+            && self
+                .loose_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(repo.password_file.clone())
+        {
+            tracing::warn!(
+                "the repository key {} can be read by group or others (mode {:o}); run `chmod 600 {}`",
+                repo.password_file.display(),
+                password.mode & 0o777,
+                repo.password_file.display()
+            );
+        }
+        Ok(password)
     }
 
     /// The lock that serialises operations on `repo` (exposed for tests).
@@ -89,7 +113,11 @@ impl RusticEngine {
         repo: &Repo,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<Repository<OpenStatus>, EngineError> {
-        let password = read_password(repo)?;
+        let Password {
+            key: password,
+            legacy,
+            ..
+        } = self.password(repo)?;
         let unopened = handle(repo, progress)?;
         let cache_key = (repo.path.clone(), password.clone());
         let known = self
@@ -103,9 +131,22 @@ impl RusticEngine {
         {
             return Ok(open);
         }
-        let open = unopened
-            .open(&Credentials::password(&password))
-            .map_err(err(repo))?;
+        let open = match unopened.clone().open(&Credentials::password(&password)) {
+            Ok(open) => open,
+            // A repository made when backplan kept the key's surrounding spaces.
+            Err(e) => match legacy.and_then(|old| unopened.open(&Credentials::password(&old)).ok())
+            {
+                Some(open) => {
+                    tracing::warn!(
+                        "repository {} opens only with the key of {} read with its surrounding spaces, as backplan did before; restic reads it without them: add a key restic can use (`restic key add`) and write it to that file",
+                        repo.path.display(),
+                        repo.password_file.display()
+                    );
+                    open
+                }
+                None => return Err(err(repo)(e)),
+            },
+        };
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -154,7 +195,7 @@ impl Engine for RusticEngine {
                 }
                 write_new_key(&repo.password_file)?;
             }
-            let password = read_password(repo)?;
+            let password = self.password(repo)?.key;
             std::fs::create_dir_all(&repo.path).map_err(|source| EngineError::Io {
                 op: "creating the repository folder",
                 source,
@@ -486,13 +527,42 @@ fn err(repo: &Repo) -> impl Fn(Box<RusticError>) -> EngineError + '_ {
     }
 }
 
-fn read_password(repo: &Repo) -> Result<String, EngineError> {
-    let text =
-        std::fs::read_to_string(&repo.password_file).map_err(|source| EngineError::Password {
-            path: repo.password_file.clone(),
-            source,
-        })?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+/// A repository password as read from its file.
+struct Password {
+    /// As restic reads a password file: without a byte-order mark and surrounding whitespace
+    /// (line ends included), so that stock `restic --password-file` opens the same repository.
+    key: String,
+    /// How backplan read it before (only line ends removed), when that differs from `key`:
+    /// a repository made with it still opens.
+    legacy: Option<String>,
+    /// The file's permission bits.
+    mode: u32,
+}
+
+fn read_password(path: &Path) -> Result<Password, EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |source| EngineError::Password {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(fail)?.permissions().mode();
+    let original = std::fs::read_to_string(path).map_err(fail)?;
+    let key = original
+        .strip_prefix('\u{feff}')
+        .unwrap_or(&original)
+        .trim();
+    if key.is_empty() {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty or holds only whitespace; write the repository password in it",
+        )));
+    }
+    let legacy = original.trim_end_matches(['\n', '\r']);
+    Ok(Password {
+        key: key.to_string(),
+        legacy: (legacy != key).then(|| legacy.to_string()),
+        mode,
+    })
 }
 
 /// A new random repository key, written 0600 and synced before the repository uses it.
@@ -504,7 +574,11 @@ fn write_new_key(path: &Path) -> Result<(), EngineError> {
         .map_err(io("reading random bytes for the repository key"))?;
     let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io("creating the key's folder"))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io("creating the key's folder"))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)

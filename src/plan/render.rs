@@ -29,7 +29,13 @@ fn expires(t: &Option<DateTime<Utc>>) -> String {
     t.as_ref().map(time).unwrap_or_else(|| "never".into())
 }
 
+/// The plan for people. Control characters from the file or the state (a path, a hook's
+/// arguments, an error) are escaped; labels and notes are quoted.
 pub fn text(plan: &Plan) -> String {
+    crate::diagnostic::printable(&text_unescaped(plan), true).into_owned()
+}
+
+fn text_unescaped(plan: &Plan) -> String {
     let mut out = String::new();
     let w = &mut out;
     if !plan.actions.is_empty() {

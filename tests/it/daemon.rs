@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 use crate::trees::*;
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     dir: PathBuf,
 }
 
 impl Daemon {
-    fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -42,11 +42,17 @@ impl Daemon {
         d
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
-    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
+    pub(crate) fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if ok() {
@@ -105,11 +111,11 @@ fn statuses(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-fn has(dir: &Path, name: &str, status: &str) -> bool {
+pub(crate) fn has(dir: &Path, name: &str, status: &str) -> bool {
     statuses(dir).iter().any(|(n, s)| n == name && s == status)
 }
 
-fn prepared() -> tempfile::TempDir {
+pub(crate) fn prepared() -> tempfile::TempDir {
     let tmp = quickstart_copy();
     std::fs::create_dir_all(tmp.path().join("data/contoso")).unwrap();
     std::fs::write(tmp.path().join("data/contoso/a.txt"), "hello").unwrap();
@@ -369,7 +375,7 @@ fn the_control_socket_bounds_requests_connections_and_idle_clients() {
 
     // A request streamed without a newline is cut at the size limit of a file: an error
     // reply, the connection closed, and the daemon's memory does not follow the client.
-    let limit = backplan::config::MAX_CONFIG_BYTES;
+    let limit = backplan::config::MAX_FILE_BYTES as usize;
     let s = UnixStream::connect(&sock).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
