@@ -9,5 +9,6 @@ mod helpers;
 mod invalid;
 mod plans;
 mod properties;
+mod schedule;
 mod schema;
 mod trees;
