@@ -7,6 +7,7 @@
 //! completed, say), and records what happened.
 
 pub mod directory;
+pub mod hooks;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -153,6 +154,7 @@ impl<'a> Executor<'a> {
         detail: &str,
     ) -> Result<(), ApplyError> {
         self.store.journal(self.now(), op, address, phase, detail)?;
+        crate::heartbeat::beat();
         crash_point(op, phase);
         Ok(())
     }
@@ -420,7 +422,14 @@ impl<'a> Executor<'a> {
                     self.report.failed(&a.address, why);
                     return Ok(());
                 }
-                if let Err(why) = run_hook(on_update) {
+                let hook = hooks::run(
+                    &format!("{} on_update", a.address),
+                    on_update,
+                    &hooks::secret_env_names(self.cfg),
+                    self.stop.as_deref(),
+                    hooks::Limits::default(),
+                );
+                if let Err(why) = hook {
                     let why = format!(
                         "on_update failed, the version stays {}: {why}",
                         version.from
@@ -896,12 +905,18 @@ impl<'a> Executor<'a> {
 
 /// Fault injection for the crash-safety tests: with `BACKPLAN_CRASH_AFTER=<op>:<phase>`
 /// (like `swap:started`), the process kills itself with SIGKILL right after journaling that
-/// step, exactly as a power cut or `kill -9` would stop it there.
+/// step, exactly as a power cut or `kill -9` would stop it there. `BACKPLAN_HANG_AFTER` stops
+/// there for good instead, as a hung operation would (the watchdog tests).
 fn crash_point(op: &str, phase: Phase) {
+    let here = format!("{op}:{}", format!("{phase:?}").to_lowercase());
+    if std::env::var_os("BACKPLAN_HANG_AFTER").is_some_and(|at| at.to_string_lossy() == here) {
+        loop {
+            std::thread::park();
+        }
+    }
     let Some(at) = std::env::var_os("BACKPLAN_CRASH_AFTER") else {
         return;
     };
-    let here = format!("{op}:{}", format!("{phase:?}").to_lowercase());
     if at.to_string_lossy() == here {
         // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, nothing runs after it.
         unsafe {
@@ -916,21 +931,6 @@ pub fn generated_key_path(cfg: &Config, storage: &str) -> PathBuf {
         .state_dir
         .join("keys")
         .join(format!("{storage}.key"))
-}
-
-fn run_hook(argv: &[String]) -> Result<(), String> {
-    let Some((program, args)) = argv.split_first() else {
-        return Ok(());
-    };
-    let status = std::process::Command::new(program)
-        .args(args)
-        .status()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{program} exited with {status}"))
-    }
 }
 
 pub fn human_bytes(n: u64) -> String {
