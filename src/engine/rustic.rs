@@ -61,7 +61,17 @@ impl RusticEngine {
         f: impl FnOnce() -> Result<T, EngineError> + Send,
     ) -> Result<T, EngineError> {
         let lock = self.repository_lock(repo);
-        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Waiting for the lock is live work (the watchdog's heartbeat), not a hang.
+        let _held = loop {
+            match lock.try_lock() {
+                Ok(held) => break held,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    crate::heartbeat::beat();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        };
         std::thread::scope(|s| {
             let worker = std::thread::Builder::new()
                 .name(format!("engine {op}"))
@@ -549,6 +559,7 @@ impl std::fmt::Debug for Bars {
 
 impl ProgressBars for Bars {
     fn progress(&self, kind: ProgressType, prefix: &str) -> Progress {
+        crate::heartbeat::beat();
         Progress::new(Bar {
             sink: self.0.clone(),
             bytes: matches!(kind, ProgressType::Bytes),
@@ -584,6 +595,7 @@ impl RusticProgress for Bar {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = title.to_string();
     }
     fn inc(&self, n: u64) {
+        crate::heartbeat::beat();
         let done = self.pos.fetch_add(n, Ordering::Relaxed) + n;
         if self.bytes {
             let len = self.len.load(Ordering::Relaxed);
