@@ -52,8 +52,11 @@ pub fn ask(socket: &Path, q: &Query) -> Result<Answer, AskError> {
         socket: name.clone(),
         reason,
     };
-    // A plan over a large state takes a moment; a stuck daemon must not hang the CLI.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    // A plan over a large state takes a moment; a stuck daemon must not hang the CLI. A
+    // verification reads data back and takes as long as it takes.
+    if !matches!(q, Query::Verify { .. }) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    }
     let mut line = serde_json::to_string(q).expect("queries serialise");
     line.push('\n');
     stream

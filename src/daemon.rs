@@ -126,11 +126,45 @@ struct Shared {
     clock: Arc<dyn Clock>,
     /// What the loop is doing (`reconciling (start)`, `waiting; next run ...`), for `status`.
     activity: RwLock<String>,
+    engine: Arc<dyn Engine>,
+    /// The outcome of the last verification (daily, or asked for), for `status`.
+    last_verify: RwLock<Option<String>>,
 }
 
 impl Shared {
     fn set_activity(&self, what: String) {
         *self.activity.write().unwrap_or_else(|p| p.into_inner()) = what;
+    }
+
+    /// Verifies the repositories against the records (blocking): the report, and whether it
+    /// found problems. The outcome is kept for `status`.
+    fn verify(&self, cfg: &Config, subset: f64) -> (String, bool) {
+        let mut out = Vec::new();
+        let problems = match self.store.load() {
+            Ok(rec) => crate::cli::verify::check(cfg, &rec, self.engine.as_ref(), subset, &mut out),
+            Err(e) => {
+                out.extend(format!("cannot read the state: {e}\n").bytes());
+                1
+            }
+        };
+        let report = String::from_utf8_lossy(&out).into_owned();
+        for line in report.lines() {
+            if problems > 0 {
+                tracing::error!("verify: {line}");
+            } else {
+                tracing::info!("verify: {line}");
+            }
+        }
+        let outcome = if problems == 0 {
+            format!("OK ({subset}% of the data read back)")
+        } else {
+            format!("{problems} problem(s); see `backplan verify` or the log")
+        };
+        *self.last_verify.write().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "{}: {outcome}",
+            crate::plan::fmt_time(&self.clock.now())
+        ));
+        (report, problems > 0)
     }
 }
 
@@ -196,6 +230,8 @@ pub async fn run(
         store: store.clone(),
         clock: s.clock.clone(),
         activity: RwLock::new("starting".into()),
+        engine: engine.clone(),
+        last_verify: RwLock::new(None),
     });
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
@@ -210,6 +246,8 @@ pub async fn run(
     let mut recovered = false;
     let mut retry = Backoff::default();
     let mut follow_ups = 0;
+    // The day of the last daily verification (`schedule.verify`, after the slot's backups).
+    let mut verified_on = None;
     loop {
         let mut reason_now = None;
         // 1. Reconcile, when something asked for it.
@@ -222,12 +260,20 @@ pub async fn run(
             tracing::info!(reason = ?reason, "reconciling");
             shared.set_activity(format!("reconciling ({})", reason.label()));
             crate::heartbeat::set_busy(true);
+            let now = s.clock.now();
+            let today = planner::local_date(&cfg.schedule, now);
+            let verify = reason == Reason::Deadline
+                && verified_on != Some(today)
+                && now >= planner::slot_at(&cfg.schedule, today);
+            if verify {
+                verified_on = Some(today);
+            }
             let work = tokio::task::spawn_blocking({
                 let (store, engine, clock, stop) =
                     (store.clone(), engine.clone(), s.clock.clone(), stop.clone());
-                let cfg = cfg.clone();
+                let (cfg, shared) = (cfg.clone(), shared.clone());
                 move || {
-                    reconcile(
+                    let out = reconcile(
                         &cfg,
                         &store,
                         engine.as_ref(),
@@ -235,7 +281,11 @@ pub async fn run(
                         reason,
                         !recovered,
                         stop,
-                    )
+                    );
+                    if verify {
+                        shared.verify(&cfg, cfg.schedule.verify.0);
+                    }
+                    out
                 }
             });
             tokio::pin!(work);
@@ -720,6 +770,14 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    if let (Query::Verify { subset }, Some(cfg)) = (q, &cfg) {
+        let (report, problems) = shared.verify(cfg, *subset);
+        return Answer {
+            exit: u8::from(problems),
+            stdout: report,
+            stderr: String::new(),
+        };
+    }
     let error = shared
         .config_error
         .read()
@@ -748,7 +806,12 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
     );
     if matches!(q, Query::Status { json: false }) {
         let activity = shared.activity.read().unwrap_or_else(|p| p.into_inner());
-        a.stdout = format!("Daemon: {activity}\n\n{}", a.stdout);
+        let verified = shared.last_verify.read().unwrap_or_else(|p| p.into_inner());
+        let verified = verified
+            .as_ref()
+            .map(|v| format!("Last verify: {v}\n"))
+            .unwrap_or_default();
+        a.stdout = format!("Daemon: {activity}\n{verified}\n{}", a.stdout);
     }
     a
 }

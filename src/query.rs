@@ -44,6 +44,11 @@ pub enum Query {
         detailed_exitcode: bool,
         allow_mass_removal: bool,
     },
+    /// Verifies the repositories (`subset`: the percentage of the data read back). Only the
+    /// daemon answers it: without one, the CLI verifies itself.
+    Verify {
+        subset: f64,
+    },
 }
 
 /// What the command prints and its exit status.
@@ -85,6 +90,13 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
         Query::Status { json } => status(ctx, *json, &mut out),
         Query::Backups { instance, json } => backups(ctx, instance.as_deref(), *json, &mut out),
         Query::Show { backup, json } => show(ctx, backup, *json, &mut out, &mut err),
+        Query::Verify { .. } => {
+            let _ = writeln!(
+                err,
+                "verify needs the repositories: only the daemon answers it"
+            );
+            Exit::Failure
+        }
         Query::Plan {
             file,
             name,

@@ -639,3 +639,32 @@ fn a_silent_step_of_the_clock_is_seen_without_an_event() {
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn verify_works_through_the_daemon_which_also_verifies_daily() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let clock = dir.join("clock");
+    let set = |t: &str| {
+        std::fs::write(dir.join("clock.new"), t).unwrap();
+        std::fs::rename(dir.join("clock.new"), &clock).unwrap();
+    };
+    set("2026-11-27T01:00:00Z");
+    let d = Daemon::start(dir, &["--clock-file", "clock"], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    // Asked while the daemon holds the state.
+    let run = backplan(dir, &["verify", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(run.stdout.contains("storage local: OK"), "{}", run.stdout);
+    // `schedule.verify`, after the daily backups, with its outcome in `status`.
+    set("2026-11-27T02:00:30Z");
+    d.wait_for("the daily verification in status", || {
+        let run = backplan(dir, &["status", "-c", "backplan.toml"]);
+        run.stdout.lines().any(|l| {
+            l.starts_with("Last verify: 2026-11-27T02:00:30Z: OK") && l.contains("5% of the data")
+        })
+    });
+    assert!(d.log().contains("verify: storage local: OK"), "{}", d.log());
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
