@@ -566,7 +566,14 @@ fn what_failed_is_tried_again_with_back_off_but_a_hook_only_after_a_change() {
     std::fs::write(dir.join("data/contoso-sandbox"), "in the way").unwrap();
     let d = Daemon::start(dir, &["--clock-file", "clock"], &[]);
     d.wait_for("the first apply", || has(dir, "before-import", "completed"));
-    d.wait_for("the failure", || d.log().contains("is not a folder"));
+    d.wait_for("the failure, and the try planned", || {
+        d.log().contains("is not a folder")
+            && backplan(dir, &["status", "-c", "backplan.toml"])
+                .stdout
+                .contains(
+                    "Daemon: waiting; next run 2026-11-27T01:01:00Z (to try again what failed)",
+                )
+    });
     std::fs::remove_file(dir.join("data/contoso-sandbox")).unwrap();
 
     // Not before the back-off (1 minute)...
