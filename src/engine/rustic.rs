@@ -497,6 +497,7 @@ fn sync_repository(root: &Path) -> Result<(), EngineError> {
             && let Ok(entries) = std::fs::read_dir(&dir)
         {
             for e in entries.flatten() {
+                crate::heartbeat::beat();
                 sync_dir(&e.path())?;
             }
         }
@@ -514,8 +515,12 @@ fn sync_filesystem(path: &Path) -> Result<(), EngineError> {
         source,
     })?;
     use std::os::fd::AsRawFd;
-    // SAFETY: syncfs takes a valid open descriptor, held by `f` for the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+    // SAFETY: syncfs takes a valid open descriptor, held by `f` for the call. A large tree
+    // takes a while to flush: live work for the watchdog, up to half an hour.
+    let flushed = crate::heartbeat::during(std::time::Duration::from_secs(1800), || unsafe {
+        libc::syncfs(f.as_raw_fd())
+    });
+    if flushed != 0 {
         return Err(EngineError::Io {
             op: "syncing the restored tree",
             source: std::io::Error::last_os_error(),
