@@ -27,6 +27,11 @@ use crate::state::Store;
 /// Where "now" comes from: the system clock, or (tests) a file holding an RFC 3339 time.
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
+    /// The longest the loop sleeps before reading the time again: a sleep runs on the
+    /// monotonic clock, which neither follows steps of the wall clock nor counts a suspend.
+    fn recheck(&self) -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 pub struct SystemClock;
@@ -64,6 +69,11 @@ impl Clock for FileClock {
         }
         last.unwrap_or_else(Utc::now)
     }
+    /// The file may change without an event the loop sees (written through a link): read
+    /// it often.
+    fn recheck(&self) -> Duration {
+        Duration::from_secs(1)
+    }
 }
 
 pub struct Settings {
@@ -82,9 +92,29 @@ pub enum Reason {
     FileChanged,
     Reload,
     Deadline,
-    ClockMoved,
+    /// Something failed earlier: tried again (with back-off).
+    Retry,
     /// The previous run did work; what it made due is done at once.
     FollowUp,
+}
+
+impl Reason {
+    /// Shown by `status` while the reconcile runs.
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Start => "start",
+            Reason::FileChanged => "file changed",
+            Reason::Reload => "reload",
+            Reason::Deadline => "scheduled",
+            Reason::Retry => "retry",
+            Reason::FollowUp => "follow-up",
+        }
+    }
+
+    /// The operator asked for this one: hooks and restores may run.
+    fn operator_caused(self) -> bool {
+        matches!(self, Reason::Start | Reason::FileChanged | Reason::Reload)
+    }
 }
 
 /// What the control socket and the status line see.
@@ -94,10 +124,51 @@ struct Shared {
     config_error: RwLock<Option<String>>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
+    /// What the loop is doing (`reconciling (start)`, `waiting; next run ...`), for `status`.
+    activity: RwLock<String>,
     engine: Arc<dyn Engine>,
+    /// The outcome of the last verification (daily, or asked for), for `status`.
+    last_verify: RwLock<Option<String>>,
     /// Held while a plan is carried out: the loop's reconciles and approved plans (from the
     /// control socket) run one at a time.
     work: std::sync::Mutex<()>,
+}
+
+impl Shared {
+    fn set_activity(&self, what: String) {
+        *self.activity.write().unwrap_or_else(|p| p.into_inner()) = what;
+    }
+
+    /// Verifies the repositories against the records (blocking): the report, and whether it
+    /// found problems. The outcome is kept for `status`.
+    fn verify(&self, cfg: &Config, subset: f64) -> (String, bool) {
+        let mut out = Vec::new();
+        let problems = match self.store.load() {
+            Ok(rec) => crate::cli::verify::check(cfg, &rec, self.engine.as_ref(), subset, &mut out),
+            Err(e) => {
+                out.extend(format!("cannot read the state: {e}\n").bytes());
+                1
+            }
+        };
+        let report = String::from_utf8_lossy(&out).into_owned();
+        for line in report.lines() {
+            if problems > 0 {
+                tracing::error!("verify: {line}");
+            } else {
+                tracing::info!("verify: {line}");
+            }
+        }
+        let outcome = if problems == 0 {
+            format!("OK ({subset}% of the data read back)")
+        } else {
+            format!("{problems} problem(s); see `backplan verify` or the log")
+        };
+        *self.last_verify.write().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "{}: {outcome}",
+            crate::plan::fmt_time(&self.clock.now())
+        ));
+        (report, problems > 0)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,19 +232,26 @@ pub async fn run(
         config_error: RwLock::new(None),
         store: store.clone(),
         clock: s.clock.clone(),
+        activity: RwLock::new("starting".into()),
         engine: engine.clone(),
+        last_verify: RwLock::new(None),
         work: std::sync::Mutex::new(()),
     });
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
     let socket = serve_control(&cfg.daemon.control_socket, shared.clone())?;
+    // Serving: recovery and the first reconcile can take hours, systemd must not wait for them.
+    sd_notify("READY=1\nSTATUS=starting: resolving interrupted work, then reconciling");
     let stop = Arc::new(AtomicBool::new(false));
     let mut last_text = crate::config::read_text(&s.config).unwrap_or_default();
     tokio::pin!(shutdown);
 
     let mut reason = Some(Reason::Start);
-    let mut ready = false;
+    let mut recovered = false;
+    let mut retry = Backoff::default();
     let mut follow_ups = 0;
+    // The day of the last daily verification (`schedule.verify`, after the slot's backups).
+    let mut verified_on = None;
     loop {
         let mut reason_now = None;
         // 1. Reconcile, when something asked for it.
@@ -184,98 +262,172 @@ pub async fn run(
             .clone();
         if let (Some(cfg), Some(reason)) = (cfg, reason.take()) {
             tracing::info!(reason = ?reason, "reconciling");
+            shared.set_activity(format!("reconciling ({})", reason.label()));
+            crate::heartbeat::set_busy(true);
+            let now = s.clock.now();
+            let today = planner::local_date(&cfg.schedule, now);
+            let verify = reason == Reason::Deadline
+                && verified_on != Some(today)
+                && now >= planner::slot_at(&cfg.schedule, today);
+            if verify {
+                verified_on = Some(today);
+            }
             let work = tokio::task::spawn_blocking({
                 let (store, engine, clock, stop) =
                     (store.clone(), engine.clone(), s.clock.clone(), stop.clone());
                 let (cfg, shared) = (cfg.clone(), shared.clone());
                 move || {
                     let _work = shared.work.lock().unwrap_or_else(|p| p.into_inner());
-                    reconcile(&cfg, &store, engine.as_ref(), clock.as_ref(), reason, stop)
+                    let out = reconcile(
+                        &cfg,
+                        &store,
+                        engine.as_ref(),
+                        clock.as_ref(),
+                        reason,
+                        !recovered,
+                        stop,
+                    );
+                    if verify {
+                        shared.verify(&cfg, cfg.schedule.verify.0);
+                    }
+                    out
                 }
             });
             tokio::pin!(work);
             tokio::select! {
-                r = &mut work => match r {
-                    Ok((summary, worked)) => {
-                        tracing::info!("{summary}");
-                        // Work done can make more work due at once (a new backup lets an
-                        // older one expire): look again, a bounded number of times.
-                        if worked && follow_ups < 2 {
-                            follow_ups += 1;
-                            reason_now = Some(Reason::FollowUp);
-                        } else {
-                            follow_ups = 0;
+                r = &mut work => {
+                    crate::heartbeat::set_busy(false);
+                    match r {
+                        Ok(out) => {
+                            tracing::info!("{}", out.summary);
+                            recovered |= out.recovered;
+                            if out.failed {
+                                let at = retry.failed(s.clock.now());
+                                tracing::warn!("what failed is tried again at {}", crate::plan::fmt_time(&at));
+                            } else {
+                                retry = Backoff::default();
+                            }
+                            // Work done can make more work due at once (a new backup lets an
+                            // older one expire): look again, a bounded number of times.
+                            if out.worked && follow_ups < 2 {
+                                follow_ups += 1;
+                                reason_now = Some(Reason::FollowUp);
+                            } else {
+                                follow_ups = 0;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!("reconcile stopped unexpectedly: {e}");
+                            retry.failed(s.clock.now());
                         }
                     }
-                    Err(e) => tracing::error!("reconcile stopped unexpectedly: {e}"),
                 },
                 () = &mut shutdown => {
                     stop.store(true, Ordering::SeqCst);
                     sd_notify("STOPPING=1\nSTATUS=stopping: waiting for the operation under way");
-                    if tokio::time::timeout(s.grace, &mut work).await.is_err() {
+                    // A running hook is waited for longer (it is killed at its own limit,
+                    // within the unit's stop timeout).
+                    let started = std::time::Instant::now();
+                    let mut limit = s.grace;
+                    let finished = loop {
+                        if tokio::time::timeout(Duration::from_millis(100), &mut work).await.is_ok() {
+                            break true;
+                        }
+                        if crate::apply::hooks::running() {
+                            limit = limit.max(crate::apply::hooks::STOP_GRACE + Duration::from_secs(2));
+                        }
+                        if started.elapsed() >= limit {
+                            break false;
+                        }
+                    };
+                    if !finished {
                         tracing::warn!("stopping during an operation: it is resumed or discarded safely at the next start");
                     }
                     break;
                 }
             }
         }
-        if !ready {
-            ready = true;
-            sd_notify("READY=1");
-        }
         if reason_now.is_some() {
             reason = reason_now;
             continue;
         }
-        // 2. Sleep until the next deadline or an event.
-        let (next, status) = {
-            let cfg = shared
-                .config
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            // Loading the records is blocking I/O: not on the async workers, which serve the
-            // control socket meanwhile.
-            let (next, instances) = tokio::task::spawn_blocking({
-                let (store, clock) = (store.clone(), s.clock.clone());
-                move || {
-                    let rec = store.load().unwrap_or_default();
-                    let next = cfg
-                        .as_ref()
-                        .map(|c| planner::next_deadline(c, &rec, clock.now()));
-                    (next, rec.instances.len())
-                }
-            })
-            .await
-            .unwrap_or((None, 0));
-            let error = shared
-                .config_error
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some();
-            let status = format!(
-                "STATUS={} instances{}; next run {}",
-                instances,
-                if error {
-                    "; the file on disk is INVALID, the last valid one is in force"
-                } else {
-                    ""
-                },
-                next.map(|t| crate::plan::fmt_time(&t))
-                    .unwrap_or_else(|| "-".into())
-            );
-            (next, status)
+        // 2. Wait until the next deadline or an event. The records do not change meanwhile
+        // (only this loop writes them); the clock is read again at least every
+        // `Clock::recheck`, so a step of the wall clock or a suspend never sleeps past a slot.
+        let cfg = shared
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Loading the records is blocking I/O: not on the async workers, which serve the
+        // control socket meanwhile.
+        let (deadline, instances) = tokio::task::spawn_blocking({
+            let (store, clock) = (store.clone(), s.clock.clone());
+            move || {
+                let rec = store.load().unwrap_or_default();
+                let next = cfg
+                    .as_ref()
+                    .map(|c| planner::next_deadline(c, &rec, clock.now()));
+                (next, rec.instances.len())
+            }
+        })
+        .await
+        .unwrap_or((None, 0));
+        let next = match (deadline, retry.at) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
         };
-        sd_notify(&status);
-        let sleep = next
-            .map(|t| (t - s.clock.now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::from_secs(24 * 3600));
-        tracing::debug!(?sleep, "waiting");
-        let woke = tokio::select! {
-            () = tokio::time::sleep(sleep) => Some(Reason::Deadline),
-            Some(()) = reload.recv() => Some(Reason::Reload),
-            Some(w) = wake.recv() => Some(match w { Wake::Clock => Reason::ClockMoved, Wake::File => Reason::FileChanged }),
-            () = &mut shutdown => None,
+        let error = shared
+            .config_error
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        let next_text = next
+            .map(|t| crate::plan::fmt_time(&t))
+            .unwrap_or_else(|| "-".into());
+        shared.set_activity(format!(
+            "waiting; next run {next_text}{}",
+            if retry.at.is_some() {
+                " (to try again what failed)"
+            } else {
+                ""
+            }
+        ));
+        sd_notify(&format!(
+            "STATUS={} instances{}; next run {next_text}",
+            instances,
+            if error {
+                "; the file on disk is INVALID, the last valid one is in force"
+            } else {
+                ""
+            },
+        ));
+        let woke = loop {
+            let now = s.clock.now();
+            if let Some(t) = next
+                && t <= now
+            {
+                break Some(if retry.at.is_some_and(|r| r <= now) {
+                    Reason::Retry
+                } else {
+                    Reason::Deadline
+                });
+            }
+            let sleep = next
+                .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::MAX)
+                .min(s.clock.recheck());
+            tracing::debug!(?sleep, "waiting");
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {},
+                Some(()) = reload.recv() => break Some(Reason::Reload),
+                Some(w) = wake.recv() => match w {
+                    Wake::File => break Some(Reason::FileChanged),
+                    // The test clock moved: read it again.
+                    Wake::Clock => {},
+                },
+                () = &mut shutdown => break None,
+            }
         };
         let Some(woke) = woke else {
             sd_notify("STOPPING=1");
@@ -296,6 +448,32 @@ pub async fn run(
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// When to try again what failed: 1 minute after the first failure, doubling up to an hour,
+/// until a reconcile succeeds.
+#[derive(Debug, Default)]
+struct Backoff {
+    at: Option<DateTime<Utc>>,
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: i64 = 60;
+    const MAX: i64 = 3600;
+
+    /// A reconcile failed: when to try again. A try already planned stands (a follow-up
+    /// that fails the same way does not push it back).
+    fn failed(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
+        if let Some(at) = self.at.filter(|at| *at > now) {
+            return at;
+        }
+        let wait = (Self::FIRST << self.failures.min(10)).min(Self::MAX);
+        self.failures += 1;
+        let at = now + chrono::Duration::seconds(wait);
+        self.at = Some(at);
+        at
+    }
 }
 
 /// Re-reads the file. Returns whether a reconcile is needed: the content changed (or a reload
@@ -357,50 +535,96 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
     result
 }
 
-/// One reconcile: resolve interrupted work, plan, apply. Runs on a blocking thread.
+/// What one reconcile did.
+struct Outcome {
+    summary: String,
+    /// Something was done: look again at once for what it made due.
+    worked: bool,
+    /// Something failed that is tried again on its own (with back-off).
+    failed: bool,
+    /// Interrupted work is resolved (this run or an earlier one).
+    recovered: bool,
+}
+
+/// One reconcile: resolve interrupted work (until that succeeds), plan, apply. Runs on a
+/// blocking thread. Hooks and restores run only on a reconcile the operator caused (start,
+/// a changed file, a reload): one that failed is never run again on its own.
 fn reconcile(
     cfg: &Config,
     store: &Store,
     engine: &dyn Engine,
     clock: &dyn Clock,
     reason: Reason,
+    recover: bool,
     stop: Arc<AtomicBool>,
-) -> (String, bool) {
+) -> Outcome {
     let now_fn = || clock.now();
     let mut exec = Executor::new(cfg, store, engine, Arc::new(LogProgress), &now_fn);
     exec.stop = Some(stop);
+    let outcome = |summary: String, worked, failed| Outcome {
+        summary,
+        worked,
+        failed,
+        recovered: true,
+    };
     // At a start, and after the store failed (a full disk): work left `running` is resolved.
-    if (reason == Reason::Start || store.take_reopened())
+    if (recover || store.take_reopened())
         && let Err(e) = exec.recover()
     {
-        return (format!("recovery failed: {e}"), false);
+        return Outcome {
+            summary: format!("recovery failed: {e}"),
+            worked: false,
+            failed: true,
+            recovered: false,
+        };
     }
     let rec = match store.load() {
         Ok(r) => r,
-        Err(e) => return (format!("cannot read the state: {e}"), false),
+        Err(e) => return outcome(format!("cannot read the state: {e}"), false, true),
     };
-    let plan = crate::plan::plan(cfg, &rec, clock.now(), PlanOptions::default());
+    let mut plan = crate::plan::plan(cfg, &rec, clock.now(), PlanOptions::default());
+    if !reason.operator_caused() {
+        plan.actions.retain(|a| {
+            let rerun = match &a.details {
+                crate::plan::Details::UpdateInstance { on_update, .. } => !on_update.is_empty(),
+                crate::plan::Details::Restore { .. } => true,
+                _ => false,
+            };
+            if rerun {
+                tracing::info!(
+                    address = %a.address,
+                    "not run again on its own: it runs a hook or a restore; change the file or reload to run it"
+                );
+            }
+            !rerun
+        });
+    }
     for r in &plan.refusals {
         tracing::error!(address = %r.address, rule = r.rule, at = %r.location, "refused: {}; fix: {}", r.message, r.fix);
     }
     if !plan.refusals.is_empty() && plan.due.is_empty() {
-        return (
+        return outcome(
             format!(
                 "{} refusal(s): nothing from the file applied",
                 plan.refusals.len()
             ),
             false,
+            false,
         );
     }
     if !plan.has_changes() {
-        return ("nothing to do".into(), false);
+        return outcome("nothing to do".into(), false, false);
     }
     if let Err(e) = exec.run(&plan) {
-        return (format!("apply stopped: {e}"), false);
+        return outcome(format!("apply stopped: {e}"), false, true);
     }
     let failed = exec.report.failures();
     let done = exec.report.lines.len() - failed;
-    (format!("applied: {done} done, {failed} failed"), done > 0)
+    outcome(
+        format!("applied: {done} done, {failed} failed"),
+        done > 0,
+        exec.report.retriable_failures() > 0,
+    )
 }
 
 /// Progress of long operations as log lines.
@@ -584,6 +808,14 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    if let (Query::Verify { subset }, Some(cfg)) = (q, &cfg) {
+        let (report, problems) = shared.verify(cfg, *subset);
+        return Answer {
+            exit: u8::from(problems),
+            stdout: report,
+            stderr: String::new(),
+        };
+    }
     let error = shared
         .config_error
         .read()
@@ -621,6 +853,15 @@ fn answer(q: &Query, shared: &Shared) -> Answer {
     );
     if let Some(w) = stale {
         a.stderr.insert_str(0, &w);
+    }
+    if matches!(q, Query::Status { json: false }) {
+        let activity = shared.activity.read().unwrap_or_else(|p| p.into_inner());
+        let verified = shared.last_verify.read().unwrap_or_else(|p| p.into_inner());
+        let verified = verified
+            .as_ref()
+            .map(|v| format!("Last verify: {v}\n"))
+            .unwrap_or_default();
+        a.stdout = format!("Daemon: {activity}\n{verified}\n{}", a.stdout);
     }
     a
 }
@@ -692,7 +933,7 @@ fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str) -> Answer 
     for (outcome, address, what) in &exec.report.lines {
         let tag = match outcome {
             crate::apply::Outcome::Done => "ok  ",
-            crate::apply::Outcome::Failed => "FAIL",
+            crate::apply::Outcome::Failed | crate::apply::Outcome::FailedForGood => "FAIL",
         };
         stdout += &format!("  {tag} {address}: {what}\n");
     }
@@ -741,7 +982,9 @@ fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
-/// Sends WATCHDOG=1 at half the interval systemd asked for (`WATCHDOG_USEC`).
+/// Sends WATCHDOG=1 at half the interval systemd asked for (`WATCHDOG_USEC`), while the
+/// daemon is idle or its work under way beats (see [`crate::heartbeat`]): a hung operation
+/// stops the pings, and systemd restarts the service.
 pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Some(pid) = std::env::var("WATCHDOG_PID")
@@ -753,8 +996,18 @@ pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
     }
     let every = Duration::from_micros(usec / 2);
     Some(tokio::spawn(async move {
+        let mut fed = true;
         loop {
-            sd_notify("WATCHDOG=1");
+            if crate::heartbeat::alive(every) {
+                sd_notify("WATCHDOG=1");
+                fed = true;
+            } else if fed {
+                tracing::error!(
+                    "the operation under way has shown no progress for {}s: the watchdog is no longer fed",
+                    every.as_secs()
+                );
+                fed = false;
+            }
             tokio::time::sleep(every).await;
         }
     }))

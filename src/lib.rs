@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod diagnostic;
 pub mod engine;
+pub mod heartbeat;
 pub mod kinds;
 pub mod plan;
 pub mod query;

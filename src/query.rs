@@ -45,6 +45,11 @@ pub enum Query {
         allow_mass_removal: bool,
         approved: String,
     },
+    /// Verifies the repositories (`subset`: the percentage of the data read back). Only the
+    /// daemon answers it: without one, the CLI verifies itself.
+    Verify {
+        subset: f64,
+    },
 }
 
 /// What the command prints and its exit status.
@@ -86,6 +91,13 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
         Query::Status { json } => status(ctx, *json, &mut out),
         Query::Backups { instance, json } => backups(ctx, instance.as_deref(), *json, &mut out),
         Query::Show { backup, json } => show(ctx, backup, *json, &mut out, &mut err),
+        Query::Verify { .. } => {
+            let _ = writeln!(
+                err,
+                "verify needs the repositories: only the daemon answers it"
+            );
+            Exit::Failure
+        }
         Query::Recorded => {
             json(&mut out, ctx.recorded);
             Exit::Ok
@@ -104,7 +116,7 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
         Query::Status { json } | Query::Backups { json, .. } | Query::Show { json, .. } => *json,
         // The recorded state is JSON; an apply's report is text.
         Query::Recorded => true,
-        Query::Apply { .. } => false,
+        Query::Apply { .. } | Query::Verify { .. } => false,
     };
     let stdout = String::from_utf8_lossy(&out);
     Answer {

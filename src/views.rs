@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::config::values::BackupRef;
 use crate::config::{Config, InstanceType};
-use crate::plan::planner::next_slot;
+use crate::plan::planner::next_daily;
 use crate::records::*;
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +36,6 @@ pub struct LastGood {
 
 /// Without a valid configuration, only what is recorded is shown (no next daily slot).
 pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<InstanceStatus> {
-    let next = cfg.map(|c| next_slot(&c.schedule, now));
     let declared_names = cfg.into_iter().flat_map(|c| c.instances.keys());
     let mut names: Vec<&String> = declared_names.chain(rec.instances.keys()).collect();
     names.sort();
@@ -81,7 +80,9 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                     .or_else(|| failing.as_ref().map(|f| f.0.clone())),
                 since: failing.map(|f| f.1),
                 last_good_backup: last_good,
-                next_daily: recorded.and(next),
+                next_daily: recorded
+                    .and(cfg)
+                    .map(|c| next_daily(&c.schedule, rec, name, now)),
             }
         })
         .collect()

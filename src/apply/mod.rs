@@ -6,6 +6,8 @@
 //! moment of doing it, that the preconditions the plan assumed still hold (a restore's backup
 //! completed, say), and records what happened.
 
+pub mod hooks;
+
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -36,6 +38,9 @@ pub enum ApplyError {
 pub enum Outcome {
     Done,
     Failed,
+    /// Failed for a reason a retry cannot change (a kind or storage this version lacks): the
+    /// run fails, but the daemon does not try again on its own.
+    FailedForGood,
 }
 
 /// What happened, one line per action or due item, in order.
@@ -63,18 +68,20 @@ impl Report {
         }
         self.lines.push((Outcome::Failed, address.to_string(), why));
     }
+    fn failed_for_good(&mut self, address: &str, why: impl Into<String>) {
+        self.failed(address, why);
+        if let Some(last) = self.lines.last_mut() {
+            last.0 = Outcome::FailedForGood;
+        }
+    }
     pub fn failures(&self) -> usize {
+        self.lines.iter().filter(|l| l.0 != Outcome::Done).count()
+    }
+    /// Failures that a later try may overcome.
+    pub fn retriable_failures(&self) -> usize {
         self.lines.iter().filter(|l| l.0 == Outcome::Failed).count()
     }
 }
-
-/// The message for a kind or storage this version lacks. Such an item fails alone and is
-/// not retried (SPEC section 3: one failure stays one failure).
-pub fn not_supported(what: impl std::fmt::Display) -> String {
-    format!("{what}: not supported by this version of backplan{NOT_RETRIED}")
-}
-
-const NOT_RETRIED: &str = " (not retried)";
 
 pub struct Executor<'a> {
     pub cfg: &'a Config,
@@ -129,13 +136,14 @@ impl<'a> Executor<'a> {
         detail: &str,
     ) -> Result<(), ApplyError> {
         self.store.journal(self.now(), op, address, phase, detail)?;
+        crate::heartbeat::beat();
         crash_point(op, phase);
         Ok(())
     }
 
     /// The repository of a storage, and whether backplan may generate its key.
     fn repo(&self, storage: &str) -> Result<(Repo, bool), String> {
-        let r = storage::resolve(self.cfg, storage).map_err(|e| format!("{e}{NOT_RETRIED}"))?;
+        let r = storage::resolve(self.cfg, storage)?;
         Ok((r.repo, r.may_generate_key))
     }
 
@@ -387,7 +395,11 @@ impl<'a> Executor<'a> {
                         record.creation_failed = true;
                         self.store.put_instance(&record)?;
                         self.journal("create", &a.address, Phase::Failed, &e)?;
-                        self.report.failed(&a.address, e);
+                        if kinds::of(source.kind()).is_err() {
+                            self.report.failed_for_good(&a.address, e);
+                        } else {
+                            self.report.failed(&a.address, e);
+                        }
                     }
                 }
             }
@@ -429,7 +441,14 @@ impl<'a> Executor<'a> {
                     self.report.failed(&a.address, why);
                     return Ok(());
                 }
-                if let Err(why) = run_hook(on_update) {
+                let hook = hooks::run(
+                    &format!("{} on_update", a.address),
+                    on_update,
+                    &hooks::secret_env_names(self.cfg),
+                    self.stop.as_deref(),
+                    hooks::Limits::default(),
+                );
+                if let Err(why) = hook {
                     let why = format!(
                         "on_update failed, the version stays {}: {why}",
                         version.from
@@ -853,13 +872,20 @@ impl<'a> Executor<'a> {
             Phase::Started,
             &format!("try {}", b.attempts),
         )?;
-        let result = (|| -> Result<crate::engine::SnapshotInfo, String> {
-            let source = self
-                .source_of(&b.instance)
-                .ok_or_else(|| format!("`{}` is neither recorded nor in the file", b.instance))?;
-            let kind = kinds::of(source.kind()).map_err(|e| format!("{e}{NOT_RETRIED}"))?;
-            let what = kind.backup_source(&source, &b.instance)?;
-            let repo = self.usable_repo(&b.storage)?;
+        // Err: why, and whether a retry can help (not for what this version lacks).
+        let result = (|| -> Result<crate::engine::SnapshotInfo, (String, bool)> {
+            let source = self.source_of(&b.instance).ok_or_else(|| {
+                (
+                    format!("`{}` is neither recorded nor in the file", b.instance),
+                    false,
+                )
+            })?;
+            let kind = kinds::of(source.kind()).map_err(|e| (e, false))?;
+            storage::resolve(self.cfg, &b.storage).map_err(|e| (e, false))?;
+            let what = kind
+                .backup_source(&source, &b.instance)
+                .map_err(|e| (e, true))?;
+            let repo = self.usable_repo(&b.storage).map_err(|e| (e, true))?;
             let tags = SnapshotTags {
                 instance: b.instance.clone(),
                 backup: b.id,
@@ -870,7 +896,7 @@ impl<'a> Executor<'a> {
                 BackupSource::Tree(path) => self.engine.backup_dir(&repo, &path, &tags, progress),
                 BackupSource::Stream(s) => self.engine.backup_stream(&repo, &s, &tags, progress),
             }
-            .map_err(|e: EngineError| e.to_string())
+            .map_err(|e: EngineError| (e.to_string(), true))
         })();
         match result {
             Ok(s) => {
@@ -895,18 +921,24 @@ impl<'a> Executor<'a> {
                     ),
                 );
             }
-            Err(e) => {
+            Err((e, retry)) => {
                 b.status = BackupStatus::Failed;
                 b.failed_at = Some(self.now());
-                if e.ends_with(NOT_RETRIED) {
-                    // What this version lacks does not come with a retry.
-                    b.attempts = b.attempts.max(crate::plan::planner::MAX_ATTEMPTS);
-                }
                 b.error = Some(e.clone());
+                if !retry {
+                    // What this version lacks (or the file no longer declares) does not come
+                    // with a retry.
+                    b.attempts = b.attempts.max(crate::plan::planner::MAX_ATTEMPTS);
+                    b.error = Some(format!("{e} (not retried)"));
+                }
                 self.put_backup(&b)?;
                 self.journal("backup", address, Phase::Failed, &e)?;
-                self.report
-                    .failed(address, format!("backup failed (try {}): {e}", b.attempts));
+                let why = format!("backup failed (try {}): {e}", b.attempts);
+                if retry {
+                    self.report.failed(address, why);
+                } else {
+                    self.report.failed_for_good(address, why + " (not retried)");
+                }
             }
         }
         Ok(b)
@@ -1143,12 +1175,18 @@ impl<'a> Executor<'a> {
 
 /// Fault injection for the crash-safety tests: with `BACKPLAN_CRASH_AFTER=<op>:<phase>`
 /// (like `swap:started`), the process kills itself with SIGKILL right after journaling that
-/// step, exactly as a power cut or `kill -9` would stop it there.
+/// step, exactly as a power cut or `kill -9` would stop it there. `BACKPLAN_HANG_AFTER` stops
+/// there for good instead, as a hung operation would (the watchdog tests).
 fn crash_point(op: &str, phase: Phase) {
+    let here = format!("{op}:{}", format!("{phase:?}").to_lowercase());
+    if std::env::var_os("BACKPLAN_HANG_AFTER").is_some_and(|at| at.to_string_lossy() == here) {
+        loop {
+            std::thread::park();
+        }
+    }
     let Some(at) = std::env::var_os("BACKPLAN_CRASH_AFTER") else {
         return;
     };
-    let here = format!("{op}:{}", format!("{phase:?}").to_lowercase());
     if at.to_string_lossy() == here {
         // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, nothing runs after it.
         unsafe {
@@ -1167,21 +1205,6 @@ fn missing_repository(storage: &str, repo: &Repo, recorded: &std::path::Path) ->
         "there is no repository at {}, but storage `{storage}` has used one before{moved}: its backups are recorded; backplan does not create a new empty repository in its place. Mount the disk that holds it, or set `path` to where it is",
         repo.path.display()
     )
-}
-
-fn run_hook(argv: &[String]) -> Result<(), String> {
-    let Some((program, args)) = argv.split_first() else {
-        return Ok(());
-    };
-    let status = std::process::Command::new(program)
-        .args(args)
-        .status()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{program} exited with {status}"))
-    }
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -43,7 +43,7 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
                 return Exit::Failure;
             }
         };
-        if let Err(exit) = show_plan(cfg, &recorded, s.options, out, err) {
+        if let Err(exit) = show_plan(&plan::plan(cfg, &recorded, Utc::now(), s.options), out, err) {
             return exit;
         }
         let _ = writeln!(
@@ -52,40 +52,21 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
         );
         return Exit::Failure;
     }
-    let store = match crate::state::Store::open(&cfg.daemon.state_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return Exit::Failure;
-        }
-    };
     let engine = crate::engine::RusticEngine::new();
-    let clock = || Utc::now();
-    let mut exec = Executor::new(
-        cfg,
-        &store,
-        &engine,
-        Arc::new(super::progress::TermProgress::new()),
-        &clock,
-    );
-    exec.report.echo = true;
-    // Converge whatever an interrupted run left behind before planning.
-    if let Err(e) = exec.recover() {
-        let _ = writeln!(err, "error: {e}");
-        return Exit::Failure;
-    }
-    let recorded = match store.load() {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return Exit::Failure;
-        }
-    };
-    let plan = match show_plan(cfg, &recorded, s.options, out, err) {
+    let progress = Arc::new(super::progress::TermProgress::new());
+    // The plan is made for one instant, so that it can be made again after the question.
+    let now = Utc::now();
+    let (mut store, plan) = match prepare(cfg, &engine, progress.clone(), s.options, now, err) {
         Ok(p) => p,
         Err(exit) => return exit,
     };
+    if let Err(exit) = show_plan(&plan, out, err) {
+        return exit;
+    }
     if !s.auto_approve {
+        // Nobody waits for the store while a person decides: it is closed meanwhile, and the
+        // plan is made again after "yes"; if the state changed, nothing is applied.
+        drop(store);
         let _ = write!(
             out,
             "\nDo you want to perform these actions? Only 'yes' will be accepted: "
@@ -97,7 +78,22 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
             let _ = writeln!(out, "Apply cancelled; nothing was changed.");
             return Exit::Failure;
         }
+        let again;
+        (store, again) = match prepare(cfg, &engine, progress.clone(), s.options, now, err) {
+            Ok(p) => p,
+            Err(exit) => return exit,
+        };
+        if render::json(&again) != render::json(&plan) {
+            let _ = writeln!(
+                err,
+                "\nNothing was applied: the recorded state changed while you were deciding. Run again to see the new plan."
+            );
+            return Exit::Failure;
+        }
     }
+    let clock = || Utc::now();
+    let mut exec = Executor::new(cfg, &store, &engine, progress, &clock);
+    exec.report.echo = true;
     let _ = writeln!(out);
     let _ = out.flush();
     if let Err(e) = exec.run(&plan) {
@@ -143,10 +139,10 @@ fn through_daemon(
         "The daemon on {} carries out this plan once it is approved.\n",
         socket.display()
     );
-    let plan = match show_plan(cfg, &recorded, s.options, out, err) {
-        Ok(p) => p,
-        Err(exit) => return exit,
-    };
+    let plan = plan::plan(cfg, &recorded, Utc::now(), s.options);
+    if let Err(exit) = show_plan(&plan, out, err) {
+        return exit;
+    }
     if !s.auto_approve {
         if !interactive {
             let _ = writeln!(
@@ -186,17 +182,36 @@ fn through_daemon(
     }
 }
 
-/// Plans and prints the plan; `Err` with the exit status when there is nothing to apply
-/// (refused, or no changes).
-fn show_plan(
+/// Opens the store, converges whatever an interrupted run left behind, and plans at `now`.
+fn prepare(
     cfg: &crate::config::Config,
-    recorded: &crate::records::Recorded,
+    engine: &dyn crate::engine::Engine,
+    progress: Arc<dyn crate::engine::ProgressSink>,
     options: PlanOptions,
+    now: chrono::DateTime<Utc>,
+    err: &mut dyn Write,
+) -> Result<(crate::state::Store, crate::plan::Plan), Exit> {
+    let fail = |e: &dyn std::fmt::Display, err: &mut dyn Write| {
+        let _ = writeln!(err, "error: {e}");
+        Exit::Failure
+    };
+    let store = crate::state::Store::open(&cfg.daemon.state_dir).map_err(|e| fail(&e, err))?;
+    let clock = || Utc::now();
+    let mut exec = Executor::new(cfg, &store, engine, progress, &clock);
+    exec.report.echo = true;
+    exec.recover().map_err(|e| fail(&e, err))?;
+    let recorded = store.load().map_err(|e| fail(&e, err))?;
+    Ok((store, plan::plan(cfg, &recorded, now, options)))
+}
+
+/// Prints the plan; `Err` with the exit status when there is nothing to apply (refused, or
+/// no changes).
+fn show_plan(
+    plan: &crate::plan::Plan,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<crate::plan::Plan, Exit> {
-    let plan = plan::plan(cfg, recorded, Utc::now(), options);
-    let _ = out.write_all(render::text(&plan).as_bytes());
+) -> Result<(), Exit> {
+    let _ = out.write_all(render::text(plan).as_bytes());
     if !plan.refusals.is_empty() {
         let _ = writeln!(err, "\nNothing was applied: the plan has refusals.");
         return Err(Exit::Failure);
@@ -204,5 +219,5 @@ fn show_plan(
     if !plan.has_changes() {
         return Err(Exit::Ok);
     }
-    Ok(plan)
+    Ok(())
 }

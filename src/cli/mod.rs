@@ -6,7 +6,7 @@ pub mod progress;
 mod query;
 mod run;
 mod validate;
-mod verify;
+pub mod verify;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,13 +1,16 @@
 //! `backplan verify`: the integrity of every local repository, and that every backup
-//! recorded as completed has its snapshot.
+//! recorded as completed has its snapshot. With a daemon running, the daemon verifies (it
+//! holds the state); otherwise the command does it itself.
 
 use std::io::Write;
 use std::path::Path;
 
 use super::{Exit, load_config};
-use crate::config::StorageLocation;
+use crate::config::{Config, StorageLocation};
+use crate::control::{AskError, ask};
 use crate::engine::{Engine, Repo};
-use crate::records::BackupStatus;
+use crate::query::Query;
+use crate::records::{BackupStatus, Recorded};
 use crate::storage::generated_key_path;
 
 pub fn run(config: &Path, subset: f64, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
@@ -15,6 +18,18 @@ pub fn run(config: &Path, subset: f64, out: &mut dyn Write, err: &mut dyn Write)
         return Exit::Failure;
     };
     let cfg = &loaded.config;
+    match ask(&cfg.daemon.control_socket, &Query::Verify { subset }) {
+        Ok(a) => {
+            let _ = out.write_all(a.stdout.as_bytes());
+            let _ = err.write_all(a.stderr.as_bytes());
+            return if a.exit == 0 { Exit::Ok } else { Exit::Failure };
+        }
+        Err(AskError::NoDaemon(_)) => {}
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return Exit::Failure;
+        }
+    }
     let rec = match crate::state::read(&cfg.daemon.state_dir) {
         Ok(r) => r,
         Err(e) => {
@@ -23,6 +38,22 @@ pub fn run(config: &Path, subset: f64, out: &mut dyn Write, err: &mut dyn Write)
         }
     };
     let engine = crate::engine::RusticEngine::new();
+    if check(cfg, &rec, &engine, subset, out) > 0 {
+        Exit::Failure
+    } else {
+        Exit::Ok
+    }
+}
+
+/// Verifies every local repository of `cfg` against what is recorded, writing one line per
+/// storage (and per problem). Returns the number of problems.
+pub fn check(
+    cfg: &Config,
+    rec: &Recorded,
+    engine: &dyn Engine,
+    subset: f64,
+    out: &mut dyn Write,
+) -> usize {
     let mut problems = 0;
     for (name, s) in &cfg.storages {
         let StorageLocation::Local { path } = &s.location else {
@@ -96,8 +127,6 @@ pub fn run(config: &Path, subset: f64, out: &mut dyn Write, err: &mut dyn Write)
     }
     if problems > 0 {
         let _ = writeln!(out, "{problems} problem(s) found.");
-        Exit::Failure
-    } else {
-        Exit::Ok
     }
+    problems
 }

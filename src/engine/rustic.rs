@@ -87,7 +87,17 @@ impl RusticEngine {
         f: impl FnOnce() -> Result<T, EngineError> + Send,
     ) -> Result<T, EngineError> {
         let lock = self.repository_lock(repo);
-        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Waiting for the lock is live work (the watchdog's heartbeat), not a hang.
+        let _held = loop {
+            match lock.try_lock() {
+                Ok(held) => break held,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    crate::heartbeat::beat();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        };
         std::thread::scope(|s| {
             let worker = std::thread::Builder::new()
                 .name(format!("engine {op}"))
@@ -614,6 +624,7 @@ fn sync_repository(root: &Path) -> Result<(), EngineError> {
             && let Ok(entries) = std::fs::read_dir(&dir)
         {
             for e in entries.flatten() {
+                crate::heartbeat::beat();
                 sync_dir(&e.path())?;
             }
         }
@@ -631,8 +642,12 @@ fn sync_filesystem(path: &Path) -> Result<(), EngineError> {
         source,
     })?;
     use std::os::fd::AsRawFd;
-    // SAFETY: syncfs takes a valid open descriptor, held by `f` for the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+    // SAFETY: syncfs takes a valid open descriptor, held by `f` for the call. A large tree
+    // takes a while to flush: live work for the watchdog, up to half an hour.
+    let flushed = crate::heartbeat::during(std::time::Duration::from_secs(1800), || unsafe {
+        libc::syncfs(f.as_raw_fd())
+    });
+    if flushed != 0 {
         return Err(EngineError::Io {
             op: "syncing the restored tree",
             source: std::io::Error::last_os_error(),
@@ -676,6 +691,7 @@ impl std::fmt::Debug for Bars {
 
 impl ProgressBars for Bars {
     fn progress(&self, kind: ProgressType, prefix: &str) -> Progress {
+        crate::heartbeat::beat();
         Progress::new(Bar {
             sink: self.0.clone(),
             bytes: matches!(kind, ProgressType::Bytes),
@@ -711,6 +727,7 @@ impl RusticProgress for Bar {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = title.to_string();
     }
     fn inc(&self, n: u64) {
+        crate::heartbeat::beat();
         let done = self.pos.fetch_add(n, Ordering::Relaxed) + n;
         if self.bytes {
             let len = self.len.load(Ordering::Relaxed);

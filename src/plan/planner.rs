@@ -42,11 +42,11 @@ fn id_of(what: &str) -> Uuid {
 /// is the first of the two instants.
 pub fn slot_at(s: &Schedule, date: NaiveDate) -> DateTime<Utc> {
     let mut local = date.and_time(s.daily_at);
-    for _ in 0..=24 * 4 {
+    for _ in 0..=24 * 60 {
         if let Some(t) = s.timezone.from_local_datetime(&local).earliest() {
             return t.with_timezone(&Utc);
         }
-        local += Duration::minutes(15);
+        local += Duration::minutes(1);
     }
     unreachable!("no timezone has a gap of more than a day")
 }
@@ -67,6 +67,27 @@ pub fn next_slot(s: &Schedule, now: DateTime<Utc>) -> DateTime<Utc> {
         }
         d = d.succ_opt().expect("dates do not run out");
     }
+}
+
+/// The next daily slot of `instance` after `now` whose backup is not recorded yet (a slot
+/// already taken, say before `daily_at` moved later in the day, is not shown as coming).
+pub fn next_daily(
+    s: &Schedule,
+    rec: &Recorded,
+    instance: &str,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let mut t = next_slot(s, now);
+    for _ in 0..366 {
+        if !rec
+            .backups
+            .contains_key(&daily_id(instance, local_date(s, t)))
+        {
+            break;
+        }
+        t = next_slot(s, t);
+    }
+    t
 }
 
 /// When a failed backup is due for its next try: 1 minute after the first failure, doubling
@@ -1085,7 +1106,9 @@ fn due(
             },
         };
         while d < today {
-            if !taken(d) {
+            // A missed slot already past its expiry is not recorded just to be expired.
+            let expired = expiry(local_retention, slot_at(s, d)).is_some_and(|e| e <= now);
+            if !taken(d) && !expired {
                 out.push(skip(d));
             }
             d = d.succ_opt().expect("dates do not run out");

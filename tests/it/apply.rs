@@ -402,3 +402,80 @@ fn verify_finds_a_damaged_repository() {
     assert_eq!(run.code, 1, "{}", run.transcript());
     assert!(run.stdout.contains("problem(s) found"), "{}", run.stdout);
 }
+
+/// `apply` on a terminal (played by `script`, util-linux) in `dir`, its stdin piped.
+fn apply_on_a_terminal(dir: &Path) -> std::process::Child {
+    let cmd = format!("{} apply -c backplan.toml", env!("CARGO_BIN_EXE_backplan"));
+    Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) is installed")
+}
+
+#[test]
+fn an_interactive_apply_does_not_hold_the_state_while_it_asks() {
+    use std::io::{Read, Write};
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("data/contoso")).unwrap();
+    std::fs::write(dir.join("data/contoso/a.txt"), "hello").unwrap();
+    let mut child = apply_on_a_terminal(dir);
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+        }
+    });
+    let mut text = String::new();
+    while !text.contains("Only 'yes' will be accepted") {
+        text = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no question ({e}): {text}"));
+    }
+    // While it asks, the state is free for others (a daemon starting, a query).
+    let started = std::time::Instant::now();
+    let status = backplan(dir, &["status", "-c", "backplan.toml"]);
+    assert_eq!(status.code, 0, "{}", status.transcript());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    child.stdin.as_mut().unwrap().write_all(b"yes\n").unwrap();
+    let code = child.wait().unwrap().code();
+    while let Ok(t) = rx.recv_timeout(std::time::Duration::from_secs(1)) {
+        text = t;
+    }
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Apply complete: 3 done"), "{text}");
+}
+
+#[test]
+fn an_interactive_apply_applies_nothing_when_the_state_changed_meanwhile() {
+    use std::io::{Read, Write};
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("data/contoso")).unwrap();
+    let mut child = apply_on_a_terminal(dir);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("Only 'yes' will be accepted") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "no question: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // Someone else applied meanwhile.
+    assert_eq!(apply(dir).code, 0);
+    child.stdin.as_mut().unwrap().write_all(b"yes\n").unwrap();
+    stdout.read_to_string(&mut text).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{text}");
+    assert!(text.contains("the recorded state changed"), "{text}");
+    assert_eq!(restic_snapshots(dir).len(), 1, "one backup, not two");
+}

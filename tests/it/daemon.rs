@@ -78,7 +78,7 @@ impl Daemon {
                 return (status.code(), start.elapsed());
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < Duration::from_secs(40),
                 "the daemon did not stop"
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -148,12 +148,7 @@ fn the_daemon_follows_the_file_and_keeps_the_last_good_one() {
         }
     };
     read_until("READY=1", &mut messages);
-    // READY comes after the first reconcile: the declared backup is there already.
-    assert!(
-        has(dir, "before-import", "completed"),
-        "{:?}",
-        statuses(dir)
-    );
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
 
     // Added by rename-into-place (editors, git checkout).
     let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
@@ -576,6 +571,338 @@ fn out_of_descriptors_the_control_socket_backs_off_instead_of_spinning() {
     set_limit(1024);
     let run = backplan(dir, &["status", "-c", "backplan.toml"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+/// systemd's notification socket, played by the test.
+struct Notify(UnixDatagram);
+
+impl Notify {
+    fn bind(dir: &Path) -> (Notify, String) {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        (Notify(sock), path.to_str().unwrap().to_string())
+    }
+
+    /// The messages that arrive within `within`.
+    fn collect(&self, within: Duration) -> Vec<String> {
+        let until = Instant::now() + within;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            self.0
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.0.recv(&mut buf) {
+                Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Waits up to 30 s for a message containing `want`; returns the messages read.
+    fn until(&self, want: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            out.extend(self.collect(Duration::from_millis(200)));
+            if out.iter().any(|m| m.contains(want)) {
+                return out;
+            }
+        }
+        panic!("no {want} from the daemon; got {out:?}");
+    }
+}
+
+fn instance_status(dir: &Path, name: &str) -> serde_json::Value {
+    let run = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let all: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    all.into_iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {}", run.stdout))
+}
+
+fn set_version(dir: &Path, instance: &str, version: &str, hook: &str) {
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let header = format!("[instances.{instance}]\n");
+    let start = text.find(&header).unwrap() + header.len();
+    let end = text[start..]
+        .find("\n[")
+        .map(|i| start + i + 1)
+        .unwrap_or(text.len());
+    let body: String = text[start..end]
+        .lines()
+        .filter(|l| !l.starts_with("version") && !l.starts_with("on_update"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let hook = serde_json::to_string(&["/bin/sh", "-c", hook]).unwrap();
+    let new = format!(
+        "{}{header}version = \"{version}\"\non_update = {hook}\n{body}{}",
+        &text[..start - header.len()],
+        &text[end..]
+    );
+    std::fs::write(dir.join("new.toml"), new).unwrap();
+    std::fs::rename(dir.join("new.toml"), dir.join("backplan.toml")).unwrap();
+}
+
+/// Running (a zombie waiting for its reaper is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(") ").next().is_some_and(|r| !r.starts_with('Z')))
+}
+
+#[test]
+fn ready_comes_before_the_first_reconcile_and_a_hung_one_starves_the_watchdog() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let (notify, notify_path) = Notify::bind(dir);
+    let d = Daemon::start(
+        dir,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", &notify_path),
+            ("WATCHDOG_USEC", "1000000"),
+            // The first backup hangs for good.
+            ("BACKPLAN_HANG_AFTER", "backup:started"),
+        ],
+    );
+    let mut before = notify.until("READY=1");
+    // The control socket answers during the first reconcile, and says so.
+    d.wait_for("status during the first reconcile", || {
+        let run = backplan(dir, &["status", "-c", "backplan.toml"]);
+        run.code == 0 && run.stdout.contains("Daemon: reconciling (start)")
+    });
+    // No progress: the watchdog is no longer fed, and the log says why.
+    d.wait_for("the watchdog to starve", || {
+        d.log().contains("the watchdog is no longer fed")
+    });
+    // (What was queued before is drained first: the watchdog was fed until the hang.)
+    before.extend(notify.collect(Duration::from_millis(100)));
+    assert!(
+        before.iter().any(|m| m.contains("WATCHDOG=1")),
+        "{before:?}"
+    );
+    let after = notify.collect(Duration::from_millis(2500));
+    assert!(
+        !after.iter().any(|m| m.contains("WATCHDOG=1")),
+        "a hung operation fed the watchdog: {after:?}"
+    );
+}
+
+#[test]
+fn hooks_run_without_secrets_their_output_logged_and_a_stop_waits_then_cuts_them_short() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    append_config(
+        dir,
+        "[storage.offsite]\nkind = \"azure\"\naccount = \"contoso\"\ncontainer = \"backplan\"\naccess_key_env = \"BACKPLAN_TEST_SECRET\"",
+    );
+    let (notify, notify_path) = Notify::bind(dir);
+    let d = Daemon::start(
+        dir,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", &notify_path),
+            ("WATCHDOG_USEC", "1000000"),
+            ("CREDENTIALS_DIRECTORY", "/run/credentials/backplan.service"),
+            ("BACKPLAN_TEST_SECRET", "hunter2"),
+        ],
+    );
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+
+    // A hook that dumps its environment, writes to both streams, then works silently.
+    set_version(
+        dir,
+        "contoso",
+        "9.1",
+        "env > hook-env.txt; echo hello from the hook; echo a complaint >&2; sleep 3",
+    );
+    d.wait_for("the hook", || dir.join("hook-env.txt").exists());
+    // A silent hook is live work: the watchdog is still fed while it runs.
+    let _ = notify.collect(Duration::from_millis(100));
+    let during = notify.collect(Duration::from_millis(2000));
+    assert!(
+        during.iter().any(|m| m.contains("WATCHDOG=1")),
+        "the watchdog starved during a running hook: {during:?}"
+    );
+    d.wait_for("the update", || {
+        instance_status(dir, "contoso")["version"] == "9.1"
+    });
+    let env = std::fs::read_to_string(dir.join("hook-env.txt")).unwrap();
+    assert!(env.contains("PATH="), "{env}");
+    for hidden in [
+        "BACKPLAN_TEST_SECRET",
+        "hunter2",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+    ] {
+        assert!(!env.contains(hidden), "{hidden} reached the hook:\n{env}");
+    }
+    let log = d.log();
+    assert!(log.contains("hello from the hook"), "{log}");
+    assert!(log.contains("a complaint"), "{log}");
+
+    // A stop during a hook that does not end: waited for, then its whole group is killed;
+    // the update is not done and the instance says why.
+    set_version(
+        dir,
+        "contoso",
+        "9.2",
+        "sleep 300 & echo $! > hook-pid; wait",
+    );
+    d.wait_for("the second hook", || {
+        std::fs::read_to_string(dir.join("hook-pid")).is_ok_and(|p| p.ends_with('\n'))
+    });
+    let pid: i32 = std::fs::read_to_string(dir.join("hook-pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (code, took) = d.stop();
+    assert_eq!(code, Some(0));
+    assert!(
+        took >= Duration::from_secs(20) && took < Duration::from_secs(30),
+        "the stop took {took:?}; the unit's TimeoutStopSec is 30 s"
+    );
+    assert!(!alive(pid), "the hook's child outlived the daemon");
+    let contoso = instance_status(dir, "contoso");
+    assert_eq!(contoso["version"], "9.1", "{contoso}");
+    assert!(
+        contoso["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cut short")),
+        "{contoso}"
+    );
+}
+
+#[test]
+fn what_failed_is_tried_again_with_back_off_but_a_hook_only_after_a_change() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let clock = dir.join("clock");
+    let set = |t: &str| {
+        std::fs::write(dir.join("clock.new"), t).unwrap();
+        std::fs::rename(dir.join("clock.new"), &clock).unwrap();
+    };
+    set("2026-11-27T01:00:00Z");
+    // The sandbox cannot be created: a file is in the way.
+    std::fs::write(dir.join("data/contoso-sandbox"), "in the way").unwrap();
+    let d = Daemon::start(dir, &["--clock-file", "clock"], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    d.wait_for("the failure, and the try planned", || {
+        d.log().contains("is not a folder")
+            && backplan(dir, &["status", "-c", "backplan.toml"])
+                .stdout
+                .contains(
+                    "Daemon: waiting; next run 2026-11-27T01:01:00Z (to try again what failed)",
+                )
+    });
+    std::fs::remove_file(dir.join("data/contoso-sandbox")).unwrap();
+
+    // Not before the back-off (1 minute)...
+    set("2026-11-27T01:00:40Z");
+    std::thread::sleep(Duration::from_millis(2500));
+    let sandbox = instance_status(dir, "contoso-sandbox");
+    assert_eq!(sandbox["state"], "error");
+    assert!(
+        sandbox["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("creation failed")),
+        "{sandbox}"
+    );
+    // ...but after it, on its own.
+    set("2026-11-27T01:01:05Z");
+    d.wait_for("the retry", || {
+        instance_status(dir, "contoso-sandbox")["state"] == "ok"
+    });
+
+    // A failing hook runs once for the change that asked for it...
+    set_version(dir, "contoso", "9.1", "echo run >> hook-runs; exit 1");
+    let runs = || {
+        std::fs::read_to_string(dir.join("hook-runs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    d.wait_for("the hook", || {
+        instance_status(dir, "contoso")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("on_update failed"))
+    });
+    // ...not again on the retry, the follow-up or the daily slot...
+    set("2026-11-27T02:00:30Z");
+    d.wait_for("the daily backups", || {
+        statuses(dir)
+            .iter()
+            .filter(|(n, s)| n == "daily:2026-11-27" && s == "completed")
+            .count()
+            == 2
+    });
+    assert!(d.log().contains("not run again on its own"), "{}", d.log());
+    assert_eq!(runs(), 1, "the hook ran again on its own");
+    // ...and again on a reload.
+    d.signal(libc::SIGHUP);
+    d.wait_for("the hook after the reload", || runs() == 2);
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_silent_step_of_the_clock_is_seen_without_an_event() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    // The clock is read through a link: writes to the file it names are not seen by the
+    // watcher, like a step of the wall clock.
+    std::fs::create_dir(dir.join("t")).unwrap();
+    let set = |t: &str| {
+        std::fs::write(dir.join("t/new"), t).unwrap();
+        std::fs::rename(dir.join("t/new"), dir.join("t/now")).unwrap();
+    };
+    set("2026-11-27T01:00:00Z");
+    std::os::unix::fs::symlink("t/now", dir.join("clock")).unwrap();
+    let d = Daemon::start(dir, &["--clock-file", "clock"], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    set("2026-11-27T02:00:30Z");
+    d.wait_for("the daily backups", || {
+        statuses(dir)
+            .iter()
+            .filter(|(n, s)| n == "daily:2026-11-27" && s == "completed")
+            .count()
+            == 2
+    });
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn verify_works_through_the_daemon_which_also_verifies_daily() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let clock = dir.join("clock");
+    let set = |t: &str| {
+        std::fs::write(dir.join("clock.new"), t).unwrap();
+        std::fs::rename(dir.join("clock.new"), &clock).unwrap();
+    };
+    set("2026-11-27T01:00:00Z");
+    let d = Daemon::start(dir, &["--clock-file", "clock"], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    // Asked while the daemon holds the state.
+    let run = backplan(dir, &["verify", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(run.stdout.contains("storage local: OK"), "{}", run.stdout);
+    // `schedule.verify`, after the daily backups, with its outcome in `status`.
+    set("2026-11-27T02:00:30Z");
+    d.wait_for("the daily verification in status", || {
+        let run = backplan(dir, &["status", "-c", "backplan.toml"]);
+        run.stdout.lines().any(|l| {
+            l.starts_with("Last verify: 2026-11-27T02:00:30Z: OK") && l.contains("5% of the data")
+        })
+    });
+    assert!(d.log().contains("verify: storage local: OK"), "{}", d.log());
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 }

@@ -14,5 +14,6 @@ mod limits;
 mod paths;
 mod plans;
 mod properties;
+mod schedule;
 mod schema;
 mod trees;
