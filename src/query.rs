@@ -10,14 +10,14 @@ use std::io::Write;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::apply::human_bytes;
-use crate::cli::Exit;
 use crate::config::Config;
 use crate::config::values::BackupRef;
 use crate::diagnostic::printable;
+use crate::exit::Exit;
 use crate::plan::{PlanOptions, fmt_time, render};
 use crate::records::{JournalEntry, Recorded};
 use crate::views;
+use crate::views::human_bytes;
 
 /// A request, as sent over the control socket (one JSON line): a read-only command, the
 /// recorded state, or (daemon only) an approved plan to carry out.

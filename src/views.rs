@@ -210,3 +210,19 @@ pub fn find_backup<'r>(rec: &'r Recorded, r: &BackupRef) -> Option<&'r BackupRec
         .filter(|b| matches(b))
         .max_by_key(|b| (b.finished_at(), b.id))
 }
+
+/// Sizes as people read them: `512 B`, `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}

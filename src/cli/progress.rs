@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::apply::human_bytes;
 use crate::engine::ProgressSink;
+use crate::views::human_bytes;
 
 pub struct TermProgress {
     tty: bool,

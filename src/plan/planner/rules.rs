@@ -1,284 +1,10 @@
-//! The planner: SPEC section 3 (rules and guards) and the time-driven part of section 4.
-//!
-//! **No I/O, no clock, no randomness**: the result depends only on the arguments, so the same
-//! inputs always give the same plan (a property test checks it). Identifiers of the backups a
-//! plan will take are UUIDv5 of what they are (and of `now` where the same thing may be taken
-//! twice), so they are known before anything runs and a re-run after a crash finds them.
-
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use uuid::Uuid;
+//! The rules and guards of SPEC section 3: what the file asks for, compared with what was
+//! recorded.
 
 use super::*;
-use crate::config::values::{BackupRef, Retention};
-use crate::config::{Config, Instance, Restore, Schedule};
-use crate::diagnostic::Loc;
-use crate::records::{BackupStatus, Recorded, RestoreStatus};
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PlanOptions {
-    /// Lift the mass-removal guard (`--allow-mass-removal`).
-    pub allow_mass_removal: bool,
-}
-
-/// A failed backup is tried at most this many times in all.
-pub const MAX_ATTEMPTS: u32 = 5;
-
-const NAMESPACE: Uuid = Uuid::from_u128(0x6b61_6370_6c61_6e00_8000_0000_0000_0001);
-
-/// The daily backup of `instance` for the slot of `date`: the same id however often it is
-/// planned, so a restart never takes it twice.
-pub fn daily_id(instance: &str, date: NaiveDate) -> Uuid {
-    Uuid::new_v5(&NAMESPACE, format!("daily/{instance}/{date}").as_bytes())
-}
-
-fn id_of(what: &str) -> Uuid {
-    Uuid::new_v5(&NAMESPACE, what.as_bytes())
-}
-
-/// The instant of the daily slot on `date` in the schedule's timezone. On a
-/// daylight-saving gap the slot moves to the first valid minute after it; on an overlap it
-/// is the first of the two instants.
-pub fn slot_at(s: &Schedule, date: NaiveDate) -> DateTime<Utc> {
-    let mut local = date.and_time(s.daily_at);
-    for _ in 0..=24 * 60 {
-        if let Some(t) = s.timezone.from_local_datetime(&local).earliest() {
-            return t.with_timezone(&Utc);
-        }
-        local += Duration::minutes(1);
-    }
-    unreachable!("no timezone has a gap of more than a day")
-}
-
-/// The date of `t` in the schedule's timezone.
-pub fn local_date(s: &Schedule, t: DateTime<Utc>) -> NaiveDate {
-    t.with_timezone(&s.timezone).date_naive()
-}
-
-/// The next daily slot strictly after `now`.
-pub fn next_slot(s: &Schedule, now: DateTime<Utc>) -> DateTime<Utc> {
-    let today = local_date(s, now);
-    let mut d = today;
-    loop {
-        let t = slot_at(s, d);
-        if t > now {
-            return t;
-        }
-        d = d.succ_opt().expect("dates do not run out");
-    }
-}
-
-/// The next daily slot of `instance` after `now` whose backup is not recorded yet (a slot
-/// already taken, say before `daily_at` moved later in the day, is not shown as coming).
-pub fn next_daily(
-    s: &Schedule,
-    rec: &Recorded,
-    instance: &str,
-    now: DateTime<Utc>,
-) -> DateTime<Utc> {
-    let mut t = next_slot(s, now);
-    for _ in 0..366 {
-        if !rec
-            .backups
-            .contains_key(&daily_id(instance, local_date(s, t)))
-        {
-            break;
-        }
-        t = next_slot(s, t);
-    }
-    t
-}
-
-/// When a failed backup is due for its next try: 1 minute after the first failure, doubling
-/// up to an hour. `None` once it has been tried `MAX_ATTEMPTS` times.
-pub fn retry_at(b: &BackupRecord) -> Option<DateTime<Utc>> {
-    if b.status != BackupStatus::Failed || b.attempts >= MAX_ATTEMPTS {
-        return None;
-    }
-    let n = b.attempts.max(1) - 1;
-    let wait = (60i64 << n.min(10)).min(3600);
-    Some(b.failed_at.unwrap_or(b.created_at) + Duration::seconds(wait))
-}
-
-/// When time-driven work is next due after `now`: the next daily slot, the next expiry or the
-/// next retry, whichever comes first. The daemon sleeps until then.
-pub fn next_deadline(cfg: &Config, rec: &Recorded, now: DateTime<Utc>) -> DateTime<Utc> {
-    let mut next = next_slot(&cfg.schedule, now);
-    for b in rec.backups.values() {
-        let live = !matches!(
-            b.status,
-            BackupStatus::Expired | BackupStatus::Running | BackupStatus::Deleting
-        );
-        let purge = b.delete_at.filter(|_| b.status == BackupStatus::Deleting);
-        let candidates = [b.expires_at.filter(|_| live), retry_at(b), purge];
-        for t in candidates.into_iter().flatten() {
-            if t > now && t < next {
-                next = t;
-            }
-        }
-    }
-    next
-}
-
-pub fn plan(cfg: &Config, rec: &Recorded, now: DateTime<Utc>, opts: PlanOptions) -> Plan {
-    let idx = Index::new(rec);
-    let mut p = Planner {
-        cfg,
-        rec,
-        now,
-        file: cfg.file.display().to_string(),
-        idx,
-        actions: Vec::new(),
-        refusals: Vec::new(),
-        notes: Vec::new(),
-    };
-    let expiring = p.expiring();
-    p.instances();
-    p.backups();
-    p.restores(&expiring);
-    p.mass_removal(opts);
-    p.retention_notes();
-
-    let Planner {
-        mut actions,
-        mut refusals,
-        mut notes,
-        idx,
-        ..
-    } = p;
-    actions.sort_by(|a, b| (rank(a), &a.address).cmp(&(rank(b), &b.address)));
-    refusals.sort_by(|a, b| (&a.address, a.rule).cmp(&(&b.address, b.rule)));
-    if !refusals.is_empty() && !actions.is_empty() {
-        notes.push(format!(
-            "{} action(s) from the file are withheld: a plan with a refusal is not applied in part. Time-driven work still runs.",
-            actions.len()
-        ));
-        actions.clear();
-    }
-    let forgotten: BTreeSet<&str> = actions
-        .iter()
-        .filter_map(|a| match &a.details {
-            Details::ForgetInstance { instance, .. } => Some(instance.as_str()),
-            _ => None,
-        })
-        .collect();
-    let mut due = due(cfg, rec, &idx, now, &expiring, &forgotten);
-    due.extend(follow_up_expiries(
-        cfg, rec, &idx, now, &expiring, &actions, &due,
-    ));
-    due.sort_by(|a, b| (a.work, &a.address).cmp(&(b.work, &b.address)));
-    Plan {
-        format_version: FORMAT_VERSION,
-        at: now,
-        actions,
-        due,
-        refusals,
-        notes,
-    }
-}
-
-/// Execution order of SPEC section 3.
-fn rank(a: &Action) -> u8 {
-    match a.details {
-        Details::CreateInstance { .. } => 0,
-        Details::SwitchInstance { .. } => 1,
-        Details::UpdateInstance { .. } => 2,
-        Details::UpdateBackup { .. } | Details::ReviveBackup { .. } => 3,
-        Details::CreateBackup { .. } => 4,
-        Details::Restore { .. } => 5,
-        Details::DeleteBackup { .. } => 6,
-        Details::ForgetInstance { .. } => 7,
-    }
-}
-
-/// Recorded backups, arranged for lookups.
-struct Index<'r> {
-    by_instance: BTreeMap<&'r str, Vec<&'r BackupRecord>>,
-    /// Live on-demand backups by (instance, key); records being deleted are not live.
-    on_demand: HashMap<(&'r str, &'r str), &'r BackupRecord>,
-    /// On-demand backups in their deletion grace (`deleting`), by (instance, key).
-    deleting: HashMap<(&'r str, &'r str), &'r BackupRecord>,
-}
-
-impl<'r> Index<'r> {
-    fn new(rec: &'r Recorded) -> Self {
-        // Hash maps while scanning the 400k records, sorted once at the end.
-        let mut by_instance: HashMap<&str, Vec<&BackupRecord>> =
-            HashMap::with_capacity(rec.instances.len());
-        let mut on_demand: HashMap<(&str, &str), &BackupRecord> = HashMap::new();
-        let mut deleting: HashMap<(&str, &str), &BackupRecord> = HashMap::new();
-        for b in rec.backups.values() {
-            by_instance.entry(b.instance.as_str()).or_default().push(b);
-            let (BackupKind::OnDemand, Some(key)) = (b.kind, &b.key) else {
-                continue;
-            };
-            let map = match b.status {
-                // A tombstone: the key may be taken again.
-                BackupStatus::Deleted => continue,
-                BackupStatus::Deleting => &mut deleting,
-                _ => &mut on_demand,
-            };
-            let slot = map.entry((b.instance.as_str(), key.as_str())).or_insert(b);
-            if (b.created_at, b.id) > (slot.created_at, slot.id) {
-                *slot = b;
-            }
-        }
-        Index {
-            by_instance: by_instance.into_iter().collect(),
-            on_demand,
-            deleting,
-        }
-    }
-}
-
-struct Planner<'a> {
-    cfg: &'a Config,
-    rec: &'a Recorded,
-    now: DateTime<Utc>,
-    file: String,
-    idx: Index<'a>,
-    actions: Vec<Action>,
-    refusals: Vec<Refusal>,
-    notes: Vec<String>,
-}
 
 impl Planner<'_> {
-    fn at(&self, loc: Loc) -> String {
-        format!("{}:{}:{}", self.file, loc.line, loc.col)
-    }
-
-    fn refuse(
-        &mut self,
-        rule: &'static str,
-        address: String,
-        location: String,
-        message: String,
-        fix: String,
-    ) {
-        self.refusals.push(Refusal {
-            rule,
-            address,
-            message,
-            fix,
-            location,
-        });
-    }
-
-    fn act(&mut self, op: Op, address: String, details: Details) {
-        self.actions.push(Action {
-            op,
-            address,
-            details,
-        });
-    }
-
-    /// Backups whose expiry has passed and that `keep_last_good` does not protect.
-    fn expiring(&self) -> BTreeSet<Uuid> {
-        expiring(&self.cfg.schedule, &self.idx, self.now)
-    }
-
-    fn instances(&mut self) {
+    pub(super) fn instances(&mut self) {
         for (name, inst) in &self.cfg.instances {
             let address = format!("instance.{name}");
             // Not recorded, or its creation failed: created (again).
@@ -388,7 +114,7 @@ impl Planner<'_> {
         }
     }
 
-    fn backups(&mut self) {
+    pub(super) fn backups(&mut self) {
         let cfg = self.cfg;
         for (name, inst) in &cfg.instances {
             for (key, decl) in &inst.backups {
@@ -513,7 +239,7 @@ impl Planner<'_> {
         }
     }
 
-    fn create_backup(&mut self, inst: &Instance, key: &str, address: String) {
+    pub(super) fn create_backup(&mut self, inst: &Instance, key: &str, address: String) {
         let decl = &inst.backups[key];
         if let Some(min) = &self.cfg.schedule.min_backup_version
             && &inst.version < min
@@ -553,7 +279,7 @@ impl Planner<'_> {
         );
     }
 
-    fn restores(&mut self, expiring: &BTreeSet<Uuid>) {
+    pub(super) fn restores(&mut self, expiring: &BTreeSet<Uuid>) {
         let cfg = self.cfg;
         let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
         for (key, r) in &cfg.restores {
@@ -608,7 +334,7 @@ impl Planner<'_> {
     }
 
     /// Checks one new restore and plans it; on refusal returns (rule, message, fix).
-    fn restore(
+    pub(super) fn restore(
         &mut self,
         r: &Restore,
         expiring: &BTreeSet<Uuid>,
@@ -675,7 +401,7 @@ impl Planner<'_> {
     }
 
     /// Which backup a reference names: (id, taken by this plan, kind of store).
-    fn resolve(
+    pub(super) fn resolve(
         &self,
         from: &BackupRef,
         expiring: &BTreeSet<Uuid>,
@@ -834,7 +560,7 @@ impl Planner<'_> {
 
     /// SPEC section 3: more than half of the instances forgotten, or more than half (and more
     /// than 2) of the on-demand backups deleted, is refused unless explicitly allowed.
-    fn mass_removal(&mut self, opts: PlanOptions) {
+    pub(super) fn mass_removal(&mut self, opts: PlanOptions) {
         let forgets = self.actions.iter().filter(|a| a.op == Op::Forget).count()
             + self
                 .refusals
@@ -885,7 +611,7 @@ impl Planner<'_> {
 
     /// A retention change applies to new backups only (SPEC section 4): say so when recorded
     /// backups carry another expiry than the current setting would give.
-    fn retention_notes(&mut self) {
+    pub(super) fn retention_notes(&mut self) {
         let mut differing: BTreeMap<&str, usize> = BTreeMap::new();
         let mut undeclared: BTreeMap<&str, usize> = BTreeMap::new();
         for b in self.rec.backups.values() {
@@ -915,299 +641,5 @@ impl Planner<'_> {
                 "{n} backup(s) are in storage `{storage}`, which the file no longer declares; they cannot be restored, deleted or expired until it is declared again"
             ));
         }
-    }
-}
-
-fn newest<'r>(it: impl Iterator<Item = &'r &'r BackupRecord>) -> Option<&'r BackupRecord> {
-    it.max_by_key(|b| (b.finished_at(), b.created_at, b.id))
-        .copied()
-}
-
-/// What deleting a backup's record does to its data: external storage keeps it unless
-/// `purge_on_delete`.
-fn data_fate(cfg: &Config, b: &BackupRecord) -> DataFate {
-    match cfg.storages.get(&b.storage) {
-        Some(s) if s.is_external() && !s.purge_on_delete => DataFate::KeptInStorage,
-        _ => DataFate::Deleted,
-    }
-}
-
-fn expiry(r: Retention, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    r.duration().map(|d| from + d.to_chrono())
-}
-
-fn expiring(schedule: &Schedule, idx: &Index<'_>, now: DateTime<Utc>) -> BTreeSet<Uuid> {
-    expiring_with(schedule, idx, now, &HashMap::new())
-}
-
-/// Like [`expiring`], as if the backups in `taking` (per instance, how many) completed now:
-/// each of them would be newer than every recorded one.
-fn expiring_with(
-    schedule: &Schedule,
-    idx: &Index<'_>,
-    now: DateTime<Utc>,
-    taking: &HashMap<&str, usize>,
-) -> BTreeSet<Uuid> {
-    let keep = schedule.keep_last_good as usize;
-    let mut out = BTreeSet::new();
-    for (instance, backups) in &idx.by_instance {
-        let keep = keep.saturating_sub(taking.get(instance).copied().unwrap_or(0));
-        let mut good: Vec<&&BackupRecord> = backups
-            .iter()
-            .filter(|b| b.status == BackupStatus::Completed)
-            .collect();
-        good.sort_by_key(|b| std::cmp::Reverse((b.finished_at(), b.created_at, b.id)));
-        let protected: BTreeSet<Uuid> = good.iter().take(keep).map(|b| b.id).collect();
-        for b in backups {
-            let in_flight = matches!(
-                b.status,
-                BackupStatus::Running
-                    | BackupStatus::Deleting
-                    | BackupStatus::Expired
-                    | BackupStatus::Deleted
-            );
-            if !in_flight && b.expires_at.is_some_and(|e| e <= now) && !protected.contains(&b.id) {
-                out.insert(b.id);
-            }
-        }
-    }
-    out
-}
-
-/// Expiries that follow from the backups this run takes (SPEC section 4, `keep_last_good`):
-/// a backup past its expiry, protected only because it is the newest good one, expires once
-/// a newer one completes. Listed so that the plan shows everything the run does; the
-/// executor checks again, after the backups, that the protection has really gone.
-fn follow_up_expiries(
-    cfg: &Config,
-    rec: &Recorded,
-    idx: &Index<'_>,
-    now: DateTime<Utc>,
-    expiring: &BTreeSet<Uuid>,
-    actions: &[Action],
-    due: &[Due],
-) -> Vec<Due> {
-    let mut taking: HashMap<&str, usize> = HashMap::new();
-    let mut first: HashMap<&str, Uuid> = HashMap::new();
-    let mut take = |instance: &'_ str, id: Uuid| {
-        // The instance names live in the recorded state; look them up there.
-        if let Some((name, _)) = rec.instances.get_key_value(instance) {
-            *taking.entry(name.as_str()).or_default() += 1;
-            first.entry(name.as_str()).or_insert(id);
-        }
-    };
-    for a in actions {
-        match &a.details {
-            Details::CreateBackup { id, instance, .. } => take(instance, *id),
-            Details::UpdateInstance {
-                instance,
-                pre_update_backup,
-                ..
-            } => take(instance, *pre_update_backup),
-            Details::Restore {
-                to,
-                pre_restore_backup,
-                ..
-            } => take(to, *pre_restore_backup),
-            _ => {}
-        }
-    }
-    for d in due {
-        match &d.details {
-            DueDetails::DailyBackup { id, instance, .. }
-            | DueDetails::Retry { id, instance, .. } => take(instance, *id),
-            _ => {}
-        }
-    }
-    if taking.is_empty() {
-        return Vec::new();
-    }
-    let after = expiring_with(&cfg.schedule, idx, now, &taking);
-    after
-        .difference(expiring)
-        .filter_map(|id| rec.backups.get(id))
-        .filter(|b| cfg.storages.contains_key(&b.storage))
-        .map(|b| Due {
-            work: Work::Expire,
-            address: backup_address(b),
-            details: DueDetails::Expire {
-                id: b.id,
-                instance: b.instance.clone(),
-                kind: b.kind,
-                storage: b.storage.clone(),
-                expires_at: b.expires_at.expect("only backups with an expiry expire"),
-                after: first.get(b.instance.as_str()).copied(),
-            },
-        })
-        .collect()
-}
-
-/// The time-driven work due at `now`.
-fn due(
-    cfg: &Config,
-    rec: &Recorded,
-    idx: &Index<'_>,
-    now: DateTime<Utc>,
-    expiring: &BTreeSet<Uuid>,
-    forgotten: &BTreeSet<&str>,
-) -> Vec<Due> {
-    let s = &cfg.schedule;
-    let mut out = Vec::new();
-    let today = local_date(s, now);
-    let window_days = s.retention.as_secs().div_ceil(86_400) as i64;
-    let local_retention = cfg.storages["local"].retention;
-    for (name, inst) in &rec.instances {
-        if forgotten.contains(name.as_str()) {
-            continue;
-        }
-        let backups = idx
-            .by_instance
-            .get(name.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        // The first slot after the instance was first recorded.
-        let created = local_date(s, inst.created_at);
-        let first = if inst.created_at <= slot_at(s, created) {
-            created
-        } else {
-            created.succ_opt().expect("dates do not run out")
-        };
-        // Slots already recorded (taken, failed or skipped), by date.
-        let recorded: BTreeSet<NaiveDate> = backups
-            .iter()
-            .filter(|b| b.kind == BackupKind::Daily)
-            .filter_map(|b| b.date)
-            .collect();
-        let taken =
-            |d: NaiveDate| recorded.contains(&d) || rec.backups.contains_key(&daily_id(name, d));
-        let last_daily = recorded.last().copied();
-        let mut d = first
-            .max(last_daily.and_then(|d| d.succ_opt()).unwrap_or(first))
-            .max(today - Duration::days(window_days));
-        // An instance whose creation failed has nothing to back up: its slots are recorded
-        // as skipped, with the reason.
-        let reason = inst.creation_failed.then(|| {
-            format!(
-                "not taken: {}",
-                inst.error
-                    .as_deref()
-                    .unwrap_or("the instance could not be created")
-            )
-        });
-        let skip = |d: NaiveDate| Due {
-            work: Work::SkipDaily,
-            address: format!("backup.{name}@daily:{d}"),
-            details: DueDetails::SkipDaily {
-                id: daily_id(name, d),
-                instance: name.clone(),
-                date: d,
-                slot_at: slot_at(s, d),
-                reason: reason.clone(),
-            },
-        };
-        while d < today {
-            // A missed slot already past its expiry is not recorded just to be expired.
-            let expired = expiry(local_retention, slot_at(s, d)).is_some_and(|e| e <= now);
-            if !taken(d) && !expired {
-                out.push(skip(d));
-            }
-            d = d.succ_opt().expect("dates do not run out");
-        }
-        let slot = slot_at(s, today);
-        let id = daily_id(name, today);
-        if today >= first && now >= slot && !taken(today) && reason.is_some() {
-            out.push(skip(today));
-        } else if today >= first && now >= slot && !taken(today) {
-            out.push(Due {
-                work: Work::DailyBackup,
-                address: format!("backup.{name}@daily:{today}"),
-                details: DueDetails::DailyBackup {
-                    id,
-                    instance: name.clone(),
-                    date: today,
-                    slot_at: slot,
-                    expires_at: expiry(local_retention, now),
-                },
-            });
-        }
-    }
-    for b in rec.backups.values() {
-        // The per-instance lookups only for the (few) failed backups due a retry.
-        let managed =
-            || rec.instances.contains_key(&b.instance) && !forgotten.contains(b.instance.as_str());
-        let removed_from_file = || {
-            b.kind == BackupKind::OnDemand
-                && cfg
-                    .instances
-                    .get(&b.instance)
-                    .is_some_and(|i| b.key.as_ref().is_none_or(|k| !i.backups.contains_key(k)))
-        };
-        if let Some(at) = retry_at(b)
-            && now >= at
-            && managed()
-            && !removed_from_file()
-            && !expiring.contains(&b.id)
-        {
-            out.push(Due {
-                work: Work::Retry,
-                address: backup_address(b),
-                details: DueDetails::Retry {
-                    id: b.id,
-                    instance: b.instance.clone(),
-                    kind: b.kind,
-                    attempt: b.attempts + 1,
-                    max_attempts: MAX_ATTEMPTS,
-                    last_error: b.error.clone(),
-                },
-            });
-        }
-        if expiring.contains(&b.id) && cfg.storages.contains_key(&b.storage) {
-            out.push(Due {
-                work: Work::Expire,
-                address: backup_address(b),
-                details: DueDetails::Expire {
-                    id: b.id,
-                    instance: b.instance.clone(),
-                    kind: b.kind,
-                    storage: b.storage.clone(),
-                    expires_at: b.expires_at.expect("only backups with an expiry expire"),
-                    after: None,
-                },
-            });
-        }
-        if b.status == BackupStatus::Deleting
-            && b.delete_at.is_none_or(|t| t <= now)
-            && cfg.storages.contains_key(&b.storage)
-        {
-            out.push(Due {
-                work: Work::Purge,
-                address: backup_address(b),
-                details: DueDetails::Purge {
-                    id: b.id,
-                    instance: b.instance.clone(),
-                    key: b.key.clone(),
-                    storage: b.storage.clone(),
-                    delete_at: b.delete_at,
-                    data: data_fate(cfg, b),
-                },
-            });
-        }
-    }
-    out.sort_by(|a, b| (a.work, &a.address).cmp(&(b.work, &b.address)));
-    out
-}
-
-impl std::fmt::Display for BackupStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackupStatus::Pending => "pending",
-            BackupStatus::Running => "running",
-            BackupStatus::Completed => "completed",
-            BackupStatus::Failed => "failed",
-            BackupStatus::Deleting => "deleting",
-            BackupStatus::Expired => "expired",
-            BackupStatus::Skipped => "skipped",
-            BackupStatus::Deleted => "deleted",
-        })
     }
 }

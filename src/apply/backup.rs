@@ -1,0 +1,271 @@
+//! Taking backups: new records, the engine call for the instance's kind, and the
+//! repository of a storage (created on first use only, never silently re-created).
+
+use super::*;
+use crate::views::human_bytes;
+
+impl Executor<'_> {
+    /// The repository of a storage, and whether backplan may generate its key.
+    pub(super) fn repo(&self, storage: &str) -> Result<(Repo, bool), String> {
+        let r = storage::resolve(self.cfg, storage)?;
+        Ok((r.repo, r.may_generate_key))
+    }
+
+    /// The repository of a storage, ready for a backup. A repository is created only on the
+    /// storage's first use: once one was recorded (or backups were taken to it), a missing one
+    /// is an error naming the path (an unmounted disk, a wrong path), and one found there must
+    /// be the recorded repository, opened by the key.
+    pub(super) fn usable_repo(&self, storage: &str) -> Result<Repo, String> {
+        let (repo, create_key) = self.repo(storage)?;
+        let recorded = self.store.get_storage(storage).map_err(|e| e.to_string())?;
+        let found = self
+            .engine
+            .repository_id(&repo)
+            .map_err(|e| e.to_string())?;
+        let id = match (found, &recorded) {
+            (Some(found), Some(r)) if found == r.repository_id => return Ok(repo),
+            (Some(found), Some(r)) => {
+                return Err(format!(
+                    "the repository at {} (id {found}) is not the one storage `{storage}` has used (id {}, at {}); refusing to write to it. Point `path` back to the recorded repository, or mount the disk that holds it",
+                    repo.path.display(),
+                    r.repository_id,
+                    r.path.display()
+                ));
+            }
+            (Some(found), None) => found,
+            (None, Some(r)) => {
+                return Err(missing_repository(storage, &repo, &r.path));
+            }
+            (None, None) => {
+                if self
+                    .store
+                    .storage_has_backups(storage)
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(missing_repository(storage, &repo, &repo.path));
+                }
+                self.engine
+                    .ensure(&repo, create_key)
+                    .map_err(|e| e.to_string())?;
+                self.engine
+                    .repository_id(&repo)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!("no repository at {} after creating it", repo.path.display())
+                    })?
+            }
+        };
+        self.store
+            .put_storage(&StorageRecord {
+                name: storage.to_string(),
+                repository_id: id,
+                path: repo.path.clone(),
+                recorded_at: self.now(),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(repo)
+    }
+
+    /// Where an instance's data lives: what was recorded when it was created wins over the
+    /// file (a changed `source` is refused by the planner, and must not be read under the old
+    /// name); the file only for an instance not recorded yet.
+    pub(super) fn source_of(&self, instance: &str) -> Option<Source> {
+        self.store
+            .get_instance(instance)
+            .ok()
+            .flatten()
+            .map(|r| r.source)
+            .or_else(|| self.cfg.instances.get(instance).map(|i| i.source.clone()))
+    }
+
+    pub(super) fn expiry(&self, storage: &str, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self.cfg.storages.get(storage).map(|s| s.retention) {
+            Some(Retention::Forever) => None,
+            Some(Retention::For(d)) => Some(from + d.to_chrono()),
+            None => Some(from + self.cfg.schedule.retention.to_chrono()),
+        }
+    }
+
+    pub(super) fn new_backup(
+        &self,
+        id: Uuid,
+        instance: &str,
+        kind: BackupKind,
+        label: String,
+        storage: &str,
+        fill: impl FnOnce(&mut BackupRecord),
+    ) -> Result<BackupRecord, String> {
+        let now = self.now();
+        let source_kind = self
+            .source_of(instance)
+            .map(|s| s.kind())
+            .ok_or_else(|| format!("`{instance}` is neither recorded nor in the file"))?;
+        let mut b = BackupRecord {
+            id,
+            instance: instance.to_string(),
+            source_kind,
+            kind,
+            key: None,
+            created_by: kind.created_by(),
+            label,
+            notes: String::new(),
+            storage: storage.to_string(),
+            status: BackupStatus::Pending,
+            created_at: now,
+            completed_at: None,
+            // Fixed when the backup is created: a later change of retention does not move it.
+            expires_at: self.expiry(storage, now),
+            size_bytes: None,
+            snapshot_id: None,
+            error: None,
+            attempts: 0,
+            failed_at: None,
+            date: None,
+            version: None,
+            delete_at: None,
+            status_before_delete: None,
+        };
+        fill(&mut b);
+        Ok(b)
+    }
+
+    /// Takes a system backup unless a completed one with this id exists already (a re-run
+    /// after a crash). Returns the failure, if any.
+    pub(super) fn system_backup(
+        &mut self,
+        id: Uuid,
+        instance: &str,
+        kind: BackupKind,
+        label: String,
+        fill: impl FnOnce(&mut BackupRecord),
+    ) -> Result<Result<(), String>, ApplyError> {
+        let existing = self.store.get_backup(id)?;
+        let b = match existing {
+            Some(b) if b.status == BackupStatus::Completed => return Ok(Ok(())),
+            Some(b) => b,
+            None => match self.new_backup(id, instance, kind, label, "local", fill) {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        let address = backup_address(&b);
+        let done = self.take_backup(b, &address)?;
+        Ok(if done.status == BackupStatus::Completed {
+            Ok(())
+        } else {
+            Err(done.error.unwrap_or_default())
+        })
+    }
+
+    /// Runs one backup: the record is written `running` first and `completed` only once the
+    /// snapshot is durable in the repository.
+    pub(super) fn take_backup(
+        &mut self,
+        mut b: BackupRecord,
+        address: &str,
+    ) -> Result<BackupRecord, ApplyError> {
+        b.status = BackupStatus::Running;
+        b.attempts += 1;
+        self.put_backup(&b)?;
+        self.journal(
+            "backup",
+            address,
+            Phase::Started,
+            &format!("try {}", b.attempts),
+        )?;
+        // Err: why, and whether a retry can help (not for what this version lacks).
+        let result = (|| -> Result<crate::engine::SnapshotInfo, (String, bool)> {
+            let source = self.source_of(&b.instance).ok_or_else(|| {
+                (
+                    format!("`{}` is neither recorded nor in the file", b.instance),
+                    false,
+                )
+            })?;
+            let kind = kinds::of(source.kind()).map_err(|e| (e, false))?;
+            storage::resolve(self.cfg, &b.storage).map_err(|e| (e, false))?;
+            let what = kind
+                .backup_source(&source, &b.instance)
+                .map_err(|e| (e, true))?;
+            let repo = self.usable_repo(&b.storage).map_err(|e| (e, true))?;
+            let tags = SnapshotTags {
+                instance: b.instance.clone(),
+                backup: b.id,
+                kind: b.kind.as_str().to_string(),
+            };
+            let progress = self.progress.clone();
+            match what {
+                BackupSource::Tree(path) => self.engine.backup_dir(&repo, &path, &tags, progress),
+                BackupSource::Stream(s) => self.engine.backup_stream(&repo, &s, &tags, progress),
+            }
+            .map_err(|e: EngineError| (e.to_string(), true))
+        })();
+        match result {
+            Ok(s) => {
+                b.status = BackupStatus::Completed;
+                b.completed_at = Some(self.now());
+                b.snapshot_id = Some(s.id);
+                b.size_bytes = Some(Size {
+                    read: s.bytes_read,
+                    added: s.bytes_added,
+                });
+                b.error = None;
+                b.failed_at = None;
+                self.put_backup(&b)?;
+                self.journal("backup", address, Phase::Finished, "")?;
+                self.report.done(
+                    address,
+                    format!(
+                        "backed up {} files, {} ({} added to the repository)",
+                        s.files,
+                        human_bytes(s.bytes_read),
+                        human_bytes(s.bytes_added)
+                    ),
+                );
+            }
+            Err((e, retry)) => {
+                b.status = BackupStatus::Failed;
+                b.failed_at = Some(self.now());
+                b.error = Some(e.clone());
+                if !retry {
+                    // What this version lacks (or the file no longer declares) does not come
+                    // with a retry.
+                    b.attempts = b.attempts.max(crate::plan::planner::MAX_ATTEMPTS);
+                    b.error = Some(format!("{e} (not retried)"));
+                }
+                self.put_backup(&b)?;
+                self.journal("backup", address, Phase::Failed, &e)?;
+                let why = format!("backup failed (try {}): {e}", b.attempts);
+                if retry {
+                    self.report.failed(address, why);
+                } else {
+                    self.report.failed_for_good(address, why + " (not retried)");
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    pub(super) fn forget_snapshot(&mut self, b: &BackupRecord) -> Result<(), String> {
+        let Some(snapshot) = &b.snapshot_id else {
+            return Ok(()); // failed or skipped: no data
+        };
+        let (repo, _) = self.repo(&b.storage)?;
+        self.engine
+            .forget(&repo, std::slice::from_ref(snapshot))
+            .map_err(|e| e.to_string())?;
+        self.to_prune.insert(b.storage.clone());
+        Ok(())
+    }
+}
+
+pub(super) fn missing_repository(storage: &str, repo: &Repo, recorded: &std::path::Path) -> String {
+    let moved = if recorded != repo.path {
+        format!(" (it was at {})", recorded.display())
+    } else {
+        String::new()
+    };
+    format!(
+        "there is no repository at {}, but storage `{storage}` has used one before{moved}: its backups are recorded; backplan does not create a new empty repository in its place. Mount the disk that holds it, or set `path` to where it is",
+        repo.path.display()
+    )
+}

@@ -1,0 +1,105 @@
+//! Recovery: converge what an interrupted run left behind. Idempotent.
+
+use super::*;
+
+impl Executor<'_> {
+    /// Resolves interrupted work: a backup left `pending` or `running` is `completed` if its
+    /// snapshot reached the repository, `failed` otherwise (then retried on schedule); a
+    /// restore interrupted before its swap is forgotten (planned again), one interrupted after
+    /// it is `completed`; staging folders are removed.
+    pub fn recover(&mut self) -> Result<(), ApplyError> {
+        let rec = self.store.load()?;
+        let mut interrupted = Vec::new();
+        for b in rec.backups.values() {
+            if !matches!(b.status, BackupStatus::Pending | BackupStatus::Running) {
+                continue;
+            }
+            let mut b = b.clone();
+            let found = self
+                .repo(&b.storage)
+                .map_err(|e| e.to_string())
+                .and_then(|(repo, _)| self.engine.find(&repo, b.id).map_err(|e| e.to_string()));
+            match found {
+                Ok(snaps) if !snaps.is_empty() => {
+                    let s = &snaps[0];
+                    b.status = BackupStatus::Completed;
+                    b.completed_at = Some(s.time);
+                    b.snapshot_id = Some(s.id.clone());
+                    b.size_bytes = Some(Size {
+                        read: s.bytes_read,
+                        added: s.bytes_added,
+                    });
+                    b.error = None;
+                }
+                Ok(_) => {
+                    // Interrupted before its snapshot was saved: take it again now (same id,
+                    // so it cannot be stored twice).
+                    interrupted.push(b);
+                    continue;
+                }
+                Err(e) => {
+                    b.status = BackupStatus::Failed;
+                    b.attempts += 1;
+                    b.failed_at = Some(self.now());
+                    b.error = Some(format!(
+                        "interrupted; the repository could not be checked: {e}"
+                    ));
+                }
+            }
+            self.put_backup(&b)?;
+            self.journal(
+                "recover",
+                &backup_address(&b),
+                Phase::Finished,
+                &format!("{}", b.status),
+            )?;
+        }
+        for b in interrupted {
+            let address = backup_address(&b);
+            self.journal(
+                "recover",
+                &address,
+                Phase::Started,
+                "interrupted before its snapshot was saved; taking it again",
+            )?;
+            self.take_backup(b, &address)?;
+        }
+        let journal = self.store.journal_entries()?;
+        for r in rec.restores.values() {
+            if !matches!(r.status, RestoreStatus::Pending | RestoreStatus::Running) {
+                continue;
+            }
+            let address = format!("restore.{}", r.key);
+            let swapped = journal
+                .iter()
+                .any(|e| e.address == address && e.op == "swap" && e.phase == Phase::Finished);
+            if swapped {
+                let mut r = r.clone();
+                r.status = RestoreStatus::Completed;
+                r.completed_at = Some(self.now());
+                self.store.put_restore(&r)?;
+            } else {
+                // The target was never touched: forget the attempt so the plan runs it again.
+                self.store.remove_restore(&r.key)?;
+            }
+            self.journal(
+                "recover",
+                &address,
+                Phase::Finished,
+                if swapped {
+                    "completed"
+                } else {
+                    "will run again"
+                },
+            )?;
+        }
+        for r in rec.instances.values() {
+            if let Ok(kind) = kinds::of(r.source.kind()) {
+                for line in kind.discard_leftovers(&r.source) {
+                    tracing::warn!("{}: {line}", r.name);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! The control socket server: bounded requests and connections, queries answered from the
+//! daemon's state, approved plans carried out once.
+
+use super::*;
+
+/// Connections served at once; more wait in the listen backlog, so a flood of idle clients
+/// costs the daemon no descriptors.
+pub(super) const MAX_CONNECTIONS: usize = 64;
+/// A request must arrive whole within this time of the connection (or of the previous reply),
+/// and a reply must be taken within it.
+pub(super) const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the control socket (mode 0660): one JSON query per line, one JSON answer per line.
+/// A malformed request gets an error reply; a client never disturbs the daemon: a request is
+/// read at most [`crate::config::MAX_FILE_BYTES`] long, at most [`MAX_CONNECTIONS`] are
+/// served at once, and an idle one is closed after [`CLIENT_TIMEOUT`].
+pub(super) fn serve_control(
+    path: &Path,
+    shared: Arc<Shared>,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| DaemonError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // A socket file left by a daemon that died: nobody answers on it.
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    Ok(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            // A slot first: beyond the limit, clients wait in the kernel's backlog.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = Duration::from_millis(50);
+                    stream
+                }
+                Err(e) => {
+                    // Out of descriptors (EMFILE) and the like: wait, never spin.
+                    tracing::warn!("control socket: accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _ = serve_client(stream, shared).await;
+                drop(slot);
+            });
+        }
+    }))
+}
+
+pub(super) async fn serve_client(
+    stream: tokio::net::UnixStream,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let limit = crate::config::MAX_FILE_BYTES as usize;
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    loop {
+        // Never more than the limit (and the newline) in memory, whatever the client sends.
+        let mut line = Vec::new();
+        let got = tokio::time::timeout(
+            CLIENT_TIMEOUT,
+            (&mut read)
+                .take(limit as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
+        let reply = match got {
+            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Ok(()), // idle, broken or closed
+            Ok(Ok(_)) if line.len() > limit => crate::control::Reply::Error {
+                error: format!("request longer than {limit} bytes; the connection is closed"),
+            },
+            Ok(Ok(_)) => match crate::control::parse_request(&String::from_utf8_lossy(&line)) {
+                Err(error) => crate::control::Reply::Error { error },
+                Ok(q) => {
+                    let shared = shared.clone();
+                    match tokio::task::spawn_blocking(move || answer(&q, &shared)).await {
+                        Ok(a) => crate::control::Reply::Answer(a),
+                        Err(e) => crate::control::Reply::Error {
+                            error: e.to_string(),
+                        },
+                    }
+                }
+            },
+        };
+        let close = line.len() > limit;
+        let mut out = serde_json::to_string(&reply).expect("replies serialise");
+        out.push('\n');
+        tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(out.as_bytes()))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
+    if let Query::Apply {
+        allow_mass_removal,
+        approved,
+    } = q
+    {
+        return approve(shared, *allow_mass_removal, approved);
+    }
+    let cfg = shared
+        .config
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let (Query::Verify { subset }, Some(cfg)) = (q, &cfg) {
+        let (report, problems) = shared.verify(cfg, *subset);
+        return Answer {
+            exit: u8::from(problems),
+            stdout: report,
+            stderr: String::new(),
+        };
+    }
+    let error = shared
+        .config_error
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    // A store that cannot be read (a full disk) still answers with what it held last.
+    let (rec, stale) = match shared.store.load() {
+        Ok(r) => (r, None),
+        Err(e) => match shared.store.last_read() {
+            Some(r) => (
+                r,
+                Some(format!(
+                    "warning: the state store cannot be read ({e}); showing what it held when last read\n"
+                )),
+            ),
+            None => {
+                return Answer {
+                    exit: 1,
+                    stdout: String::new(),
+                    stderr: format!("error: {e}\n"),
+                };
+            }
+        },
+    };
+    let journal = || shared.store.journal_entries().map_err(|e| e.to_string());
+    let mut a = crate::query::answer(
+        q,
+        &Context {
+            config: cfg.as_deref(),
+            config_error: error.as_deref(),
+            recorded: &rec,
+            journal: &journal,
+            now: shared.clock.now(),
+        },
+    );
+    if let Some(w) = stale {
+        a.stderr.insert_str(0, &w);
+    }
+    if matches!(q, Query::Status { json: false }) {
+        let activity = shared.activity.read().unwrap_or_else(|p| p.into_inner());
+        let verified = shared.last_verify.read().unwrap_or_else(|p| p.into_inner());
+        let verified = verified
+            .as_ref()
+            .map(|v| format!("Last verify: {v}\n"))
+            .unwrap_or_default();
+        a.stdout = format!("Daemon: {activity}\n{verified}\n{}", a.stdout);
+    }
+    a
+}
+
+/// `apply` with the daemon running: carries out the plan of the file in force once, with the
+/// options the operator gave (`--allow-mass-removal` approves one refused mass removal), if its
+/// actions are the ones the operator saw and approved. Whoever may use the socket may do this.
+pub(super) fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str) -> Answer {
+    let refuse = |why: String| Answer {
+        exit: 1,
+        stdout: String::new(),
+        stderr: format!("error: {why}\n"),
+    };
+    // After the loop's reconcile under way, if any; the file in force and the state are read,
+    // and the plan made and carried out, under the same lock.
+    let _work = shared.work.lock().unwrap_or_else(|p| p.into_inner());
+    let cfg = shared
+        .config
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let error = shared
+        .config_error
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let Some(cfg) = cfg else {
+        return refuse("the daemon has no valid configuration".into());
+    };
+    if let Some(e) = error {
+        return refuse(format!(
+            "the file on disk is invalid, so the daemon keeps the last valid one; nothing was applied. Fix the file, then run apply again:\n{e}"
+        ));
+    }
+    let rec = match shared.store.load() {
+        Ok(r) => r,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let plan = crate::plan::plan(
+        &cfg,
+        &rec,
+        shared.clock.now(),
+        PlanOptions { allow_mass_removal },
+    );
+    if crate::control::approved_actions(&plan) != approved {
+        return refuse(
+            "the daemon's plan is not the one shown (the file in force or the recorded state changed since); nothing was applied. Run apply again to see the current plan".into(),
+        );
+    }
+    if !plan.refusals.is_empty() {
+        return refuse("the plan has refusals; nothing was applied".into());
+    }
+    tracing::info!(
+        allow_mass_removal,
+        "carrying out a plan approved on the control socket"
+    );
+    let now = || shared.clock.now();
+    let mut exec = Executor::new(
+        &cfg,
+        &shared.store,
+        shared.engine.as_ref(),
+        Arc::new(LogProgress),
+        &now,
+    );
+    if let Err(e) = exec.run(&plan) {
+        return refuse(format!("apply stopped: {e}"));
+    }
+    let mut stdout = String::new();
+    for (outcome, address, what) in &exec.report.lines {
+        let tag = match outcome {
+            crate::apply::Outcome::Done => "ok  ",
+            crate::apply::Outcome::Failed | crate::apply::Outcome::FailedForGood => "FAIL",
+        };
+        stdout += &format!("  {tag} {address}: {what}\n");
+    }
+    let failed = exec.report.failures();
+    let done = exec.report.lines.len() - failed;
+    stdout += &format!("\nApply complete (by the daemon): {done} done, {failed} failed.\n");
+    Answer {
+        exit: u8::from(failed > 0),
+        stdout,
+        stderr: String::new(),
+    }
+}

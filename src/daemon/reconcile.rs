@@ -1,0 +1,110 @@
+//! One reconcile: resolve interrupted work, plan, apply; and progress as log lines.
+
+use super::*;
+
+/// What one reconcile did.
+pub(super) struct Outcome {
+    pub(super) summary: String,
+    /// Something was done: look again at once for what it made due.
+    pub(super) worked: bool,
+    /// Something failed that is tried again on its own (with back-off).
+    pub(super) failed: bool,
+    /// Interrupted work is resolved (this run or an earlier one).
+    pub(super) recovered: bool,
+}
+
+/// One reconcile: resolve interrupted work (until that succeeds), plan, apply. Runs on a
+/// blocking thread. Hooks and restores run only on a reconcile the operator caused (start,
+/// a changed file, a reload): one that failed is never run again on its own.
+pub(super) fn reconcile(
+    cfg: &Config,
+    store: &Store,
+    engine: &dyn Engine,
+    clock: &dyn Clock,
+    reason: Reason,
+    recover: bool,
+    stop: Arc<AtomicBool>,
+) -> Outcome {
+    let now_fn = || clock.now();
+    let mut exec = Executor::new(cfg, store, engine, Arc::new(LogProgress), &now_fn);
+    exec.stop = Some(stop);
+    let outcome = |summary: String, worked, failed| Outcome {
+        summary,
+        worked,
+        failed,
+        recovered: true,
+    };
+    // At a start, and after the store failed (a full disk): work left `running` is resolved.
+    if (recover || store.take_reopened())
+        && let Err(e) = exec.recover()
+    {
+        return Outcome {
+            summary: format!("recovery failed: {e}"),
+            worked: false,
+            failed: true,
+            recovered: false,
+        };
+    }
+    let rec = match store.load() {
+        Ok(r) => r,
+        Err(e) => return outcome(format!("cannot read the state: {e}"), false, true),
+    };
+    let mut plan = crate::plan::plan(cfg, &rec, clock.now(), PlanOptions::default());
+    if !reason.operator_caused() {
+        plan.actions.retain(|a| {
+            let rerun = match &a.details {
+                crate::plan::Details::UpdateInstance { on_update, .. } => !on_update.is_empty(),
+                crate::plan::Details::Restore { .. } => true,
+                _ => false,
+            };
+            if rerun {
+                tracing::info!(
+                    address = %a.address,
+                    "not run again on its own: it runs a hook or a restore; change the file or reload to run it"
+                );
+            }
+            !rerun
+        });
+    }
+    for r in &plan.refusals {
+        tracing::error!(address = %r.address, rule = r.rule, at = %r.location, "refused: {}; fix: {}", r.message, r.fix);
+    }
+    if !plan.refusals.is_empty() && plan.due.is_empty() {
+        return outcome(
+            format!(
+                "{} refusal(s): nothing from the file applied",
+                plan.refusals.len()
+            ),
+            false,
+            false,
+        );
+    }
+    if !plan.has_changes() {
+        return outcome("nothing to do".into(), false, false);
+    }
+    if let Err(e) = exec.run(&plan) {
+        return outcome(format!("apply stopped: {e}"), false, true);
+    }
+    let failed = exec.report.failures();
+    let done = exec.report.lines.len() - failed;
+    outcome(
+        format!("applied: {done} done, {failed} failed"),
+        done > 0,
+        exec.report.retriable_failures() > 0,
+    )
+}
+
+/// Progress of long operations as log lines.
+pub(super) struct LogProgress;
+impl ProgressSink for LogProgress {
+    fn update(&self, phase: &str, done: u64, total: Option<u64>) {
+        // The CLI's terminal sink throttles; here, a line per 5 % is enough.
+        if let Some(t) = total.filter(|t| *t > 0) {
+            let pct = done * 100 / t;
+            let prev = (done.saturating_sub(1)) * 100 / t;
+            if pct / 5 != prev / 5 || done >= t {
+                tracing::info!("{phase}: {pct}% of {}", crate::views::human_bytes(t));
+            }
+        }
+    }
+}
