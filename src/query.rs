@@ -79,7 +79,7 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
         let _ = write!(err, "{e}");
         let _ = writeln!(
             err,
-            "warning: the configuration file is invalid; {}\n",
+            "warning: the configuration file is not in force (see above); {}\n",
             if ctx.config.is_some() {
                 "the last valid one stays in force"
             } else {
@@ -212,10 +212,23 @@ fn status(ctx: &Context<'_>, as_json: bool, out: &mut dyn Write) -> Exit {
                 s.name.clone(),
                 s.kind.to_string(),
                 s.version.clone(),
-                match (&s.error, &s.since) {
-                    (Some(e), Some(t)) => format!("{}: {e} (since {})", s.state, fmt_time(t)),
-                    (Some(e), None) => format!("{}: {e}", s.state),
-                    (None, _) => s.state.clone(),
+                {
+                    let mut state = match (&s.error, &s.since) {
+                        (Some(e), Some(t)) => format!("{}: {e} (since {})", s.state, fmt_time(t)),
+                        (Some(e), None) => format!("{}: {e}", s.state),
+                        (None, _) => s.state.clone(),
+                    };
+                    if let Some(d) = &s.deleting {
+                        state += &format!(
+                            "; {} backup(s) deleting{}",
+                            d.count,
+                            d.next_at
+                                .as_ref()
+                                .map(|t| format!(", the first on {}", fmt_time(t)))
+                                .unwrap_or_default()
+                        );
+                    }
+                    state
                 },
                 s.last_good_backup
                     .as_ref()

@@ -24,7 +24,17 @@ pub struct InstanceStatus {
     /// daily backups that did not complete).
     pub since: Option<DateTime<Utc>>,
     pub last_good_backup: Option<LastGood>,
+    /// Backups removed from the file and still in their deletion grace (restorable by id,
+    /// revived by putting their key back), and when the first of them is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleting: Option<Deleting>,
     pub next_daily: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deleting {
+    pub count: usize,
+    pub next_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +65,15 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                     label: b.label.clone(),
                     completed_at: b.completed_at,
                 });
+            let deleting: Vec<&BackupRecord> = rec
+                .backups
+                .values()
+                .filter(|b| &b.instance == name && b.status == BackupStatus::Deleting)
+                .collect();
+            let deleting = (!deleting.is_empty()).then(|| Deleting {
+                count: deleting.len(),
+                next_at: deleting.iter().filter_map(|b| b.delete_at).min(),
+            });
             let (kind, version) = match (recorded, declared) {
                 (Some(r), _) => (r.kind, r.version.to_string()),
                 (None, Some(d)) => (d.kind, d.version.to_string()),
@@ -80,6 +99,7 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                     .or_else(|| failing.as_ref().map(|f| f.0.clone())),
                 since: failing.map(|f| f.1),
                 last_good_backup: last_good,
+                deleting,
                 next_daily: recorded
                     .and(cfg)
                     .map(|c| next_daily(&c.schedule, rec, name, now)),

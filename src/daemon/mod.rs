@@ -464,11 +464,28 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            if old
-                .as_ref()
-                .is_some_and(|o| o.daemon.state_dir != cfg.daemon.state_dir)
-            {
-                tracing::warn!("state_dir changed in the file; it takes effect at the next start");
+            // The store, the default repository, the generated keys and the socket all hang
+            // off `state_dir`: a file that moves them is not mixed with the store this process
+            // holds. It takes effect at the next start; meanwhile the last file stays in force.
+            if let Some(o) = old.as_ref().filter(|o| {
+                o.daemon.state_dir != cfg.daemon.state_dir
+                    || o.daemon.control_socket != cfg.daemon.control_socket
+            }) {
+                let why = format!(
+                    "{}: `state_dir` or `control_socket` changed (state {} -> {}, socket {} -> {}); they take effect at the next start (`systemctl restart backplan`), and until then the last valid configuration stays in force, without this file's other changes\n",
+                    path.display(),
+                    o.daemon.state_dir.display(),
+                    cfg.daemon.state_dir.display(),
+                    o.daemon.control_socket.display(),
+                    cfg.daemon.control_socket.display()
+                );
+                tracing::warn!("{}", why.trim_end());
+                *shared
+                    .config_error
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(why);
+                sd_notify("READY=1");
+                return false;
             }
             *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
             *shared

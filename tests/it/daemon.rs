@@ -906,3 +906,47 @@ fn verify_works_through_the_daemon_which_also_verifies_daily() {
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_moved_state_dir_waits_for_the_next_start_and_nothing_is_mixed() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let d = Daemon::start(dir, &[], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    // The file moves the state (and with it the default repository and keys) and asks for a
+    // new backup in the same save.
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        text.replace("state_dir = \"state\"", "state_dir = \"elsewhere\"")
+            + "\n[instances.contoso.backups.after-move]\nlabel = \"After the move\"\n",
+    )
+    .unwrap();
+    // The CLI now looks where the file says; the daemon still answers on its socket.
+    let ask = |command: &str| {
+        let mut s = UnixStream::connect(dir.join("state/backplan.sock")).unwrap();
+        s.write_all(format!("{{\"command\":\"{command}\",\"json\":true}}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    d.wait_for("the refusal in status", || {
+        ask("status")["stderr"]
+            .as_str()
+            .is_some_and(|e| e.contains("take effect at the next start"))
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let backups = ask("backups");
+    assert!(
+        !backups["stdout"].as_str().unwrap().contains("after-move"),
+        "the new file was applied with the old state: {backups}"
+    );
+    assert!(
+        !dir.join("elsewhere").exists(),
+        "nothing made at the new place"
+    );
+    assert_eq!(restic_snapshots(dir).len(), 1);
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}

@@ -66,6 +66,14 @@ fn a_removed_backup_waits_out_its_grace_is_revived_by_its_key_then_purged() {
     assert_eq!(b[0]["allowed_actions"], serde_json::json!(["restore"]));
     let text = backplan(dir, &["backups", "-c", "backplan.toml"]);
     assert!(text.stdout.contains("deleting on "), "{}", text.stdout);
+    let status = backplan(dir, &["status", "-c", "backplan.toml"]);
+    assert!(
+        status
+            .stdout
+            .contains("1 backup(s) deleting, the first on "),
+        "{}",
+        status.stdout
+    );
     assert_eq!(restic_snapshots(dir).len(), 1, "the data is still there");
 
     // 2. Put back (the save completed), with a new label: the same backup, edited.
