@@ -10,6 +10,7 @@ mod guards;
 mod helpers;
 mod invalid;
 mod keys;
+mod kinds;
 mod limits;
 mod paths;
 mod plans;
