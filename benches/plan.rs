@@ -14,8 +14,11 @@
 //! split into (b1) `raw::read` and (b2) `validate::validate`, (c) `plan::plan` alone; the
 //! TOML floors `toml::from_str::<toml::Table>` and the span-keeping
 //! `DeTable::parse_recoverable` that `raw::read` is built on; `state::read` of the sled
-//! store (open, load, close, as the CLI does) and `Store::load` alone on an open store; and
-//! one bare pass over the loaded backups for reference.
+//! store (open, load, close, as the CLI does), every record read from sled on an open store
+//! (`sled_load`) and `Store::load` once the records are in memory (`memory_load`); a daemon
+//! wake (records + `planner::next_deadline`) reading sled (`wake_sled`, as before the daemon
+//! kept the records in memory) and from memory (`wake_memory`); and one bare pass over the
+//! loaded backups for reference.
 //!
 //! Memory: a counting global allocator tracks current and peak heap bytes. Before the timed
 //! runs, each step is run once under it and its peak printed.
@@ -598,12 +601,64 @@ fn sled_read(b: Bencher) {
     b.bench(|| state::read(divan::black_box(s.dir.path())).expect("the state reads back"));
 }
 
-/// `Store::load` alone, on a store opened once (outside the timing).
+/// Reading every record from sled on a store opened once (outside the timing):
+/// `Store::read_all`, what `Store::load` costs when it reads (the first time, after an error).
 #[divan::bench(sample_count = 5, sample_size = 1)]
 fn sled_load(b: Bencher) {
-    let s = &*STATE;
-    let store = state::Store::open(s.dir.path()).expect("the sled store opens");
+    let store = open_store();
+    b.bench(|| {
+        divan::black_box(&store)
+            .read_all()
+            .expect("the state loads")
+    });
+}
+
+/// `Store::load` once the records are in memory (read once, outside the timing).
+#[divan::bench(sample_count = 10)]
+fn memory_load(b: Bencher) {
+    let store = open_store();
+    store.load().expect("the state loads");
     b.bench(|| divan::black_box(&store).load().expect("the state loads"));
+}
+
+/// A daemon wake as it was: every record read from sled, then `planner::next_deadline`.
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn wake_sled(b: Bencher) {
+    let (f, store) = (&*FIXTURE, open_store());
+    b.bench(|| {
+        let rec = divan::black_box(&store)
+            .read_all()
+            .expect("the state loads");
+        planner::next_deadline(&f.config, &rec, f.now)
+    });
+}
+
+/// A daemon wake now: the records in memory, then `planner::next_deadline`.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn wake_memory(b: Bencher) {
+    let (f, store) = (&*FIXTURE, open_store());
+    store.load().expect("the state loads");
+    b.bench(|| {
+        let rec = divan::black_box(&store).load().expect("the state loads");
+        planner::next_deadline(&f.config, &rec, f.now)
+    });
+}
+
+/// The fixture's sled store, opened (waiting for a store of an earlier benchmark in this
+/// process to let go of its lock).
+fn open_store() -> state::Store {
+    let s = &*STATE;
+    let start = Instant::now();
+    loop {
+        match state::Store::open(s.dir.path()) {
+            Err(state::StateError::Locked { .. })
+                if start.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.expect("the sled store opens"),
+        }
+    }
 }
 
 /// Reference: one bare pass over the 400k loaded backups that reads a field of each record

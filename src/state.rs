@@ -9,7 +9,8 @@
 //! transition that was reported is durable.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -65,10 +66,16 @@ pub struct Store {
     /// space is back. The handles of a call that failed are dropped, and the next call opens
     /// the store again (`None` until it succeeds).
     handles: RwLock<Option<Arc<Handles>>>,
-    /// The records as last read, so that `status` still answers while the store cannot be read.
-    last_read: Mutex<Option<Recorded>>,
+    /// The records in memory (see [`Store::load`]): read from sled at the first `load`, then
+    /// changed by every write once sled has it. Also what `status` shows while the store
+    /// cannot be read. Held during each write, so a `load` that reads sled again never
+    /// misses a write made meanwhile.
+    memory: Mutex<Option<Arc<Recorded>>>,
+    /// Set by every call that failed: a write may or may not have reached sled, so `memory`
+    /// is read from sled again at the next `load`.
+    memory_stale: AtomicBool,
     /// Set when the store was opened again after an error (see [`Store::take_reopened`]).
-    reopened: std::sync::atomic::AtomicBool,
+    reopened: AtomicBool,
 }
 
 struct Handles {
@@ -149,8 +156,9 @@ impl Store {
         let store = Store {
             dir: dir.to_path_buf(),
             handles: RwLock::new(Some(Arc::new(Handles::open(dir)?))),
-            last_read: Mutex::new(None),
-            reopened: std::sync::atomic::AtomicBool::new(false),
+            memory: Mutex::new(None),
+            memory_stale: AtomicBool::new(false),
+            reopened: AtomicBool::new(false),
         };
         let found = store.schema_version()?;
         match found {
@@ -176,19 +184,25 @@ impl Store {
     }
 
     /// Runs `f` on the open handles, opening the store again first if an earlier call failed.
-    /// A sled error drops the handles (see the `handles` field).
+    /// A sled error drops the handles (see the `handles` field); any error has the records in
+    /// memory read again at the next `load`.
     fn with<T>(&self, f: impl FnOnce(&Handles) -> Result<T, StateError>) -> Result<T, StateError> {
-        let h = self.open_handles()?;
-        let result = f(&h);
-        if let Err(StateError::Sled(e)) = &result {
-            let mut slot = self.handles.write().unwrap_or_else(|p| p.into_inner());
-            if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &h)) {
-                tracing::error!(
-                    "state store {}: {e}; it is opened again at the next use",
-                    self.dir.display()
-                );
-                *slot = None;
+        let result = self.open_handles().and_then(|h| {
+            let result = f(&h);
+            if let Err(StateError::Sled(e)) = &result {
+                let mut slot = self.handles.write().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &h)) {
+                    tracing::error!(
+                        "state store {}: {e}; it is opened again at the next use",
+                        self.dir.display()
+                    );
+                    *slot = None;
+                }
             }
+            result
+        });
+        if result.is_err() {
+            self.memory_stale.store(true, SeqCst);
         }
         result
     }
@@ -219,8 +233,7 @@ impl Store {
             }
         };
         tracing::info!("state store {}: opened again", self.dir.display());
-        self.reopened
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.reopened.store(true, SeqCst);
         *slot = Some(h.clone());
         Ok(h)
     }
@@ -228,8 +241,7 @@ impl Store {
     /// Whether the store was opened again after an error since the last call: the operation
     /// that failed may have left a record `running`, to resolve as at a start.
     pub fn take_reopened(&self) -> bool {
-        self.reopened
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        self.reopened.swap(false, SeqCst)
     }
 
     pub fn schema_version(&self) -> Result<Option<u32>, StateError> {
@@ -249,9 +261,22 @@ impl Store {
         })
     }
 
-    /// Everything recorded, for the planner and the status commands.
-    pub fn load(&self) -> Result<Recorded, StateError> {
-        let rec = self.with(|h| {
+    /// Everything recorded, for the planner, the daemon's wakes and the status commands: the
+    /// records in memory, shared (a write while a caller still holds them copies them once).
+    /// Sled is read at the first call and after any failed call; otherwise this costs nothing.
+    pub fn load(&self) -> Result<Arc<Recorded>, StateError> {
+        let mut memory = self.memory();
+        if memory.is_none() || self.memory_stale.swap(false, SeqCst) {
+            // A failure sets `memory_stale` again (in `with`): the next call reads again.
+            *memory = Some(Arc::new(self.read_all()?));
+        }
+        Ok(memory.clone().expect("read above"))
+    }
+
+    /// Every record read from sled, past the records in memory: what [`Store::load`] costs
+    /// when it reads (the first time, after an error). `state::read` and benchmarks use it.
+    pub fn read_all(&self) -> Result<Recorded, StateError> {
+        self.with(|h| {
             let mut rec = Recorded::default();
             for item in h.instances.iter() {
                 let (k, v) = item?;
@@ -269,17 +294,35 @@ impl Store {
                 rec.restores.insert(r.key.clone(), r);
             }
             Ok(rec)
-        })?;
-        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec.clone());
-        Ok(rec)
+        })
     }
 
-    /// What [`Store::load`] returned last, for answers while the store cannot be read.
-    pub fn last_read(&self) -> Option<Recorded> {
-        self.last_read
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The records in memory as they are, even when the store cannot be read now (for
+    /// answers while the disk is full); `None` before the first [`Store::load`].
+    pub fn last_read(&self) -> Option<Arc<Recorded>> {
+        self.memory().clone()
+    }
+
+    fn memory(&self) -> MutexGuard<'_, Option<Arc<Recorded>>> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A write of records: to sled, flushed, then (only once that succeeded) the same change
+    /// to the records in memory, if they were read.
+    fn write(
+        &self,
+        to_sled: impl FnOnce(&Handles) -> Result<(), StateError>,
+        to_memory: impl FnOnce(&mut Recorded),
+    ) -> Result<(), StateError> {
+        let mut memory = self.memory();
+        self.with(|h| {
+            to_sled(h)?;
+            h.flush()
+        })?;
+        if let Some(rec) = memory.as_mut() {
+            to_memory(Arc::make_mut(rec));
+        }
+        Ok(())
     }
 
     pub fn get_instance(&self, name: &str) -> Result<Option<InstanceRecord>, StateError> {
@@ -318,74 +361,106 @@ impl Store {
 
     /// Whether any backup recorded on `storage` has (or had) a snapshot in its repository.
     pub fn storage_has_backups(&self, storage: &str) -> Result<bool, StateError> {
-        self.with(|h| {
-            for item in h.backups.iter() {
-                let (k, v) = item?;
-                let b: BackupRecord = decode("backups", &k, &v)?;
-                if b.storage == storage && b.snapshot_id.is_some() {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        })
+        Ok(self
+            .load()?
+            .backups
+            .values()
+            .any(|b| b.storage == storage && b.snapshot_id.is_some()))
     }
 
     pub fn remove_restore(&self, key: &str) -> Result<(), StateError> {
-        self.with(|h| {
-            h.restores.remove(key.as_bytes())?;
-            h.flush()
-        })
+        self.write(
+            |h| {
+                h.restores.remove(key.as_bytes())?;
+                Ok(())
+            },
+            |rec| {
+                rec.restores.remove(key);
+            },
+        )
     }
 
     pub fn put_instance(&self, r: &InstanceRecord) -> Result<(), StateError> {
-        self.with(|h| {
-            h.instances.insert(r.name.as_bytes(), encode(r))?;
-            h.flush()
-        })
+        self.write(
+            |h| {
+                h.instances.insert(r.name.as_bytes(), encode(r))?;
+                Ok(())
+            },
+            |rec| {
+                rec.instances.insert(r.name.clone(), r.clone());
+            },
+        )
     }
 
     pub fn remove_instance(&self, name: &str) -> Result<(), StateError> {
-        self.with(|h| {
-            h.instances.remove(name.as_bytes())?;
-            h.flush()
-        })
+        self.write(
+            |h| {
+                h.instances.remove(name.as_bytes())?;
+                Ok(())
+            },
+            |rec| {
+                rec.instances.remove(name);
+            },
+        )
     }
 
     pub fn put_backup(&self, r: &BackupRecord) -> Result<(), StateError> {
-        self.with(|h| {
-            h.backups.insert(r.id.as_bytes(), encode(r))?;
-            h.flush()
-        })
+        self.write(
+            |h| {
+                h.backups.insert(r.id.as_bytes(), encode(r))?;
+                Ok(())
+            },
+            |rec| {
+                rec.backups.insert(r.id, r.clone());
+            },
+        )
     }
 
     pub fn remove_backup(&self, id: Uuid) -> Result<(), StateError> {
-        self.with(|h| {
-            h.backups.remove(id.as_bytes())?;
-            h.flush()
-        })
+        self.write(
+            |h| {
+                h.backups.remove(id.as_bytes())?;
+                Ok(())
+            },
+            |rec| {
+                rec.backups.remove(&id);
+            },
+        )
     }
 
     pub fn put_restore(&self, r: &RestoreRecord) -> Result<(), StateError> {
-        self.with(|h| {
-            h.restores.insert(r.key.as_bytes(), encode(r))?;
-            h.flush()
-        })
+        self.write(
+            |h| {
+                h.restores.insert(r.key.as_bytes(), encode(r))?;
+                Ok(())
+            },
+            |rec| {
+                rec.restores.insert(r.key.clone(), r.clone());
+            },
+        )
     }
 
     /// Writes everything in `rec` (used to import fixtures and by tests).
-    pub fn put_all(&self, rec: &Recorded) -> Result<(), StateError> {
-        self.with(|h| {
-            for r in rec.instances.values() {
-                h.instances.insert(r.name.as_bytes(), encode(r))?;
-            }
-            for r in rec.backups.values() {
-                h.backups.insert(r.id.as_bytes(), encode(r))?;
-            }
-            for r in rec.restores.values() {
-                h.restores.insert(r.key.as_bytes(), encode(r))?;
-            }
-            h.flush()
-        })
+    pub fn put_all(&self, all: &Recorded) -> Result<(), StateError> {
+        self.write(
+            |h| {
+                for r in all.instances.values() {
+                    h.instances.insert(r.name.as_bytes(), encode(r))?;
+                }
+                for r in all.backups.values() {
+                    h.backups.insert(r.id.as_bytes(), encode(r))?;
+                }
+                for r in all.restores.values() {
+                    h.restores.insert(r.key.as_bytes(), encode(r))?;
+                }
+                Ok(())
+            },
+            |rec| {
+                rec.instances.extend(all.instances.clone());
+                rec.backups.extend(all.backups.clone());
+                rec.restores.extend(all.restores.clone());
+            },
+        )
     }
 
     /// Appends a journal entry and returns its sequence number.
@@ -462,7 +537,7 @@ pub fn read(dir: &Path) -> Result<Recorded, StateError> {
     if !dir.join("db").exists() && !dir.join("conf").exists() {
         return Ok(Recorded::default());
     }
-    Store::open(dir)?.load()
+    Store::open(dir)?.read_all()
 }
 
 /// The journal in `dir` (empty when there is no state yet).
@@ -557,6 +632,133 @@ mod tests {
             error: None,
             creation_failed: false,
         }
+    }
+
+    fn backup(instance: &str, n: u128) -> BackupRecord {
+        BackupRecord {
+            id: Uuid::from_u128(n),
+            instance: instance.into(),
+            source_kind: crate::config::SourceKind::Directory,
+            kind: BackupKind::OnDemand,
+            key: Some(format!("b{n}")),
+            created_by: CreatedBy::User,
+            label: format!("backup {n}"),
+            notes: String::new(),
+            storage: "local".into(),
+            status: BackupStatus::Completed,
+            created_at: Utc::now(),
+            completed_at: Some(Utc::now()),
+            expires_at: None,
+            size_bytes: None,
+            snapshot_id: Some(format!("{n:064x}")),
+            error: None,
+            attempts: 1,
+            failed_at: None,
+            date: None,
+            version: None,
+            delete_at: None,
+            status_before_delete: None,
+        }
+    }
+
+    fn restore(key: &str) -> RestoreRecord {
+        RestoreRecord {
+            key: key.into(),
+            from: "a.b1".into(),
+            backup_id: Some(Uuid::from_u128(1)),
+            to: "b".into(),
+            status: RestoreStatus::Completed,
+            requested_at: Utc::now(),
+            completed_at: Some(Utc::now()),
+            safety_backup: None,
+            error: None,
+        }
+    }
+
+    /// The records in memory, checked against what sled holds.
+    fn in_step(store: &Store) -> Arc<Recorded> {
+        let rec = store.load().unwrap();
+        assert_eq!(*rec, store.read_all().unwrap(), "memory and sled agree");
+        rec
+    }
+
+    #[test]
+    fn the_records_in_memory_follow_every_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let mut first = Recorded::default();
+        first.instances.insert("a".into(), instance("a"));
+        first.backups.insert(Uuid::from_u128(1), backup("a", 1));
+        store.put_all(&first).unwrap();
+        let before = in_step(&store);
+        assert_eq!(*before, first);
+        // Read once: a second load is the same records, not a new read of sled.
+        assert!(Arc::ptr_eq(&before, &store.load().unwrap()));
+
+        store.put_instance(&instance("b")).unwrap();
+        assert!(in_step(&store).instances.contains_key("b"));
+        store.put_backup(&backup("b", 2)).unwrap();
+        assert!(in_step(&store).backups.contains_key(&Uuid::from_u128(2)));
+        let mut changed = backup("a", 1);
+        changed.label = "relabelled".into();
+        store.put_backup(&changed).unwrap();
+        assert_eq!(in_step(&store).backups[&changed.id], changed);
+        store.put_restore(&restore("r1")).unwrap();
+        assert!(in_step(&store).restores.contains_key("r1"));
+
+        store.remove_restore("r1").unwrap();
+        assert!(!in_step(&store).restores.contains_key("r1"));
+        store.remove_backup(Uuid::from_u128(2)).unwrap();
+        assert!(!in_step(&store).backups.contains_key(&Uuid::from_u128(2)));
+        store.remove_instance("b").unwrap();
+        let after = in_step(&store);
+        assert!(!after.instances.contains_key("b"));
+        assert_eq!(after.backups[&changed.id].label, "relabelled");
+
+        // What a caller held is its own: writes copied it rather than changing it.
+        assert_eq!(*before, first);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_memory_unchanged_and_it_is_read_again_after_the_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        store.put_instance(&instance("a")).unwrap();
+        let before = store.load().unwrap();
+        // A write whose sled part fails after the data reached the disk (the error of a flush
+        // that did write, say): sled holds `written`, the caller was told it failed.
+        let e = store
+            .write(
+                |h| {
+                    h.instances
+                        .insert("written", encode(&instance("written")))?;
+                    h.flush()?;
+                    Err(StateError::Sled(sled::Error::Unsupported(
+                        "injected".into(),
+                    )))
+                },
+                |rec| {
+                    rec.instances.insert("never".into(), instance("never"));
+                },
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("injected"), "{e}");
+        let memory = store.last_read().unwrap();
+        assert_eq!(*memory, *before, "a failed write does not change memory");
+        assert!(!memory.instances.contains_key("never"));
+
+        // The store is opened again and the records read from sled, not from memory.
+        let after = in_step(&store);
+        assert!(store.take_reopened(), "the store was opened again");
+        assert!(after.instances.contains_key("written"), "{after:?}");
+        assert!(!after.instances.contains_key("never"));
+        // And memory follows writes again from there.
+        store.put_instance(&instance("c")).unwrap();
+        assert!(Arc::ptr_eq(
+            &store.load().unwrap(),
+            &store.last_read().unwrap()
+        ));
+        assert!(in_step(&store).instances.contains_key("c"));
     }
 
     fn snapshot_files(dir: &Path) -> Vec<String> {
@@ -679,18 +881,25 @@ mod tests {
 
         fill(tmp.path());
         // A write fails with an error, not a panic; so do the next ones.
-        let e = (0..10_000)
-            .find_map(|i| store.put_instance(&instance(&format!("full{i}"))).err())
+        let (failed, e) = (0..10_000)
+            .find_map(|i| {
+                (store.put_instance(&instance(&format!("full{i}"))))
+                    .err()
+                    .map(|e| (i, e))
+            })
             .expect("writes fail on a full disk");
         assert!(e.to_string().contains("No space left on device"), "{e}");
         for i in 0..3 {
             let e = store.put_instance(&instance(&format!("still-full{i}")));
             assert!(e.is_err(), "the disk is still full");
         }
-        // What was read last stays available (for `status`).
+        // What was read last, with every write that succeeded and none that failed, stays
+        // available (for `status`).
         let e = store.load().unwrap_err();
         assert!(e.to_string().contains("No space left on device"), "{e}");
-        assert_eq!(store.last_read().unwrap().instances.len(), 40);
+        let memory = store.last_read().unwrap();
+        assert_eq!(memory.instances.len(), 40 + failed);
+        assert!(!memory.instances.contains_key(&format!("full{failed}")));
         // Opening it again while full left an empty snapshot in progress: the trap.
         let files = snapshot_files(&dir);
         let left = files
@@ -703,6 +912,7 @@ mod tests {
         std::fs::remove_file(tmp.path().join("filler")).unwrap();
         store.put_instance(&instance("space-is-back")).unwrap();
         let rec = store.load().unwrap();
+        assert_eq!(*rec, store.read_all().unwrap(), "memory was read again");
         for n in names("first").chain(names("second")) {
             assert!(rec.instances.contains_key(&n), "{n} is back");
         }

@@ -558,7 +558,7 @@ impl<'a> Executor<'a> {
         let mut cache = self.good.borrow_mut();
         if cache.is_none() {
             let mut map: GoodBackups = HashMap::new();
-            for b in self.store.load()?.backups.into_values() {
+            for b in self.store.load()?.backups.values() {
                 if b.status == BackupStatus::Completed {
                     map.entry(b.instance.clone())
                         .or_default()

@@ -8,7 +8,26 @@ impl Executor<'_> {
     /// restore interrupted before its swap is forgotten (planned again), one interrupted after
     /// it is `completed`; staging folders are removed.
     pub fn recover(&mut self) -> Result<(), ApplyError> {
-        let rec = self.store.load()?;
+        // What was interrupted, copied out: the records in memory are not held while this
+        // writes (a write would copy them all).
+        let rec = {
+            let all = self.store.load()?;
+            Recorded {
+                backups: (all.backups.iter())
+                    .filter(|(_, b)| {
+                        matches!(b.status, BackupStatus::Pending | BackupStatus::Running)
+                    })
+                    .map(|(id, b)| (*id, b.clone()))
+                    .collect(),
+                restores: (all.restores.iter())
+                    .filter(|(_, r)| {
+                        matches!(r.status, RestoreStatus::Pending | RestoreStatus::Running)
+                    })
+                    .map(|(key, r)| (key.clone(), r.clone()))
+                    .collect(),
+                instances: Default::default(),
+            }
+        };
         let mut interrupted = Vec::new();
         for b in rec.backups.values() {
             if !matches!(b.status, BackupStatus::Pending | BackupStatus::Running) {
@@ -93,7 +112,7 @@ impl Executor<'_> {
                 },
             )?;
         }
-        for r in rec.instances.values() {
+        for r in self.store.load()?.instances.values() {
             if let Ok(kind) = kinds::of(r.source.kind()) {
                 for line in kind.discard_leftovers(&r.source) {
                     tracing::warn!("{}: {line}", r.name);

@@ -221,6 +221,8 @@ pub(super) fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str)
         shared.clock.now(),
         PlanOptions { allow_mass_removal },
     );
+    // Let go of the records before writing: a write while they are held copies them.
+    drop(rec);
     if crate::control::approved_actions(&plan) != approved {
         return refuse(
             "the daemon's plan is not the one shown (the file in force or the recorded state changed since); nothing was applied. Run apply again to see the current plan".into(),

@@ -319,8 +319,8 @@ pub async fn run(
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        // Loading the records is blocking I/O: not on the async workers, which serve the
-        // control socket meanwhile.
+        // The records are in memory, but read from the store again after an error (blocking
+        // I/O): not on the async workers, which serve the control socket meanwhile.
         let (deadline, instances) = tokio::task::spawn_blocking({
             let (store, clock) = (store.clone(), s.clock.clone());
             move || {

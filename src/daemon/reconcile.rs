@@ -50,6 +50,8 @@ pub(super) fn reconcile(
         Err(e) => return outcome(format!("cannot read the state: {e}"), false, true),
     };
     let mut plan = crate::plan::plan(cfg, &rec, clock.now(), PlanOptions::default());
+    // Let go of the records before writing: a write while they are held copies them.
+    drop(rec);
     if !reason.operator_caused() {
         plan.actions.retain(|a| {
             let rerun = match &a.details {

@@ -328,7 +328,7 @@ fn daily_backups_read_the_recorded_folder_after_a_refused_source_change() {
     let mut exec = Executor::new(&cfg, &store, &engine, Arc::new(NoProgress), &clock);
     exec.run(&p).unwrap();
     let daily: Vec<_> = store
-        .load()
+        .read_all()
         .unwrap()
         .backups
         .into_values()
@@ -391,7 +391,7 @@ fn a_backup_without_a_snapshot_id_is_refused_before_anything_is_done() {
     assert_eq!(apply(dir).code, 0);
     let store = Store::open(&dir.join("state")).unwrap();
     let mut b = store
-        .load()
+        .read_all()
         .unwrap()
         .backups
         .into_values()
