@@ -13,6 +13,7 @@ mod keys;
 mod limits;
 mod paths;
 mod plans;
+mod postgres;
 mod properties;
 mod schedule;
 mod schema;
