@@ -7,7 +7,8 @@
 //!   file ([`DUMP_NAME`]; the same name for every instance, so that a sandbox restores a
 //!   production dump). A failing `pg_dump` keeps no snapshot (the engine's guard).
 //! - **Restore**: a new database beside the target (owned by the target's owner, same
-//!   encoding and locale) receives `pg_restore --no-owner --no-acl` from the stream; the swap
+//!   encoding and locale) receives `pg_restore --no-owner --no-acl --role=<owner>` from the
+//!   stream (so the target's owner owns what it creates); the swap
 //!   is one transaction on the maintenance database: end the target's connections, rename the
 //!   target away, rename the new database in, carry over the old target's database-level
 //!   settings, grants, comment and connection limit. PostgreSQL renames databases
@@ -167,15 +168,6 @@ impl Conn {
             }
         }
         Ok(())
-    }
-
-    fn exists(&self, db: &str) -> Result<bool, String> {
-        let out = self.psql(
-            MAINTENANCE_DB,
-            &[("db", db)],
-            "SELECT count(*) FROM pg_database WHERE datname = :'db';",
-        )?;
-        Ok(out == "1")
     }
 
     fn drop_db(&self, db: &str) -> Result<(), String> {
@@ -362,7 +354,12 @@ SELECT :'missing';"#,
         let conn = Conn::of(source)?;
         // pg_dump too: the pre-restore backup comes first.
         conn.check_versions(&["pg_dump", "pg_restore"])?;
-        if !conn.exists(&conn.db)? {
+        let owner = conn.psql(
+            MAINTENANCE_DB,
+            &[("db", &conn.db)],
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :'db';",
+        )?;
+        if owner.is_empty() {
             return Err(format!(
                 "{} does not exist; nothing was restored",
                 conn.describe()
@@ -370,6 +367,7 @@ SELECT :'missing';"#,
         }
         Ok(Box::new(PgTarget {
             conn,
+            owner,
             restorer: Arc::new(Mutex::new(None)),
         }))
     }
@@ -469,6 +467,8 @@ impl RestoreSink {
 /// A PostgreSQL database opened as a restore target.
 struct PgTarget {
     conn: Conn,
+    /// The target's owner: it owns the staging database and what pg_restore creates in it.
+    owner: String,
     restorer: Shared,
 }
 
@@ -547,6 +547,7 @@ impl Target for PgTarget {
             .map_err(|e| format!("creating the staging database \"{staging}\": {e}"))?;
         let mut child = Command::new("pg_restore")
             .args(["--no-owner", "--no-acl", "--exit-on-error", "--no-password"])
+            .arg(format!("--role={}", self.owner))
             .arg(format!("--dbname={}", self.conn.url_for(&staging)))
             .envs(self.conn.env())
             .stdin(Stdio::piped())

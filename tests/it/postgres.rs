@@ -109,6 +109,37 @@ impl Pg {
     }
 }
 
+/// Drops the test's databases and roles at the end, failed or not.
+struct Cleanup<'a> {
+    pg: &'a Pg,
+    dbs: Vec<String>,
+    roles: Vec<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for db in &self.dbs {
+            let _ = self.pg.sql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db)),
+            );
+        }
+        for role in &self.roles {
+            let _ = self
+                .pg
+                .sql("postgres", &format!("DROP ROLE IF EXISTS {}", ident(role)));
+        }
+    }
+}
+
+fn cleanup<'a>(pg: &'a Pg, dbs: &[&String]) -> Cleanup<'a> {
+    Cleanup {
+        pg,
+        dbs: dbs.iter().map(|d| d.to_string()).collect(),
+        roles: Vec::new(),
+    }
+}
+
 fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -209,14 +240,27 @@ fn postgres_backup_during_writes_restores_into_a_connected_sandbox() {
     // Names that need quoting: a space, upper case, a double quote.
     let prod = unique("Shop \"Prod\"");
     let sandbox = unique("Shop Sandbox");
+    let reader = unique("Reader");
+    let mut guard = cleanup(&pg, &[&prod, &sandbox]);
+    guard.roles.push(reader.clone());
     shop(&pg, &prod, 200);
-    pg.must("postgres", &format!("CREATE DATABASE {}", ident(&sandbox)));
+    // The sandbox belongs to a role of its own, which owns what the restore creates.
+    let owner = unique("Sandbox Owner");
+    guard.roles.push(owner.clone());
+    pg.must("postgres", &format!("CREATE ROLE {}", ident(&owner)));
+    pg.must(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {} OWNER {}",
+            ident(&sandbox),
+            ident(&owner)
+        ),
+    );
     pg.must(
         &sandbox,
         "CREATE TABLE stale (x int); INSERT INTO stale VALUES (1)",
     );
     // The sandbox's database-level settings, grants and comment, to be carried over.
-    let reader = unique("Reader");
     pg.must("postgres", &format!("CREATE ROLE {}", ident(&reader)));
     pg.must(
         "postgres",
@@ -303,6 +347,20 @@ fn postgres_backup_during_writes_restores_into_a_connected_sandbox() {
         (before..=after).contains(&restored),
         "{restored} orders restored, {before} before the backup and {after} after"
     );
+    assert_eq!(
+        pg.must(
+            &sandbox,
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        owner
+    );
+    assert_eq!(
+        pg.must(
+            &sandbox,
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        ),
+        owner
+    );
     // Settings, grants and comment carried over.
     let settings = pg.must(
         "postgres",
@@ -336,10 +394,6 @@ fn postgres_backup_during_writes_restores_into_a_connected_sandbox() {
     // Nothing left beside it; the repository holds the busy backup and the safety backup.
     assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
     assert_eq!(restic_snapshots(dir).len(), 2);
-
-    pg.drop_db(&prod);
-    pg.drop_db(&sandbox);
-    pg.must("postgres", &format!("DROP ROLE {}", ident(&reader)));
 }
 
 /// The error recorded for backup `key` of `shop`.
@@ -356,8 +410,9 @@ fn backup_error(dir: &Path, key: &str) -> String {
 fn postgres_failing_dumps_leave_no_snapshot() {
     let Some(pg) = server() else { return };
     let prod = unique("failing");
-    shop(&pg, &prod, 10);
     let sandbox = unique("failing_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 10);
     let tmp = setup(&pg, &prod, &sandbox);
     let dir = tmp.path();
     append_config(dir, "[instances.shop.backups.good]\nlabel = \"good\"");
@@ -433,9 +488,6 @@ fn postgres_failing_dumps_leave_no_snapshot() {
         1,
         "no snapshot without a password"
     );
-
-    pg.drop_db(&prod);
-    pg.drop_db(&sandbox);
 }
 
 /// The pid of a `pg_dump` of database `db` running on this host.
@@ -464,6 +516,7 @@ fn postgres_restore_killed_at_the_swap_converges() {
     let Some(pg) = server() else { return };
     let prod = unique("Crash Prod");
     let sandbox = unique("Crash Sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
     shop(&pg, &prod, 5);
     shop(&pg, &sandbox, 1);
     let tmp = setup(&pg, &prod, &sandbox);
@@ -493,17 +546,15 @@ fn postgres_restore_killed_at_the_swap_converges() {
     assert_eq!(consistent_orders(&pg, &sandbox), 5);
     assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
     assert_eq!(consistent_orders(&pg, &prod), 5, "production untouched");
-
-    pg.drop_db(&prod);
-    pg.drop_db(&sandbox);
 }
 
 #[test]
 fn postgres_tools_older_than_the_server_are_refused_before_any_work() {
     let Some(pg) = server() else { return };
     let prod = unique("old_tools");
-    shop(&pg, &prod, 1);
     let sandbox = unique("old_tools_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 1);
     let tmp = setup(&pg, &prod, &sandbox);
     let dir = tmp.path();
     // A pg_dump of version 9.6 first on the PATH.
@@ -537,7 +588,25 @@ fn postgres_tools_older_than_the_server_are_refused_before_any_work() {
         !bin.join("ran").exists(),
         "the old pg_dump was not run to dump"
     );
+}
 
-    pg.drop_db(&prod);
-    pg.drop_db(&sandbox);
+#[test]
+fn the_postgres_example_validates() {
+    // The README's example file, with its credential folder pointed at a scratch one.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postgres/backplan.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = tmp.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("shop-db.password"), "secret\n").unwrap();
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace(
+            "/run/credentials/backplan.service/",
+            &format!("{}/", creds.display()),
+        )
+        .replace("/var/lib/backplan", "state")
+        .replace("/run/backplan/backplan.sock", "backplan.sock");
+    std::fs::write(tmp.path().join("backplan.toml"), text).unwrap();
+    let run = backplan(tmp.path(), &["validate", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
 }
