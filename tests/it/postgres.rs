@@ -610,3 +610,44 @@ fn the_postgres_example_validates() {
     let run = backplan(tmp.path(), &["validate", "-c", "backplan.toml"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
 }
+
+#[test]
+fn postgres_failing_restore_leaves_the_sandbox_as_it_was() {
+    let Some(pg) = server() else { return };
+    let prod = unique("ext_prod");
+    let sandbox = unique("Ext Sandbox");
+    let owner = unique("ext_owner");
+    let mut guard = cleanup(&pg, &[&prod, &sandbox]);
+    guard.roles.push(owner.clone());
+    // The dump creates an extension only a superuser may create; the sandbox's owner is not one.
+    shop(&pg, &prod, 3);
+    pg.must(&prod, "CREATE EXTENSION pageinspect");
+    pg.must("postgres", &format!("CREATE ROLE {}", ident(&owner)));
+    pg.must(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {} OWNER {}",
+            ident(&sandbox),
+            ident(&owner)
+        ),
+    );
+    pg.must(
+        &sandbox,
+        "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)",
+    );
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    append_config(
+        dir,
+        "[instances.shop.backups.b]\nlabel = \"b\"\n\n[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stdout.contains("pg_restore") && run.stdout.contains("pageinspect"),
+        "pg_restore's own message: {}",
+        run.transcript()
+    );
+    assert_eq!(pg.count(&sandbox, "SELECT x FROM kept"), 42);
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+}
