@@ -654,6 +654,31 @@ mod tests {
     }
 
     #[test]
+    fn the_password_is_in_the_dump_s_environment_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("pw");
+        std::fs::write(&file, "\u{feff} s3cret \n").unwrap();
+        let source = Source::Postgres {
+            url: "postgres://app@localhost/shop".into(),
+            password_file: Some(file),
+        };
+        let conn = Conn::of(&source).unwrap();
+        assert!(conn.env().contains(&("PGPASSWORD".into(), "s3cret".into())));
+        let dump = StreamSource {
+            argv: vec![
+                "pg_dump".into(),
+                format!("--dbname={}", conn.url_for(&conn.db)),
+            ],
+            env: conn.env(),
+            name: DUMP_NAME.into(),
+        };
+        assert!(!dump.argv.concat().contains("s3cret"));
+        let shown = format!("{dump:?} {conn:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("PGPASSWORD=***"), "{shown}");
+    }
+
+    #[test]
     fn tool_versions_are_read() {
         assert_eq!(
             parse_tool_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
