@@ -745,6 +745,17 @@ impl Validator<'_> {
                     );
                     return None;
                 }
+                let after = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
+                let db = after.strip_prefix('/').unwrap_or("");
+                if db.split('?').next().unwrap_or("").is_empty() {
+                    self.err(
+                        "bad-value",
+                        u.span(),
+                        format!("`{url}` names no database"),
+                        "write `postgres://user@host[:port]/database`: an instance is one database, which backplan creates, backs up and replaces",
+                    );
+                    return None;
+                }
                 let password_file = s
                     .password_file
                     .as_ref()

@@ -79,7 +79,7 @@ impl SnapshotInfo {
 /// A backup source that is a byte stream: the standard output of a producer process
 /// (`pg_dump`, ...), stored in the snapshot as one file named `name`. The backup succeeds only
 /// if the producer exits 0; otherwise no snapshot is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StreamSource {
     /// The program and its arguments.
     pub argv: Vec<String>,
@@ -87,6 +87,18 @@ pub struct StreamSource {
     pub env: Vec<(String, String)>,
     /// The file name inside the snapshot.
     pub name: String,
+}
+
+/// The environment's values are secrets (a password): never shown.
+impl std::fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<String> = self.env.iter().map(|(k, _)| format!("{k}=***")).collect();
+        f.debug_struct("StreamSource")
+            .field("argv", &self.argv)
+            .field("env", &env)
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

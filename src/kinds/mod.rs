@@ -23,6 +23,7 @@
 //! `tests/it/kinds.rs`.
 
 pub mod directory;
+pub mod postgres;
 
 use std::path::PathBuf;
 
@@ -89,6 +90,7 @@ pub trait Target {
 pub fn of(kind: SourceKind) -> Result<&'static dyn Kind, String> {
     match kind {
         SourceKind::Directory => Ok(&directory::Directory),
+        SourceKind::Postgres => Ok(&postgres::Postgres),
         other => Err(format!(
             "{other} instances are not supported by this version of backplan"
         )),

@@ -139,7 +139,7 @@ fn a_kind_this_version_lacks_fails_alone_and_is_not_retried() {
     let dir = tmp.path();
     append_config(
         dir,
-        "[instances.orders]\ntype = \"production\"\nversion = \"15\"\nsource = { kind = \"postgres\", url = \"postgres://backplan@localhost/orders\" }\n\n[instances.orders.backups.before-migration]\nlabel = \"Before migration\"",
+        "[instances.orders]\ntype = \"production\"\nversion = \"15\"\nsource = { kind = \"sqlite\", path = \"data/orders.db\" }\n\n[instances.orders.backups.before-migration]\nlabel = \"Before migration\"",
     );
     let run = apply(dir);
     assert_eq!(run.code, 1, "{}", run.transcript());

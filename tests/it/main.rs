@@ -14,6 +14,7 @@ mod kinds;
 mod limits;
 mod paths;
 mod plans;
+mod postgres;
 mod properties;
 mod schedule;
 mod schema;

@@ -65,14 +65,17 @@ fn reader_keys_match_the_schema() {
 
 #[test]
 fn serde_and_the_reader_agree_on_valid_files() {
-    let dirs = ["examples/quickstart/backplan.toml"]
-        .iter()
-        .map(|p| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p))
-        .chain(
-            crate::helpers::fixture_dirs("plans")
-                .into_iter()
-                .map(|d| d.join("backplan.toml")),
-        );
+    let dirs = [
+        "examples/quickstart/backplan.toml",
+        "examples/postgres/backplan.toml",
+    ]
+    .iter()
+    .map(|p| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p))
+    .chain(
+        crate::helpers::fixture_dirs("plans")
+            .into_iter()
+            .map(|d| d.join("backplan.toml")),
+    );
     let mut checked = 0;
     for file in dirs {
         let text = std::fs::read_to_string(&file).unwrap();

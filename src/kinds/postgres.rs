@@ -1,0 +1,706 @@
+//! PostgreSQL instances (`source = { kind = "postgres", url = ..., password_file = ... }`),
+//! through the client tools as processes: `pg_dump`, `pg_restore` and `psql` (Debian's
+//! `postgresql-client`). libpq's environment and `~/.pgpass` are honoured; the password of
+//! `password_file` reaches the tools as `PGPASSWORD` in their own environment only.
+//!
+//! - **Backup**: `pg_dump --format=custom --compress=0` streamed into the repository as one
+//!   file ([`DUMP_NAME`]; the same name for every instance, so that a sandbox restores a
+//!   production dump). A failing `pg_dump` keeps no snapshot (the engine's guard).
+//! - **Restore**: a new database beside the target (owned by the target's owner, same
+//!   encoding and locale) receives `pg_restore --no-owner --no-acl --role=<owner>` from the
+//!   stream (so the target's owner owns what it creates); the swap
+//!   is one transaction on the maintenance database: end the target's connections, rename the
+//!   target away, rename the new database in, carry over the old target's database-level
+//!   settings, grants, comment and connection limit. PostgreSQL renames databases
+//!   transactionally, so a failure anywhere leaves the target as it was. The old database is
+//!   dropped afterwards.
+//! - Staging databases have backplan's own names (see [`side_name`]); only those are dropped.
+//! - The tools must be at least the server's major version; this is checked before any work.
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use super::{BackupSource, Kind, RestoreInto, Target};
+use crate::config::Source;
+use crate::engine::StreamSource;
+
+/// The PostgreSQL kind.
+pub struct Postgres;
+
+/// The file a dump is stored as inside a snapshot.
+pub const DUMP_NAME: &str = "database.pgdump";
+
+/// The database psql connects to for administration (create, rename, drop).
+const MAINTENANCE_DB: &str = "postgres";
+
+/// PostgreSQL's longest identifier, in bytes.
+const MAX_NAME: usize = 63;
+
+/// How a database is reached: its URL (without a password: validation refuses one), the
+/// database it names, and the password read from `password_file`, if any.
+#[derive(Clone)]
+struct Conn {
+    /// The URL up to (not including) the `/` before the database name.
+    base: String,
+    /// The `?...` part, if any.
+    query: String,
+    db: String,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        write!(f, "{}", self.url_for(&self.db))
+    }
+}
+
+impl Conn {
+    fn of(source: &Source) -> Result<Conn, String> {
+        let Source::Postgres { url, password_file } = source else {
+            return Err(format!(
+                "{} is not a postgres instance's source",
+                source.describe()
+            ));
+        };
+        let (base, db, query) = split_url(url)?;
+        let password = match password_file {
+            None => None,
+            Some(p) => Some(read_password(p)?),
+        };
+        Ok(Conn {
+            base,
+            query,
+            db,
+            password,
+        })
+    }
+
+    /// The same URL, naming database `db`.
+    fn url_for(&self, db: &str) -> String {
+        format!("{}/{}{}", self.base, percent_encode(db), self.query)
+    }
+
+    /// What the tools get in their environment: the password (never on a command line), no
+    /// prompt, a connection timeout unless one is set, and a name in `pg_stat_activity`.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("PGAPPNAME".to_string(), "backplan".to_string())];
+        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+            env.push(("PGCONNECT_TIMEOUT".into(), "30".into()));
+        }
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD".into(), p.clone()));
+        }
+        env
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "PostgreSQL database \"{}\" ({})",
+            self.db,
+            self.url_for(&self.db)
+        )
+    }
+
+    /// Runs a psql script on database `db` (in autocommit mode, stopping at the first
+    /// error), with psql variables `vars` (use `:'name'` for a literal, `:"name"` for an
+    /// identifier: psql quotes them). Returns what it printed (unaligned, tuples only).
+    fn psql(&self, db: &str, vars: &[(&str, &str)], script: &str) -> Result<String, String> {
+        let mut cmd = Command::new("psql");
+        cmd.args([
+            "--no-psqlrc",
+            "--no-password",
+            "--quiet",
+            "--no-align",
+            "--tuples-only",
+            "--set=ON_ERROR_STOP=1",
+            "--file=-",
+        ])
+        .arg(format!("--dbname={}", self.url_for(db)));
+        for (k, v) in vars {
+            cmd.arg(format!("--set={k}={v}"));
+        }
+        let mut child = cmd
+            .envs(self.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| tool_missing("psql", &e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A psql that failed at once (no connection) has closed its end: its message
+            // tells why, not this write's broken pipe.
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for psql: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// The server's major version (`server_version_num / 10000`).
+    fn server_major(&self) -> Result<u32, String> {
+        let out = self.psql(MAINTENANCE_DB, &[], "SHOW server_version_num;")?;
+        out.trim()
+            .parse::<u32>()
+            .map(|n| n / 10000)
+            .map_err(|_| format!("the server gave an unexpected version number `{out}`"))
+    }
+
+    /// Refuses tools older than the server (a dump made with them could miss what they do
+    /// not know), before any work.
+    fn check_versions(&self, tools: &[&str]) -> Result<(), String> {
+        let server = self
+            .server_major()
+            .map_err(|e| format!("cannot reach {}: {e}", self.describe()))?;
+        for tool in tools {
+            let major = tool_major(tool)?;
+            if major < server {
+                return Err(format!(
+                    "{tool} is version {major}, older than the server of {} (version {server}); nothing was done. Install the client tools of version {server} or later (Debian: postgresql-client-{server})",
+                    self.describe()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_db(&self, db: &str) -> Result<(), String> {
+        self.psql(
+            MAINTENANCE_DB,
+            &[("db", db)],
+            "DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);",
+        )
+        .map(|_| ())
+    }
+}
+
+fn tool_missing(tool: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!("{tool} is not installed (Debian: apt-get install postgresql-client)")
+    } else {
+        format!("cannot start {tool}: {e}")
+    }
+}
+
+/// The major version of a client tool, from `<tool> --version` (`pg_dump (PostgreSQL) 15.4`).
+fn tool_major(tool: &str) -> Result<u32, String> {
+    let out = Command::new(tool)
+        .arg("--version")
+        .output()
+        .map_err(|e| tool_missing(tool, &e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_tool_major(&text)
+        .ok_or_else(|| format!("cannot read the version of {tool} from `{}`", text.trim()))
+}
+
+fn parse_tool_major(text: &str) -> Option<u32> {
+    let after = text.split(')').nth(1)?.trim_start();
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// As restic reads a password file (and the repository keys are read): without a
+/// byte-order mark and surrounding whitespace.
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+    let p = text.strip_prefix('\u{feff}').unwrap_or(&text).trim();
+    if p.is_empty() {
+        return Err(format!("the password file {} is empty", path.display()));
+    }
+    Ok(p.to_string())
+}
+
+/// Splits `postgres://auth/db?query` into `postgres://auth`, the database (decoded) and
+/// `?query`.
+fn split_url(url: &str) -> Result<(String, String, String), String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| format!("`{url}` is not a PostgreSQL URL"))?;
+    let scheme_len = url.len() - rest.len();
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let base = url[..scheme_len + auth_end].to_string();
+    let after = &rest[auth_end..];
+    let (path, query) = match after.find('?') {
+        Some(q) => (&after[..q], &after[q..]),
+        None => (after, ""),
+    };
+    let db = percent_decode(path.strip_prefix('/').unwrap_or(path)).ok_or_else(|| {
+        format!("the database name in `{url}` is not valid percent-encoded UTF-8")
+    })?;
+    if db.is_empty() {
+        return Err(format!(
+            "`{url}` names no database; write `postgres://user@host[:port]/database`"
+        ));
+    }
+    Ok((base, db, query.to_string()))
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Eight hex digits that stand for `s`.
+fn short_hash(s: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, s.as_bytes())
+        .simple()
+        .to_string()[..8]
+        .to_string()
+}
+
+/// The longest prefix of `s` of at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// What the names of a target's staging databases start with: the target's name, or (when
+/// that is too long to leave room for the rest) its start and a hash of the whole.
+fn side_prefix(target: &str) -> String {
+    // `__backplan_restore_` and 8 hex digits must fit in 63 bytes.
+    if target.len() <= MAX_NAME - 27 {
+        format!("{target}__backplan_")
+    } else {
+        format!("{}_{}__backplan_", truncate(target, 27), short_hash(target))
+    }
+}
+
+/// The name of a database backplan makes beside `target` for a restore: `role` is
+/// `restore` (the staged copy) or `old` (the replaced target, until it is dropped).
+fn side_name(target: &str, role: &str, restore_key: &str) -> String {
+    format!("{}{role}_{}", side_prefix(target), short_hash(restore_key))
+}
+
+/// Whether `name` is one of backplan's databases beside `target`.
+fn is_side_name(target: &str, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(&side_prefix(target)) else {
+        return false;
+    };
+    ["restore_", "old_"].iter().any(|role| {
+        rest.strip_prefix(role)
+            .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
+impl Kind for Postgres {
+    fn provision(&self, source: &Source) -> Result<&'static str, String> {
+        let conn = Conn::of(source)?;
+        let out = conn.psql(
+            MAINTENANCE_DB,
+            &[("db", &conn.db)],
+            r#"SELECT NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') AS missing \gset
+\if :missing
+CREATE DATABASE :"db";
+\endif
+SELECT :'missing';"#,
+        )?;
+        Ok(if out == "t" { "created" } else { "adopted" })
+    }
+
+    fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String> {
+        let conn = Conn::of(source)?;
+        conn.check_versions(&["pg_dump"])
+            .map_err(|e| format!("instance `{instance}`: {e}"))?;
+        Ok(BackupSource::Stream(StreamSource {
+            argv: vec![
+                "pg_dump".into(),
+                "--format=custom".into(),
+                // Uncompressed: the repository compresses, and deduplicates from day to day.
+                "--compress=0".into(),
+                "--no-password".into(),
+                format!("--dbname={}", conn.url_for(&conn.db)),
+            ],
+            env: conn.env(),
+            name: DUMP_NAME.to_string(),
+        }))
+    }
+
+    fn open_target(&self, source: &Source) -> Result<Box<dyn Target>, String> {
+        let conn = Conn::of(source)?;
+        // pg_dump too: the pre-restore backup comes first.
+        conn.check_versions(&["pg_dump", "pg_restore"])?;
+        let owner = conn.psql(
+            MAINTENANCE_DB,
+            &[("db", &conn.db)],
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :'db';",
+        )?;
+        if owner.is_empty() {
+            return Err(format!(
+                "{} does not exist; nothing was restored",
+                conn.describe()
+            ));
+        }
+        Ok(Box::new(PgTarget {
+            conn,
+            owner,
+            restorer: Arc::new(Mutex::new(None)),
+        }))
+    }
+
+    fn discard_leftovers(&self, source: &Source) -> Vec<String> {
+        let Ok(conn) = Conn::of(source) else {
+            return Vec::new();
+        };
+        let names = match conn.psql(MAINTENANCE_DB, &[], "SELECT datname FROM pg_database;") {
+            Ok(out) => out,
+            Err(e) => {
+                return vec![format!(
+                    "cannot look for leftover restore databases of {}: {e}",
+                    conn.describe()
+                )];
+            }
+        };
+        names
+            .lines()
+            .filter(|n| is_side_name(&conn.db, n))
+            .map(|n| match conn.drop_db(n) {
+                Ok(()) => format!("dropped the leftover restore database \"{n}\""),
+                Err(e) => format!("cannot drop the leftover restore database \"{n}\": {e}"),
+            })
+            .collect()
+    }
+
+    fn store_path(&self, _: &Source) -> Option<std::path::PathBuf> {
+        // A database is not on this host's filesystem; two instances on the same URL are
+        // refused by validation (`shared-source`).
+        None
+    }
+}
+
+/// A running `pg_restore`, its standard error collected on a thread of its own.
+struct Restorer {
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Restorer {
+    /// Waits for it; `Err` with its message unless it exited 0.
+    fn finish(mut self) -> Result<(), String> {
+        let status = self.child.wait();
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("pg_restore {s}: {}", stderr.trim())),
+            Err(e) => Err(format!("waiting for pg_restore: {e}")),
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.finish();
+    }
+}
+
+type Shared = Arc<Mutex<Option<Restorer>>>;
+
+fn take(r: &Shared) -> Option<Restorer> {
+    r.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// The stdin of `pg_restore`. When pg_restore stops reading (it failed), the write error
+/// carries its own message.
+struct RestoreSink {
+    stdin: ChildStdin,
+    restorer: Shared,
+}
+
+impl Write for RestoreSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stdin.write(buf).map_err(|e| self.explain(e))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stdin.flush().map_err(|e| self.explain(e))
+    }
+}
+
+impl RestoreSink {
+    fn explain(&self, e: std::io::Error) -> std::io::Error {
+        match take(&self.restorer) {
+            Some(r) => match r.finish() {
+                Err(why) => std::io::Error::other(why),
+                Ok(()) => std::io::Error::other(format!("pg_restore stopped reading: {e}")),
+            },
+            None => e,
+        }
+    }
+}
+
+/// A PostgreSQL database opened as a restore target.
+struct PgTarget {
+    conn: Conn,
+    /// The target's owner: it owns the staging database and what pg_restore creates in it.
+    owner: String,
+    restorer: Shared,
+}
+
+impl PgTarget {
+    fn staging(&self, restore_key: &str) -> String {
+        side_name(&self.conn.db, "restore", restore_key)
+    }
+    fn old(&self, restore_key: &str) -> String {
+        side_name(&self.conn.db, "old", restore_key)
+    }
+}
+
+/// The swap, in one transaction: PostgreSQL renames databases transactionally, so either
+/// all of it happens or none.
+const SWAP: &str = r#"
+BEGIN;
+SELECT oid AS old_oid FROM pg_database WHERE datname = :'db' \gset
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+  WHERE datname = :'db' AND pid <> pg_backend_pid();
+ALTER DATABASE :"db" RENAME TO :"old";
+ALTER DATABASE :"staging" RENAME TO :"db";
+-- Database-level settings, for all roles and per role.
+SELECT format('ALTER %s SET %I TO %s',
+         CASE WHEN s.setrole = 0 THEN format('DATABASE %I', :'db')
+              ELSE format('ROLE %I IN DATABASE %I', pg_get_userbyid(s.setrole), :'db') END,
+         split_part(c, '=', 1),
+         CASE WHEN split_part(c, '=', 1) IN ('search_path', 'temp_tablespaces',
+                'session_preload_libraries', 'local_preload_libraries')
+              THEN substr(c, strpos(c, '=') + 1)
+              ELSE quote_literal(substr(c, strpos(c, '=') + 1)) END)
+  FROM pg_db_role_setting s, unnest(s.setconfig) AS c
+  WHERE s.setdatabase = :old_oid \gexec
+-- Grants: an explicit ACL replaces the defaults.
+SELECT datacl IS NOT NULL AS has_acl FROM pg_database WHERE oid = :old_oid \gset
+\if :has_acl
+REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
+SELECT format('REVOKE ALL ON DATABASE %I FROM %I', :'db', pg_get_userbyid(datdba))
+  FROM pg_database WHERE oid = :old_oid \gexec
+SELECT format('GRANT %s ON DATABASE %I TO %s%s', a.privilege_type, :'db',
+         CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+         CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+  FROM pg_database d, aclexplode(d.datacl) a WHERE d.oid = :old_oid \gexec
+\endif
+SELECT format('ALTER DATABASE %I CONNECTION LIMIT %s', :'db', datconnlimit)
+  FROM pg_database WHERE oid = :old_oid AND datconnlimit <> -1 \gexec
+SELECT format('COMMENT ON DATABASE %I IS %L', :'db', shobj_description(:old_oid, 'pg_database'))
+  WHERE shobj_description(:old_oid, 'pg_database') IS NOT NULL \gexec
+COMMIT;
+"#;
+
+/// The staging database: like the target (owner, encoding, locale), empty.
+const CREATE_STAGING: &str = r#"
+SELECT format('CREATE DATABASE %I OWNER %I TEMPLATE template0 ENCODING %L LC_COLLATE %L LC_CTYPE %L',
+         :'staging', pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype)
+  FROM pg_database WHERE datname = :'db' \gexec
+"#;
+
+impl Target for PgTarget {
+    fn describe(&self) -> String {
+        self.conn.describe()
+    }
+
+    fn check_apart_from(&self, _protected: &[(String, std::path::PathBuf)]) -> Result<(), String> {
+        // What is protected are paths on this host; a database is none of them. Two
+        // instances on the same URL are refused by validation (`shared-source`).
+        Ok(())
+    }
+
+    fn stage(&self, restore_key: &str) -> Result<RestoreInto, String> {
+        let staging = self.staging(restore_key);
+        let vars = [("db", self.conn.db.as_str()), ("staging", staging.as_str())];
+        // A leftover of an earlier try has this restore's own name.
+        self.conn
+            .drop_db(&staging)
+            .and_then(|()| self.conn.psql(MAINTENANCE_DB, &vars, CREATE_STAGING))
+            .map_err(|e| format!("creating the staging database \"{staging}\": {e}"))?;
+        let mut child = Command::new("pg_restore")
+            .args(["--no-owner", "--no-acl", "--exit-on-error", "--no-password"])
+            .arg(format!("--role={}", self.owner))
+            .arg(format!("--dbname={}", self.conn.url_for(&staging)))
+            .envs(self.conn.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| tool_missing("pg_restore", &e))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stderr = child.stderr.take().map(|mut err| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = err.read_to_string(&mut s);
+                s
+            })
+        });
+        *self.restorer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Restorer { child, stderr });
+        Ok(RestoreInto::Stream {
+            name: DUMP_NAME.to_string(),
+            sink: Box::new(RestoreSink {
+                stdin,
+                restorer: self.restorer.clone(),
+            }),
+        })
+    }
+
+    fn prepare(&self, _restore_key: &str) -> Result<(), String> {
+        match take(&self.restorer) {
+            Some(r) => r.finish(),
+            None => Err("pg_restore had already stopped".to_string()),
+        }
+    }
+
+    fn commit(&self, restore_key: &str) -> Result<(), String> {
+        let staging = self.staging(restore_key);
+        let old = self.old(restore_key);
+        let vars = [
+            ("db", self.conn.db.as_str()),
+            ("staging", staging.as_str()),
+            ("old", old.as_str()),
+        ];
+        // A client that reconnects between the end of its session and the rename makes the
+        // rename fail (and the transaction undo everything): try again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.conn.psql(MAINTENANCE_DB, &vars, SWAP) {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 3 && e.contains("is being accessed by other users") => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "swapping the restored database into place ({}): {e}",
+                        self.conn.describe()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn finish(&self, restore_key: &str) -> Result<(), String> {
+        let old = self.old(restore_key);
+        self.conn.drop_db(&old).map_err(|e| {
+            format!("the old database was kept as \"{old}\" (dropping it failed: {e})")
+        })
+    }
+
+    fn discard(&self, restore_key: &str) {
+        if let Some(r) = take(&self.restorer) {
+            r.kill();
+        }
+        let staging = self.staging(restore_key);
+        if let Err(e) = self.conn.drop_db(&staging) {
+            tracing::warn!("the staging database \"{staging}\" could not be dropped: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_database_and_keep_the_rest() {
+        let (base, db, query) =
+            split_url("postgres://app@db.example:5433/My%20Db?sslmode=require").unwrap();
+        assert_eq!(base, "postgres://app@db.example:5433");
+        assert_eq!(db, "My Db");
+        assert_eq!(query, "?sslmode=require");
+        let c = Conn {
+            base,
+            query,
+            db,
+            password: Some("secret".into()),
+        };
+        assert_eq!(
+            c.url_for("x y\"z"),
+            "postgres://app@db.example:5433/x%20y%22z?sslmode=require"
+        );
+        assert!(!format!("{c:?}").contains("secret"));
+        assert!(split_url("postgresql://h/").is_err());
+        assert!(split_url("postgresql://h").is_err());
+        assert_eq!(split_url("postgresql://h/d").unwrap().1, "d");
+    }
+
+    #[test]
+    fn the_password_is_in_the_dump_s_environment_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("pw");
+        std::fs::write(&file, "\u{feff} s3cret \n").unwrap();
+        let source = Source::Postgres {
+            url: "postgres://app@localhost/shop".into(),
+            password_file: Some(file),
+        };
+        let conn = Conn::of(&source).unwrap();
+        assert!(conn.env().contains(&("PGPASSWORD".into(), "s3cret".into())));
+        let dump = StreamSource {
+            argv: vec![
+                "pg_dump".into(),
+                format!("--dbname={}", conn.url_for(&conn.db)),
+            ],
+            env: conn.env(),
+            name: DUMP_NAME.into(),
+        };
+        assert!(!dump.argv.concat().contains("s3cret"));
+        let shown = format!("{dump:?} {conn:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("PGPASSWORD=***"), "{shown}");
+    }
+
+    #[test]
+    fn tool_versions_are_read() {
+        assert_eq!(
+            parse_tool_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some(15)
+        );
+        assert_eq!(parse_tool_major("pg_restore (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_tool_major("nonsense"), None);
+    }
+
+    #[test]
+    fn side_names_fit_and_are_recognised() {
+        let s = side_name("app", "restore", "refresh");
+        assert!(s.starts_with("app__backplan_restore_"), "{s}");
+        assert!(is_side_name("app", &s));
+        assert!(is_side_name("app", &side_name("app", "old", "k")));
+        assert!(!is_side_name("app", "app"));
+        assert!(!is_side_name("app", "app__backplan_restore_"));
+        assert!(!is_side_name("ap", &s));
+        let long = "é".repeat(31); // 62 bytes
+        let s = side_name(&long, "restore", "k");
+        assert!(s.len() <= MAX_NAME, "{}", s.len());
+        assert!(is_side_name(&long, &s));
+        assert!(!is_side_name(&"é".repeat(30), &s));
+    }
+}

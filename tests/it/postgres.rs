@@ -1,0 +1,653 @@
+//! PostgreSQL instances against a real server (`scripts/install-test-deps.sh` installs and
+//! starts one, and writes where it is to `target/test-postgres/`; `BACKPLAN_TEST_PG` and
+//! `BACKPLAN_TEST_PG_PASSWORD_FILE` point elsewhere). With `CI=true` a missing server fails
+//! the tests; otherwise they are skipped with a loud message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::helpers::*;
+
+/// The test server: a base URL (`postgres://user@host:port/`) and a password file.
+struct Pg {
+    base: String,
+    password_file: PathBuf,
+    password: String,
+}
+
+fn server() -> Option<Pg> {
+    let known = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-postgres");
+    let base = std::env::var("BACKPLAN_TEST_PG")
+        .ok()
+        .or_else(|| std::fs::read_to_string(known.join("url")).ok());
+    let password_file = std::env::var_os("BACKPLAN_TEST_PG_PASSWORD_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| known.join("password"));
+    let found = base.and_then(|base| {
+        let password = std::fs::read_to_string(&password_file).ok()?;
+        let pg = Pg {
+            base: format!("{}/", base.trim().trim_end_matches('/')),
+            password_file: password_file.clone(),
+            password: password.trim().to_string(),
+        };
+        pg.sql("postgres", "SELECT 1").ok().map(|_| pg)
+    });
+    if found.is_none() {
+        let why = "no PostgreSQL server for the tests: run scripts/install-test-deps.sh (or set BACKPLAN_TEST_PG and BACKPLAN_TEST_PG_PASSWORD_FILE)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+    }
+    found
+}
+
+impl Pg {
+    fn url(&self, db: &str) -> String {
+        let enc: String = db
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("{}{enc}", self.base)
+    }
+
+    fn psql(&self, db: &str) -> Command {
+        let mut c = Command::new("psql");
+        c.args([
+            "--no-psqlrc",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
+        .arg(self.url(db))
+        .env("PGPASSWORD", &self.password);
+        c
+    }
+
+    /// Runs SQL on `db`; the unaligned output.
+    fn sql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = self.psql(db).arg("-c").arg(sql).output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    fn must(&self, db: &str, sql: &str) -> String {
+        self.sql(db, sql)
+            .unwrap_or_else(|e| panic!("{sql} on {db}: {e}"))
+    }
+
+    fn count(&self, db: &str, sql: &str) -> i64 {
+        self.must(db, sql).parse().unwrap()
+    }
+
+    fn drop_db(&self, db: &str) {
+        self.must(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db)),
+        );
+    }
+
+    fn databases(&self) -> Vec<String> {
+        self.must("postgres", "SELECT datname FROM pg_database")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Drops the test's databases and roles at the end, failed or not.
+struct Cleanup<'a> {
+    pg: &'a Pg,
+    dbs: Vec<String>,
+    roles: Vec<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for db in &self.dbs {
+            let _ = self.pg.sql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db)),
+            );
+        }
+        for role in &self.roles {
+            let _ = self
+                .pg
+                .sql("postgres", &format!("DROP ROLE IF EXISTS {}", ident(role)));
+        }
+    }
+}
+
+fn cleanup<'a>(pg: &'a Pg, dbs: &[&String]) -> Cleanup<'a> {
+    Cleanup {
+        pg,
+        dbs: dbs.iter().map(|d| d.to_string()).collect(),
+        roles: Vec::new(),
+    }
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A database name unique to this test run, with `stem` in it.
+fn unique(stem: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{stem}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A folder with `backplan.toml`: production `shop` on `prod`, sandbox `shop-sandbox` on
+/// `sandbox`, both through the test server's password file (copied).
+fn setup(pg: &Pg, prod: &str, sandbox: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::copy(&pg.password_file, dir.join("pg.password")).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        format!(
+            r#"[daemon]
+state_dir = "state"
+
+[schedule]
+daily_at = "02:00"
+timezone = "UTC"
+retention = "3d"
+keep_last_good = 1
+
+[instances.shop]
+type = "production"
+version = "1.0"
+source = {{ kind = "postgres", url = "{}", password_file = "pg.password" }}
+
+[instances.shop-sandbox]
+type = "sandbox"
+version = "1.0"
+source = {{ kind = "postgres", url = "{}", password_file = "pg.password" }}
+"#,
+            pg.url(prod),
+            pg.url(sandbox)
+        ),
+    )
+    .unwrap();
+    tmp
+}
+
+fn apply(dir: &Path) -> Run {
+    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
+}
+
+/// The shop's schema: each order has exactly three lines, written in one transaction.
+const SCHEMA: &str = "CREATE TABLE orders (id bigserial PRIMARY KEY, total int NOT NULL CHECK (total >= 0));
+CREATE TABLE lines (id bigserial PRIMARY KEY, order_id bigint NOT NULL REFERENCES orders(id), n int NOT NULL);";
+
+const ONE_ORDER: &str = "BEGIN; WITH o AS (INSERT INTO orders(total) VALUES (3) RETURNING id) INSERT INTO lines(order_id, n) SELECT o.id, g FROM o, generate_series(1,3) g; COMMIT;";
+
+fn shop(pg: &Pg, db: &str, orders: usize) {
+    pg.must("postgres", &format!("CREATE DATABASE {}", ident(db)));
+    pg.must(db, SCHEMA);
+    pg.must(db, &ONE_ORDER.repeat(orders));
+}
+
+/// The restored shop is consistent: every order has its three lines, no line without its
+/// order. Returns the number of orders.
+fn consistent_orders(pg: &Pg, db: &str) -> i64 {
+    let bad = pg.count(
+        db,
+        "SELECT count(*) FROM orders o WHERE (SELECT count(*) FROM lines l WHERE l.order_id = o.id) <> 3",
+    );
+    assert_eq!(bad, 0, "orders without their three lines in {db}");
+    let orphans = pg.count(
+        db,
+        "SELECT count(*) FROM lines l WHERE NOT EXISTS (SELECT FROM orders o WHERE o.id = l.order_id)",
+    );
+    assert_eq!(orphans, 0);
+    // The constraints came back with the data.
+    assert!(
+        pg.sql(db, "INSERT INTO lines(order_id, n) VALUES (-1, 1)")
+            .is_err()
+    );
+    pg.count(db, "SELECT count(*) FROM orders")
+}
+
+fn side_databases(pg: &Pg, db: &str) -> Vec<String> {
+    pg.databases()
+        .into_iter()
+        .filter(|d| d.starts_with(&format!("{db}__backplan_")))
+        .collect()
+}
+
+#[test]
+fn postgres_backup_during_writes_restores_into_a_connected_sandbox() {
+    let Some(pg) = server() else { return };
+    // Names that need quoting: a space, upper case, a double quote.
+    let prod = unique("Shop \"Prod\"");
+    let sandbox = unique("Shop Sandbox");
+    let reader = unique("Reader");
+    let mut guard = cleanup(&pg, &[&prod, &sandbox]);
+    guard.roles.push(reader.clone());
+    shop(&pg, &prod, 200);
+    // The sandbox belongs to a role of its own, which owns what the restore creates.
+    let owner = unique("Sandbox Owner");
+    guard.roles.push(owner.clone());
+    pg.must("postgres", &format!("CREATE ROLE {}", ident(&owner)));
+    pg.must(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {} OWNER {}",
+            ident(&sandbox),
+            ident(&owner)
+        ),
+    );
+    pg.must(
+        &sandbox,
+        "CREATE TABLE stale (x int); INSERT INTO stale VALUES (1)",
+    );
+    // The sandbox's database-level settings, grants and comment, to be carried over.
+    pg.must("postgres", &format!("CREATE ROLE {}", ident(&reader)));
+    pg.must(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {s} SET work_mem = '7MB'; ALTER DATABASE {s} SET search_path = \"$user\", public, {r};
+             ALTER ROLE {r} IN DATABASE {s} SET statement_timeout = '5s';
+             REVOKE ALL ON DATABASE {s} FROM PUBLIC; GRANT CONNECT ON DATABASE {s} TO {r};
+             COMMENT ON DATABASE {s} IS 'the sandbox'",
+            s = ident(&sandbox),
+            r = ident(&reader)
+        ),
+    );
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+
+    // A writer keeps inserting orders while the backup runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let (url, password) = (pg.url(&prod), pg.password.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let ok = Command::new("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c", ONE_ORDER])
+                    .env("PGPASSWORD", &password)
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok);
+                n += 1;
+            }
+            n
+        })
+    };
+    // A client connected to the sandbox all along.
+    let mut client = pg
+        .psql(&sandbox)
+        .arg("-c")
+        .arg("SELECT pg_sleep(120)")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while pg.count(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+            sandbox.replace('\'', "''")
+        ),
+    ) == 0
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = pg.count(&prod, "SELECT count(*) FROM orders");
+    append_config(
+        dir,
+        "[instances.shop.backups.busy]\nlabel = \"during writes\"\n\n[restores.refresh]\nfrom = \"shop/busy\"\nto = \"shop-sandbox\"",
+    );
+    let run = apply(dir);
+    let after = pg.count(&prod, "SELECT count(*) FROM orders");
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        written > 0 && after > before,
+        "the writer wrote during the backup"
+    );
+
+    // The client was disconnected.
+    let status = client.wait().unwrap();
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(client.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("terminating connection"), "{err}");
+
+    // The data replaced, consistent, as of a moment of the backup.
+    assert!(pg.sql(&sandbox, "SELECT * FROM stale").is_err());
+    let restored = consistent_orders(&pg, &sandbox);
+    assert!(
+        (before..=after).contains(&restored),
+        "{restored} orders restored, {before} before the backup and {after} after"
+    );
+    assert_eq!(
+        pg.must(
+            &sandbox,
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        owner
+    );
+    assert_eq!(
+        pg.must(
+            &sandbox,
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        ),
+        owner
+    );
+    // Settings, grants and comment carried over.
+    let settings = pg.must(
+        "postgres",
+        &format!(
+            "SELECT coalesce(pg_get_userbyid(NULLIF(setrole, 0)), '-') || ' ' || array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = '{}' ORDER BY 1",
+            sandbox.replace('\'', "''")
+        ),
+    );
+    assert!(settings.contains("work_mem=7MB"), "{settings}");
+    assert!(
+        settings.contains(&format!("search_path=\"$user\", public, \"{reader}\"")),
+        "{settings}"
+    );
+    assert!(
+        settings.contains(&format!("{reader} statement_timeout=5s")),
+        "{settings}"
+    );
+    let acl = pg.must(
+        "postgres",
+        &format!(
+            "SELECT datacl::text || ' ' || shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{}'",
+            sandbox.replace('\'', "''")
+        ),
+    );
+    assert!(acl.contains(&format!("{reader}=c/")), "{acl}");
+    assert!(
+        !acl.contains("{=") && !acl.contains(",="),
+        "PUBLIC regained access: {acl}"
+    );
+    assert!(acl.ends_with(" the sandbox"), "{acl}");
+    // Nothing left beside it; the repository holds the busy backup and the safety backup.
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+    assert_eq!(restic_snapshots(dir).len(), 2);
+}
+
+/// The error recorded for backup `key` of `shop`.
+fn backup_error(dir: &Path, key: &str) -> String {
+    let b = backups_json(dir)
+        .into_iter()
+        .find(|b| b["key"] == key)
+        .unwrap_or_else(|| panic!("backup {key} is listed"));
+    assert_eq!(b["status"], "failed", "{b}");
+    b["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn postgres_failing_dumps_leave_no_snapshot() {
+    let Some(pg) = server() else { return };
+    let prod = unique("failing");
+    let sandbox = unique("failing_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 10);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    append_config(dir, "[instances.shop.backups.good]\nlabel = \"good\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_eq!(restic_snapshots(dir).len(), 1);
+
+    // Killed: pg_dump waits for a lock a client holds, and is killed there.
+    let mut locker = pg
+        .psql(&prod)
+        .arg("-c")
+        .arg("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    append_config(dir, "[instances.shop.backups.killed]\nlabel = \"killed\"");
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| apply(dir));
+        let pid = loop {
+            if let Some(pid) = pg_dump_of(&prod) {
+                break pid;
+            }
+            assert!(!run.is_finished(), "apply ended before pg_dump was seen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        // SAFETY: kill(2) on the pg_dump this test's backplan started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        run.join().unwrap()
+    });
+    let _ = locker.kill();
+    let _ = locker.wait();
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let e = backup_error(dir, "killed");
+    assert!(e.contains("pg_dump") && e.contains("signal: 9"), "{e}");
+    assert_eq!(
+        restic_snapshots(dir).len(),
+        1,
+        "no snapshot of the killed dump"
+    );
+
+    // A missing database.
+    pg.drop_db(&prod);
+    append_config(dir, "[instances.shop.backups.missing]\nlabel = \"missing\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let e = backup_error(dir, "missing");
+    assert!(
+        e.contains(&format!("database \"{prod}\" does not exist")),
+        "{e}"
+    );
+    assert_eq!(
+        restic_snapshots(dir).len(),
+        1,
+        "no snapshot without a database"
+    );
+
+    // A wrong password.
+    shop(&pg, &prod, 1);
+    std::fs::write(dir.join("pg.password"), "not-the-password\n").unwrap();
+    append_config(
+        dir,
+        "[instances.shop.backups.password]\nlabel = \"password\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let e = backup_error(dir, "password");
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(!e.contains("not-the-password") && !run.stdout.contains("not-the-password"));
+    assert_eq!(
+        restic_snapshots(dir).len(),
+        1,
+        "no snapshot without a password"
+    );
+}
+
+/// The pid of a `pg_dump` of database `db` running on this host.
+fn pg_dump_of(db: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_dump = args.iter().any(|a| a.ends_with("pg_dump"));
+        if is_dump && args.iter().any(|a| a.ends_with(&format!("/{db}"))) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn postgres_restore_killed_at_the_swap_converges() {
+    let Some(pg) = server() else { return };
+    let prod = unique("Crash Prod");
+    let sandbox = unique("Crash Sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 5);
+    shop(&pg, &sandbox, 1);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    append_config(
+        dir,
+        "[instances.shop.backups.b]\nlabel = \"b\"\n\n[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .env("BACKPLAN_CRASH_AFTER", "swap:started")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    // Killed right before the swap: the target as it was, the staged copy beside it.
+    assert_eq!(pg.count(&sandbox, "SELECT count(*) FROM orders"), 1);
+    assert_eq!(side_databases(&pg, &sandbox).len(), 1);
+
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_eq!(consistent_orders(&pg, &sandbox), 5);
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+    assert_eq!(consistent_orders(&pg, &prod), 5, "production untouched");
+}
+
+#[test]
+fn postgres_tools_older_than_the_server_are_refused_before_any_work() {
+    let Some(pg) = server() else { return };
+    let prod = unique("old_tools");
+    let sandbox = unique("old_tools_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 1);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    // A pg_dump of version 9.6 first on the PATH.
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(
+        bin.join("pg_dump"),
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo 'pg_dump (PostgreSQL) 9.6.24' && exit 0\ntouch \"$(dirname \"$0\")/ran\"\nexit 1\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(bin.join("pg_dump"))
+        .status()
+        .unwrap();
+    append_config(dir, "[instances.shop.backups.b]\nlabel = \"b\"");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = backup_error(dir, "b");
+    assert!(
+        e.contains("pg_dump is version 9, older than the server"),
+        "{e}"
+    );
+    assert!(
+        !bin.join("ran").exists(),
+        "the old pg_dump was not run to dump"
+    );
+}
+
+#[test]
+fn the_postgres_example_validates() {
+    // The README's example file, with its credential folder pointed at a scratch one.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postgres/backplan.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = tmp.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("shop-db.password"), "secret\n").unwrap();
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace(
+            "/run/credentials/backplan.service/",
+            &format!("{}/", creds.display()),
+        )
+        .replace("/var/lib/backplan", "state")
+        .replace("/run/backplan/backplan.sock", "backplan.sock");
+    std::fs::write(tmp.path().join("backplan.toml"), text).unwrap();
+    let run = backplan(tmp.path(), &["validate", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+}
+
+#[test]
+fn postgres_failing_restore_leaves_the_sandbox_as_it_was() {
+    let Some(pg) = server() else { return };
+    let prod = unique("ext_prod");
+    let sandbox = unique("Ext Sandbox");
+    let owner = unique("ext_owner");
+    let mut guard = cleanup(&pg, &[&prod, &sandbox]);
+    guard.roles.push(owner.clone());
+    // The dump creates an extension only a superuser may create; the sandbox's owner is not one.
+    shop(&pg, &prod, 3);
+    pg.must(&prod, "CREATE EXTENSION pageinspect");
+    pg.must("postgres", &format!("CREATE ROLE {}", ident(&owner)));
+    pg.must(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {} OWNER {}",
+            ident(&sandbox),
+            ident(&owner)
+        ),
+    );
+    pg.must(
+        &sandbox,
+        "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)",
+    );
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    append_config(
+        dir,
+        "[instances.shop.backups.b]\nlabel = \"b\"\n\n[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stdout.contains("pg_restore") && run.stdout.contains("pageinspect"),
+        "pg_restore's own message: {}",
+        run.transcript()
+    );
+    assert_eq!(pg.count(&sandbox, "SELECT x FROM kept"), 42);
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+}
