@@ -134,57 +134,85 @@ fn a_removed_backup_waits_out_its_grace_is_revived_by_its_key_then_purged() {
 }
 
 #[test]
-fn a_kind_this_version_lacks_fails_alone_and_is_not_retried() {
+fn a_storage_this_version_lacks_fails_its_backup_alone_and_is_not_retried() {
     let tmp = quickstart_with_data();
     let dir = tmp.path();
     append_config(
         dir,
-        "[instances.orders]\ntype = \"production\"\nversion = \"15\"\nsource = { kind = \"sqlite\", path = \"data/orders.db\" }\n\n[instances.orders.backups.before-migration]\nlabel = \"Before migration\"",
+        "[storage.archive]\nkind = \"azure\"\naccount = \"contosobackups\"\ncontainer = \"backplan\"\naccess_key_env = \"AZ_KEY\"\n\n[instances.contoso.backups.year-end]\nlabel = \"Year end\"\nstorage = \"archive\"",
     );
     let run = apply(dir);
     assert_eq!(run.code, 1, "{}", run.transcript());
     assert!(
-        run.stdout.contains("FAIL instance.orders")
+        run.stdout.contains("FAIL backup.contoso/year-end")
             && run.stdout.contains("not supported by this version"),
         "{}",
         run.stdout
     );
     let list = backups_json(dir);
     assert_eq!(backup(&list, "before-import")[0]["status"], "completed");
-    let pg = backup(&list, "before-migration");
-    assert_eq!(pg.len(), 1, "{list:?}");
-    assert_eq!(pg[0]["status"], "failed");
+    let archive = backup(&list, "year-end");
+    assert_eq!(archive.len(), 1, "{list:?}");
+    assert_eq!(archive[0]["status"], "failed");
+    assert_eq!(archive[0]["attempts"], 5, "not retried: {:?}", archive[0]);
     assert!(
-        pg[0]["error"]
+        archive[0]["error"]
             .as_str()
             .unwrap()
-            .contains("not supported by this version"),
+            .contains("azure storage is not supported by this version"),
         "{:?}",
-        pg[0]
+        archive[0]
     );
     assert_eq!(restic_snapshots(dir).len(), 1);
-    // status shows the instance in error, with the reason.
-    let status = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
-    assert!(
-        status.stdout.contains("creation failed"),
-        "{}",
-        status.stdout
-    );
+    // Nothing is tried again on its own; the directory instance is untouched.
+    let plan = backplan(dir, &["plan", "-c", "backplan.toml", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.transcript());
+}
 
-    // Applied again: the creation is tried again (it fails alone again), the backup is not
-    // retried, the directory instance is untouched.
-    let plan = backplan(dir, &["plan", "-c", "backplan.toml"]);
-    assert!(!plan.stdout.contains("retry"), "{}", plan.stdout);
+#[test]
+fn an_instance_that_cannot_be_created_fails_alone_and_is_created_once_it_can() {
+    let tmp = quickstart_with_data();
+    let dir = tmp.path();
+    // A file where the sandbox's folder should be.
+    std::fs::write(dir.join("data/contoso-sandbox"), "in the way").unwrap();
     let run = apply(dir);
     assert_eq!(run.code, 1, "{}", run.transcript());
     assert!(
-        run.stdout.contains("FAIL instance.orders"),
+        run.stdout.contains("FAIL instance.contoso-sandbox"),
         "{}",
         run.stdout
     );
-    let list = backups_json(dir);
-    assert_eq!(backup(&list, "before-migration")[0]["attempts"], 5);
-    assert_eq!(restic_snapshots(dir).len(), 1);
+    assert_eq!(
+        backup(&backups_json(dir), "before-import")[0]["status"],
+        "completed"
+    );
+    let status = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let sandbox = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "contoso-sandbox")
+        .unwrap();
+    assert_eq!(sandbox["state"], "error");
+    assert!(
+        sandbox["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("creation failed"),
+        "{sandbox}"
+    );
+    // Once the file is gone, the next run creates it.
+    std::fs::remove_file(dir.join("data/contoso-sandbox")).unwrap();
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(dir.join("data/contoso-sandbox").is_dir());
+    let status = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
+    assert!(
+        !status.stdout.contains("creation failed"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
