@@ -663,7 +663,7 @@ mod tests {
     }
 
     #[test]
-    fn backup_copy_is_made_beside_the_database_and_removed() {
+    fn backup_copy_is_made_beside_the_database_and_leftovers_are_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("app.db");
         db_with_rows(&db, 5);
@@ -680,12 +680,17 @@ mod tests {
         assert_eq!(rows(&folder.join(FILE_IN_SNAPSHOT)), 5);
         Sqlite.backup_finished(&source, "app");
         assert!(!folder.exists());
-        // A copy left by a crash is removed by the leftovers sweep.
+        // A copy and a staging file left by a crash are removed by the leftovers sweep.
         std::fs::create_dir(&folder).unwrap();
+        let staging = directory::staging_path(&db, "r1");
+        std::fs::write(&staging, "").unwrap();
+        std::fs::write(companion(&staging, "-wal"), "").unwrap();
         let lines = Sqlite.discard_leftovers(&source);
-        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(!folder.exists());
-        assert!(db.exists());
+        assert!(!staging.exists());
+        assert!(!companion(&staging, "-wal").exists());
+        assert_eq!(rows(&db), 5);
     }
 
     #[test]

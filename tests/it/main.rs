@@ -16,4 +16,5 @@ mod plans;
 mod properties;
 mod schedule;
 mod schema;
+mod sqlite;
 mod trees;
