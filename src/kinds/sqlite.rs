@@ -42,6 +42,9 @@ const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 /// How long a backup waits for a lock held by a writer before it fails (and is retried).
 const BUSY_WAIT: Duration = Duration::from_secs(120);
 
+/// How long a copy or an integrity check may keep the watchdog fed: longer is a hang.
+const LONGEST: Duration = Duration::from_secs(1800);
+
 const HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 fn path_of(source: &Source) -> Result<&Path, String> {
@@ -85,7 +88,12 @@ impl Kind for Sqlite {
                     .create(&folder)
             })
             .map_err(|e| format!("cannot prepare {}: {e}", folder.display()))
-            .and_then(|()| online_copy(db, &folder.join(FILE_IN_SNAPSHOT)));
+            .and_then(|()| {
+                // One blocking call with no progress of its own: the watchdog is fed meanwhile.
+                crate::heartbeat::during(LONGEST, || {
+                    online_copy(db, &folder.join(FILE_IN_SNAPSHOT))
+                })
+            });
         match made {
             Ok(()) => Ok(BackupSource::Tree(folder)),
             Err(e) => {
@@ -554,7 +562,7 @@ impl Target for SqliteTarget {
             file.sync_all()
         };
         meta().map_err(|e| format!("preparing the restored file {}: {e}", staging.display()))?;
-        integrity_check(&staging)?;
+        crate::heartbeat::during(LONGEST, || integrity_check(&staging))?;
         // The check leaves the file as it was; what SQLite kept beside it goes.
         for suffix in COMPANIONS {
             let _ = std::fs::remove_file(companion(&staging, suffix));
