@@ -840,6 +840,43 @@ mod tests {
     }
 
     #[test]
+    fn a_target_reaching_another_store_is_refused_by_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prod = tmp.path().join("srv/prod");
+        std::fs::create_dir_all(&prod).unwrap();
+        let inside = prod.join("sandbox.db");
+        db_with_rows(&inside, 1);
+        std::os::unix::fs::symlink(tmp.path().join("srv"), tmp.path().join("alias")).unwrap();
+        let protected = [("the data of instance `prod`".to_string(), prod.clone())];
+        // Inside another instance's folder, however it is spelt.
+        for spelling in [
+            "srv/prod/sandbox.db",
+            "alias/prod/sandbox.db",
+            "srv/../alias/prod/sandbox.db",
+        ] {
+            let t = SqliteTarget::open(&tmp.path().join(spelling)).unwrap();
+            let e = t.check_apart_from(&protected).unwrap_err();
+            assert!(e.contains("instance `prod`"), "{spelling}: {e}");
+        }
+        // The same database file as another instance (a hard link is the same file too).
+        let other = tmp.path().join("other.db");
+        std::fs::hard_link(&inside, &other).unwrap();
+        let t = SqliteTarget::open(&other).unwrap();
+        let same = [("the data of instance `prod-db`".to_string(), inside.clone())];
+        assert!(t.check_apart_from(&same).is_err());
+        // A file of its own is fine.
+        let own = tmp.path().join("own.db");
+        db_with_rows(&own, 1);
+        let t = SqliteTarget::open(&own).unwrap();
+        t.check_apart_from(&protected).unwrap();
+        t.check_apart_from(&same).unwrap();
+        assert_eq!(
+            Sqlite.store_path(&Source::Sqlite { path: own.clone() }),
+            Some(own)
+        );
+    }
+
+    #[test]
     fn links_and_non_databases_are_refused_as_targets() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("real.db");
