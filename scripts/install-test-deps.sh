@@ -11,6 +11,7 @@ need=()
 command -v restic >/dev/null || need+=(restic)
 command -v strace >/dev/null || need+=(strace)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v sqlite3 >/dev/null || need+=(sqlite3)  # the SQLite tests drive other processes with the shell
 command -v pg_ctlcluster >/dev/null || need+=(postgresql)
 command -v pg_restore >/dev/null || need+=(postgresql-client)
 sudo=""

@@ -186,18 +186,27 @@ impl Executor<'_> {
             let what = kind
                 .backup_source(&source, &b.instance)
                 .map_err(|e| (e, true))?;
-            let repo = self.usable_repo(&b.storage).map_err(|e| (e, true))?;
-            let tags = SnapshotTags {
-                instance: b.instance.clone(),
-                backup: b.id,
-                kind: b.kind.as_str().to_string(),
-            };
-            let progress = self.progress.clone();
-            match what {
-                BackupSource::Tree(path) => self.engine.backup_dir(&repo, &path, &tags, progress),
-                BackupSource::Stream(s) => self.engine.backup_stream(&repo, &s, &tags, progress),
-            }
-            .map_err(|e: EngineError| (e.to_string(), true))
+            let taken = (|| {
+                let repo = self.usable_repo(&b.storage)?;
+                let tags = SnapshotTags {
+                    instance: b.instance.clone(),
+                    backup: b.id,
+                    kind: b.kind.as_str().to_string(),
+                };
+                let progress = self.progress.clone();
+                match what {
+                    BackupSource::Tree(path) => {
+                        self.engine.backup_dir(&repo, &path, &tags, progress)
+                    }
+                    BackupSource::Stream(s) => {
+                        self.engine.backup_stream(&repo, &s, &tags, progress)
+                    }
+                }
+                .map_err(|e: EngineError| e.to_string())
+            })();
+            // A temporary copy the kind made goes, whatever the outcome.
+            kind.backup_finished(&source, &b.instance);
+            taken.map_err(|e| (e, true))
         })();
         match result {
             Ok(s) => {

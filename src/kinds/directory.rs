@@ -181,29 +181,29 @@ pub type FileId = (u64, u64);
 
 /// What `statx` says about one entry, without following a symbolic link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    id: FileId,
-    mode: u32,
-    uid: u32,
-    gid: u32,
+pub(super) struct Entry {
+    pub(super) id: FileId,
+    pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
     /// The entry is the root of a mount (bind mounts included), when the kernel says so.
-    mount_root: bool,
+    pub(super) mount_root: bool,
 }
 
 impl Entry {
-    fn is_dir(&self) -> bool {
+    pub(super) fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
-    fn is_symlink(&self) -> bool {
+    pub(super) fn is_symlink(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFLNK
     }
 }
 
-fn cstr(name: &std::ffi::OsStr) -> std::io::Result<CString> {
+pub(super) fn cstr(name: &std::ffi::OsStr) -> std::io::Result<CString> {
     CString::new(name.as_bytes()).map_err(std::io::Error::other)
 }
 
-fn stat_at(dir: &OwnedFd, name: &CString) -> std::io::Result<Entry> {
+pub(super) fn stat_at(dir: &OwnedFd, name: &CString) -> std::io::Result<Entry> {
     // SAFETY: statx is plain data; zeroed is a valid value.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: a valid fd, a NUL-terminated name and a buffer of the right type.
@@ -232,7 +232,11 @@ fn stat_at(dir: &OwnedFd, name: &CString) -> std::io::Result<Entry> {
     })
 }
 
-fn open_at(dir: Option<&OwnedFd>, name: &CString, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+pub(super) fn open_at(
+    dir: Option<&OwnedFd>,
+    name: &CString,
+    flags: libc::c_int,
+) -> std::io::Result<OwnedFd> {
     let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: a valid fd (or AT_FDCWD) and a NUL-terminated name.
     let fd = unsafe { libc::openat(at, name.as_ptr(), flags | libc::O_CLOEXEC) };
@@ -321,22 +325,7 @@ impl RestoreTarget {
     /// The target's identity and that of each folder above it, up to `/`, deepest first:
     /// found through the opened parent and `..`, never by path.
     pub fn identity_chain(&self) -> std::io::Result<Vec<FileId>> {
-        let mut chain = vec![stat_at(&self.parent, &self.name)?.id];
-        let up = CString::new("..").expect("no NUL");
-        let mut dir = open_at(
-            Some(&self.parent),
-            &CString::new(".").expect("no NUL"),
-            libc::O_PATH | libc::O_DIRECTORY,
-        )?;
-        loop {
-            let here = stat_at(&dir, &CString::default())?.id;
-            if chain.last() == Some(&here) {
-                break; // `/` is its own parent
-            }
-            chain.push(here);
-            dir = open_at(Some(&dir), &up, libc::O_PATH | libc::O_DIRECTORY)?;
-        }
-        Ok(chain)
+        identity_chain_at(&self.parent, &self.name)
     }
 
     /// Creates the (empty) staging sibling for `restore_key`, on the parent's filesystem, and
@@ -448,6 +437,27 @@ impl RestoreTarget {
             other => other,
         }
     }
+}
+
+/// The identity of the entry `name` in the opened folder `parent` and that of each folder
+/// above it, up to `/`, deepest first: found through `parent` and `..`, never by path.
+pub(super) fn identity_chain_at(parent: &OwnedFd, name: &CString) -> std::io::Result<Vec<FileId>> {
+    let mut chain = vec![stat_at(parent, name)?.id];
+    let up = CString::new("..").expect("no NUL");
+    let mut dir = open_at(
+        Some(parent),
+        &CString::new(".").expect("no NUL"),
+        libc::O_PATH | libc::O_DIRECTORY,
+    )?;
+    loop {
+        let here = stat_at(&dir, &CString::default())?.id;
+        if chain.last() == Some(&here) {
+            break; // `/` is its own parent
+        }
+        chain.push(here);
+        dir = open_at(Some(&dir), &up, libc::O_PATH | libc::O_DIRECTORY)?;
+    }
+    Ok(chain)
 }
 
 /// The identity of `path` (symbolic links followed) and of each folder above it, deepest

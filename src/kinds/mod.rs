@@ -14,6 +14,9 @@
 //!   atomically; the engine writes only into what `stage` returns; `commit` swaps it in with
 //!   one atomic step; before `commit` the store is untouched, after it the store holds the
 //!   restored data, whatever fails next.
+//! - **A temporary copy made for a backup** (a database copied online) lives beside the
+//!   store, on its filesystem, and is removed by `backup_finished` in every outcome (and by
+//!   `discard_leftovers` after a crash).
 //! - **`discard` and `discard_leftovers` remove only what this kind's restores created**
 //!   (staging places with backplan's own names).
 //! - **`store_path` names the place a store occupies** (for the shared-store check), or
@@ -24,6 +27,7 @@
 
 pub mod directory;
 pub mod postgres;
+pub mod sqlite;
 
 use std::path::PathBuf;
 
@@ -56,6 +60,9 @@ pub trait Kind: Sync {
     fn provision(&self, source: &Source) -> Result<&'static str, String>;
     /// What the engine reads to back up `instance`, checked to be what the kind expects.
     fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String>;
+    /// Called once the engine is done with what `backup_source` returned, whatever the
+    /// outcome: removes a temporary copy the kind made for it, if any.
+    fn backup_finished(&self, _source: &Source, _instance: &str) {}
     /// Opens the store as a restore target, checking that it can be replaced atomically.
     fn open_target(&self, source: &Source) -> Result<Box<dyn Target>, String>;
     /// Removes the staging places interrupted restores left behind; returns a line for each
@@ -91,8 +98,6 @@ pub fn of(kind: SourceKind) -> Result<&'static dyn Kind, String> {
     match kind {
         SourceKind::Directory => Ok(&directory::Directory),
         SourceKind::Postgres => Ok(&postgres::Postgres),
-        other => Err(format!(
-            "{other} instances are not supported by this version of backplan"
-        )),
+        SourceKind::Sqlite => Ok(&sqlite::Sqlite),
     }
 }

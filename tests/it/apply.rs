@@ -116,7 +116,7 @@ fn apply_off_a_terminal_asks_for_auto_approve_and_changes_nothing() {
     assert_eq!(run.code, 1, "{}", run.transcript());
     assert!(run.stderr.contains("--auto-approve"), "{}", run.stderr);
     assert!(
-        run.stdout.contains("Plan: 3 to create"),
+        run.stdout.contains("Plan: 5 to create"),
         "the plan is shown: {}",
         run.stdout
     );
@@ -453,7 +453,7 @@ fn an_interactive_apply_does_not_hold_the_state_while_it_asks() {
         text = t;
     }
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("Apply complete: 3 done"), "{text}");
+    assert!(text.contains("Apply complete: 5 done"), "{text}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ fn quickstart_is_valid() {
     assert_eq!(run.code, 0, "{}", run.transcript());
     assert!(
         run.stdout
-            .contains("backplan.toml: valid (2 instance(s), 1 on-demand backup(s)"),
+            .contains("backplan.toml: valid (4 instance(s), 1 on-demand backup(s)"),
         "{}",
         run.stdout
     );
@@ -58,6 +58,8 @@ fn quickstart_plan_json_has_the_spec_shape_and_creates_nothing() {
         [
             ("create", "instance.contoso"),
             ("create", "instance.contoso-sandbox"),
+            ("create", "instance.shop"),
+            ("create", "instance.shop-sandbox"),
             ("create", "backup.contoso/before-import")
         ]
     );
@@ -81,7 +83,7 @@ fn plan_exit_statuses() {
     assert!(
         plain
             .stdout
-            .contains("Plan: 3 to create, 0 to change, 0 to delete, 0 to restore.")
+            .contains("Plan: 5 to create, 0 to change, 0 to delete, 0 to restore.")
     );
     let bad_time = backplan(
         tmp.path(),

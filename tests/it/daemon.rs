@@ -325,14 +325,14 @@ fn the_daily_slot_and_expiry_follow_a_moved_clock() {
         "no daily before the slot"
     );
 
-    // 02:00 passes: the daily backup of each instance.
+    // 02:00 passes: the daily backup of each of the four instances (two SQLite).
     set("2026-11-27T02:00:30Z");
     d.wait_for("the daily backups", || {
         statuses(dir)
             .iter()
             .filter(|(n, s)| n == "daily:2026-11-27" && s == "completed")
             .count()
-            == 2
+            == 4
     });
 
     // Three days later (retention 3d): two missed slots recorded as skipped, today's taken,
@@ -342,9 +342,9 @@ fn the_daily_slot_and_expiry_follow_a_moved_clock() {
         let s = statuses(dir);
         let count =
             |name: &str, status: &str| s.iter().filter(|(n, st)| n == name && st == status).count();
-        count("daily:2026-11-28", "skipped") == 2
-            && count("daily:2026-11-29", "skipped") == 2
-            && count("daily:2026-11-30", "completed") == 2
+        count("daily:2026-11-28", "skipped") == 4
+            && count("daily:2026-11-29", "skipped") == 4
+            && count("daily:2026-11-30", "completed") == 4
             && count("daily:2026-11-27", "completed") == 0
             && count("before-import", "completed") == 0
     });
@@ -439,7 +439,10 @@ fn the_control_socket_bounds_requests_connections_and_idle_clients() {
 fn a_refused_mass_removal_is_approved_through_the_running_daemon() {
     let tmp = prepared();
     let dir = tmp.path();
+    // The quickstart's directory instances only: the counts below are about them.
     let quickstart = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let quickstart = quickstart[..quickstart.find("\n# A SQLite database").unwrap()].to_string();
+    std::fs::write(dir.join("backplan.toml"), &quickstart).unwrap();
     append_config(
         dir,
         "[instances.s2]\ntype = \"sandbox\"\nversion = \"9.0\"\nsource = { kind = \"directory\", path = \"data/s2\" }",
@@ -840,7 +843,7 @@ fn what_failed_is_tried_again_with_back_off_but_a_hook_only_after_a_change() {
             .iter()
             .filter(|(n, s)| n == "daily:2026-11-27" && s == "completed")
             .count()
-            == 2
+            == 4 // the quickstart's four instances
     });
     assert!(d.log().contains("not run again on its own"), "{}", d.log());
     assert_eq!(runs(), 1, "the hook ran again on its own");
@@ -872,7 +875,7 @@ fn a_silent_step_of_the_clock_is_seen_without_an_event() {
             .iter()
             .filter(|(n, s)| n == "daily:2026-11-27" && s == "completed")
             .count()
-            == 2
+            == 4 // the quickstart's four instances
     });
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));

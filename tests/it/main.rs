@@ -18,4 +18,5 @@ mod postgres;
 mod properties;
 mod schedule;
 mod schema;
+mod sqlite;
 mod trees;
