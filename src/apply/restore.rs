@@ -165,14 +165,34 @@ impl Executor<'_> {
             target.discard(key);
             return Ok(Err(e));
         }
-        self.journal("swap", address, Phase::Started, "")?;
-        if let Err(e) = target.commit(key) {
+        // 4. The operator's `before_restore` (stop the application), as late as can be: the
+        // instance is unavailable from here until `after_restore`. A failure cancels.
+        if let Err(e) = self.instance_hook(to, "before_restore", |h| &h.before_restore) {
             target.discard(key);
             return Ok(Err(e));
         }
+        self.journal("swap", address, Phase::Started, "")?;
+        if let Err(e) = target.commit(key) {
+            target.discard(key);
+            // The application was stopped for the swap: start it again on the old data.
+            return Ok(Err(
+                match self.instance_hook(to, "after_restore", |h| &h.after_restore) {
+                    Ok(()) => e,
+                    Err(h) => format!("{e}; then {h}"),
+                },
+            ));
+        }
         // From here the target holds the restored data, whatever fails next.
         self.journal("swap", address, Phase::Finished, "")?;
-        Ok(Ok(target.finish(key).err()))
+        let finished = target.finish(key).err();
+        let hook = self
+            .instance_hook(to, "after_restore", |h| &h.after_restore)
+            .err();
+        Ok(Ok(match (finished, hook) {
+            (None, None) => None,
+            (Some(w), None) | (None, Some(w)) => Some(w),
+            (Some(w), Some(h)) => Some(format!("{w}; and {h}")),
+        }))
     }
 
     /// What a restore into `to` must never reach: backplan's state folder, its repositories
