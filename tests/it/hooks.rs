@@ -254,3 +254,72 @@ fn exclude_patterns_leave_files_out_of_the_snapshot() {
         ]
     );
 }
+
+#[test]
+fn a_run_killed_after_the_swap_runs_after_restore_at_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The first after_restore kills backplan (its parent) before it can say it ran.
+    setup(
+        dir,
+        "",
+        &format!(
+            "before_restore = {}\nafter_restore = {}",
+            sh("echo before >> log"),
+            sh(
+                "if [ -e once ]; then echo after $(cat sandbox/a.txt) >> log; else touch once; kill -9 $PPID; sleep 5; fi"
+            ),
+        ),
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    append_config(
+        dir,
+        "[restores.r1]\nfrom = \"prod/first\"\nto = \"sandbox\"",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed by its hook");
+    assert_eq!(log(dir), "before\n");
+    // The next run recovers: the swap was done, so the restore is completed and the
+    // application is started again; the restore is not run again.
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_eq!(log(dir), "before\nafter from production\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sandbox/a.txt")).unwrap(),
+        "from production\n"
+    );
+}
+
+#[test]
+fn a_failing_after_restore_leaves_the_restore_completed_and_fails_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir, "", &format!("after_restore = {}", sh("exit 5")));
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    append_config(
+        dir,
+        "[restores.r1]\nfrom = \"prod/first\"\nto = \"sandbox\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stdout.contains(
+            "sandbox now holds prod/first, but after_restore failed: /bin/sh exited with exit status: 5"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sandbox/a.txt")).unwrap(),
+        "from production\n"
+    );
+    // Completed: not run again.
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+}
