@@ -173,6 +173,8 @@ impl Executor<'_> {
             Phase::Started,
             &format!("try {}", b.attempts),
         )?;
+        // A failed `after_backup` after a backup that completed.
+        let mut after_failed: Option<String> = None;
         // Err: why, and whether a retry can help (not for what this version lacks).
         let result = (|| -> Result<crate::engine::SnapshotInfo, (String, bool)> {
             let source = self.source_of(&b.instance).ok_or_else(|| {
@@ -183,30 +185,23 @@ impl Executor<'_> {
             })?;
             let kind = kinds::of(source.kind()).map_err(|e| (e, false))?;
             storage::resolve(self.cfg, &b.storage).map_err(|e| (e, false))?;
-            let what = kind
-                .backup_source(&source, &b.instance)
+            // The operator's `before_backup` (quiesce the application) comes before the kind
+            // reads the store (a SQLite copy is made by `backup_source`); `after_backup`
+            // follows once it succeeded, whatever the backup's outcome.
+            self.instance_hook(&b.instance, "before_backup", |h| &h.before_backup)
                 .map_err(|e| (e, true))?;
-            let taken = (|| {
-                let repo = self.usable_repo(&b.storage)?;
-                let tags = SnapshotTags {
-                    instance: b.instance.clone(),
-                    backup: b.id,
-                    kind: b.kind.as_str().to_string(),
-                };
-                let progress = self.progress.clone();
-                match what {
-                    BackupSource::Tree(path) => {
-                        self.engine.backup_dir(&repo, &path, &tags, progress)
-                    }
-                    BackupSource::Stream(s) => {
-                        self.engine.backup_stream(&repo, &s, &tags, progress)
-                    }
+            let taken = self.backup_engine(&b, &source, kind);
+            match (
+                taken,
+                self.instance_hook(&b.instance, "after_backup", |h| &h.after_backup),
+            ) {
+                (Ok(s), Err(h)) => {
+                    after_failed = Some(h);
+                    Ok(s)
                 }
-                .map_err(|e: EngineError| e.to_string())
-            })();
-            // A temporary copy the kind made goes, whatever the outcome.
-            kind.backup_finished(&source, &b.instance);
-            taken.map_err(|e| (e, true))
+                (Err((e, retry)), Err(h)) => Err((format!("{e}; then {h}"), retry)),
+                (taken, Ok(())) => taken,
+            }
         })();
         match result {
             Ok(s) => {
@@ -217,19 +212,26 @@ impl Executor<'_> {
                     read: s.bytes_read,
                     added: s.bytes_added,
                 });
-                b.error = None;
+                // The data is in the repository even when `after_backup` failed: said beside it.
+                b.error = after_failed.clone();
                 b.failed_at = None;
                 self.put_backup(&b)?;
-                self.journal("backup", address, Phase::Finished, "")?;
-                self.report.done(
+                self.journal(
+                    "backup",
                     address,
-                    format!(
-                        "backed up {} files, {} ({} added to the repository)",
-                        s.files,
-                        human_bytes(s.bytes_read),
-                        human_bytes(s.bytes_added)
-                    ),
+                    Phase::Finished,
+                    after_failed.as_deref().unwrap_or(""),
+                )?;
+                let what = format!(
+                    "backed up {} files, {} ({} added to the repository)",
+                    s.files,
+                    human_bytes(s.bytes_read),
+                    human_bytes(s.bytes_added)
                 );
+                match after_failed {
+                    None => self.report.done(address, what),
+                    Some(h) => self.report.failed(address, format!("{what}, but {h}")),
+                }
             }
             Err((e, retry)) => {
                 b.status = BackupStatus::Failed;
@@ -252,6 +254,48 @@ impl Executor<'_> {
             }
         }
         Ok(b)
+    }
+
+    /// The kind's source and the engine call of one backup; a temporary copy the kind made
+    /// goes, whatever the outcome. Err: why, and that a retry can help.
+    fn backup_engine(
+        &self,
+        b: &BackupRecord,
+        source: &Source,
+        kind: &dyn kinds::Kind,
+    ) -> Result<crate::engine::SnapshotInfo, (String, bool)> {
+        let what = kind
+            .backup_source(source, &b.instance)
+            .map_err(|e| (e, true))?;
+        let taken = (|| {
+            let repo = self.usable_repo(&b.storage)?;
+            let tags = SnapshotTags {
+                instance: b.instance.clone(),
+                backup: b.id,
+                kind: b.kind.as_str().to_string(),
+            };
+            let progress = self.progress.clone();
+            match what {
+                BackupSource::Tree(path) => {
+                    let exclude = self.exclude_of(&b.instance);
+                    self.engine
+                        .backup_dir(&repo, &path, &exclude, &tags, progress)
+                }
+                BackupSource::Stream(s) => self.engine.backup_stream(&repo, &s, &tags, progress),
+            }
+            .map_err(|e: EngineError| e.to_string())
+        })();
+        kind.backup_finished(source, &b.instance);
+        taken.map_err(|e| (e, true))
+    }
+
+    /// The `exclude` patterns of a directory instance, as the file says now.
+    fn exclude_of(&self, instance: &str) -> Vec<String> {
+        self.cfg
+            .instances
+            .get(instance)
+            .map(|i| i.exclude.clone())
+            .unwrap_or_default()
     }
 
     pub(super) fn forget_snapshot(&mut self, b: &BackupRecord) -> Result<(), String> {

@@ -1,4 +1,5 @@
-//! The one way backplan runs an operator's command (`on_update` today): in a process group of
+//! The one way backplan runs an operator's command (`on_update`, `before_restore`,
+//! `after_restore`, `before_backup`, `after_backup`): in a process group of
 //! its own, without backplan's secrets in its environment, with its output in the log line by
 //! line, a time limit, and a bounded wait when the daemon stops. A hook that times out or is
 //! cut short is killed as a whole group and counts as failed.
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, SecretSource, StorageLocation};
 
-/// How long a hook may run (there is no setting for it yet).
-pub const TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How long a hook may run unless its instance's `hook_timeout` says otherwise.
+pub const TIMEOUT: Duration =
+    Duration::from_secs(crate::config::validate::DEFAULT_HOOK_TIMEOUT.as_secs());
 
 /// How long a stop waits for a running hook before killing it: below the unit's
 /// `TimeoutStopSec=30s` (systemd/backplan.service), with room to record the outcome.
@@ -64,6 +66,49 @@ impl Default for Limits {
             timeout: TIMEOUT,
             stop_grace: STOP_GRACE,
         }
+    }
+}
+
+impl super::Executor<'_> {
+    /// What a hook of `instance` may take: its `hook_timeout` (the default for an instance
+    /// no longer in the file).
+    pub(super) fn hook_limits(&self, instance: &str) -> Limits {
+        Limits {
+            timeout: self
+                .cfg
+                .instances
+                .get(instance)
+                .map(|i| Duration::from_secs(i.hook_timeout.as_secs()))
+                .unwrap_or(TIMEOUT),
+            stop_grace: STOP_GRACE,
+        }
+    }
+
+    /// Runs the hook `which` of `instance` as the file declares it now (nothing when the key
+    /// is not set, or the instance is no longer in the file); `{version}` is replaced by the
+    /// instance's version in the file.
+    pub(super) fn instance_hook(
+        &self,
+        instance: &str,
+        which: &str,
+        pick: impl Fn(&crate::config::InstanceHooks) -> &Vec<String>,
+    ) -> Result<(), String> {
+        let Some(inst) = self.cfg.instances.get(instance) else {
+            return Ok(());
+        };
+        let version = inst.version.to_string();
+        let argv: Vec<String> = pick(&inst.hooks)
+            .iter()
+            .map(|a| a.replace("{version}", &version))
+            .collect();
+        run(
+            &format!("instance.{instance} {which}"),
+            &argv,
+            &secret_env_names(self.cfg),
+            self.stop.as_deref(),
+            self.hook_limits(instance),
+        )
+        .map_err(|e| format!("{which} failed: {e}"))
     }
 }
 

@@ -273,7 +273,7 @@ impl<'a> Executor<'a> {
                     on_update,
                     &hooks::secret_env_names(self.cfg),
                     self.stop.as_deref(),
-                    hooks::Limits::default(),
+                    self.hook_limits(instance),
                 );
                 if let Err(why) = hook {
                     let why = format!(

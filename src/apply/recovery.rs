@@ -6,7 +6,7 @@ impl Executor<'_> {
     /// Resolves interrupted work: a backup left `pending` or `running` is `completed` if its
     /// snapshot reached the repository, `failed` otherwise (then retried on schedule); a
     /// restore interrupted before its swap is forgotten (planned again), one interrupted after
-    /// it is `completed`; staging folders are removed.
+    /// it is `completed` (its `after_restore` run if it had not); staging folders are removed.
     pub fn recover(&mut self) -> Result<(), ApplyError> {
         // What was interrupted, copied out: the records in memory are not held while this
         // writes (a write would copy them all).
@@ -94,6 +94,13 @@ impl Executor<'_> {
                 .any(|e| e.address == address && e.op == "swap" && e.phase == Phase::Finished);
             if swapped {
                 let mut r = r.clone();
+                // The application stopped by `before_restore` is started again.
+                let hook_ran = journal.iter().any(|e| {
+                    e.address == address && e.op == "after_restore" && e.phase == Phase::Finished
+                });
+                if !hook_ran && let Some(e) = self.after_restore(&address, &r.to)? {
+                    r.error = Some(e);
+                }
                 r.status = RestoreStatus::Completed;
                 r.completed_at = Some(self.now());
                 self.store.put_restore(&r)?;

@@ -165,14 +165,49 @@ impl Executor<'_> {
             target.discard(key);
             return Ok(Err(e));
         }
-        self.journal("swap", address, Phase::Started, "")?;
-        if let Err(e) = target.commit(key) {
+        // 4. The operator's `before_restore` (stop the application), as late as can be: the
+        // instance is unavailable from here until `after_restore`. A failure cancels.
+        if let Err(e) = self.instance_hook(to, "before_restore", |h| &h.before_restore) {
             target.discard(key);
             return Ok(Err(e));
         }
+        self.journal("swap", address, Phase::Started, "")?;
+        if let Err(e) = target.commit(key) {
+            target.discard(key);
+            // The application was stopped for the swap: start it again on the old data.
+            return Ok(Err(match self.after_restore(address, to)? {
+                None => e,
+                Some(h) => format!("{e}; then {h}"),
+            }));
+        }
         // From here the target holds the restored data, whatever fails next.
         self.journal("swap", address, Phase::Finished, "")?;
-        Ok(Ok(target.finish(key).err()))
+        let finished = target.finish(key).err();
+        let hook = self.after_restore(address, to)?;
+        Ok(Ok(match (finished, hook) {
+            (None, None) => None,
+            (Some(w), None) | (None, Some(w)) => Some(w),
+            (Some(w), Some(h)) => Some(format!("{w}; and {h}")),
+        }))
+    }
+
+    /// Runs `after_restore` of `to` and journals that it ran: recovery runs it for a restore
+    /// interrupted after its swap that did not get that far. Returns its failure.
+    pub(super) fn after_restore(
+        &mut self,
+        address: &str,
+        to: &str,
+    ) -> Result<Option<String>, ApplyError> {
+        let failed = self
+            .instance_hook(to, "after_restore", |h| &h.after_restore)
+            .err();
+        self.journal(
+            "after_restore",
+            address,
+            Phase::Finished,
+            failed.as_deref().unwrap_or(""),
+        )?;
+        Ok(failed)
     }
 
     /// What a restore into `to` must never reach: backplan's state folder, its repositories

@@ -137,11 +137,25 @@ pub struct Instance {
     pub version: Version,
     pub source: Source,
     pub on_update: Vec<String>,
+    /// Operators' commands around restores into and backups of this instance (empty: none).
+    pub hooks: InstanceHooks,
+    /// How long each hook of this instance may run.
+    pub hook_timeout: Dur,
+    /// directory instances: glob patterns left out of backups.
+    pub exclude: Vec<String>,
     pub backups: BTreeMap<String, BackupDecl>,
     /// Where `[instances.<name>]` is written.
     pub loc: Loc,
     pub version_loc: Loc,
     pub source_loc: Loc,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceHooks {
+    pub before_restore: Vec<String>,
+    pub after_restore: Vec<String>,
+    pub before_backup: Vec<String>,
+    pub after_backup: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

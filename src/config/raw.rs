@@ -232,6 +232,30 @@ pub struct RawInstance {
     /// Command run after the pre-update backup when `version` changes; `{version}` is replaced.
     #[schemars(with = "Option<Vec<String>>")]
     pub on_update: Option<S<Vec<String>>>,
+    /// Command run right before a restore swaps this instance's data (for example
+    /// `["systemctl", "stop", "app"]`); a failure cancels the restore, the data untouched.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub before_restore: Option<S<Vec<String>>>,
+    /// Command run right after a restore swapped this instance's data.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub after_restore: Option<S<Vec<String>>>,
+    /// Command run before every backup of this instance (quiesce it); a failure fails the
+    /// backup.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub before_backup: Option<S<Vec<String>>>,
+    /// Command run after every backup of this instance whose `before_backup` succeeded,
+    /// whatever the backup's outcome.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub after_backup: Option<S<Vec<String>>>,
+    /// How long each hook of this instance may run before it is killed, like `10m`. Default
+    /// `10m`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+[smhdwy]$"))]
+    pub hook_timeout: Option<S<String>>,
+    /// directory instances: glob patterns left out of backups, like `["cache/**", "*.tmp"]`.
+    /// A pattern with a `/` is relative to the instance's folder; one without matches a
+    /// name at any depth.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub exclude: Option<S<Vec<String>>>,
     /// On-demand backups of this instance, by key.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawBackup>")]
@@ -239,7 +263,19 @@ pub struct RawInstance {
 }
 
 impl RawInstance {
-    pub const KEYS: &[&str] = &["type", "version", "source", "on_update", "backups"];
+    pub const KEYS: &[&str] = &[
+        "type",
+        "version",
+        "source",
+        "on_update",
+        "before_restore",
+        "after_restore",
+        "before_backup",
+        "after_backup",
+        "hook_timeout",
+        "exclude",
+        "backups",
+    ];
 }
 
 /// `{ kind = "directory", path = ... }`, `{ kind = "sqlite", path = ... }` or
@@ -657,6 +693,12 @@ impl Reader {
             Some(src)
         });
         let on_update = self.string_array(t, "on_update");
+        let before_restore = self.string_array(t, "before_restore");
+        let after_restore = self.string_array(t, "after_restore");
+        let before_backup = self.string_array(t, "before_backup");
+        let after_backup = self.string_array(t, "after_backup");
+        let hook_timeout = self.string(t, "hook_timeout");
+        let exclude = self.string_array(t, "exclude");
         let backups = self.map(
             t.get("backups"),
             &format!("instances.{name}.backups"),
@@ -680,6 +722,12 @@ impl Reader {
             version: version?,
             source: source?,
             on_update,
+            before_restore,
+            after_restore,
+            before_backup,
+            after_backup,
+            hook_timeout,
+            exclude,
             backups,
         })
     }

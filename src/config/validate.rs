@@ -17,6 +17,9 @@ use crate::diagnostic::{Diagnostic, LineIndex, did_you_mean};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/backplan";
 /// The longest backup label, in characters (it is one cell of the `backups` table).
+/// How long an instance's hook may run unless `hook_timeout` says otherwise.
+pub const DEFAULT_HOOK_TIMEOUT: Dur = Dur::from_secs(10 * 60);
+
 pub const MAX_LABEL_CHARS: usize = 200;
 /// The longest backup notes, in characters.
 pub const MAX_NOTES_CHARS: usize = 2000;
@@ -551,19 +554,17 @@ impl Validator<'_> {
         for (name, i) in &raw.instances {
             let version = self.parse("bad-version", &Some(i.version.clone()), Version::parse);
             let source = self.source(&i.source);
-            let on_update = match &i.on_update {
-                Some(cmd) if cmd.get_ref().first().is_none_or(|c| c.trim().is_empty()) => {
-                    self.err(
-                        "bad-value",
-                        cmd.span(),
-                        "`on_update` must start with a program to run",
-                        "write the command as a list, like [\"/usr/local/bin/migrate\", \"--to\", \"{version}\"], or remove the key",
-                    );
-                    Vec::new()
-                }
-                Some(cmd) => cmd.get_ref().clone(),
-                None => Vec::new(),
+            let on_update = self.command(&i.on_update, "on_update");
+            let hooks = InstanceHooks {
+                before_restore: self.command(&i.before_restore, "before_restore"),
+                after_restore: self.command(&i.after_restore, "after_restore"),
+                before_backup: self.command(&i.before_backup, "before_backup"),
+                after_backup: self.command(&i.after_backup, "after_backup"),
             };
+            let hook_timeout = self
+                .parse("bad-duration", &i.hook_timeout, Dur::parse)
+                .unwrap_or(DEFAULT_HOOK_TIMEOUT);
+            let exclude = self.exclude(&i.exclude, *i.source.kind.get_ref());
             let mut backups = BTreeMap::new();
             for (key, b) in &i.backups {
                 for (v, what, max) in [
@@ -652,6 +653,9 @@ impl Validator<'_> {
                         version,
                         source,
                         on_update,
+                        hooks,
+                        hook_timeout,
+                        exclude,
                         backups,
                         loc: self.lines.loc(name.span().start),
                         version_loc: self.lines.loc(i.version.span().start),
@@ -661,6 +665,54 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// An operator's command (`on_update`, `before_restore`, ...): a list starting with a
+    /// program.
+    fn command(&mut self, cmd: &Option<S<Vec<String>>>, key: &str) -> Vec<String> {
+        match cmd {
+            Some(cmd) if cmd.get_ref().first().is_none_or(|c| c.trim().is_empty()) => {
+                self.err(
+                    "bad-value",
+                    cmd.span(),
+                    format!("`{key}` must start with a program to run"),
+                    if key == "on_update" {
+                        "write the command as a list, like [\"/usr/local/bin/migrate\", \"--to\", \"{version}\"], or remove the key"
+                    } else {
+                        "write the command as a list, like [\"systemctl\", \"stop\", \"app\"], or remove the key"
+                    },
+                );
+                Vec::new()
+            }
+            Some(cmd) => cmd.get_ref().clone(),
+            None => Vec::new(),
+        }
+    }
+
+    /// `exclude`: directory instances only; each pattern non-empty and not a negation.
+    fn exclude(&mut self, v: &Option<S<Vec<String>>>, kind: SourceKind) -> Vec<String> {
+        let Some(v) = v else { return Vec::new() };
+        if kind != SourceKind::Directory {
+            self.err(
+                "not-supported",
+                v.span(),
+                format!("`exclude` applies to directory instances only, and this one is {kind}"),
+                format!("remove `exclude`: a {kind} instance is backed up whole"),
+            );
+            return Vec::new();
+        }
+        for p in v.get_ref() {
+            if p.trim().is_empty() || p.starts_with('!') {
+                self.err(
+                    "bad-value",
+                    v.span(),
+                    format!("`exclude` pattern `{p}` is empty or starts with `!`"),
+                    "write patterns of what to leave out, like [\"cache/**\", \"*.tmp\"]; negations are not supported",
+                );
+                return Vec::new();
+            }
+        }
+        v.get_ref().clone()
     }
 
     fn source(&mut self, s: &RawSource) -> Option<Source> {

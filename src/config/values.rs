@@ -29,7 +29,7 @@ impl Dur {
     pub const fn from_secs(secs: u64) -> Self {
         Dur { secs }
     }
-    pub fn as_secs(self) -> u64 {
+    pub const fn as_secs(self) -> u64 {
         self.secs
     }
     pub fn to_chrono(self) -> chrono::Duration {

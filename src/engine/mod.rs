@@ -164,11 +164,14 @@ pub trait Engine: Send + Sync {
     /// key: `None` when there is no repository there, an error when the key does not open it.
     /// Creates nothing.
     fn repository_id(&self, repo: &Repo) -> Result<Option<String>, EngineError>;
-    /// Backs up the tree under `source` (its contents, relative to it).
+    /// Backs up the tree under `source` (its contents, relative to it), leaving out what
+    /// matches an `exclude` pattern (gitignore-style: a pattern with a `/` is relative to
+    /// `source`, one without matches a name at any depth).
     fn backup_dir(
         &self,
         repo: &Repo,
         source: &Path,
+        exclude: &[String],
         tags: &SnapshotTags,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<SnapshotInfo, EngineError>;

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use rustic_backend::BackendOptions;
 use rustic_core::repofile::{MasterKey, SnapshotFile};
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, LimitOption,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, Excludes, KeyOptions, LimitOption,
     LocalDestination, LsOptions, OpenStatus, ParentOptions, PathList, Progress, ProgressBars,
     ProgressType, PruneOptions, ReadSubsetOption, Repository, RepositoryOptions, RestoreOptions,
     RusticError, RusticProgress, SnapshotGroupCriterion, SnapshotOptions,
@@ -253,6 +253,7 @@ impl Engine for RusticEngine {
         &self,
         repo: &Repo,
         source: &Path,
+        exclude: &[String],
         tags: &SnapshotTags,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<SnapshotInfo, EngineError> {
@@ -276,7 +277,8 @@ impl Engine for RusticEngine {
                 .as_path(PathBuf::from("/"))
                 .parent_opts(
                     ParentOptions::default().group_by(SnapshotGroupCriterion::new().label(true)),
-                );
+                )
+                .excludes(Excludes::default().globs(exclude_globs(source_str, exclude)));
             let paths = PathList::from_string(source_str)
                 .map_err(err(repo))?
                 .sanitize()
@@ -804,6 +806,26 @@ pub fn install_log_bridge() {
             log::set_max_level(log::LevelFilter::Warn);
         }
     });
+}
+
+/// The `exclude` patterns as rustic's override globs: `!` makes a glob exclude; the walk
+/// matches absolute paths, so a pattern with a `/` (anchored, as in gitignore) is put under
+/// the source folder, and one without stays a name matched at any depth.
+fn exclude_globs(source: &str, exclude: &[String]) -> Vec<String> {
+    exclude
+        .iter()
+        .map(|p| {
+            if p.trim_end_matches('/').contains('/') {
+                format!(
+                    "!{}/{}",
+                    source.trim_end_matches('/'),
+                    p.trim_start_matches('/')
+                )
+            } else {
+                format!("!{p}")
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ fn a_snapshot_is_named_by_its_full_id_never_by_a_prefix() {
     std::fs::write(src.join("f"), "x").unwrap();
     let snap = f
         .engine
-        .backup_dir(&f.repo, &src, &tags("i"), no_progress())
+        .backup_dir(&f.repo, &src, &[], &tags("i"), no_progress())
         .unwrap();
     for id in ["", " ", &snap.id[..8]] {
         let dest = f.root.join("dest");
@@ -131,11 +131,11 @@ fn an_unchanged_re_backup_stores_almost_nothing() {
     std::fs::write(src.join("big.bin"), random_bytes(2 << 20)).unwrap();
     let first = f
         .engine
-        .backup_dir(&f.repo, &src, &tags("i"), no_progress())
+        .backup_dir(&f.repo, &src, &[], &tags("i"), no_progress())
         .unwrap();
     let second = f
         .engine
-        .backup_dir(&f.repo, &src, &tags("i"), no_progress())
+        .backup_dir(&f.repo, &src, &[], &tags("i"), no_progress())
         .unwrap();
     assert!(first.bytes_added > 2 << 20, "{first:?}");
     assert!(
@@ -158,7 +158,7 @@ fn operations_on_one_repository_run_one_at_a_time() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (e2, repo, src2) = (engine.clone(), f.repo.clone(), src.clone());
     let t = std::thread::spawn(move || {
-        let r = e2.backup_dir(&repo, &src2, &tags("i"), Arc::new(NoProgress));
+        let r = e2.backup_dir(&repo, &src2, &[], &tags("i"), Arc::new(NoProgress));
         tx.send(r.is_ok()).unwrap();
     });
     assert!(
@@ -181,7 +181,7 @@ fn a_panic_inside_restore_is_a_failed_operation() {
     std::fs::write(src.join("big.bin"), random_bytes(3 << 20)).unwrap();
     let snap = f
         .engine
-        .backup_dir(&f.repo, &src, &tags("i"), no_progress())
+        .backup_dir(&f.repo, &src, &[], &tags("i"), no_progress())
         .unwrap();
     // Remove the largest pack (file data; the tree packs stay readable): restore's reader
     // threads unwrap the failed read and panic.
@@ -257,7 +257,7 @@ fn restore_gives_back_an_identical_tree() {
     rich_tree(&src);
     let snap = f
         .engine
-        .backup_dir(&f.repo, &src, &tags("i"), no_progress())
+        .backup_dir(&f.repo, &src, &[], &tags("i"), no_progress())
         .unwrap();
     let dest = f.root.join("restored");
     f.engine
@@ -292,7 +292,7 @@ fn restic_reads_what_backplan_writes() {
     let t = tags("contoso");
     let snap = f
         .engine
-        .backup_dir(&f.repo, &src, &t, no_progress())
+        .backup_dir(&f.repo, &src, &[], &t, no_progress())
         .unwrap();
     let restic = |args: &[&str]| {
         let out = Command::new("restic")

@@ -97,7 +97,7 @@ fn back_up<F: KindFixture>(engine: &RusticEngine, repo: &Repo, source: &Source) 
     };
     let progress = Arc::new(NoProgress);
     match kind::<F>().backup_source(source, "contract").unwrap() {
-        BackupSource::Tree(path) => engine.backup_dir(repo, &path, &tags, progress),
+        BackupSource::Tree(path) => engine.backup_dir(repo, &path, &[], &tags, progress),
         BackupSource::Stream(s) => engine.backup_stream(repo, &s, &tags, progress),
     }
     .unwrap()

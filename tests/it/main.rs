@@ -8,6 +8,7 @@ mod engine;
 mod full_disk;
 mod guards;
 mod helpers;
+mod hooks;
 mod invalid;
 mod keys;
 mod kinds;
