@@ -124,6 +124,7 @@ impl Executor<'_> {
             version: None,
             delete_at: None,
             status_before_delete: None,
+            versions: Default::default(),
         };
         fill(&mut b);
         Ok(b)
@@ -174,7 +175,7 @@ impl Executor<'_> {
             &format!("try {}", b.attempts),
         )?;
         // Err: why, and whether a retry can help (not for what this version lacks).
-        let result = (|| -> Result<crate::engine::SnapshotInfo, (String, bool)> {
+        let result = (|| -> Result<(crate::engine::SnapshotInfo, _), (String, bool)> {
             let source = self.source_of(&b.instance).ok_or_else(|| {
                 (
                     format!("`{}` is neither recorded nor in the file", b.instance),
@@ -186,6 +187,10 @@ impl Executor<'_> {
             let what = kind
                 .backup_source(&source, &b.instance)
                 .map_err(|e| (e, true))?;
+            let versions = kind.versions(&source).inspect_err(|_| {
+                kind.backup_finished(&source, &b.instance);
+            });
+            let versions = versions.map_err(|e| (e, true))?;
             let taken = (|| {
                 let repo = self.usable_repo(&b.storage)?;
                 let tags = SnapshotTags {
@@ -206,10 +211,11 @@ impl Executor<'_> {
             })();
             // A temporary copy the kind made goes, whatever the outcome.
             kind.backup_finished(&source, &b.instance);
-            taken.map_err(|e| (e, true))
+            taken.map(|s| (s, versions)).map_err(|e| (e, true))
         })();
         match result {
-            Ok(s) => {
+            Ok((s, versions)) => {
+                b.versions = versions;
                 b.status = BackupStatus::Completed;
                 b.completed_at = Some(self.now());
                 b.snapshot_id = Some(s.id);
