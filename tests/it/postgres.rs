@@ -718,3 +718,47 @@ fn postgres_backups_record_versions_and_a_restore_into_an_older_server_is_refuse
     assert_eq!(pg.count(&sandbox, "SELECT x FROM kept"), 42);
     assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
 }
+
+#[test]
+fn postgres_a_moved_password_file_is_recorded_not_refused() {
+    let Some(pg) = server() else { return };
+    let prod = unique("moved_prod");
+    let sandbox = unique("moved_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 1);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    assert_eq!(apply(dir).code, 0);
+    std::fs::rename(dir.join("pg.password"), dir.join("moved.password")).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        cfg.replace("\"pg.password\"", "\"moved.password\""),
+    )
+    .unwrap();
+    append_config(dir, "[instances.shop.backups.b]\nlabel = \"b\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        run.stdout.contains("recorded the new connection settings"),
+        "{}",
+        run.transcript()
+    );
+    assert!(!run.transcript().contains(&pg.password), "a password shown");
+    let store = backplan::state::Store::open(&dir.join("state")).unwrap();
+    let rec = store.read_all().unwrap();
+    let backplan::config::Source::Postgres { password_file, .. } = &rec.instances["shop"].source
+    else {
+        panic!("not a postgres source");
+    };
+    assert_eq!(
+        password_file.as_deref(),
+        Some(dir.join("moved.password").as_path())
+    );
+    // The backup taken in the same run used the new file.
+    assert!(
+        rec.backups
+            .values()
+            .any(|b| b.key.as_deref() == Some("b") && b.snapshot_id.is_some())
+    );
+}
