@@ -361,9 +361,11 @@ SELECT :'missing';"#,
         conn.check_versions(&["pg_dump"])
             .map_err(|e| format!("instance `{instance}`: {e}"))?;
         if !conn.exists()? {
+            // Worded as the server words it (pg_dump would fail with the same message).
             return Err(format!(
-                "{} of instance `{instance}` does not exist; nothing was backed up",
-                conn.describe()
+                "database \"{}\" does not exist ({}, instance `{instance}`); nothing was backed up",
+                conn.db,
+                conn.url_for(&conn.db)
             ));
         }
         Ok(BackupSource::Stream(StreamSource {
