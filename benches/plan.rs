@@ -307,6 +307,7 @@ fn recorded(cfg: &Config) -> Recorded {
             version: None,
             delete_at: None,
             status_before_delete: None,
+            versions: Default::default(),
         };
         for &(date, slot) in &slots {
             let id = planner::daily_id(&n, date);

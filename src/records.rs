@@ -135,6 +135,10 @@ pub struct BackupRecord {
     /// `deleting` backups: the status to go back to if the key is put back in the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_before_delete: Option<BackupStatus>,
+    /// The versions of the software that made it, as its kind reports them (`Kind::versions`:
+    /// a database server's, a dump tool's); a restore target may refuse by them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, String>,
 }
 
 impl BackupRecord {

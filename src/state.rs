@@ -658,6 +658,7 @@ mod tests {
             version: None,
             delete_at: None,
             status_before_delete: None,
+            versions: Default::default(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Taking backups: new records, the engine call for the instance's kind, and the
 //! repository of a storage (created on first use only, never silently re-created).
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::views::human_bytes;
 
@@ -124,6 +126,7 @@ impl Executor<'_> {
             version: None,
             delete_at: None,
             status_before_delete: None,
+            versions: Default::default(),
         };
         fill(&mut b);
         Ok(b)
@@ -176,7 +179,7 @@ impl Executor<'_> {
         // A failed `after_backup` after a backup that completed.
         let mut after_failed: Option<String> = None;
         // Err: why, and whether a retry can help (not for what this version lacks).
-        let result = (|| -> Result<crate::engine::SnapshotInfo, (String, bool)> {
+        let result = (|| -> Result<(crate::engine::SnapshotInfo, _), (String, bool)> {
             let source = self.source_of(&b.instance).ok_or_else(|| {
                 (
                     format!("`{}` is neither recorded nor in the file", b.instance),
@@ -204,7 +207,8 @@ impl Executor<'_> {
             }
         })();
         match result {
-            Ok(s) => {
+            Ok((s, versions)) => {
+                b.versions = versions;
                 b.status = BackupStatus::Completed;
                 b.completed_at = Some(self.now());
                 b.snapshot_id = Some(s.id);
@@ -263,10 +267,14 @@ impl Executor<'_> {
         b: &BackupRecord,
         source: &Source,
         kind: &dyn kinds::Kind,
-    ) -> Result<crate::engine::SnapshotInfo, (String, bool)> {
+    ) -> Result<(crate::engine::SnapshotInfo, BTreeMap<String, String>), (String, bool)> {
         let what = kind
             .backup_source(source, &b.instance)
             .map_err(|e| (e, true))?;
+        let versions = kind.versions(source).inspect_err(|_| {
+            kind.backup_finished(source, &b.instance);
+        });
+        let versions = versions.map_err(|e| (e, true))?;
         let taken = (|| {
             let repo = self.usable_repo(&b.storage)?;
             let tags = SnapshotTags {
@@ -285,8 +293,9 @@ impl Executor<'_> {
             }
             .map_err(|e: EngineError| e.to_string())
         })();
+        // A temporary copy the kind made goes, whatever the outcome.
         kind.backup_finished(source, &b.instance);
-        taken.map_err(|e| (e, true))
+        taken.map(|s| (s, versions)).map_err(|e| (e, true))
     }
 
     /// The `exclude` patterns of a directory instance, as the file says now.

@@ -230,6 +230,12 @@ impl<'a> Executor<'a> {
                     }
                 }
             }
+            Details::UpdateSource { instance, source } => {
+                self.update_instance(instance, |r| r.source = source.to.clone())?;
+                self.journal("update-source", &a.address, Phase::Finished, "")?;
+                self.report
+                    .done(&a.address, "recorded the new connection settings");
+            }
             Details::SwitchInstance { instance, kind } => {
                 self.update_instance(instance, |r| r.kind = kind.to)?;
                 self.journal(

@@ -124,6 +124,7 @@ impl Executor<'_> {
         let target = match kind
             .open_target(&source)
             .and_then(|t| t.check_apart_from(&protected).map(|()| t))
+            .and_then(|t| t.check_backup(&b.versions).map(|()| t))
         {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),

@@ -95,7 +95,8 @@ impl Storage {
     }
 }
 
-/// Where an instance's data is. Two sources are the same store when they are equal.
+/// Where an instance's data is. Two sources are the same store when their [`Source::identity`]
+/// is the same.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Source {
@@ -127,6 +128,102 @@ impl Source {
             Source::Sqlite { path } => format!("sqlite {}", path.display()),
             Source::Postgres { url, .. } => url.clone(),
         }
+    }
+
+    /// What identifies the store itself, not how it is reached: a path, or for a database
+    /// its host (`localhost` when none: the local socket), port (5432 when none) and name.
+    /// The user, the password file and the URL's options are credentials and settings: a
+    /// change of them is the same store.
+    pub fn identity(&self) -> String {
+        match self {
+            Source::Directory { path } => format!("directory {}", path.display()),
+            Source::Sqlite { path } => format!("sqlite {}", path.display()),
+            Source::Postgres { url, .. } => postgres_identity(url),
+        }
+    }
+}
+
+/// `postgres://host:port/database` of a PostgreSQL URL, without user, password and options,
+/// with the defaults filled in and the name decoded; the URL itself when it cannot be read
+/// (validation refuses such a URL).
+fn postgres_identity(url: &str) -> String {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return url.to_string();
+    };
+    let rest = rest.split('?').next().unwrap_or_default();
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // `[::1]:5433`, `host:5433`, `host`, or nothing.
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p),
+        _ => (hostport, ""),
+    };
+    let host = if host.is_empty() {
+        "localhost".to_string()
+    } else {
+        host.to_ascii_lowercase()
+    };
+    let port = if port.is_empty() { "5432" } else { port };
+    let db = percent_decode(db).unwrap_or_else(|| db.to_string());
+    format!("postgres://{host}:{port}/{db}")
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn pg(url: &str, password_file: Option<&str>) -> Source {
+        Source::Postgres {
+            url: url.into(),
+            password_file: password_file.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn a_database_is_its_host_port_and_name_not_its_credentials() {
+        let a = pg("postgres://app@localhost/shop", Some("/etc/a"));
+        for same in [
+            pg("postgres://other@localhost:5432/shop", None),
+            pg(
+                "postgresql://localhost/shop?sslmode=require",
+                Some("/run/b"),
+            ),
+            pg("postgres:///shop", None),
+            pg("postgres://app@LocalHost/sh%6Fp", None),
+        ] {
+            assert_eq!(a.identity(), same.identity(), "{same:?}");
+        }
+        for other in [
+            pg("postgres://app@localhost:5433/shop", None),
+            pg("postgres://app@db.example/shop", None),
+            pg("postgres://app@localhost/shop2", None),
+        ] {
+            assert_ne!(a.identity(), other.identity(), "{other:?}");
+        }
+        assert_eq!(
+            pg("postgres://u@[::1]:5433/d", None).identity(),
+            "postgres://[::1]:5433/d"
+        );
     }
 }
 

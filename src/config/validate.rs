@@ -839,13 +839,14 @@ impl Validator<'_> {
         // has `p` as a prefix comes right after `p`, so a stack of the open ancestors finds
         // every nested pair in O(n log n + pairs).
         let mut paths: Vec<(PathBuf, Owner)> = Vec::new();
-        let mut urls: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+        // Databases by identity (host, port, name), not by how they are reached.
+        let mut urls: BTreeMap<String, Vec<&Instance>> = BTreeMap::new();
         for i in instances.values() {
             match &i.source {
                 Source::Directory { path } | Source::Sqlite { path } => {
                     paths.push((resolved(path), Owner::Instance(i)))
                 }
-                Source::Postgres { url, .. } => urls.entry(url.as_str()).or_default().push(i),
+                Source::Postgres { .. } => urls.entry(i.source.identity()).or_default().push(i),
             }
         }
         let mut own = vec![(

@@ -29,6 +29,7 @@ pub mod directory;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::config::{Source, SourceKind};
@@ -63,6 +64,11 @@ pub trait Kind: Sync {
     /// Called once the engine is done with what `backup_source` returned, whatever the
     /// outcome: removes a temporary copy the kind made for it, if any.
     fn backup_finished(&self, _source: &Source, _instance: &str) {}
+    /// The versions of the software behind the store (a server's, a dump tool's), asked
+    /// right before a backup and kept in its record; [`Target::check_backup`] reads them.
+    fn versions(&self, _source: &Source) -> Result<BTreeMap<String, String>, String> {
+        Ok(BTreeMap::new())
+    }
     /// Opens the store as a restore target, checking that it can be replaced atomically.
     fn open_target(&self, source: &Source) -> Result<Box<dyn Target>, String>;
     /// Removes the staging places interrupted restores left behind; returns a line for each
@@ -80,6 +86,11 @@ pub trait Target {
     /// Refuses a store that is, holds or is inside one of `protected` (what it is, where),
     /// compared by identity, not by spelling.
     fn check_apart_from(&self, protected: &[(String, PathBuf)]) -> Result<(), String>;
+    /// Refuses, before anything is written, a backup this store cannot take, by the
+    /// `versions` recorded when it was made (see [`Kind::versions`]).
+    fn check_backup(&self, _versions: &BTreeMap<String, String>) -> Result<(), String> {
+        Ok(())
+    }
     /// Makes an empty staging place beside the store; the engine restores into it.
     fn stage(&self, restore_key: &str) -> Result<RestoreInto, String>;
     /// Readies the staged data for the swap (metadata, durability), once the engine is done.

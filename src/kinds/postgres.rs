@@ -17,6 +17,7 @@
 //! - Staging databases have backplan's own names (see [`side_name`]); only those are dropped.
 //! - The tools must be at least the server's major version; this is checked before any work.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,9 @@ pub const DUMP_NAME: &str = "database.pgdump";
 
 /// The database psql connects to for administration (create, rename, drop).
 const MAINTENANCE_DB: &str = "postgres";
+
+/// The key of a backup's `versions` that holds its server's `server_version_num`.
+pub const SERVER_VERSION: &str = "server_version_num";
 
 /// PostgreSQL's longest identifier, in bytes.
 const MAX_NAME: usize = 63;
@@ -143,13 +147,17 @@ impl Conn {
         }
     }
 
-    /// The server's major version (`server_version_num / 10000`).
-    fn server_major(&self) -> Result<u32, String> {
+    /// The server's `server_version_num` (`160004` for 16.4).
+    fn server_version_num(&self) -> Result<u32, String> {
         let out = self.psql(MAINTENANCE_DB, &[], "SHOW server_version_num;")?;
         out.trim()
             .parse::<u32>()
-            .map(|n| n / 10000)
             .map_err(|_| format!("the server gave an unexpected version number `{out}`"))
+    }
+
+    /// The server's major version (`server_version_num / 10000`).
+    fn server_major(&self) -> Result<u32, String> {
+        self.server_version_num().map(|n| n / 10000)
     }
 
     /// Refuses tools older than the server (a dump made with them could miss what they do
@@ -170,6 +178,17 @@ impl Conn {
         Ok(())
     }
 
+    /// Whether the database exists on the server.
+    fn exists(&self) -> Result<bool, String> {
+        self.psql(
+            MAINTENANCE_DB,
+            &[("db", &self.db)],
+            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = :'db');",
+        )
+        .map(|out| out == "t")
+        .map_err(|e| format!("cannot reach {}: {e}", self.describe()))
+    }
+
     fn drop_db(&self, db: &str) -> Result<(), String> {
         self.psql(
             MAINTENANCE_DB,
@@ -188,15 +207,20 @@ fn tool_missing(tool: &str, e: &std::io::Error) -> String {
     }
 }
 
-/// The major version of a client tool, from `<tool> --version` (`pg_dump (PostgreSQL) 15.4`).
-fn tool_major(tool: &str) -> Result<u32, String> {
+/// What `<tool> --version` says (`pg_dump (PostgreSQL) 15.4`).
+fn tool_version(tool: &str) -> Result<String, String> {
     let out = Command::new(tool)
         .arg("--version")
         .output()
         .map_err(|e| tool_missing(tool, &e))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The major version of a client tool.
+fn tool_major(tool: &str) -> Result<u32, String> {
+    let text = tool_version(tool)?;
     parse_tool_major(&text)
-        .ok_or_else(|| format!("cannot read the version of {tool} from `{}`", text.trim()))
+        .ok_or_else(|| format!("cannot read the version of {tool} from `{text}`"))
 }
 
 fn parse_tool_major(text: &str) -> Option<u32> {
@@ -336,6 +360,14 @@ SELECT :'missing';"#,
         let conn = Conn::of(source)?;
         conn.check_versions(&["pg_dump"])
             .map_err(|e| format!("instance `{instance}`: {e}"))?;
+        if !conn.exists()? {
+            // Worded as the server words it (pg_dump would fail with the same message).
+            return Err(format!(
+                "database \"{}\" does not exist ({}, instance `{instance}`); nothing was backed up",
+                conn.db,
+                conn.url_for(&conn.db)
+            ));
+        }
         Ok(BackupSource::Stream(StreamSource {
             argv: vec![
                 "pg_dump".into(),
@@ -348,6 +380,18 @@ SELECT :'missing';"#,
             env: conn.env(),
             name: DUMP_NAME.to_string(),
         }))
+    }
+
+    fn versions(&self, source: &Source) -> Result<BTreeMap<String, String>, String> {
+        let conn = Conn::of(source)?;
+        let server = conn
+            .server_version_num()
+            .map_err(|e| format!("cannot reach {}: {e}", conn.describe()))?;
+        let dump = tool_version("pg_dump")?;
+        Ok(BTreeMap::from([
+            (SERVER_VERSION.to_string(), server.to_string()),
+            ("pg_dump".to_string(), dump),
+        ]))
     }
 
     fn open_target(&self, source: &Source) -> Result<Box<dyn Target>, String> {
@@ -534,6 +578,29 @@ impl Target for PgTarget {
     fn check_apart_from(&self, _protected: &[(String, std::path::PathBuf)]) -> Result<(), String> {
         // What is protected are paths on this host; a database is none of them. Two
         // instances on the same URL are refused by validation (`shared-source`).
+        Ok(())
+    }
+
+    fn check_backup(&self, versions: &BTreeMap<String, String>) -> Result<(), String> {
+        // A backup of an older version (or with no versions recorded) has none to refuse by.
+        let Some(recorded) = versions.get(SERVER_VERSION) else {
+            return Ok(());
+        };
+        let source = recorded.parse::<u32>().map_err(|_| {
+            format!(
+                "the backup records an unreadable server version `{recorded}`; nothing was restored"
+            )
+        })? / 10000;
+        let here = self
+            .conn
+            .server_major()
+            .map_err(|e| format!("cannot reach {}: {e}", self.describe()))?;
+        if source > here {
+            return Err(format!(
+                "the backup was dumped from a PostgreSQL {source} server and {} runs PostgreSQL {here}; pg_restore cannot restore into an older server, so nothing was done. Restore into a sandbox on PostgreSQL {source} or later",
+                self.describe()
+            ));
+        }
         Ok(())
     }
 

@@ -85,6 +85,12 @@ pub enum Details {
         #[serde(rename = "type")]
         kind: Change<InstanceType>,
     },
+    /// The same store reached differently (a PostgreSQL user or password file): the new
+    /// source is recorded. Metadata only.
+    UpdateSource {
+        instance: String,
+        source: Change<Source>,
+    },
     /// Pre-update system backup, then `on_update`, then the new version is recorded.
     UpdateInstance {
         instance: String,

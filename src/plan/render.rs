@@ -214,6 +214,10 @@ fn action(w: &mut String, a: &Action) {
         Details::SwitchInstance { kind, .. } => {
             format!("will be switched from {} to {}", kind.from, kind.to)
         }
+        Details::UpdateSource { .. } => {
+            "will be reached with new connection settings (the same store; metadata only)"
+                .to_string()
+        }
         Details::UpdateInstance { version, .. } => format!(
             "will be updated to {} (a system backup \"Before update to {}\" is taken first)",
             version.to, version.to
@@ -262,6 +266,20 @@ fn action(w: &mut String, a: &Action) {
         }
         Details::SwitchInstance { kind, .. } => {
             field("type", format!("{} -> {}", kind.from, kind.to))
+        }
+        Details::UpdateSource { source, .. } => {
+            // A URL holds no password (validation refuses one); a password file is a path.
+            let shown = |s: &Source| match s {
+                Source::Postgres {
+                    url,
+                    password_file: Some(p),
+                } => format!("{url} (password file {})", p.display()),
+                other => other.describe(),
+            };
+            field(
+                "source",
+                format!("{} -> {}", shown(&source.from), shown(&source.to)),
+            );
         }
         Details::UpdateInstance {
             version,

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::helpers::*;
 
 /// The test server: a base URL (`postgres://user@host:port/`) and a password file.
-struct Pg {
+pub(crate) struct Pg {
     base: String,
-    password_file: PathBuf,
+    pub(crate) password_file: PathBuf,
     password: String,
 }
 
-fn server() -> Option<Pg> {
+pub(crate) fn server() -> Option<Pg> {
     let known = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-postgres");
     let base = std::env::var("BACKPLAN_TEST_PG")
         .ok()
@@ -45,7 +45,7 @@ fn server() -> Option<Pg> {
 }
 
 impl Pg {
-    fn url(&self, db: &str) -> String {
+    pub(crate) fn url(&self, db: &str) -> String {
         let enc: String = db
             .bytes()
             .map(|b| {
@@ -76,7 +76,7 @@ impl Pg {
     }
 
     /// Runs SQL on `db`; the unaligned output.
-    fn sql(&self, db: &str, sql: &str) -> Result<String, String> {
+    pub(crate) fn sql(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = self.psql(db).arg("-c").arg(sql).output().unwrap();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -85,7 +85,7 @@ impl Pg {
         }
     }
 
-    fn must(&self, db: &str, sql: &str) -> String {
+    pub(crate) fn must(&self, db: &str, sql: &str) -> String {
         self.sql(db, sql)
             .unwrap_or_else(|e| panic!("{sql} on {db}: {e}"))
     }
@@ -94,14 +94,14 @@ impl Pg {
         self.must(db, sql).parse().unwrap()
     }
 
-    fn drop_db(&self, db: &str) {
+    pub(crate) fn drop_db(&self, db: &str) {
         self.must(
             "postgres",
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db)),
         );
     }
 
-    fn databases(&self) -> Vec<String> {
+    pub(crate) fn databases(&self) -> Vec<String> {
         self.must("postgres", "SELECT datname FROM pg_database")
             .lines()
             .map(str::to_string)
@@ -140,7 +140,7 @@ fn cleanup<'a>(pg: &'a Pg, dbs: &[&String]) -> Cleanup<'a> {
     }
 }
 
-fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -650,4 +650,115 @@ fn postgres_failing_restore_leaves_the_sandbox_as_it_was() {
     );
     assert_eq!(pg.count(&sandbox, "SELECT x FROM kept"), 42);
     assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+}
+
+#[test]
+fn postgres_backups_record_versions_and_a_restore_into_an_older_server_is_refused() {
+    let Some(pg) = server() else { return };
+    let prod = unique("ver_prod");
+    let sandbox = unique("ver_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 2);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    append_config(dir, "[instances.shop.backups.b]\nlabel = \"b\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    pg.must(
+        &sandbox,
+        "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)",
+    );
+
+    // The backup records the server's and pg_dump's versions.
+    let store = backplan::state::Store::open(&dir.join("state")).unwrap();
+    let all = store.read_all().unwrap();
+    let mut b = all
+        .backups
+        .values()
+        .find(|b| b.key.as_deref() == Some("b"))
+        .unwrap()
+        .clone();
+    let server_num = pg.must("postgres", "SHOW server_version_num");
+    assert_eq!(
+        b.versions.get("server_version_num"),
+        Some(&server_num),
+        "{:?}",
+        b.versions
+    );
+    assert!(
+        b.versions
+            .get("pg_dump")
+            .is_some_and(|v| v.starts_with("pg_dump (PostgreSQL) ")),
+        "{:?}",
+        b.versions
+    );
+    // As if it had been dumped from a server one major version newer than the sandbox's.
+    let newer: u32 = server_num.parse::<u32>().unwrap() / 10000 + 1;
+    b.versions
+        .insert("server_version_num".into(), format!("{}0000", newer));
+    store.put_backup(&b).unwrap();
+    let backups_before = all.backups.len();
+    drop(store);
+
+    append_config(
+        dir,
+        "[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stdout
+            .contains(&format!("dumped from a PostgreSQL {newer} server")),
+        "{}",
+        run.transcript()
+    );
+    // Refused before any change: no pre-restore backup, the sandbox as it was.
+    let store = backplan::state::Store::open(&dir.join("state")).unwrap();
+    assert_eq!(store.read_all().unwrap().backups.len(), backups_before);
+    assert_eq!(pg.count(&sandbox, "SELECT x FROM kept"), 42);
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+}
+
+#[test]
+fn postgres_a_moved_password_file_is_recorded_not_refused() {
+    let Some(pg) = server() else { return };
+    let prod = unique("moved_prod");
+    let sandbox = unique("moved_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 1);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    assert_eq!(apply(dir).code, 0);
+    std::fs::rename(dir.join("pg.password"), dir.join("moved.password")).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        cfg.replace("\"pg.password\"", "\"moved.password\""),
+    )
+    .unwrap();
+    append_config(dir, "[instances.shop.backups.b]\nlabel = \"b\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        run.stdout.contains("recorded the new connection settings"),
+        "{}",
+        run.transcript()
+    );
+    assert!(!run.transcript().contains(&pg.password), "a password shown");
+    let store = backplan::state::Store::open(&dir.join("state")).unwrap();
+    let rec = store.read_all().unwrap();
+    let backplan::config::Source::Postgres { password_file, .. } = &rec.instances["shop"].source
+    else {
+        panic!("not a postgres source");
+    };
+    assert_eq!(
+        password_file.as_deref(),
+        Some(dir.join("moved.password").as_path())
+    );
+    // The backup taken in the same run used the new file.
+    assert!(
+        rec.backups
+            .values()
+            .any(|b| b.key.as_deref() == Some("b") && b.snapshot_id.is_some())
+    );
 }

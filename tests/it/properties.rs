@@ -246,6 +246,7 @@ fn recorded(instances: &[(usize, bool, usize, bool)], backups: &[RecBackup]) -> 
                 version: None,
                 delete_at: None,
                 status_before_delete: None,
+                versions: Default::default(),
             },
         );
     }

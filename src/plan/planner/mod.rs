@@ -105,7 +105,7 @@ pub fn plan(cfg: &Config, rec: &Recorded, now: DateTime<Utc>, opts: PlanOptions)
 fn rank(a: &Action) -> u8 {
     match a.details {
         Details::CreateInstance { .. } => 0,
-        Details::SwitchInstance { .. } => 1,
+        Details::SwitchInstance { .. } | Details::UpdateSource { .. } => 1,
         Details::UpdateInstance { .. } => 2,
         Details::UpdateBackup { .. } | Details::ReviveBackup { .. } => 3,
         Details::CreateBackup { .. } => 4,

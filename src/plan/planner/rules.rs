@@ -21,7 +21,7 @@ impl Planner<'_> {
                 );
                 continue;
             };
-            if r.source != inst.source {
+            if r.source.identity() != inst.source.identity() {
                 self.refuse(
                     "source-changed",
                     address,
@@ -36,6 +36,21 @@ impl Planner<'_> {
                     ),
                 );
                 continue;
+            }
+            if r.source != inst.source {
+                // The same store reached with other credentials: recorded, so that backups
+                // of it (and of it once it leaves the file) use them.
+                self.act(
+                    Op::Update,
+                    address.clone(),
+                    Details::UpdateSource {
+                        instance: name.clone(),
+                        source: Change {
+                            from: r.source.clone(),
+                            to: inst.source.clone(),
+                        },
+                    },
+                );
             }
             if r.kind != inst.kind {
                 self.act(
