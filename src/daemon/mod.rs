@@ -171,6 +171,21 @@ pub async fn run(
     for w in &loaded.warnings {
         tracing::warn!("{}: {}", s.config.display(), w.message);
     }
+    // Keys given by `password_file` are checked by validation (a warning above); the keys
+    // backplan generated are checked here, at every start.
+    for name in cfg.storages.keys() {
+        if cfg.storages[name].password_file.is_some() {
+            continue;
+        }
+        let key = crate::storage::generated_key_path(&cfg, name);
+        if let Some(mode) = loose_mode(&key) {
+            tracing::warn!(
+                "the repository key {} can be read by group or others (mode {mode:o}); run `chmod 600 {}`",
+                key.display(),
+                key.display()
+            );
+        }
+    }
     // A CLI command reading the state holds it for a moment: wait for it, not for a second
     // daemon (that one keeps it, and this start fails after 10 s).
     let store = {
@@ -510,4 +525,11 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
     };
     sd_notify("READY=1");
     result
+}
+
+/// The permission bits of `path` when group or others may read it.
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }

@@ -69,7 +69,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and returns the exit status and how long the stop took.
-    fn stop(mut self) -> (Option<i32>, Duration) {
+    pub(crate) fn stop(mut self) -> (Option<i32>, Duration) {
         self.signal(libc::SIGTERM);
         let start = Instant::now();
         let mut child = self.child.take().unwrap();

@@ -154,6 +154,14 @@ fn state_and_keys_are_private_and_a_loose_key_is_reported_at_each_start() {
         );
         assert!(run.stderr.contains("run `chmod 600 "), "{}", run.stderr);
     }
+    // And at every start of the daemon, with nothing to do.
+    let d = crate::daemon::Daemon::start(dir, &[], &[]);
+    d.wait_for("the warning at start", || {
+        d.log()
+            .contains("can be read by group or others (mode 644)")
+    });
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
 }
 
 #[test]
