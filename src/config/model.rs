@@ -171,7 +171,8 @@ fn postgres_identity(url: &str) -> String {
     format!("postgres://{host}:{port}/{db}")
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// `%XX` escapes of a URL part decoded (`None` for a bad escape or bytes that are not UTF-8).
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -264,14 +264,7 @@ impl Engine for RusticEngine {
             })?;
             let open = self.open(repo, progress)?;
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
-            let mut snap = SnapshotOptions::default()
-                // Parents are found by label: one label per instance.
-                .label(format!("backplan:{}", tags.instance))
-                .command(format!("backplan backup {}", tags.instance));
-            for tag in tags.to_tags() {
-                snap = snap.add_tags(&tag).map_err(err(repo))?;
-            }
-            let snap = snap.to_snapshot().map_err(err(repo))?;
+            let snap = new_snapshot(repo, tags)?;
             let opts = BackupOptions::default()
                 // The tree is stored relative to the source: restoring it gives the tree.
                 .as_path(PathBuf::from("/"))
@@ -489,6 +482,18 @@ impl Engine for RusticEngine {
             })
         })
     }
+}
+
+/// A new snapshot labelled `backplan:<instance>` (parents are found by label: one label per
+/// instance) and tagged with the backup's tags.
+fn new_snapshot(repo: &Repo, tags: &SnapshotTags) -> Result<SnapshotFile, EngineError> {
+    let mut snap = SnapshotOptions::default()
+        .label(format!("backplan:{}", tags.instance))
+        .command(format!("backplan backup {}", tags.instance));
+    for tag in tags.to_tags() {
+        snap = snap.add_tags(&tag).map_err(err(repo))?;
+    }
+    snap.to_snapshot().map_err(err(repo))
 }
 
 fn open_ids<S: rustic_core::Open>(

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{BackupSource, Kind, RestoreInto, Target};
 use crate::config::Source;
+use crate::config::model::percent_decode;
 use crate::engine::StreamSource;
 
 /// The PostgreSQL kind.
@@ -277,23 +278,6 @@ fn percent_encode(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Eight hex digits that stand for `s`.

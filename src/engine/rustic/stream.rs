@@ -35,13 +35,7 @@ impl RusticEngine {
         self.guarded(repo, "stream backup", || {
             let open = self.open(repo, progress)?;
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
-            let mut snap = SnapshotOptions::default()
-                .label(format!("backplan:{}", tags.instance))
-                .command(format!("backplan backup {}", tags.instance));
-            for tag in tags.to_tags() {
-                snap = snap.add_tags(&tag).map_err(err(repo))?;
-            }
-            let snap = snap.to_snapshot().map_err(err(repo))?;
+            let snap = new_snapshot(repo, tags)?;
             // No parent, ever: see the module's comment.
             let opts = BackupOptions::default().parent_opts(ParentOptions::default().force(true));
 
