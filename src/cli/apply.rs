@@ -67,15 +67,7 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
         // Nobody waits for the store while a person decides: it is closed meanwhile, and the
         // plan is made again after "yes"; if the state changed, nothing is applied.
         drop(store);
-        let _ = write!(
-            out,
-            "\nDo you want to perform these actions? Only 'yes' will be accepted: "
-        );
-        let _ = out.flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != "yes" {
-            let _ = writeln!(out, "Apply cancelled; nothing was changed.");
+        if !confirmed(out, "Do you want to perform these actions?") {
             return Exit::Failure;
         }
         let again;
@@ -151,15 +143,7 @@ fn through_daemon(
             );
             return Exit::Failure;
         }
-        let _ = write!(
-            out,
-            "\nDo you want the daemon to perform these actions? Only 'yes' will be accepted: "
-        );
-        let _ = out.flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != "yes" {
-            let _ = writeln!(out, "Apply cancelled; nothing was changed.");
+        if !confirmed(out, "Do you want the daemon to perform these actions?") {
             return Exit::Failure;
         }
     }
@@ -220,4 +204,17 @@ fn show_plan(
         return Err(Exit::Ok);
     }
     Ok(())
+}
+
+/// Asks `question` on the terminal; only `yes` approves (anything else says so).
+fn confirmed(out: &mut dyn Write, question: &str) -> bool {
+    let _ = write!(out, "\n{question} Only 'yes' will be accepted: ");
+    let _ = out.flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    let yes = answer.trim() == "yes";
+    if !yes {
+        let _ = writeln!(out, "Apply cancelled; nothing was changed.");
+    }
+    yes
 }
