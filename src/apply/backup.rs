@@ -46,9 +46,18 @@ impl Executor<'_> {
                 {
                     return Err(missing_repository(storage, &repo, &repo.path));
                 }
+                let new_key = create_key && !repo.password_file.exists();
                 self.engine
                     .ensure(&repo, create_key)
                     .map_err(|e| e.to_string())?;
+                if new_key {
+                    // Said once, when it happens: without this file the backups are lost.
+                    tracing::warn!(
+                        "a new repository key was generated for storage `{storage}` at {key}: copy it somewhere safe, away from this host, now (print it with `cat {key}`); without it no backup in {repo} can be read",
+                        key = repo.password_file.display(),
+                        repo = repo.path.display()
+                    );
+                }
                 self.engine
                     .repository_id(&repo)
                     .map_err(|e| e.to_string())?

@@ -41,6 +41,20 @@ fn a_removed_backup_waits_out_its_grace_is_revived_by_its_key_then_purged() {
     let full = config(dir);
     let run = apply(dir);
     assert_eq!(run.code, 0, "{}", run.transcript());
+    // The generated key is announced once, where it is and what to do with it.
+    assert_eq!(
+        run.stderr
+            .matches("a new repository key was generated")
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("copy it somewhere safe"),
+        "{}",
+        run.stderr
+    );
     let list = backups_json(dir);
     let taken = backup(&list, "before-import");
     assert_eq!(taken.len(), 1);
@@ -104,6 +118,11 @@ fn a_removed_backup_waits_out_its_grace_is_revived_by_its_key_then_purged() {
     set_config(dir, &short.replace(BEFORE_IMPORT, ""));
     let run = apply(dir);
     assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        !run.stderr.contains("new repository key"),
+        "once: {}",
+        run.stderr
+    );
     assert_eq!(restic_snapshots(dir).len(), 1);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let run = apply(dir);
