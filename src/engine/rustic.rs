@@ -385,21 +385,9 @@ impl Engine for RusticEngine {
                 .ok_or_else(|| EngineError::DestinationNotEmpty {
                     path: dest.to_path_buf(),
                 })?;
-            // A full id only: the library reads a shorter one (even an empty one) as a prefix.
-            if snapshot.len() != 64 || !snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(EngineError::NoSnapshot {
-                    repo: repo.path.clone(),
-                    id: snapshot.to_string(),
-                });
-            }
             let open = self.open(repo, progress)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
-            let snap = indexed
-                .get_snapshot_from_str(snapshot, |_| true)
-                .map_err(|_| EngineError::NoSnapshot {
-                    repo: repo.path.clone(),
-                    id: snapshot.to_string(),
-                })?;
+            let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed
                 .node_from_snapshot_and_path(&snap, "")
                 .map_err(err(repo))?;
@@ -482,6 +470,24 @@ impl Engine for RusticEngine {
             })
         })
     }
+}
+
+/// The snapshot named by its full id. A full id only: the library reads a shorter one (even an
+/// empty one) as a prefix and would pick some other snapshot.
+fn find_snapshot<S: rustic_core::Open>(
+    open: &Repository<S>,
+    repo: &Repo,
+    snapshot: &str,
+) -> Result<SnapshotFile, EngineError> {
+    let missing = || EngineError::NoSnapshot {
+        repo: repo.path.clone(),
+        id: snapshot.to_string(),
+    };
+    if snapshot.len() != 64 || !snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(missing());
+    }
+    open.get_snapshot_from_str(snapshot, |_| true)
+        .map_err(|_| missing())
 }
 
 /// A new snapshot labelled `backplan:<instance>` (parents are found by label: one label per

@@ -74,21 +74,10 @@ impl RusticEngine {
         name: &str,
         sink: &mut (dyn Write + Send),
     ) -> Result<u64, EngineError> {
-        if snapshot.is_empty() {
-            return Err(EngineError::NoSnapshot {
-                repo: repo.path.clone(),
-                id: "(none)".into(),
-            });
-        }
         self.guarded(repo, "stream restore", || {
             let open = self.open(repo, Arc::new(NoProgress))?;
             let indexed = open.to_indexed().map_err(err(repo))?;
-            let snap = indexed
-                .get_snapshot_from_str(snapshot, |_| true)
-                .map_err(|_| EngineError::NoSnapshot {
-                    repo: repo.path.clone(),
-                    id: snapshot.to_string(),
-                })?;
+            let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed
                 .node_from_snapshot_and_path(&snap, name)
                 .map_err(err(repo))?;

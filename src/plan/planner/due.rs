@@ -94,18 +94,7 @@ pub(super) fn follow_up_expiries(
         .difference(expiring)
         .filter_map(|id| rec.backups.get(id))
         .filter(|b| cfg.storages.contains_key(&b.storage))
-        .map(|b| Due {
-            work: Work::Expire,
-            address: backup_address(b),
-            details: DueDetails::Expire {
-                id: b.id,
-                instance: b.instance.clone(),
-                kind: b.kind,
-                storage: b.storage.clone(),
-                expires_at: b.expires_at.expect("only backups with an expiry expire"),
-                after: first.get(b.instance.as_str()).copied(),
-            },
-        })
+        .map(|b| expire(b, first.get(b.instance.as_str()).copied()))
         .collect()
 }
 
@@ -229,18 +218,7 @@ pub(super) fn due(
             });
         }
         if expiring.contains(&b.id) && cfg.storages.contains_key(&b.storage) {
-            out.push(Due {
-                work: Work::Expire,
-                address: backup_address(b),
-                details: DueDetails::Expire {
-                    id: b.id,
-                    instance: b.instance.clone(),
-                    kind: b.kind,
-                    storage: b.storage.clone(),
-                    expires_at: b.expires_at.expect("only backups with an expiry expire"),
-                    after: None,
-                },
-            });
+            out.push(expire(b, None));
         }
         if b.status == BackupStatus::Deleting
             && b.delete_at.is_none_or(|t| t <= now)
@@ -262,4 +240,20 @@ pub(super) fn due(
     }
     out.sort_by(|a, b| (a.work, &a.address).cmp(&(b.work, &b.address)));
     out
+}
+
+/// The expiry of `b`; `after`: a backup of this run that must complete first.
+fn expire(b: &BackupRecord, after: Option<Uuid>) -> Due {
+    Due {
+        work: Work::Expire,
+        address: backup_address(b),
+        details: DueDetails::Expire {
+            id: b.id,
+            instance: b.instance.clone(),
+            kind: b.kind,
+            storage: b.storage.clone(),
+            expires_at: b.expires_at.expect("only backups with an expiry expire"),
+            after,
+        },
+    }
 }
