@@ -110,6 +110,9 @@ pub enum Source {
         url: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password_file: Option<PathBuf>,
+        /// The folder of the client tools (`pg_dump`, `pg_restore`, `psql`); `None`: `PATH`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bin_dir: Option<PathBuf>,
     },
 }
 
@@ -197,6 +200,7 @@ mod identity_tests {
         Source::Postgres {
             url: url.into(),
             password_file: password_file.map(PathBuf::from),
+            bin_dir: None,
         }
     }
 

@@ -294,10 +294,13 @@ pub struct RawSource {
     /// postgres: file holding the password.
     #[schemars(with = "Option<String>")]
     pub password_file: Option<S<String>>,
+    /// postgres: the folder holding `pg_dump`, `pg_restore` and `psql` (default: the `PATH`).
+    #[schemars(with = "Option<String>")]
+    pub bin_dir: Option<S<String>>,
 }
 
 impl RawSource {
-    pub const KEYS: &[&str] = &["kind", "path", "url", "password_file"];
+    pub const KEYS: &[&str] = &["kind", "path", "url", "password_file", "bin_dir"];
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
@@ -688,6 +691,7 @@ impl Reader {
                 path: r.string(st, "path"),
                 url: r.string(st, "url"),
                 password_file: r.string(st, "password_file"),
+                bin_dir: r.string(st, "bin_dir"),
             };
             r.keys(st, &format!("`source` of {what}"), RawSource::KEYS);
             Some(src)

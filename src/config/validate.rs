@@ -711,6 +711,20 @@ impl Validator<'_> {
                 );
                 return Vec::new();
             }
+            // Checked with the builder rustic's walk uses, so that no pattern the engine
+            // would refuse reaches a backup.
+            let mut globs = ignore::overrides::OverrideBuilder::new("/");
+            if let Err(e) = globs.add(&format!("!{p}")).and_then(|g| g.build()) {
+                let why = e.to_string();
+                let why = why.rsplit_once(": ").map_or(why.as_str(), |(_, w)| w);
+                self.err(
+                    "bad-value",
+                    v.span(),
+                    format!("`exclude` pattern `{p}` is not a valid glob: {why}"),
+                    "fix the pattern (`*`, `**`, `?`, `[abc]` and `{a,b}` are understood; escape a literal `[` or `{` with `\\`)",
+                );
+                return Vec::new();
+            }
         }
         v.get_ref().clone()
     }
@@ -731,6 +745,7 @@ impl Validator<'_> {
             SourceKind::Directory | SourceKind::Sqlite => {
                 wrong(self, &s.url, "url", "path");
                 wrong(self, &s.password_file, "password_file", "path");
+                wrong(self, &s.bin_dir, "bin_dir", "path");
                 let Some(p) = &s.path else {
                     self.err(
                         "missing-key",
@@ -812,9 +827,22 @@ impl Validator<'_> {
                     .password_file
                     .as_ref()
                     .map(|p| self.secret_file(p, "password_file"));
+                let bin_dir = s.bin_dir.as_ref().and_then(|b| {
+                    if b.get_ref().is_empty() {
+                        self.err(
+                            "bad-value",
+                            b.span(),
+                            "`bin_dir` is empty",
+                            "give the folder of pg_dump, pg_restore and psql, like \"/usr/lib/postgresql/16/bin\", or remove `bin_dir` to use the PATH",
+                        );
+                        return None;
+                    }
+                    Some(self.path(b.get_ref()))
+                });
                 Some(Source::Postgres {
                     url: url.clone(),
                     password_file,
+                    bin_dir,
                 })
             }
         }

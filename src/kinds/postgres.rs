@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -52,6 +53,8 @@ struct Conn {
     query: String,
     db: String,
     password: Option<String>,
+    /// Where the client tools are (`bin_dir`); `None`: found on the `PATH`.
+    bin_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -63,7 +66,12 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     fn of(source: &Source) -> Result<Conn, String> {
-        let Source::Postgres { url, password_file } = source else {
+        let Source::Postgres {
+            url,
+            password_file,
+            bin_dir,
+        } = source
+        else {
             return Err(format!(
                 "{} is not a postgres instance's source",
                 source.describe()
@@ -79,7 +87,16 @@ impl Conn {
             query,
             db,
             password,
+            bin_dir: bin_dir.clone(),
         })
+    }
+
+    /// The client tool `name` (`pg_dump`, `pg_restore`, `psql`): in `bin_dir` when set.
+    fn tool(&self, name: &str) -> String {
+        match &self.bin_dir {
+            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
+            None => name.to_string(),
+        }
     }
 
     /// The same URL, naming database `db`.
@@ -112,7 +129,8 @@ impl Conn {
     /// error), with psql variables `vars` (use `:'name'` for a literal, `:"name"` for an
     /// identifier: psql quotes them). Returns what it printed (unaligned, tuples only).
     fn psql(&self, db: &str, vars: &[(&str, &str)], script: &str) -> Result<String, String> {
-        let mut cmd = Command::new("psql");
+        let psql = self.tool("psql");
+        let mut cmd = Command::new(&psql);
         cmd.args([
             "--no-psqlrc",
             "--no-password",
@@ -132,7 +150,7 @@ impl Conn {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| tool_missing("psql", &e))?;
+            .map_err(|e| tool_missing(&psql, &e))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A psql that failed at once (no connection) has closed its end: its message
             // tells why, not this write's broken pipe.
@@ -167,11 +185,12 @@ impl Conn {
         let server = self
             .server_major()
             .map_err(|e| format!("cannot reach {}: {e}", self.describe()))?;
-        for tool in tools {
-            let major = tool_major(tool)?;
+        for name in tools {
+            let tool = self.tool(name);
+            let major = tool_major(&tool)?;
             if major < server {
                 return Err(format!(
-                    "{tool} is version {major}, older than the server of {} (version {server}); nothing was done. Install the client tools of version {server} or later (Debian: postgresql-client-{server})",
+                    "{tool} is version {major}, older than the server of {} (version {server}); nothing was done. Install the client tools of version {server} or later (Debian: postgresql-client-{server}), or point the source's `bin_dir` at them",
                     self.describe()
                 ));
             }
@@ -201,8 +220,14 @@ impl Conn {
 }
 
 fn tool_missing(tool: &str, e: &std::io::Error) -> String {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        format!("{tool} is not installed (Debian: apt-get install postgresql-client)")
+    if e.kind() == std::io::ErrorKind::NotFound && tool.contains('/') {
+        format!(
+            "{tool} does not exist (check the source's `bin_dir`, or remove it to use the PATH)"
+        )
+    } else if e.kind() == std::io::ErrorKind::NotFound {
+        format!(
+            "{tool} is not installed (Debian: apt-get install postgresql-client), or not on the PATH (set the source's `bin_dir`)"
+        )
     } else {
         format!("cannot start {tool}: {e}")
     }
@@ -354,7 +379,7 @@ SELECT :'missing';"#,
         }
         Ok(BackupSource::Stream(StreamSource {
             argv: vec![
-                "pg_dump".into(),
+                conn.tool("pg_dump"),
                 "--format=custom".into(),
                 // Uncompressed: the repository compresses, and deduplicates from day to day.
                 "--compress=0".into(),
@@ -371,7 +396,7 @@ SELECT :'missing';"#,
         let server = conn
             .server_version_num()
             .map_err(|e| format!("cannot reach {}: {e}", conn.describe()))?;
-        let dump = tool_version("pg_dump")?;
+        let dump = tool_version(&conn.tool("pg_dump"))?;
         Ok(BTreeMap::from([
             (SERVER_VERSION.to_string(), server.to_string()),
             ("pg_dump".to_string(), dump),
@@ -596,7 +621,7 @@ impl Target for PgTarget {
             .drop_db(&staging)
             .and_then(|()| self.conn.psql(MAINTENANCE_DB, &vars, CREATE_STAGING))
             .map_err(|e| format!("creating the staging database \"{staging}\": {e}"))?;
-        let mut child = Command::new("pg_restore")
+        let mut child = Command::new(self.conn.tool("pg_restore"))
             .args(["--no-owner", "--no-acl", "--exit-on-error", "--no-password"])
             .arg(format!("--role={}", self.owner))
             .arg(format!("--dbname={}", self.conn.url_for(&staging)))
@@ -693,6 +718,7 @@ mod tests {
             query,
             db,
             password: Some("secret".into()),
+            bin_dir: None,
         };
         assert_eq!(
             c.url_for("x y\"z"),
@@ -712,6 +738,7 @@ mod tests {
         let source = Source::Postgres {
             url: "postgres://app@localhost/shop".into(),
             password_file: Some(file),
+            bin_dir: None,
         };
         let conn = Conn::of(&source).unwrap();
         assert!(conn.env().contains(&("PGPASSWORD".into(), "s3cret".into())));

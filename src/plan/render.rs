@@ -272,8 +272,18 @@ fn action(w: &mut String, a: &Action) {
             let shown = |s: &Source| match s {
                 Source::Postgres {
                     url,
-                    password_file: Some(p),
-                } => format!("{url} (password file {})", p.display()),
+                    password_file,
+                    bin_dir,
+                } if password_file.is_some() || bin_dir.is_some() => {
+                    let mut shown = url.clone();
+                    if let Some(p) = password_file {
+                        shown += &format!(" (password file {})", p.display());
+                    }
+                    if let Some(b) = bin_dir {
+                        shown += &format!(" (tools in {})", b.display());
+                    }
+                    shown
+                }
                 other => other.describe(),
             };
             field(

@@ -7,10 +7,10 @@ use crate::daemon::{Daemon, has, prepared};
 use crate::helpers::*;
 
 /// A tmpfs of `size` at `dir`, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
+pub(crate) struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).unwrap();
         let out = std::process::Command::new("mount")
             .args([
@@ -43,7 +43,7 @@ impl Drop for Tmpfs {
     }
 }
 
-fn fill(file: &Path) {
+pub(crate) fn fill(file: &Path) {
     use std::io::Write;
     let mut f = std::fs::File::create(file).unwrap();
     let block = vec![0x5au8; 64 << 10];

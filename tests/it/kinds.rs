@@ -768,6 +768,7 @@ impl KindFixture for PostgresStores {
         Source::Postgres {
             url: pg().url(&db),
             password_file: Some(pg().password_file.clone()),
+            bin_dir: None,
         }
     }
 

@@ -762,3 +762,154 @@ fn postgres_a_moved_password_file_is_recorded_not_refused() {
             .any(|b| b.key.as_deref() == Some("b") && b.snapshot_id.is_some())
     );
 }
+
+/// The newest installed server's client tools folder (Debian: `/usr/lib/postgresql/N/bin`).
+fn newest_bin_dir() -> PathBuf {
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL installed from Debian's packages")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort();
+    PathBuf::from(format!(
+        "/usr/lib/postgresql/{}/bin",
+        versions.last().expect("a PostgreSQL version")
+    ))
+}
+
+#[test]
+fn postgres_tools_are_taken_from_bin_dir_when_set() {
+    let Some(pg) = server() else { return };
+    let prod = unique("bin_dir");
+    let sandbox = unique("bin_dir_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 2);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    let set_bin_dir = |bin_dir: &Path| {
+        let cfg = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+        let mut out = String::new();
+        for line in cfg.lines() {
+            let line = match line.split_once(", bin_dir = ") {
+                Some((head, _)) => format!("{head} }}"),
+                None => line.to_string(),
+            };
+            if line.contains("kind = \"postgres\"") {
+                out += &line.replace(" }", &format!(", bin_dir = \"{}\" }}", bin_dir.display()));
+            } else {
+                out += &line;
+            }
+            out.push('\n');
+        }
+        std::fs::write(dir.join("backplan.toml"), out).unwrap();
+    };
+
+    // A folder of old tools: refused before any work, the folder named.
+    let old = dir.join("old-tools");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::write(
+        old.join("pg_dump"),
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo 'pg_dump (PostgreSQL) 9.6.24' && exit 0\ntouch \"$(dirname \"$0\")/ran\"\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        old.join("psql"),
+        format!(
+            "#!/bin/sh\nexec {}/psql \"$@\"\n",
+            newest_bin_dir().display()
+        ),
+    )
+    .unwrap();
+    for tool in ["pg_dump", "psql"] {
+        let mut perms = std::fs::metadata(old.join(tool)).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(old.join(tool), perms).unwrap();
+    }
+    set_bin_dir(&old);
+    append_config(dir, "[instances.shop.backups.old]\nlabel = \"old\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let e = backup_error(dir, "old");
+    assert!(e.contains("/old-tools/pg_dump is version 9"), "{e}");
+    assert!(e.contains("bin_dir"), "the fix is named: {e}");
+    assert!(!old.join("ran").exists(), "the old pg_dump did not dump");
+
+    // A folder without the tools: a clear error naming it.
+    let missing = dir.join("no-such-folder");
+    set_bin_dir(&missing);
+    append_config(dir, "[instances.shop.backups.missing]\nlabel = \"missing\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let e = backup_error(dir, "missing");
+    assert!(e.contains("/no-such-folder/psql does not exist"), "{e}");
+
+    // The real tools' folder: the backup is taken with them and records their version.
+    let real = newest_bin_dir();
+    set_bin_dir(&real);
+    append_config(dir, "[instances.shop.backups.real]\nlabel = \"real\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let b = backups_json(dir)
+        .into_iter()
+        .find(|b| b["key"] == "real")
+        .unwrap();
+    assert_eq!(b["status"], "completed", "{b}");
+    assert_eq!(restic_snapshots(dir).len(), 1, "one snapshot, of `real`");
+}
+
+#[test]
+fn postgres_dump_into_a_full_repository_disk_leaves_no_snapshot() {
+    let Some(pg) = server() else { return };
+    let prod = unique("full_disk");
+    let sandbox = unique("full_disk_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 10);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    let Some(_mounted) = crate::full_disk::Tmpfs::mount(&dir.join("repo"), "8m") else {
+        return;
+    };
+    append_config(
+        dir,
+        "[storage.local]\npath = \"repo\"\n\n[instances.shop.backups.first]\nlabel = \"first\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+
+    // About 12 MiB of hex text (some 6 MiB once compressed) does not fit.
+    pg.must(
+        &prod,
+        "CREATE TABLE bulk AS SELECT g, (SELECT string_agg(md5(random()::text || g || s), '') FROM generate_series(1, 32) s) AS t FROM generate_series(1, 12000) g;",
+    );
+    crate::full_disk::fill(&dir.join("repo/filler"));
+    append_config(dir, "[instances.shop.backups.full]\nlabel = \"full\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let e = backup_error(dir, "full");
+    assert!(e.contains("No space left on device"), "{e}");
+    assert!(pg_dump_of(&prod).is_none(), "no pg_dump left running");
+
+    // Space back: the repository is consistent and holds the first backup only.
+    std::fs::remove_file(dir.join("repo/filler")).unwrap();
+    let restic = |args: &[&str]| {
+        let out = Command::new("restic")
+            .arg("-r")
+            .arg(dir.join("repo"))
+            .arg("--password-file")
+            .arg(dir.join("state/keys/local.key"))
+            .arg("--no-cache")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let snapshots: Vec<serde_json::Value> =
+        serde_json::from_str(&restic(&["snapshots", "--json"])).unwrap();
+    assert_eq!(snapshots.len(), 1, "no snapshot of the failed dump");
+    restic(&["check", "--read-data"]);
+}
