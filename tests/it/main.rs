@@ -2,6 +2,7 @@
 
 mod apply;
 mod cli;
+mod crash;
 mod daemon;
 mod deletion;
 mod engine;
