@@ -7,6 +7,7 @@ mod daemon;
 mod deletion;
 mod engine;
 mod full_disk;
+mod fuzz;
 mod guards;
 mod helpers;
 mod hooks;
