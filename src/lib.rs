@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod diagnostic;
 pub mod engine;
 pub mod exit;
+pub mod failpoint;
 pub mod heartbeat;
 pub mod kinds;
 pub mod plan;

@@ -317,6 +317,7 @@ impl Store {
         let mut memory = self.memory();
         self.with(|h| {
             to_sled(h)?;
+            crate::failpoint!("state.written-unflushed");
             h.flush()
         })?;
         if let Some(rec) = memory.as_mut() {

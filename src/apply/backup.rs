@@ -179,6 +179,7 @@ impl Executor<'_> {
         b.status = BackupStatus::Running;
         b.attempts += 1;
         self.put_backup(&b)?;
+        crate::failpoint!("backup.running");
         self.journal(
             "backup",
             address,
@@ -217,6 +218,7 @@ impl Executor<'_> {
         })();
         match result {
             Ok((s, versions)) => {
+                crate::failpoint!("backup.before-completed");
                 b.versions = versions;
                 b.status = BackupStatus::Completed;
                 b.completed_at = Some(self.now());
@@ -229,6 +231,7 @@ impl Executor<'_> {
                 b.error = after_failed.clone();
                 b.failed_at = None;
                 self.put_backup(&b)?;
+                crate::failpoint!("backup.completed");
                 self.journal(
                     "backup",
                     address,
@@ -284,6 +287,7 @@ impl Executor<'_> {
             kind.backup_finished(source, &b.instance);
         });
         let versions = versions.map_err(|e| (e, true))?;
+        crate::failpoint!("backup.before-engine");
         let taken = (|| {
             let repo = self.usable_repo(&b.storage)?;
             let tags = SnapshotTags {
@@ -302,6 +306,7 @@ impl Executor<'_> {
             }
             .map_err(|e: EngineError| e.to_string())
         })();
+        crate::failpoint!("backup.stored");
         // A temporary copy the kind made goes, whatever the outcome.
         kind.backup_finished(source, &b.instance);
         taken.map(|s| (s, versions)).map_err(|e| (e, true))
@@ -321,9 +326,15 @@ impl Executor<'_> {
             return Ok(()); // failed or skipped: no data
         };
         let (repo, _) = self.repo(&b.storage)?;
+        // Forgotten by a run stopped before it recorded so: only the prune is left to do.
+        if (self.engine.find(&repo, b.id).map_err(|e| e.to_string())?).is_empty() {
+            self.to_prune.insert(b.storage.clone());
+            return Ok(());
+        }
         self.engine
             .forget(&repo, std::slice::from_ref(snapshot))
             .map_err(|e| e.to_string())?;
+        crate::failpoint!("expire.forgotten");
         self.to_prune.insert(b.storage.clone());
         Ok(())
     }

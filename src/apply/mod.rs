@@ -140,6 +140,7 @@ impl<'a> Executor<'a> {
     ) -> Result<(), ApplyError> {
         self.store.journal(self.now(), op, address, phase, detail)?;
         crate::heartbeat::beat();
+        #[cfg(debug_assertions)]
         crash_point(op, phase);
         Ok(())
     }
@@ -171,6 +172,7 @@ impl<'a> Executor<'a> {
                 self.journal("prune", &address, Phase::Started, "")?;
                 match self.engine.prune(&repo) {
                     Ok(()) => {
+                        crate::failpoint!("prune.done");
                         self.journal("prune", &address, Phase::Finished, "")?;
                         self.report.done(&address, "pruned");
                     }
@@ -237,7 +239,9 @@ impl<'a> Executor<'a> {
                     .done(&a.address, "recorded the new connection settings");
             }
             Details::SwitchInstance { instance, kind } => {
+                crate::failpoint!("switch.before");
                 self.update_instance(instance, |r| r.kind = kind.to)?;
+                crate::failpoint!("switch.recorded");
                 self.journal(
                     "switch",
                     &a.address,
@@ -274,6 +278,7 @@ impl<'a> Executor<'a> {
                     self.report.failed(&a.address, why);
                     return Ok(());
                 }
+                crate::failpoint!("update.before-hook");
                 let hook = hooks::run(
                     &format!("{} on_update", a.address),
                     on_update,
@@ -281,6 +286,7 @@ impl<'a> Executor<'a> {
                     self.stop.as_deref(),
                     self.hook_limits(instance),
                 );
+                crate::failpoint!("update.hook-ran");
                 if let Err(why) = hook {
                     let why = format!(
                         "on_update failed, the version stays {}: {why}",
@@ -295,6 +301,7 @@ impl<'a> Executor<'a> {
                     r.version = version.to.clone();
                     r.error = None;
                 })?;
+                crate::failpoint!("update.recorded");
                 self.journal("update", &a.address, Phase::Finished, "")?;
                 self.report
                     .done(&a.address, format!("updated to {}", version.to));
@@ -510,6 +517,7 @@ impl<'a> Executor<'a> {
                     return Ok(());
                 }
                 self.journal("expire", &d.address, Phase::Started, "")?;
+                crate::failpoint!("expire.before-forget");
                 if let Err(e) = self.forget_snapshot(&b) {
                     self.journal("expire", &d.address, Phase::Failed, &e)?;
                     self.report.failed(
@@ -520,6 +528,7 @@ impl<'a> Executor<'a> {
                 }
                 b.status = BackupStatus::Expired;
                 self.put_backup(&b)?;
+                crate::failpoint!("expire.recorded");
                 self.journal("expire", &d.address, Phase::Finished, "")?;
                 self.report.done(&d.address, "expired");
             }
@@ -625,6 +634,7 @@ impl<'a> Executor<'a> {
 /// (like `swap:started`), the process kills itself with SIGKILL right after journaling that
 /// step, exactly as a power cut or `kill -9` would stop it there. `BACKPLAN_HANG_AFTER` stops
 /// there for good instead, as a hung operation would (the watchdog tests).
+#[cfg(debug_assertions)]
 fn crash_point(op: &str, phase: Phase) {
     let here = format!("{op}:{}", format!("{phase:?}").to_lowercase());
     if std::env::var_os("BACKPLAN_HANG_AFTER").is_some_and(|at| at.to_string_lossy() == here) {

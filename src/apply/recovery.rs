@@ -66,6 +66,7 @@ impl Executor<'_> {
                 }
             }
             self.put_backup(&b)?;
+            crate::failpoint!("recover.backup-resolved");
             self.journal(
                 "recover",
                 &backup_address(&b),
@@ -81,6 +82,7 @@ impl Executor<'_> {
                 Phase::Started,
                 "interrupted before its snapshot was saved; taking it again",
             )?;
+            crate::failpoint!("recover.before-retake");
             self.take_backup(b, &address)?;
         }
         let journal = self.store.journal_entries()?;
@@ -107,6 +109,7 @@ impl Executor<'_> {
             } else {
                 // The target was never touched: forget the attempt so the plan runs it again.
                 self.store.remove_restore(&r.key)?;
+                crate::failpoint!("recover.restore-forgotten");
             }
             self.journal(
                 "recover",
@@ -119,6 +122,7 @@ impl Executor<'_> {
                 },
             )?;
         }
+        crate::failpoint!("recover.before-leftovers");
         for r in self.store.load()?.instances.values() {
             if let Ok(kind) = kinds::of(r.source.kind()) {
                 for line in kind.discard_leftovers(&r.source) {

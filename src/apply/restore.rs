@@ -25,6 +25,7 @@ impl Executor<'_> {
             error: None,
         };
         self.store.put_restore(&record)?;
+        crate::failpoint!("restore.recorded");
         self.journal(
             "restore",
             address,
@@ -37,6 +38,7 @@ impl Executor<'_> {
                 record.status = RestoreStatus::Completed;
                 record.completed_at = Some(self.now());
                 self.store.put_restore(&record)?;
+                crate::failpoint!("restore.completed");
                 self.journal("restore", address, Phase::Finished, "")?;
                 self.report.done(address, format!("{to} now holds {from}"));
             }
@@ -129,6 +131,7 @@ impl Executor<'_> {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
+        crate::failpoint!("restore.checked");
         // 1. A safety backup of the target as it is now.
         if let Err(e) = self.system_backup(
             safety,
@@ -141,6 +144,7 @@ impl Executor<'_> {
                 "the pre-restore backup of {to} failed, so nothing was restored: {e}"
             )));
         }
+        crate::failpoint!("restore.safety-taken");
         // 2. Restore beside the target.
         let repo = match self.usable_repo(&b.storage) {
             Ok(r) => r,
@@ -158,6 +162,7 @@ impl Executor<'_> {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
         });
+        crate::failpoint!("restore.staged");
         if let Err(e) = restored
             .and_then(|()| target.prepare(key))
             // 3. Checked again right before the swap.
@@ -173,6 +178,7 @@ impl Executor<'_> {
             return Ok(Err(e));
         }
         self.journal("swap", address, Phase::Started, "")?;
+        crate::failpoint!("restore.before-exchange");
         if let Err(e) = target.commit(key) {
             target.discard(key);
             // The application was stopped for the swap: start it again on the old data.
@@ -182,8 +188,10 @@ impl Executor<'_> {
             }));
         }
         // From here the target holds the restored data, whatever fails next.
+        crate::failpoint!("restore.exchanged");
         self.journal("swap", address, Phase::Finished, "")?;
         let finished = target.finish(key).err();
+        crate::failpoint!("restore.finished");
         let hook = self.after_restore(address, to)?;
         Ok(Ok(match (finished, hook) {
             (None, None) => None,

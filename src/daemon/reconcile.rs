@@ -45,6 +45,7 @@ pub(super) fn reconcile(
             recovered: false,
         };
     }
+    crate::failpoint!("daemon.recovered");
     let rec = match store.load() {
         Ok(r) => r,
         Err(e) => return outcome(format!("cannot read the state: {e}"), false, true),

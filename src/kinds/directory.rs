@@ -109,6 +109,7 @@ impl Target for RestoreTarget {
                 staging.display()
             )
         })?;
+        crate::failpoint!("directory.synced-old-kept");
         if let Err(e) = self.remove_staging(restore_key) {
             tracing::warn!(
                 "the old tree at {} could not be removed: {e}",
@@ -401,6 +402,7 @@ impl RestoreTarget {
             )
         };
         if rc == 0 {
+            crate::failpoint!("directory.exchanged-unsynced");
             Ok(())
         } else {
             Err(std::io::Error::last_os_error())

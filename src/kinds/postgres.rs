@@ -621,6 +621,7 @@ impl Target for PgTarget {
             .drop_db(&staging)
             .and_then(|()| self.conn.psql(MAINTENANCE_DB, &vars, CREATE_STAGING))
             .map_err(|e| format!("creating the staging database \"{staging}\": {e}"))?;
+        crate::failpoint!("postgres.staging-created");
         let mut child = Command::new(self.conn.tool("pg_restore"))
             .args(["--no-owner", "--no-acl", "--exit-on-error", "--no-password"])
             .arg(format!("--role={}", self.owner))
@@ -670,7 +671,10 @@ impl Target for PgTarget {
         loop {
             tries += 1;
             match self.conn.psql(MAINTENANCE_DB, &vars, SWAP) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    crate::failpoint!("postgres.swapped-old-kept");
+                    return Ok(());
+                }
                 Err(e) if tries < 3 && e.contains("is being accessed by other users") => {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }

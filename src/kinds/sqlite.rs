@@ -580,6 +580,7 @@ impl Target for SqliteTarget {
         }
         self.refuse_if_in_use()?;
         self.fold_leftover_logs()?;
+        crate::failpoint!("sqlite.logs-folded");
         let staging = self.staging_name(restore_key);
         let fd = self.parent.as_raw_fd();
         // SAFETY: a valid fd and NUL-terminated names, both in that folder.
@@ -590,6 +591,7 @@ impl Target for SqliteTarget {
                 std::io::Error::last_os_error()
             ));
         }
+        crate::failpoint!("sqlite.renamed-unsynced");
         Ok(())
     }
 

@@ -2,10 +2,12 @@
 
 mod apply;
 mod cli;
+mod crash;
 mod daemon;
 mod deletion;
 mod engine;
 mod full_disk;
+mod fuzz;
 mod guards;
 mod helpers;
 mod hooks;

@@ -86,11 +86,12 @@ impl Planner<'_> {
                             from: r.version.clone(),
                             to: inst.version.clone(),
                         },
+                        // The same update planned again (after a crash) is the same backup.
                         pre_update_backup: id_of(&format!(
                             "pre-update/{name}/{}/{}/{}",
                             r.version,
                             inst.version,
-                            self.now.to_rfc3339()
+                            r.updated_at.to_rfc3339()
                         )),
                         on_update,
                     },
