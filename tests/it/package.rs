@@ -198,3 +198,10 @@ fn man_out_dir_writes_one_rendering_page_per_command() {
     assert!(run.stderr.contains("missing"), "{}", run.stderr);
     assert!(!Path::new(&tmp.path().join("missing")).exists());
 }
+
+#[test]
+fn the_packaged_example_file_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = backplan(root, &["validate", "-c", "packaging/backplan.toml.example"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+}
