@@ -7,10 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 fail() { echo "check-deb: FAILED: $*" >&2; exit 1; }
+step() { echo "check-deb: $(date +%T) $*"; }
 
 if dpkg-query -W -f='${Status}' backplan 2>/dev/null | grep -q installed; then
   fail "backplan is already installed here; this check installs and purges it"
 fi
+[ ! -e /etc/backplan/backplan.toml ] || fail "/etc/backplan/backplan.toml exists here; this check makes and deletes one"
 command -v systemd-analyze >/dev/null || {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq systemd
@@ -20,25 +22,30 @@ command -v systemd-analyze >/dev/null || {
 # made them (on a real host the package never removes them).
 had_state=false; [ -e /var/lib/backplan ] && had_state=true
 had_group=false; getent group backplan >/dev/null && had_group=true
+had_etc=false; [ -e /etc/backplan ] && had_etc=true
 marker=/var/lib/backplan/check-deb-marker
 work=$(mktemp -d) daemon=""
 cleanup() {
   [ -z "$daemon" ] || $sudo kill "$daemon" 2>/dev/null || true
   $sudo userdel backplan-check-member 2>/dev/null || true
   $sudo userdel backplan-check-other 2>/dev/null || true
-  $sudo rm -rf "$work" /etc/backplan/check-deb.toml /run/backplan/backplan.sock
+  $sudo rm -rf "$work" /etc/backplan/check-deb.toml /etc/backplan/backplan.toml /run/backplan/backplan.sock
   $sudo rmdir /run/backplan 2>/dev/null || true
   $sudo dpkg -P backplan >/dev/null 2>&1 || true
   $sudo rm -f "$marker"
   $had_state || $sudo rmdir /var/lib/backplan 2>/dev/null || true
+  $had_etc || $sudo rmdir /etc/backplan 2>/dev/null || true
   $had_group || $sudo groupdel backplan 2>/dev/null || true
 }
 trap cleanup EXIT
 
+step build
 deb=$(packaging/build-deb.sh "$@")
 echo "check-deb: built $deb ($(du -h "$deb" | cut -f1))"
 dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
+step install
 $sudo dpkg -i "$deb"
+step check files
 
 for f in /usr/bin/backplan /usr/lib/systemd/system/backplan.service \
   /etc/backplan/backplan.toml.example /usr/share/doc/backplan/README.md \
@@ -68,6 +75,7 @@ if command -v man >/dev/null; then
   [ "$(man -w backplan)" = /usr/share/man/man1/backplan.1.gz ] || fail "man does not find backplan(1)"
 fi
 
+step check the group
 # Group backplan: its members use the CLI against the daemon, others cannot. The daemon runs
 # as the unit runs it (root, group backplan, /run/backplan 0750 as RuntimeDirectory= makes
 # it), on a state folder only root can read: an answer can only come from the daemon.
@@ -104,13 +112,22 @@ $sudo kill "$daemon" && wait "$daemon" || true
 daemon=""
 $sudo rm -f /etc/backplan/check-deb.toml
 
-# What a repository key would be: it must outlive remove and purge.
+step upgrade
+# An upgrade (here: the same version again) keeps the modes and the operator's file.
+$sudo cp /etc/backplan/backplan.toml.example /etc/backplan/backplan.toml
+$sudo dpkg -i "$deb" >/dev/null
+[ "$(stat -c '%a %U %G' /etc/backplan)" = "750 root backplan" ] || fail "after an upgrade /etc/backplan is $(stat -c '%a %U %G' /etc/backplan)"
+
+# What a repository key would be: it must outlive remove and purge, as must the operator's file.
 echo key | $sudo tee "$marker" >/dev/null
+step remove
 $sudo dpkg -r backplan
 [ ! -e /usr/bin/backplan ] || fail "remove left /usr/bin/backplan"
 [ -f "$marker" ] || fail "remove deleted /var/lib/backplan"
 [ -e /etc/backplan/backplan.toml.example ] || fail "remove deleted a conffile (only purge may)"
+step purge
 $sudo dpkg -P backplan
 [ -f "$marker" ] || fail "purge deleted /var/lib/backplan"
 [ ! -e /etc/backplan/backplan.toml.example ] || fail "purge left the example file"
+[ -f /etc/backplan/backplan.toml ] || fail "purge deleted the operator's /etc/backplan/backplan.toml"
 echo "check-deb: installed, verified, removed and purged; /var/lib/backplan kept"
