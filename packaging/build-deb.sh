@@ -3,7 +3,7 @@
 # the binary its tests used instead of building rustic_core a second time (cargo-deb would
 # build a release binary, and itself). Prints the path of the .deb.
 #
-#   packaging/build-deb.sh             # packages target/debug/backplan (built if missing)
+#   packaging/build-deb.sh             # packages target/debug/backplan (cargo build first)
 #   packaging/build-deb.sh --release   # cargo build --release, packages target/release/backplan
 #   packaging/build-deb.sh --binary PATH [--out DIR]
 #
@@ -30,8 +30,9 @@ if [ -z "$bin" ]; then
     cargo build --release --locked >&2
     bin=target/release/backplan
   else
+    # A no-op after the tests (same profile), but never a stale binary.
+    cargo build --locked >&2
     bin=target/debug/backplan
-    [ -x "$bin" ] || cargo build --locked >&2
   fi
 fi
 [ -x "$bin" ] || { echo "error: $bin is not an executable" >&2; exit 1; }
