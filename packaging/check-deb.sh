@@ -63,6 +63,10 @@ grep -q '^ExecStart=/usr/bin/backplan run' /usr/lib/systemd/system/backplan.serv
   || fail "the unit does not start /usr/bin/backplan"
 grep -q '^ConditionPathExists=/etc/backplan/backplan.toml$' /usr/lib/systemd/system/backplan.service \
   || fail "the unit would start without a configuration"
+for line in Group=backplan Nice=10 CPUWeight=20 IOWeight=20 IOSchedulingClass=best-effort \
+  IOSchedulingPriority=7 StateDirectoryMode=0700 RuntimeDirectoryMode=0750; do
+  grep -qx "$line" /usr/lib/systemd/system/backplan.service || fail "the unit lacks $line"
+done
 SYSTEMD_LOG_LEVEL=notice systemd-analyze verify /usr/lib/systemd/system/backplan.service
 [ -e /etc/systemd/system/multi-user.target.wants/backplan.service ] && fail "the package enabled the service"
 dpkg -L backplan | grep -qx /etc/backplan/backplan.toml && fail "the package owns /etc/backplan/backplan.toml"

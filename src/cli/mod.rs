@@ -97,7 +97,9 @@ enum Command {
         clock_file: Option<PathBuf>,
     },
     /// Instances: type, version, state, last good backup, next daily backup.
-    #[command(after_help = "Examples:\n  backplan status\n  backplan status --json | jq '.'")]
+    #[command(
+        after_help = "Examples:\n  backplan status\n  backplan status -c /etc/backplan/backplan.toml --json"
+    )]
     Status {
         #[command(flatten)]
         config: ConfigArg,
