@@ -2,6 +2,7 @@
 # Installs what the tests need beyond the Rust toolchain, when it is missing:
 # - restic: the interoperability tests read backplan's repositories with the real restic;
 # - strace: a test observes that repository folders are synced after a backup;
+# - groff: the manual pages `backplan man` writes are rendered, warnings are failures;
 # - PostgreSQL (server and client tools): the postgres tests run against a real server. A
 #   cluster is started (created first if there is none) and a superuser `backplan_test` with
 #   a password is made; the tests find it through target/test-postgres/ (url, password).
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v restic >/dev/null || need+=(restic)
 command -v strace >/dev/null || need+=(strace)
+command -v groff >/dev/null || need+=(groff-base)  # the man page test renders the pages
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v sqlite3 >/dev/null || need+=(sqlite3)  # the SQLite tests drive other processes with the shell
 command -v pg_ctlcluster >/dev/null || need+=(postgresql)

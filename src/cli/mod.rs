@@ -2,6 +2,8 @@
 //! subcommand (one module each) runs with them and returns an [`Exit`].
 
 mod apply;
+mod completions;
+mod man;
 pub mod progress;
 mod query;
 mod run;
@@ -22,7 +24,8 @@ pub use crate::exit::Exit;
 #[command(
     name = "backplan",
     version,
-    about = "Declarative backup and restore daemon"
+    about = "Declarative backup and restore daemon",
+    after_help = "Examples:\n  backplan validate -c /etc/backplan/backplan.toml\n  backplan plan\n  backplan apply\n  backplan backups contoso\n\nThe file: -c FILE, else $BACKPLAN_CONFIG, else /etc/backplan/backplan.toml."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,8 +42,14 @@ struct ConfigArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check the configuration file; reports every problem at once. Exit 0 valid, 1 invalid.
+    #[command(
+        after_help = "Examples:\n  backplan validate -c /etc/backplan/backplan.toml\n  backplan validate -c backplan.toml && echo valid"
+    )]
     Validate(ConfigArg),
     /// Show what `apply` would do. Exit 0 (or 0/2 with --detailed-exitcode), 1 on error or refusal.
+    #[command(
+        after_help = "Examples:\n  backplan plan\n  backplan plan --json | jq '.actions[]'\n  backplan plan --detailed-exitcode   # exit 0: no changes, 2: changes\n  backplan plan --at 2026-11-27T02:30:00Z"
+    )]
     Plan {
         #[command(flatten)]
         config: ConfigArg,
@@ -59,6 +68,9 @@ enum Command {
         allow_mass_removal: bool,
     },
     /// Carry out the plan now (one shot, no daemon). Asks first on a terminal.
+    #[command(
+        after_help = "Examples:\n  backplan apply\n  backplan apply --auto-approve -c backplan.toml"
+    )]
     Apply {
         #[command(flatten)]
         config: ConfigArg,
@@ -71,6 +83,9 @@ enum Command {
         allow_mass_removal: bool,
     },
     /// The daemon: applies the file, watches it, takes the daily backups and expires old ones.
+    #[command(
+        after_help = "Examples:\n  systemctl start backplan   # runs: backplan run -c /etc/backplan/backplan.toml\n  backplan run --log-format json"
+    )]
     Run {
         #[command(flatten)]
         config: ConfigArg,
@@ -82,6 +97,9 @@ enum Command {
         clock_file: Option<PathBuf>,
     },
     /// Instances: type, version, state, last good backup, next daily backup.
+    #[command(
+        after_help = "Examples:\n  backplan status\n  backplan status -c /etc/backplan/backplan.toml --json"
+    )]
     Status {
         #[command(flatten)]
         config: ConfigArg,
@@ -89,6 +107,9 @@ enum Command {
         json: bool,
     },
     /// The backup list (of one instance, or all).
+    #[command(
+        after_help = "Examples:\n  backplan backups\n  backplan backups contoso\n  backplan backups contoso --json"
+    )]
     Backups {
         #[command(flatten)]
         config: ConfigArg,
@@ -98,6 +119,9 @@ enum Command {
         json: bool,
     },
     /// One backup with its history and errors.
+    #[command(
+        after_help = "Examples:\n  backplan show contoso@latest\n  backplan show contoso/before-import\n  backplan show 'contoso@daily:2026-11-27' --json"
+    )]
     Show {
         #[command(flatten)]
         config: ConfigArg,
@@ -109,12 +133,31 @@ enum Command {
     },
     /// Check the repositories: structure, a read-back of a share of the data, and that every
     /// completed backup has its snapshot. Exit 1 on any problem.
+    #[command(after_help = "Examples:\n  backplan verify\n  backplan verify --subset 100%")]
     Verify {
         #[command(flatten)]
         config: ConfigArg,
         /// Share of the data to read back, like `5%` (default) or `100%`.
         #[arg(long, default_value = "5%", value_parser = parse_share)]
         subset: f64,
+    },
+    /// Print a shell completion script generated from this command line.
+    #[command(
+        after_help = "Examples:\n  backplan completions bash > /etc/bash_completion.d/backplan\n  backplan completions zsh > \"${fpath[1]}/_backplan\"\n  backplan completions fish > ~/.config/fish/completions/backplan.fish"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a folder.
+    #[command(
+        after_help = "Examples:\n  backplan man | man -l -\n  backplan man --out-dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write backplan.1 and backplan-COMMAND.1 into this folder instead of printing backplan.1.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -235,6 +278,8 @@ pub fn main() -> Exit {
         Command::Verify { config, subset } => {
             verify::run(&config.resolve(), subset, &mut out, &mut err)
         }
+        Command::Completions { shell } => completions::run(shell, &mut out),
+        Command::Man { out_dir } => man::run(out_dir.as_deref(), &mut out, &mut err),
     };
     let _ = out.flush();
     exit
