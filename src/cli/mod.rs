@@ -197,7 +197,10 @@ pub fn main() -> Exit {
         ),
         Command::Status { config, json } => query::run(
             &config.resolve(),
-            Query::Status { json },
+            Query::Status {
+                json,
+                width: table_width(),
+            },
             &mut out,
             &mut err,
         ),
@@ -207,7 +210,11 @@ pub fn main() -> Exit {
             json,
         } => query::run(
             &config.resolve(),
-            Query::Backups { instance, json },
+            Query::Backups {
+                instance,
+                json,
+                width: table_width(),
+            },
             &mut out,
             &mut err,
         ),
@@ -256,6 +263,31 @@ fn init_logging(format: LogFormat, default: &str) {
         (LogFormat::Human, false) => builder.try_init(),
     };
     crate::engine::install_log_bridge();
+}
+
+/// The width tables fit: `$COLUMNS` when set, else the terminal's when stdout is one (80
+/// when it does not say). `None` when stdout is a pipe or a file: no limit, whole cells for
+/// `grep` and scripts (`--json` is the stable interface).
+fn table_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return Some(n);
+    }
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    // SAFETY: TIOCGWINSZ fills the `winsize` it is given, which lives across the call.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    Some(if ok && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    })
 }
 
 /// Loads the file, printing its diagnostics; `None` when it is invalid or unreadable.

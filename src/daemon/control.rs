@@ -169,7 +169,7 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
     if let Some(w) = stale {
         a.stderr.insert_str(0, &w);
     }
-    if matches!(q, Query::Status { json: false }) {
+    if matches!(q, Query::Status { json: false, .. }) {
         let activity = shared.activity.read().unwrap_or_else(|p| p.into_inner());
         let verified = shared.last_verify.read().unwrap_or_else(|p| p.into_inner());
         let verified = verified

@@ -173,24 +173,21 @@ fn text_unescaped(plan: &Plan) -> String {
             };
             let _ = writeln!(w, "  {sym} {:width$}  {what}", d.address);
         }
-        let daily = plan
-            .due
-            .iter()
-            .filter(|d| d.work == Work::DailyBackup)
-            .count();
-        let expire = plan.due.iter().filter(|d| d.work == Work::Expire).count();
-        let retry = plan.due.iter().filter(|d| d.work == Work::Retry).count();
-        let skip = plan
-            .due
-            .iter()
-            .filter(|d| d.work == Work::SkipDaily)
-            .count();
-        let purge = plan.due.iter().filter(|d| d.work == Work::Purge).count();
+        let n = |work: Work| plan.due.iter().filter(|d| d.work == work).count();
+        let count = crate::views::count;
+        let purge = n(Work::Purge);
         let _ = writeln!(
             w,
-            "\nDue: {daily} daily backup(s), {retry} retry(ies), {expire} expiry(ies), {skip} missed slot(s){}.",
+            "\nDue: {}, {}, {}, {}{}.",
+            count(n(Work::DailyBackup), "daily backup", "daily backups"),
+            count(n(Work::Retry), "retry", "retries"),
+            count(n(Work::Expire), "expiry", "expiries"),
+            count(n(Work::SkipDaily), "missed slot", "missed slots"),
             if purge > 0 {
-                format!(", {purge} deletion(s) after grace")
+                format!(
+                    ", {}",
+                    count(purge, "deletion after grace", "deletions after grace")
+                )
             } else {
                 String::new()
             }

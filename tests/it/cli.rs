@@ -16,7 +16,7 @@ fn quickstart_is_valid() {
     assert_eq!(run.code, 0, "{}", run.transcript());
     assert!(
         run.stdout
-            .contains("backplan.toml: valid (4 instance(s), 1 on-demand backup(s)"),
+            .contains("backplan.toml: valid (4 instances, 1 on-demand backup"),
         "{}",
         run.stdout
     );
@@ -206,7 +206,7 @@ fn status_shows_a_failing_or_skipped_daily_as_not_ok() {
     let journal = || Ok(Vec::new());
     let ask = |json| {
         backplan::query::answer(
-            &backplan::query::Query::Status { json },
+            &backplan::query::Query::Status { json, width: None },
             &backplan::query::Context {
                 config: Some(&cfg),
                 config_error: None,

@@ -82,9 +82,7 @@ fn a_removed_backup_waits_out_its_grace_is_revived_by_its_key_then_purged() {
     assert!(text.stdout.contains("deleting on "), "{}", text.stdout);
     let status = backplan(dir, &["status", "-c", "backplan.toml"]);
     assert!(
-        status
-            .stdout
-            .contains("1 backup(s) deleting, the first on "),
+        status.stdout.contains("1 backup deleting, the first on "),
         "{}",
         status.stdout
     );

@@ -37,6 +37,7 @@ pub fn backplan(dir: &Path, args: &[&str]) -> Run {
         .args(args)
         .current_dir(dir)
         .env_remove("BACKPLAN_CONFIG")
+        .env_remove("COLUMNS")
         .output()
         .expect("the binary runs");
     let real = dir.canonicalize().unwrap();

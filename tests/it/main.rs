@@ -13,6 +13,7 @@ mod invalid;
 mod keys;
 mod kinds;
 mod limits;
+mod output;
 mod paths;
 mod plans;
 mod postgres;

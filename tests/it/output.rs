@@ -1,0 +1,198 @@
+//! What a person sees: each command's text and JSON output as snapshots (run-specific paths,
+//! times and ids filtered), so that a change of wording is a reviewed diff; tables that fit
+//! the terminal; short backup ids.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::helpers::*;
+
+/// Runs `backplan ARGS` in `dir` with `env` set (`COLUMNS` unset unless given), `dir` in the
+/// output replaced with `[DIR]`.
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BACKPLAN_CONFIG")
+        .env_remove("COLUMNS")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs");
+    let real = dir.canonicalize().unwrap();
+    let filter = |b: Vec<u8>| {
+        String::from_utf8(b)
+            .expect("output is UTF-8")
+            .replace(&real.display().to_string(), "[DIR]")
+            .replace(&dir.display().to_string(), "[DIR]")
+    };
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: filter(out.stdout),
+        stderr: filter(out.stderr),
+    }
+}
+
+/// Text with what changes from run to run masked: times (`[TIME]`), UUIDs (`[UUID]`),
+/// snapshot hashes (`[HASH]`), and 8-character ids at the start of a table row (`[ID]`).
+/// Templates: `d` a digit, `h` a hexadecimal digit, anything else itself.
+fn masked(s: &str) -> String {
+    const TEMPLATES: [(&str, &str); 5] = [
+        (
+            "hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh",
+            "[HASH]",
+        ),
+        ("hhhhhhhh-hhhh-hhhh-hhhh-hhhhhhhhhhhh", "[UUID]"),
+        ("dddd-dd-ddTdd:dd:ddZ", "[TIME]"),
+        ("dddd-dd-ddTdd:dd:dd.", "[TIME]."),
+        ("dddd-dd-dd dd:ddZ", "[TIME]"),
+    ];
+    let fits = |text: &[char], t: &str| {
+        text.len() >= t.len()
+            && t.chars().zip(text).all(|(p, c)| match p {
+                'd' => c.is_ascii_digit(),
+                'h' => c.is_ascii_hexdigit() && !c.is_ascii_uppercase(),
+                _ => p == *c,
+            })
+    };
+    let mut out = String::new();
+    for line in s.split_inclusive('\n') {
+        let chars: Vec<char> = line.chars().collect();
+        let mut i = 0;
+        // A table row starting with a short id.
+        if chars.len() > 10
+            && fits(&chars, "hhhhhhhh  ")
+            && chars[..8].iter().any(|c| c.is_ascii_digit())
+        {
+            out.push_str("[ID]    ");
+            i = 8;
+        }
+        'scan: while i < chars.len() {
+            for (t, with) in TEMPLATES {
+                if fits(&chars[i..], t) {
+                    out.push_str(with);
+                    i += t.chars().count();
+                    continue 'scan;
+                }
+            }
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A scratch copy of a listing fixture with its state seeded.
+fn listing(name: &str) -> tempfile::TempDir {
+    let dir = fixtures().join("status").join(name);
+    let tmp = scratch_copy(&dir);
+    let rec: backplan::records::Recorded =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    seed_state(&tmp.path().join("state"), &rec);
+    tmp
+}
+
+fn assert_fits(run: &Run, width: usize) {
+    for line in run.stdout.lines() {
+        assert!(
+            line.chars().count() <= width,
+            "wider than {width}: {line:?}\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn backups_fit_the_terminal_with_short_ids() {
+    let tmp = listing("listing");
+    let dir = tmp.path();
+    let c = ["-c", "backplan.toml"];
+    for width in [80, 120, 200] {
+        let columns = width.to_string();
+        let env = [("COLUMNS", columns.as_str())];
+        let all = run(dir, &["backups", c[0], c[1]], &env);
+        assert_eq!(all.code, 0, "{}", all.transcript());
+        assert_fits(&all, width);
+        let one = run(dir, &["backups", c[0], c[1], "contoso-sandbox"], &env);
+        assert_fits(&one, width);
+        insta::assert_snapshot!(
+            format!("backups_{width}"),
+            format!("{}\n{}", all.transcript(), one.transcript())
+        );
+    }
+    // Every id is shown by its first 8 characters (unique here), the full id is in the file.
+    let narrow = run(dir, &["backups", c[0], c[1]], &[("COLUMNS", "80")]);
+    assert!(narrow.stdout.contains("\nb737f986  "), "{}", narrow.stdout);
+    assert!(!narrow.stdout.contains("b737f986-"), "{}", narrow.stdout);
+    // Off a terminal without COLUMNS, cells are whole (for grep and scripts).
+    let piped = run(dir, &["backups", c[0], c[1]], &[]);
+    assert!(
+        piped
+            .stdout
+            .contains("An older on-demand backup with a label much longer than any table column"),
+        "{}",
+        piped.stdout
+    );
+    assert!(piped.stdout.contains("edit, delete, restore"));
+    let status = run(dir, &["status", c[0], c[1]], &[("COLUMNS", "80")]);
+    assert_eq!(status.code, 0, "{}", status.transcript());
+    assert_fits(&status, 80);
+    insta::assert_snapshot!("status_80", masked(&status.transcript()));
+}
+
+#[test]
+fn show_takes_a_unique_id_prefix_and_lists_an_ambiguous_ones_candidates() {
+    let tmp = listing("listing");
+    let dir = tmp.path();
+    let show = |r: &str| run(dir, &["show", "-c", "backplan.toml", r], &[]);
+    let short = show("b737f986");
+    assert_eq!(short.code, 0, "{}", short.transcript());
+    assert!(short.stdout.starts_with("backup.contoso/before-import\n"));
+    assert!(
+        short
+            .stdout
+            .contains("id            b737f986-7cb0-5726-b4e7-9c86df523c44")
+    );
+    assert_eq!(
+        show("B737F9").code,
+        0,
+        "a prefix in capitals is the same id"
+    );
+    assert_eq!(show("3f2a9").code, 0, "unique from its 5th character");
+    let ambiguous = show("3f2a");
+    let unknown = show("ffff");
+    let no_key = show("contoso/no-such-key");
+    let no_instance = show("fabrikam@latest");
+    let no_instance_list = run(dir, &["backups", "-c", "backplan.toml", "fabrikam"], &[]);
+    for r in [
+        &ambiguous,
+        &unknown,
+        &no_key,
+        &no_instance,
+        &no_instance_list,
+    ] {
+        assert_eq!(r.code, 1, "{}", r.transcript());
+        assert!(r.stdout.is_empty(), "{}", r.transcript());
+        assert!(r.stderr.starts_with("error: "), "{}", r.transcript());
+    }
+    assert!(
+        ambiguous
+            .stderr
+            .contains("3f2a7b55-0c19-5e2a-8d3f-9e1b4c6a7d02")
+            && ambiguous
+                .stderr
+                .contains("3f2a9c1e-7d41-5b8e-9a0c-2b6d8e4f1a01"),
+        "{}",
+        ambiguous.stderr
+    );
+    assert!(no_key.stderr.contains("before-import, old-import"));
+    assert!(no_instance.stderr.contains("contoso, contoso-sandbox"));
+    insta::assert_snapshot!(
+        "show_errors",
+        [ambiguous, unknown, no_key, no_instance, no_instance_list]
+            .iter()
+            .map(Run::transcript)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
