@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::config::values::BackupRef;
 use crate::diagnostic::printable;
 use crate::exit::Exit;
-use crate::plan::{PlanOptions, fmt_time, render};
+use crate::plan::{FORMAT_VERSION, PlanOptions, fmt_time, render};
 use crate::records::{JournalEntry, Recorded};
 use crate::views;
 use crate::views::human_bytes;
@@ -318,7 +318,15 @@ fn fit(
 fn status(ctx: &Context<'_>, as_json: bool, width: Option<usize>, out: &mut dyn Write) -> Exit {
     let list = views::status(ctx.config, ctx.recorded, ctx.now);
     if as_json {
-        json(out, &list);
+        // `daemon` is filled in by the daemon when it answers.
+        json(
+            out,
+            &serde_json::json!({
+                "format_version": FORMAT_VERSION,
+                "daemon": null,
+                "instances": list,
+            }),
+        );
         return Exit::Ok;
     }
     if list.is_empty() {
@@ -452,7 +460,13 @@ fn backups(
     }
     let list = views::backups(ctx.recorded, instance);
     if as_json {
-        json(out, &list);
+        json(
+            out,
+            &serde_json::json!({
+                "format_version": FORMAT_VERSION,
+                "backups": list,
+            }),
+        );
         return Exit::Ok;
     }
     if list.is_empty() {
@@ -612,6 +626,7 @@ fn show(
         json(
             out,
             &serde_json::json!({
+                "format_version": FORMAT_VERSION,
                 "backup": views::BackupView { record: b.clone(), allowed_actions: views::allowed_actions(b) },
                 "history": history,
             }),

@@ -26,7 +26,6 @@ pub struct InstanceStatus {
     pub last_good_backup: Option<LastGood>,
     /// Backups removed from the file and still in their deletion grace (restorable by id,
     /// revived by putting their key back), and when the first of them is deleted.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deleting: Option<Deleting>,
     pub next_daily: Option<DateTime<Utc>>,
 }
@@ -149,11 +148,39 @@ fn daily_failing(rec: &Recorded, instance: &str) -> Option<(String, DateTime<Utc
 }
 
 /// One line of the backup list: the record, and what the user may do with it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct BackupView {
-    #[serde(flatten)]
     pub record: BackupRecord,
     pub allowed_actions: Vec<&'static str>,
+}
+
+/// Fields of a backup that are absent from some records; JSON output shows them as `null`
+/// (the records leave them out to stay small).
+const OPTIONAL_FIELDS: [&str; 6] = [
+    "key",
+    "failed_at",
+    "date",
+    "version",
+    "delete_at",
+    "status_before_delete",
+];
+
+/// The record's fields (`null` where it has no value), then `allowed_actions`.
+impl Serialize for BackupView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(&self.record).map_err(serde::ser::Error::custom)?;
+        if let Some(o) = v.as_object_mut() {
+            for k in OPTIONAL_FIELDS {
+                o.entry(k).or_insert(serde_json::Value::Null);
+            }
+            o.entry("versions").or_insert(serde_json::json!({}));
+            o.insert(
+                "allowed_actions".into(),
+                self.allowed_actions.clone().into(),
+            );
+        }
+        v.serialize(s)
+    }
 }
 
 /// The backups of one instance (or all), newest first. Expired and deleted records are left

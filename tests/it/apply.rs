@@ -167,7 +167,7 @@ fn version_updates_take_a_backup_then_run_the_hook() {
     assert_eq!(run.code, 1, "{}", run.transcript());
     let status = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
-    let contoso = v
+    let contoso = v["instances"]
         .as_array()
         .unwrap()
         .iter()

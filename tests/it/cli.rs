@@ -220,7 +220,8 @@ fn status_shows_a_failing_or_skipped_daily_as_not_ok() {
     assert_eq!(text.exit, 0);
     insta::assert_snapshot!(text.stdout);
     let json: serde_json::Value = serde_json::from_str(&ask(true).stdout).unwrap();
-    let states: Vec<(&str, &str, &str)> = json
+    assert_eq!(json["format_version"], 1);
+    let states: Vec<(&str, &str, &str)> = json["instances"]
         .as_array()
         .unwrap()
         .iter()
@@ -264,8 +265,7 @@ fn queries_with_an_unreadable_daemon_section_fail_instead_of_showing_another_sta
     assert_eq!(run.code, 0, "{}", run.transcript());
     assert!(run.stderr.contains("unknown key `lable`"), "{}", run.stderr);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&run.stdout)
-            .unwrap()
+        serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()["backups"]
             .as_array()
             .unwrap()
             .len(),

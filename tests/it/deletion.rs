@@ -205,7 +205,7 @@ fn an_instance_that_cannot_be_created_fails_alone_and_is_created_once_it_can() {
     );
     let status = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
     let list: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
-    let sandbox = list
+    let sandbox = list["instances"]
         .as_array()
         .unwrap()
         .iter()

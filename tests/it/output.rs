@@ -196,3 +196,59 @@ fn show_takes_a_unique_id_prefix_and_lists_an_ambiguous_ones_candidates() {
             .join("\n")
     );
 }
+
+#[test]
+fn every_json_output_is_an_object_with_format_version_and_nulls_for_absent_values() {
+    let tmp = listing("listing");
+    let dir = tmp.path();
+    let c = ["-c", "backplan.toml"];
+    let at = ["--at", "2026-11-27T12:00:00Z"];
+    let outputs = [
+        ("status", run(dir, &["status", c[0], c[1], "--json"], &[])),
+        ("backups", run(dir, &["backups", c[0], c[1], "--json"], &[])),
+        (
+            "show",
+            run(dir, &["show", c[0], c[1], "contoso/before-import", "--json"], &[]),
+        ),
+        (
+            "plan",
+            run(dir, &["plan", c[0], c[1], at[0], at[1], "--json"], &[]),
+        ),
+    ];
+    for (name, r) in &outputs {
+        assert_eq!(r.code, 0, "{name}: {}", r.transcript());
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(v["format_version"], 1, "{name}: {}", r.stdout);
+    }
+    let v = |i: usize| serde_json::from_str::<serde_json::Value>(&outputs[i].1.stdout).unwrap();
+    let status = v(0);
+    assert!(status["daemon"].is_null(), "no daemon runs");
+    assert_eq!(status["instances"].as_array().unwrap().len(), 2);
+    assert!(status["instances"][0]["deleting"].is_object());
+    assert!(status["instances"][1]["deleting"].is_null());
+    let backups = v(1);
+    let list = backups["backups"].as_array().unwrap();
+    assert_eq!(list.len(), 6);
+    let keys = |b: &serde_json::Value| {
+        let mut k: Vec<String> = b.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    // Every backup has the same fields, `null` where it has no value.
+    for b in list {
+        assert_eq!(keys(b), keys(&list[0]), "{b}");
+    }
+    let daily = list.iter().find(|b| b["kind"] == "daily").unwrap();
+    assert!(daily["key"].is_null() && daily["delete_at"].is_null(), "{daily}");
+    let show = v(2);
+    assert_eq!(keys(&show["backup"]), keys(&list[0]));
+    assert!(show["history"].is_array());
+    insta::assert_snapshot!(
+        "json",
+        outputs
+            .iter()
+            .map(|(name, r)| format!("### {name}\n{}", masked(&r.transcript())))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
