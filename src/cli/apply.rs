@@ -75,7 +75,7 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
             Ok(p) => p,
             Err(exit) => return exit,
         };
-        if render::json(&again) != render::json(&plan) {
+        if again != plan {
             let _ = writeln!(
                 err,
                 "\nNothing was applied: the recorded state changed while you were deciding. Run again to see the new plan."

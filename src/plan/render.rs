@@ -4,8 +4,35 @@ use std::fmt::Write as _;
 
 use super::*;
 
+/// What the text says for an id that is only known once `apply` takes the backup.
+const KNOWN_AFTER_APPLY: &str = "(known after apply)";
+
+/// The plan for programs. An id the plan cannot promise is `null` ([`unknown_ids`]),
+/// wherever it appears (a restore from a backup the plan takes names it too).
 pub fn json(plan: &Plan) -> String {
-    serde_json::to_string_pretty(plan).expect("plans serialise") + "\n"
+    let mut text = serde_json::to_string_pretty(plan).expect("plans serialise");
+    for id in unknown_ids(plan) {
+        text = text.replace(&format!("\"{id}\""), "null");
+    }
+    text + "\n"
+}
+
+/// The ids of a plan that are not yet the ones `apply` will record: on-demand and pre-update
+/// backups' ids include the time they are taken (the same key may be taken again after a
+/// deletion, and a version updated to twice), so a later `apply`, or the daemon carrying out
+/// the approved plan, gives them others. Daily ids (instance and date) and pre-restore ids
+/// (the restore's key) are the same whenever they are planned, and are shown.
+pub fn unknown_ids(plan: &Plan) -> std::collections::BTreeSet<uuid::Uuid> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match &a.details {
+            Details::CreateBackup { id, .. } => Some(*id),
+            Details::UpdateInstance {
+                pre_update_backup, ..
+            } => Some(*pre_update_backup),
+            _ => None,
+        })
+        .collect()
 }
 
 fn symbol(op: Op) -> char {
@@ -285,23 +312,23 @@ fn action(w: &mut String, a: &Action) {
             ..
         } => {
             field("version", format!("{} -> {}", version.from, version.to));
+            let _ = pre_update_backup; // includes the time: see `unknown_ids`
             field(
                 "backup",
-                format!("{pre_update_backup} (pre-update, created by System)"),
+                format!("pre-update, created by System, id {KNOWN_AFTER_APPLY}"),
             );
             if !on_update.is_empty() {
                 field("on_update", on_update.join(" "));
             }
         }
         Details::CreateBackup {
-            id,
             label,
             notes,
             storage,
             expires_at,
             ..
         } => {
-            field("id", id.to_string());
+            field("id", KNOWN_AFTER_APPLY.to_string());
             field("label", quoted(label));
             if !notes.is_empty() {
                 field("notes", quoted(notes));
@@ -325,16 +352,18 @@ fn action(w: &mut String, a: &Action) {
             pre_restore_backup,
             ..
         } => {
-            let by = if *backup_created_by_plan {
-                ", taken by this plan"
+            if *backup_created_by_plan {
+                field(
+                    "from",
+                    format!("{from} (taken by this plan, id {KNOWN_AFTER_APPLY})"),
+                );
             } else {
-                ""
-            };
-            field("from", format!("{from} (backup {backup}{by})"));
+                field("from", format!("{from} (backup {backup})"));
+            }
             field("to", to.clone());
             field(
                 "safety",
-                format!("{pre_restore_backup} (pre-restore backup of {to}, taken first)"),
+                format!("pre-restore backup of {to}, taken first (id {pre_restore_backup})"),
             );
         }
         Details::DeleteBackup {

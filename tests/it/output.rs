@@ -252,3 +252,96 @@ fn every_json_output_is_an_object_with_format_version_and_nulls_for_absent_value
             .join("\n")
     );
 }
+
+fn json_of(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.transcript()))
+}
+
+fn action<'v>(plan: &'v serde_json::Value, address: &str) -> &'v serde_json::Value {
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["address"] == address)
+        .unwrap_or_else(|| panic!("no {address} in {plan}"))
+}
+
+#[test]
+fn plan_then_apply_show_the_ids_apply_records_or_known_after_apply() {
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("data/contoso")).unwrap();
+    std::fs::write(dir.join("data/contoso/a.txt"), "hello\n").unwrap();
+    let c = ["-c", "backplan.toml"];
+    // An on-demand backup's id includes the time it is taken: the plan does not promise one.
+    let plan = run(dir, &["plan", c[0], c[1], "--json"], &[]);
+    let create = action(&json_of(&plan), "backup.contoso/before-import").clone();
+    assert!(create["details"]["id"].is_null(), "{create}");
+    let text = run(dir, &["plan", c[0], c[1]], &[]);
+    assert!(
+        text.stdout.contains("id        = (known after apply)"),
+        "{}",
+        text.stdout
+    );
+    let applied = run(dir, &["apply", c[0], c[1], "--auto-approve"], &[]);
+    assert_eq!(applied.code, 0, "{}", applied.transcript());
+    assert!(applied.stdout.contains("id        = (known after apply)"));
+    let taken = backup_id(dir, "before-import");
+
+    // A restore: the backup it restores and its safety backup are known before, and are the
+    // ones apply uses and records; so are the daily backups due.
+    append_config(
+        dir,
+        "[restores.refresh-sandbox]\nfrom = \"contoso/before-import\"\nto = \"contoso-sandbox\"\n",
+    );
+    let plans: Vec<serde_json::Value> = (0..2)
+        .map(|_| json_of(&run(dir, &["plan", c[0], c[1], "--json"], &[])))
+        .collect();
+    let restore = action(&plans[0], "restore.refresh-sandbox")["details"].clone();
+    assert_eq!(
+        restore,
+        action(&plans[1], "restore.refresh-sandbox")["details"],
+        "planned twice, the same ids"
+    );
+    assert_eq!(restore["backup"], taken.as_str());
+    let safety = restore["pre_restore_backup"].as_str().unwrap().to_string();
+    let text = run(dir, &["plan", c[0], c[1]], &[]);
+    assert!(
+        text.stdout.contains(&format!(
+            "safety    = pre-restore backup of contoso-sandbox, taken first (id {safety})"
+        )),
+        "{}",
+        text.stdout
+    );
+    let dailies: Vec<String> = plans[0]["due"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["work"] == "daily-backup")
+        .map(|d| d["details"]["id"].as_str().unwrap().to_string())
+        .collect();
+    let applied = run(dir, &["apply", c[0], c[1], "--auto-approve"], &[]);
+    assert_eq!(applied.code, 0, "{}", applied.transcript());
+    let recorded: Vec<serde_json::Value> = backups_json(dir);
+    let pre_restore = recorded
+        .iter()
+        .find(|b| b["kind"] == "pre-restore")
+        .expect("a safety backup was taken");
+    assert_eq!(pre_restore["id"], safety.as_str(), "{pre_restore}");
+    for id in dailies {
+        assert!(
+            recorded.iter().any(|b| b["id"] == id.as_str()),
+            "daily {id} planned, not recorded"
+        );
+    }
+}
+
+fn backup_id(dir: &Path, key: &str) -> String {
+    backups_json(dir)
+        .iter()
+        .find(|b| b["key"] == key)
+        .unwrap_or_else(|| panic!("no backup {key}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
