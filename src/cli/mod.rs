@@ -308,8 +308,23 @@ fn load_config(path: &std::path::Path, err: &mut dyn Write) -> Option<crate::con
             Some(loaded)
         }
         Err(e) => {
-            let _ = writeln!(err, "{e}");
+            let _ = writeln!(err, "{}", load_error(&e));
             None
         }
+    }
+}
+
+/// A file that cannot be used, as printed: its diagnostics when it is invalid, else `error:`
+/// and, when it is missing, how to point at another.
+fn load_error(e: &crate::config::LoadError) -> String {
+    use crate::config::LoadError;
+    match e {
+        LoadError::Invalid { rendered, .. } => rendered.trim_end().to_string(),
+        LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            format!(
+                "error: {e}\nhint: name the file with `-c FILE` or `$BACKPLAN_CONFIG`; without either, backplan reads /etc/backplan/backplan.toml"
+            )
+        }
+        _ => format!("error: {e}"),
     }
 }
