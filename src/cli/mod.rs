@@ -247,8 +247,9 @@ pub fn main() -> Exit {
     exit
 }
 
-/// Logs go to stderr: `default` level and up unless `RUST_LOG` says otherwise. Human lines on
-/// a terminal, without timestamps when journald reads them (it adds its own), or JSON.
+/// Logs go to stderr: `default` level and up unless `RUST_LOG` says otherwise. Human lines
+/// (coloured only on a terminal), without timestamps when journald reads them (it adds its
+/// own), or JSON.
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -257,10 +258,12 @@ fn init_logging(format: LogFormat, default: &str) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Colour only for a person at a terminal: never in files, pipes or the journal.
+    let ansi = !journald && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = match (format, journald || default == "warn") {
         (LogFormat::Json, _) => builder.json().try_init(),
-        (LogFormat::Human, true) => builder.without_time().with_ansi(!journald).try_init(),
-        (LogFormat::Human, false) => builder.try_init(),
+        (LogFormat::Human, true) => builder.without_time().with_ansi(ansi).try_init(),
+        (LogFormat::Human, false) => builder.with_ansi(ansi).try_init(),
     };
     crate::engine::install_log_bridge();
 }
