@@ -449,11 +449,17 @@ fn daemon_logs_are_plain_with_a_start_line_and_reasons_in_words() {
     };
     set("2026-11-27T01:00:00Z");
     let d = crate::daemon::Daemon::start(dir, &["--clock-file", "clock"], &[]);
+    // Idle after the first reconcile and its follow-ups: the next run is the slot's.
+    let idle = || {
+        let r = run(dir, &["status", "-c", "backplan.toml", "--json"], &[]);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).is_ok_and(|v| {
+            v["daemon"]["activity"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("waiting"))
+        })
+    };
     d.wait_for("the first reconcile", || {
-        d.log().contains("reconciling: start")
-            && backups_json(dir)
-                .first()
-                .is_some_and(|b| b["status"] == "completed")
+        d.log().contains("reconciling: start") && idle()
     });
     set("2026-11-27T02:00:30Z");
     d.wait_for("the daily slot", || {
