@@ -174,7 +174,7 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
     if errors > 0 {
         let _ = writeln!(
             out,
-            "{file}: {} and {}; nothing was planned or changed.",
+            "{file}: {} and {}.",
             plural(errors, "error"),
             plural(warnings, "warning")
         );

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::config::values::BackupRef;
 use crate::diagnostic::printable;
 use crate::exit::Exit;
-use crate::plan::{PlanOptions, fmt_time, render};
+use crate::plan::{FORMAT_VERSION, PlanOptions, fmt_time, render};
 use crate::records::{JournalEntry, Recorded};
 use crate::views;
 use crate::views::human_bytes;
@@ -26,10 +26,15 @@ use crate::views::human_bytes;
 pub enum Query {
     Status {
         json: bool,
+        /// The width the table must fit (`None`: no limit, whole cells).
+        #[serde(default)]
+        width: Option<usize>,
     },
     Backups {
         instance: Option<String>,
         json: bool,
+        #[serde(default)]
+        width: Option<usize>,
     },
     Show {
         backup: String,
@@ -88,8 +93,12 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
         );
     }
     let exit = match q {
-        Query::Status { json } => status(ctx, *json, &mut out),
-        Query::Backups { instance, json } => backups(ctx, instance.as_deref(), *json, &mut out),
+        Query::Status { json, width } => status(ctx, *json, *width, &mut out),
+        Query::Backups {
+            instance,
+            json,
+            width,
+        } => backups(ctx, instance.as_deref(), *json, *width, &mut out, &mut err),
         Query::Show { backup, json } => show(ctx, backup, *json, &mut out, &mut err),
         Query::Verify { .. } => {
             let _ = writeln!(
@@ -113,7 +122,9 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
     // Text for a terminal never carries control characters from the file or the state (a
     // label could rewrite the screen); JSON is exact (its strings escape them).
     let json = match q {
-        Query::Status { json } | Query::Backups { json, .. } | Query::Show { json, .. } => *json,
+        Query::Status { json, .. } | Query::Backups { json, .. } | Query::Show { json, .. } => {
+            *json
+        }
         // The recorded state is JSON; an apply's report is text.
         Query::Recorded => true,
         Query::Apply { .. } | Query::Verify { .. } => false,
@@ -167,24 +178,80 @@ fn json(out: &mut dyn Write, v: &impl serde::Serialize) {
     );
 }
 
+/// A column of a text table.
+struct Col {
+    header: &'static str,
+    /// May be shortened (with an ellipsis) down to this many characters to fit the width.
+    shrink_to: Option<usize>,
+    /// May be left out when the table cannot fit otherwise; the lowest goes first.
+    drop: Option<u8>,
+}
+
+const fn col(header: &'static str) -> Col {
+    Col {
+        header,
+        shrink_to: None,
+        drop: None,
+    }
+}
+
+const fn shrinkable(header: &'static str, to: usize) -> Col {
+    Col {
+        header,
+        shrink_to: Some(to),
+        drop: None,
+    }
+}
+
+const fn droppable(header: &'static str, priority: u8) -> Col {
+    Col {
+        header,
+        shrink_to: None,
+        drop: Some(priority),
+    }
+}
+
 /// Left-aligned columns, two spaces apart; control characters in a cell (a newline too) are
-/// escaped. Padded by hand: `format!`'s width is limited to 65,535 and panics beyond.
-fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
+/// escaped. With a `width`, the table fits it: the widest shrinkable cells are shortened
+/// with `…`, and when that is not enough the least useful columns are left out (the JSON
+/// output and `show` have everything). Padded by hand: `format!`'s width is limited to
+/// 65,535 and panics beyond.
+fn table(out: &mut dyn Write, cols: &[Col], rows: &[Vec<String>], width: Option<usize>) {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| printable(c, false).into_owned()).collect())
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+    // Columns are left out while the table does not fit with its shrinkable cells at their
+    // comfortable width; only then are those cut further (to 6 characters at least).
+    let mut shown: Vec<usize> = (0..cols.len()).collect();
+    let widths = loop {
+        let widths = fit(cols, &shown, &rows, width, false);
+        let total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+        let next_drop = shown
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &c)| cols[c].drop.map(|p| (p, i)))
+            .min();
+        match (width, next_drop) {
+            (Some(w), Some((_, i))) if total > w => {
+                shown.remove(i);
+            }
+            (Some(w), None) if total > w => break fit(cols, &shown, &rows, width, true),
+            _ => break widths,
         }
-    }
-    let line = |cells: Vec<String>| {
+    };
+    let line = |cells: Vec<&str>| {
         let mut s = String::new();
-        for (c, w) in cells.iter().zip(&widths) {
-            s.push_str(c);
-            s.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
+        for (c, w) in cells.into_iter().zip(&widths) {
+            let n = c.chars().count();
+            if n > *w {
+                s.extend(c.chars().take(w.saturating_sub(1)));
+                s.push('…');
+            } else {
+                s.push_str(c);
+                s.extend(std::iter::repeat_n(' ', w - n));
+            }
+            s.push_str("  ");
         }
         s.truncate(s.trim_end().len());
         s
@@ -192,17 +259,81 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) {
     let _ = writeln!(
         out,
         "{}",
-        line(header.iter().map(|h| h.to_string()).collect())
+        line(shown.iter().map(|&c| cols[c].header).collect())
     );
-    for r in rows {
-        let _ = writeln!(out, "{}", line(r));
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "{}",
+            line(shown.iter().map(|&c| r[c].as_str()).collect())
+        );
     }
 }
 
-fn status(ctx: &Context<'_>, as_json: bool, out: &mut dyn Write) -> Exit {
+/// The widths of the `shown` columns: as wide as their widest cell, then the widest
+/// shrinkable ones narrowed one character at a time until the table fits `width` (or none
+/// can shrink further: not below their comfortable width, or below 6 characters when
+/// `hard`).
+fn fit(
+    cols: &[Col],
+    shown: &[usize],
+    rows: &[Vec<String>],
+    width: Option<usize>,
+    hard: bool,
+) -> Vec<usize> {
+    let mut widths: Vec<usize> = shown
+        .iter()
+        .map(|&c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([cols[c].header.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let Some(limit) = width else {
+        return widths;
+    };
+    let mut total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+    while total > limit {
+        let widest = shown
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .filter(|(_, (c, w))| {
+                cols[**c].shrink_to.is_some_and(|m| {
+                    let floor = if hard { 6 } else { m };
+                    **w > floor.max(cols[**c].header.chars().count())
+                })
+            })
+            .max_by_key(|(i, (_, w))| (**w, std::cmp::Reverse(*i)))
+            .map(|(i, _)| i);
+        let Some(i) = widest else { break };
+        widths[i] -= 1;
+        total -= 1;
+    }
+    widths
+}
+
+fn status(ctx: &Context<'_>, as_json: bool, width: Option<usize>, out: &mut dyn Write) -> Exit {
     let list = views::status(ctx.config, ctx.recorded, ctx.now);
     if as_json {
-        json(out, &list);
+        // `daemon` is filled in by the daemon when it answers.
+        json(
+            out,
+            &serde_json::json!({
+                "format_version": FORMAT_VERSION,
+                "daemon": null,
+                "instances": list,
+            }),
+        );
+        return Exit::Ok;
+    }
+    if list.is_empty() {
+        let _ = writeln!(
+            out,
+            "No instances: the file declares none and none is recorded."
+        );
         return Exit::Ok;
     }
     let rows: Vec<Vec<String>> = list
@@ -212,31 +343,14 @@ fn status(ctx: &Context<'_>, as_json: bool, out: &mut dyn Write) -> Exit {
                 s.name.clone(),
                 s.kind.to_string(),
                 s.version.clone(),
-                {
-                    let mut state = match (&s.error, &s.since) {
-                        (Some(e), Some(t)) => format!("{}: {e} (since {})", s.state, fmt_time(t)),
-                        (Some(e), None) => format!("{}: {e}", s.state),
-                        (None, _) => s.state.clone(),
-                    };
-                    if let Some(d) = &s.deleting {
-                        state += &format!(
-                            "; {} backup(s) deleting{}",
-                            d.count,
-                            d.next_at
-                                .as_ref()
-                                .map(|t| format!(", the first on {}", fmt_time(t)))
-                                .unwrap_or_default()
-                        );
-                    }
-                    state
-                },
+                s.state.clone(),
                 s.last_good_backup
                     .as_ref()
-                    .and_then(|b| b.completed_at.as_ref().map(fmt_time))
+                    .and_then(|b| b.completed_at.as_ref().map(views::short_time))
                     .unwrap_or_else(|| "-".into()),
                 s.next_daily
                     .as_ref()
-                    .map(fmt_time)
+                    .map(views::short_time)
                     .unwrap_or_else(|| "-".into()),
             ]
         })
@@ -244,22 +358,115 @@ fn status(ctx: &Context<'_>, as_json: bool, out: &mut dyn Write) -> Exit {
     table(
         out,
         &[
-            "INSTANCE",
-            "TYPE",
-            "VERSION",
-            "STATE",
-            "LAST GOOD BACKUP",
-            "NEXT DAILY",
+            shrinkable("INSTANCE", 16),
+            droppable("TYPE", 1),
+            shrinkable("VERSION", 8),
+            shrinkable("STATE", 13),
+            col("LAST GOOD BACKUP"),
+            droppable("NEXT DAILY", 0),
         ],
         &rows,
+        width,
     );
+    // Why an instance is not ok, and what is being deleted: lines of their own, whole.
+    let mut details = Vec::new();
+    for s in &list {
+        if let Some(e) = &s.error {
+            details.push(match &s.since {
+                Some(t) => format!("{}: {e} (since {})", s.name, views::short_time(t)),
+                None => format!("{}: {e}", s.name),
+            });
+        }
+        if let Some(d) = &s.deleting {
+            details.push(format!(
+                "{}: {} deleting{}",
+                s.name,
+                views::count(d.count, "backup", "backups"),
+                d.next_at
+                    .as_ref()
+                    .map(|t| format!(", the first on {}", views::short_time(t)))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if !details.is_empty() {
+        let _ = writeln!(out);
+        for d in details {
+            let _ = writeln!(out, "{}", wrap(&printable(&d, false), width));
+        }
+    }
     Exit::Ok
 }
 
-fn backups(ctx: &Context<'_>, instance: Option<&str>, as_json: bool, out: &mut dyn Write) -> Exit {
+/// A sentence broken between words to fit `width`, the lines after the first indented by 2.
+fn wrap(text: &str, width: Option<usize>) -> String {
+    let Some(width) = width else {
+        return text.to_string();
+    };
+    let mut out = String::new();
+    let mut len = 0;
+    for word in text.split(' ') {
+        let n = word.chars().count();
+        if len > 0 && len + 1 + n > width {
+            out.push_str("\n  ");
+            len = 2;
+        } else if len > 0 {
+            out.push(' ');
+            len += 1;
+        }
+        out.push_str(word);
+        len += n;
+    }
+    out
+}
+
+/// The error for an instance nobody knows: not in the file, nothing recorded.
+fn unknown_instance(ctx: &Context<'_>, name: &str) -> String {
+    let mut known: Vec<&str> = ctx
+        .config
+        .into_iter()
+        .flat_map(|c| c.instances.keys())
+        .chain(ctx.recorded.instances.keys())
+        .map(String::as_str)
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    if known.is_empty() {
+        format!("error: no instance `{name}`: the file declares none and none is recorded")
+    } else {
+        format!(
+            "error: no instance `{name}`; the known instances are {}",
+            known.join(", ")
+        )
+    }
+}
+
+fn backups(
+    ctx: &Context<'_>,
+    instance: Option<&str>,
+    as_json: bool,
+    width: Option<usize>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Exit {
+    if let Some(name) = instance {
+        let known = ctx.recorded.instances.contains_key(name)
+            || ctx.recorded.backups.values().any(|b| b.instance == name)
+            || ctx.config.is_some_and(|c| c.instances.contains_key(name));
+        if !known {
+            let _ = writeln!(err, "{}", unknown_instance(ctx, name));
+            return Exit::Failure;
+        }
+    }
     let list = views::backups(ctx.recorded, instance);
     if as_json {
-        json(out, &list);
+        json(
+            out,
+            &serde_json::json!({
+                "format_version": FORMAT_VERSION,
+                "backups": list,
+            }),
+        );
         return Exit::Ok;
     }
     if list.is_empty() {
@@ -270,48 +477,51 @@ fn backups(ctx: &Context<'_>, instance: Option<&str>, as_json: bool, out: &mut d
         );
         return Exit::Ok;
     }
+    let id_width = views::id_width(ctx.recorded);
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|v| {
             let b = &v.record;
             vec![
+                views::short_id(&b.id, id_width),
                 b.instance.clone(),
                 b.label.clone(),
-                match b.created_by {
-                    crate::records::CreatedBy::System => "System".into(),
-                    crate::records::CreatedBy::User => "user".into(),
-                },
-                fmt_time(&b.created_at),
+                views::created_by(b.created_by).into(),
+                views::short_time(&b.created_at),
                 b.expires_at
                     .as_ref()
-                    .map(fmt_time)
+                    .map(views::short_time)
                     .unwrap_or_else(|| "never".into()),
                 views::status_text(b),
                 b.size_bytes
-                    .map(|s| format!("{} ({} added)", human_bytes(s.read), human_bytes(s.added)))
+                    .map(|s| human_bytes(s.read))
                     .unwrap_or_else(|| "-".into()),
                 b.storage.clone(),
                 v.allowed_actions.join(", "),
-                b.id.to_string(),
             ]
         })
         .collect();
-    table(
-        out,
-        &[
-            "INSTANCE",
-            "LABEL",
-            "CREATED BY",
-            "CREATED ON",
-            "EXPIRES ON",
-            "STATUS",
-            "SIZE",
-            "STORAGE",
-            "ACTIONS",
-            "ID",
-        ],
-        &rows,
-    );
+    let mut cols = vec![
+        col("ID"),
+        shrinkable("INSTANCE", 16),
+        shrinkable("LABEL", 24),
+        droppable("BY", 2),
+        col("CREATED"),
+        droppable("EXPIRES", 3),
+        shrinkable("STATUS", 12),
+        col("SIZE"),
+        droppable("STORAGE", 1),
+        droppable("ACTIONS", 0),
+    ];
+    let mut rows = rows;
+    if instance.is_some() {
+        // One instance's list: its name on every line says nothing.
+        cols.remove(1);
+        for r in &mut rows {
+            r.remove(1);
+        }
+    }
+    table(out, &cols, &rows, width);
     Exit::Ok
 }
 
@@ -324,14 +534,76 @@ fn show(
 ) -> Exit {
     let rec = ctx.recorded;
     let text = reference.strip_prefix("backup.").unwrap_or(reference);
-    let r = match BackupRef::parse(text) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
+    let found = if views::is_id_prefix(text) {
+        // The short id `backups` shows (or any unique start of an id).
+        match views::find_by_prefix(rec, text).as_slice() {
+            [b] => Some(*b),
+            [] => None,
+            many => {
+                let _ = writeln!(
+                    err,
+                    "error: `{text}` is the start of {} ids; give more of it:",
+                    many.len()
+                );
+                for b in many {
+                    let _ = writeln!(
+                        err,
+                        "  {}  {}  {}  {}",
+                        b.id,
+                        b.instance,
+                        views::short_time(&b.created_at),
+                        printable(&b.label, false)
+                    );
+                }
+                return Exit::Failure;
+            }
+        }
+    } else {
+        let r = match BackupRef::parse(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                return Exit::Failure;
+            }
+        };
+        if let Some(name) = r.instance() {
+            let known = rec.instances.contains_key(name)
+                || rec.backups.values().any(|b| b.instance == name)
+                || ctx.config.is_some_and(|c| c.instances.contains_key(name));
+            if !known {
+                let _ = writeln!(err, "{}", unknown_instance(ctx, name));
+                return Exit::Failure;
+            }
+        }
+        let found = views::find_backup(rec, &r);
+        if found.is_none()
+            && let BackupRef::OnDemand { instance, .. } = &r
+        {
+            let mut keys: Vec<&str> = rec
+                .backups
+                .values()
+                .filter(|b| &b.instance == instance)
+                .filter_map(|b| b.key.as_deref())
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let _ = writeln!(
+                err,
+                "error: no recorded backup `{text}`; {}",
+                if keys.is_empty() {
+                    format!("{instance} has no on-demand backup recorded")
+                } else {
+                    format!(
+                        "the on-demand backups of {instance} are {}",
+                        keys.join(", ")
+                    )
+                }
+            );
             return Exit::Failure;
         }
+        found
     };
-    let Some(b) = views::find_backup(rec, &r) else {
+    let Some(b) = found else {
         let _ = writeln!(
             err,
             "error: no recorded backup matches `{text}`; `backplan backups` lists them"
@@ -354,6 +626,7 @@ fn show(
         json(
             out,
             &serde_json::json!({
+                "format_version": FORMAT_VERSION,
                 "backup": views::BackupView { record: b.clone(), allowed_actions: views::allowed_actions(b) },
                 "history": history,
             }),
@@ -367,6 +640,7 @@ fn show(
     field(out, "id", b.id.to_string());
     field(out, "instance", b.instance.clone());
     field(out, "kind", b.kind.as_str().to_string());
+    field(out, "created by", views::created_by(b.created_by).into());
     field(out, "label", b.label.clone());
     if !b.notes.is_empty() {
         field(out, "notes", b.notes.clone());
@@ -412,14 +686,14 @@ fn show(
     if !history.is_empty() {
         let _ = writeln!(out, "\nHistory:");
         for e in &history {
-            let _ = writeln!(
-                out,
+            let line = format!(
                 "  {}  {:<8} {:<9} {}",
                 fmt_time(&e.at),
                 e.op,
                 format!("{:?}", e.phase).to_lowercase(),
                 printable(&e.detail, false)
             );
+            let _ = writeln!(out, "{}", line.trim_end());
         }
     }
     Exit::Ok

@@ -82,13 +82,17 @@ pub fn check(
         if report.problems.is_empty() && missing.is_empty() {
             let _ = writeln!(
                 out,
-                "storage {name}: OK ({} snapshots, structure checked, {subset}% of the data read back)",
-                report.snapshots
+                "storage {name}: OK ({}, structure checked, {subset}% of the data read back)",
+                crate::views::count(report.snapshots, "snapshot", "snapshots")
             );
         }
     }
     if problems > 0 {
-        let _ = writeln!(out, "{problems} problem(s) found.");
+        let _ = writeln!(
+            out,
+            "{} found.",
+            crate::views::count(problems, "problem", "problems")
+        );
     }
     problems
 }

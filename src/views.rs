@@ -26,7 +26,6 @@ pub struct InstanceStatus {
     pub last_good_backup: Option<LastGood>,
     /// Backups removed from the file and still in their deletion grace (restorable by id,
     /// revived by putting their key back), and when the first of them is deleted.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deleting: Option<Deleting>,
     pub next_daily: Option<DateTime<Utc>>,
 }
@@ -149,11 +148,39 @@ fn daily_failing(rec: &Recorded, instance: &str) -> Option<(String, DateTime<Utc
 }
 
 /// One line of the backup list: the record, and what the user may do with it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct BackupView {
-    #[serde(flatten)]
     pub record: BackupRecord,
     pub allowed_actions: Vec<&'static str>,
+}
+
+/// Fields of a backup that are absent from some records; JSON output shows them as `null`
+/// (the records leave them out to stay small).
+const OPTIONAL_FIELDS: [&str; 6] = [
+    "key",
+    "failed_at",
+    "date",
+    "version",
+    "delete_at",
+    "status_before_delete",
+];
+
+/// The record's fields (`null` where it has no value), then `allowed_actions`.
+impl Serialize for BackupView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(&self.record).map_err(serde::ser::Error::custom)?;
+        if let Some(o) = v.as_object_mut() {
+            for k in OPTIONAL_FIELDS {
+                o.entry(k).or_insert(serde_json::Value::Null);
+            }
+            o.entry("versions").or_insert(serde_json::json!({}));
+            o.insert(
+                "allowed_actions".into(),
+                self.allowed_actions.clone().into(),
+            );
+        }
+        v.serialize(s)
+    }
 }
 
 /// The backups of one instance (or all), newest first. Expired and deleted records are left
@@ -245,4 +272,70 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[i])
     }
+}
+
+/// Times in tables: UTC to the minute (`2026-11-27 02:00Z`); plans, `show` and JSON keep
+/// RFC 3339 to the second.
+pub fn short_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%MZ").to_string()
+}
+
+/// Backup ids in tables: the first `width` characters ([`id_width`]), as restic shows
+/// snapshot ids. The command line accepts any unique prefix ([`find_by_prefix`]).
+pub fn short_id(id: &uuid::Uuid, width: usize) -> String {
+    id.to_string().chars().take(width).collect()
+}
+
+/// How many characters of an id tell every recorded backup apart: 8, or more when two ids
+/// start with the same 8 (so that every id a table shows is one `show` accepts).
+pub fn id_width(rec: &Recorded) -> usize {
+    // Ids in order are their text in order (lowercase hex): only neighbours share the
+    // longest prefixes.
+    let ids: Vec<String> = rec.backups.keys().map(|id| id.to_string()).collect();
+    let shared = ids
+        .windows(2)
+        .map(|w| {
+            w[0].bytes()
+                .zip(w[1].bytes())
+                .take_while(|(a, b)| a == b)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    (shared + 1).clamp(8, 36)
+}
+
+/// `1 file`, `2 files`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Who created a backup, as people read it (JSON keeps the recorded `System`/`user`).
+pub fn created_by(c: CreatedBy) -> &'static str {
+    match c {
+        CreatedBy::System => "System",
+        CreatedBy::User => "User",
+    }
+}
+
+/// Whether `s` can only be the start of a backup id: hexadecimal digits and dashes, shorter
+/// than a whole id.
+pub fn is_id_prefix(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() < 36
+        && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        && s.chars().any(|c| c.is_ascii_hexdigit())
+}
+
+/// The recorded backups whose id starts with `prefix` (case-insensitive), oldest first: one
+/// is a match, more are ambiguous.
+pub fn find_by_prefix<'r>(rec: &'r Recorded, prefix: &str) -> Vec<&'r BackupRecord> {
+    let prefix = prefix.to_ascii_lowercase();
+    let mut found: Vec<&BackupRecord> = rec
+        .backups
+        .values()
+        .filter(|b| b.id.to_string().starts_with(&prefix))
+        .collect();
+    found.sort_by_key(|b| (b.created_at, b.id));
+    found
 }

@@ -239,8 +239,8 @@ impl Executor<'_> {
                     after_failed.as_deref().unwrap_or(""),
                 )?;
                 let what = format!(
-                    "backed up {} files, {} ({} added to the repository)",
-                    s.files,
+                    "backed up {}, {} ({} added to the repository)",
+                    crate::views::count(s.files as usize, "file", "files"),
                     human_bytes(s.bytes_read),
                     human_bytes(s.bytes_added)
                 );

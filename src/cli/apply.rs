@@ -20,6 +20,7 @@ pub struct Settings {
 
 pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     let Some(loaded) = load_config(&s.config, err) else {
+        let _ = writeln!(err, "Nothing was applied.");
         return Exit::Failure;
     };
     let cfg = &loaded.config;
@@ -75,7 +76,7 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
             Ok(p) => p,
             Err(exit) => return exit,
         };
-        if render::json(&again) != render::json(&plan) {
+        if again != plan {
             let _ = writeln!(
                 err,
                 "\nNothing was applied: the recorded state changed while you were deciding. Run again to see the new plan."
@@ -84,11 +85,13 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
         }
     }
     let clock = || Utc::now();
-    let mut exec = Executor::new(cfg, &store, &engine, progress, &clock);
+    let mut exec = Executor::new(cfg, &store, &engine, progress.clone(), &clock);
     exec.report.echo = true;
     let _ = writeln!(out);
     let _ = out.flush();
-    if let Err(e) = exec.run(&plan) {
+    let ran = exec.run(&plan);
+    progress.clear();
+    if let Err(e) = ran {
         let _ = writeln!(err, "error: {e}");
         return Exit::Failure;
     }

@@ -240,7 +240,10 @@ pub fn main() -> Exit {
         ),
         Command::Status { config, json } => query::run(
             &config.resolve(),
-            Query::Status { json },
+            Query::Status {
+                json,
+                width: table_width(),
+            },
             &mut out,
             &mut err,
         ),
@@ -250,7 +253,11 @@ pub fn main() -> Exit {
             json,
         } => query::run(
             &config.resolve(),
-            Query::Backups { instance, json },
+            Query::Backups {
+                instance,
+                json,
+                width: table_width(),
+            },
             &mut out,
             &mut err,
         ),
@@ -285,8 +292,9 @@ pub fn main() -> Exit {
     exit
 }
 
-/// Logs go to stderr: `default` level and up unless `RUST_LOG` says otherwise. Human lines on
-/// a terminal, without timestamps when journald reads them (it adds its own), or JSON.
+/// Logs go to stderr: `default` level and up unless `RUST_LOG` says otherwise. Human lines
+/// (coloured only on a terminal), without timestamps when journald reads them (it adds its
+/// own), or JSON.
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -295,12 +303,39 @@ fn init_logging(format: LogFormat, default: &str) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Colour only for a person at a terminal: never in files, pipes or the journal.
+    let ansi = !journald && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = match (format, journald || default == "warn") {
         (LogFormat::Json, _) => builder.json().try_init(),
-        (LogFormat::Human, true) => builder.without_time().with_ansi(!journald).try_init(),
-        (LogFormat::Human, false) => builder.try_init(),
+        (LogFormat::Human, true) => builder.without_time().with_ansi(ansi).try_init(),
+        (LogFormat::Human, false) => builder.with_ansi(ansi).try_init(),
     };
     crate::engine::install_log_bridge();
+}
+
+/// The width tables fit: `$COLUMNS` when set, else the terminal's when stdout is one (80
+/// when it does not say). `None` when stdout is a pipe or a file: no limit, whole cells for
+/// `grep` and scripts (`--json` is the stable interface).
+fn table_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return Some(n);
+    }
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    // SAFETY: TIOCGWINSZ fills the `winsize` it is given, which lives across the call.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    Some(if ok && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    })
 }
 
 /// Loads the file, printing its diagnostics; `None` when it is invalid or unreadable.
@@ -321,8 +356,23 @@ fn load_config(path: &std::path::Path, err: &mut dyn Write) -> Option<crate::con
             Some(loaded)
         }
         Err(e) => {
-            let _ = writeln!(err, "{e}");
+            let _ = writeln!(err, "{}", load_error(&e));
             None
         }
+    }
+}
+
+/// A file that cannot be used, as printed: its diagnostics when it is invalid, else `error:`
+/// and, when it is missing, how to point at another.
+fn load_error(e: &crate::config::LoadError) -> String {
+    use crate::config::LoadError;
+    match e {
+        LoadError::Invalid { rendered, .. } => rendered.trim_end().to_string(),
+        LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            format!(
+                "error: {e}\nhint: name the file with `-c FILE` or `$BACKPLAN_CONFIG`; without either, backplan reads /etc/backplan/backplan.toml"
+            )
+        }
+        _ => format!("error: {e}"),
     }
 }

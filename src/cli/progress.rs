@@ -17,6 +17,8 @@ struct State {
     phase: String,
     started: Instant,
     last: Option<Instant>,
+    /// A live line is on the terminal.
+    shown: bool,
 }
 
 impl TermProgress {
@@ -27,8 +29,26 @@ impl TermProgress {
                 phase: String::new(),
                 started: Instant::now(),
                 last: None,
+                shown: false,
             }),
         }
+    }
+
+    /// Removes the live line, if one is shown (the work ended before its total, or had none).
+    pub fn clear(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            st.shown = false;
+        }
+    }
+}
+
+impl Drop for TermProgress {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -75,11 +95,14 @@ impl ProgressSink for TermProgress {
         st.last = Some(now);
         let line = format!("{phase}: {}", describe(done, total, now - st.started));
         if self.tty {
+            // A finished phase leaves nothing behind: what it did is reported after it.
             let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{line}");
             if finished {
-                let _ = writeln!(err);
+                let _ = write!(err, "\r\x1b[2K");
+            } else {
+                let _ = write!(err, "\r\x1b[2K{line}");
             }
+            st.shown = !finished;
             let _ = err.flush();
         } else {
             tracing::info!("{line}");

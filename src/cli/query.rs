@@ -30,6 +30,7 @@ pub fn plan(
     let cfg = match crate::config::parse(config, &text) {
         Err(diags) => {
             let _ = write!(err, "{}", crate::diagnostic::render(&name, &text, &diags));
+            let _ = writeln!(err, "Nothing was planned: the file is invalid.");
             return Exit::Failure;
         }
         Ok((cfg, warnings)) => {
@@ -95,7 +96,7 @@ fn read(config: &Path, err: &mut dyn Write) -> Option<String> {
     match crate::config::read_text(config) {
         Ok(t) => Some(t),
         Err(e) => {
-            let _ = writeln!(err, "{e}");
+            let _ = writeln!(err, "{}", super::load_error(&e));
             None
         }
     }

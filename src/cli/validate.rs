@@ -11,13 +11,15 @@ pub fn run(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     };
     let c = &loaded.config;
     let backups: usize = c.instances.values().map(|i| i.backups.len()).sum();
+    let n = crate::views::count;
     let _ = writeln!(
         out,
-        "{}: valid ({} instance(s), {backups} on-demand backup(s), {} restore(s), {} storage(s)).",
+        "{}: valid ({}, {}, {}, {}).",
         path.display(),
-        c.instances.len(),
-        c.restores.len(),
-        c.storages.len()
+        n(c.instances.len(), "instance", "instances"),
+        n(backups, "on-demand backup", "on-demand backups"),
+        n(c.restores.len(), "restore", "restores"),
+        n(c.storages.len(), "storage", "storages"),
     );
     Exit::Ok
 }

@@ -535,17 +535,14 @@ impl Reader {
     }
 
     fn type_error(&mut self, span: Range<usize>, what: &str, expected: &str, found: &DeValue<'_>) {
-        self.diags.push(
-            Diagnostic::error(
-                "wrong-type",
-                span,
-                format!(
-                    "{what} must be {expected}, not {}",
-                    with_article(found.type_str())
-                ),
-            )
-            .hint(format!("write {what} as {expected}")),
-        );
+        self.diags.push(Diagnostic::error(
+            "wrong-type",
+            span,
+            format!(
+                "{what} must be {expected}, not {}",
+                with_article(found.type_str())
+            ),
+        ));
     }
 
     /// A fixed section such as `[daemon]`: absent is the default.

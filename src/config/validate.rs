@@ -126,8 +126,15 @@ impl Validator<'_> {
         match f(v.get_ref()) {
             Ok(t) => Some(t),
             Err(msg) => {
-                self.diags
-                    .push(Diagnostic::error(rule, v.span(), msg).hint(example_for(rule)));
+                // A message that says how to write the value keeps the problem, and that
+                // becomes the hint (a hint never repeats its message).
+                let d = match msg.split_once("; write ") {
+                    Some((what, how)) => {
+                        Diagnostic::error(rule, v.span(), what).hint(format!("write {how}"))
+                    }
+                    None => Diagnostic::error(rule, v.span(), msg).hint(example_for(rule)),
+                };
+                self.diags.push(d);
                 None
             }
         }

@@ -169,7 +169,16 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
     if let Some(w) = stale {
         a.stderr.insert_str(0, &w);
     }
-    if matches!(q, Query::Status { json: false }) {
+    if let (Query::Status { json: true, .. }, Ok(mut v)) =
+        (q, serde_json::from_str::<serde_json::Value>(&a.stdout))
+    {
+        v["daemon"] = serde_json::json!({
+            "activity": *shared.activity.read().unwrap_or_else(|p| p.into_inner()),
+            "last_verify": *shared.last_verify.read().unwrap_or_else(|p| p.into_inner()),
+        });
+        a.stdout = serde_json::to_string_pretty(&v).expect("JSON serialises") + "\n";
+    }
+    if matches!(q, Query::Status { json: false, .. }) {
         let activity = shared.activity.read().unwrap_or_else(|p| p.into_inner());
         let verified = shared.last_verify.read().unwrap_or_else(|p| p.into_inner());
         let verified = verified

@@ -64,10 +64,10 @@ impl Reason {
         match self {
             Reason::Start => "start",
             Reason::FileChanged => "file changed",
-            Reason::Reload => "reload",
-            Reason::Deadline => "scheduled",
-            Reason::Retry => "retry",
-            Reason::FollowUp => "follow-up",
+            Reason::Reload => "reload asked (SIGHUP)",
+            Reason::Deadline => "expiry, deletion or retry due",
+            Reason::Retry => "trying again what failed",
+            Reason::FollowUp => "follow-up of the last run",
         }
     }
 
@@ -215,6 +215,18 @@ pub async fn run(
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
     let socket = serve_control(&cfg.daemon.control_socket, shared.clone())?;
+    tracing::info!(
+        "backplan {} started: file {}, state {}, socket {}; watching {} for changes{}",
+        env!("CARGO_PKG_VERSION"),
+        s.config.display(),
+        cfg.daemon.state_dir.display(),
+        cfg.daemon.control_socket.display(),
+        s.config.display(),
+        s.clock_file
+            .as_ref()
+            .map(|c| format!(" and the test clock {}", c.display()))
+            .unwrap_or_default()
+    );
     // Serving: recovery and the first reconcile can take hours, systemd must not wait for them.
     sd_notify("READY=1\nSTATUS=starting: resolving interrupted work, then reconciling");
     let stop = Arc::new(AtomicBool::new(false));
@@ -227,6 +239,8 @@ pub async fn run(
     let mut follow_ups = 0;
     // The day of the last daily verification (`schedule.verify`, after the slot's backups).
     let mut verified_on = None;
+    // When the last reconcile started: a deadline past the next daily slot after it is that slot.
+    let mut last_run: Option<chrono::DateTime<chrono::Utc>> = None;
     loop {
         let mut reason_now = None;
         // 1. Reconcile, when something asked for it.
@@ -236,10 +250,19 @@ pub async fn run(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let (Some(cfg), Some(reason)) = (cfg, reason.take()) {
-            tracing::info!(reason = ?reason, "reconciling");
-            shared.set_activity(format!("reconciling ({})", reason.label()));
-            crate::heartbeat::set_busy(true);
             let now = s.clock.now();
+            let why = match reason {
+                Reason::Deadline
+                    if last_run.is_some_and(|t| planner::next_slot(&cfg.schedule, t) <= now) =>
+                {
+                    "daily slot due"
+                }
+                r => r.label(),
+            };
+            last_run = Some(now);
+            tracing::info!("reconciling: {why}");
+            shared.set_activity(format!("reconciling ({why})"));
+            crate::heartbeat::set_busy(true);
             let today = planner::local_date(&cfg.schedule, now);
             let verify = reason == Reason::Deadline
                 && verified_on != Some(today)

@@ -112,9 +112,7 @@ pub enum Details {
         id: Uuid,
         instance: String,
         key: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
         label: Option<Change<String>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         notes: Option<Change<String>>,
     },
     /// Pre-restore system backup of the target, restore, record.
@@ -137,7 +135,6 @@ pub enum Details {
         key: String,
         storage: String,
         data: DataFate,
-        #[serde(skip_serializing_if = "Option::is_none")]
         delete_at: Option<DateTime<Utc>>,
     },
     /// A `deleting` backup whose key is back in the file (same storage): its deletion is
@@ -147,9 +144,7 @@ pub enum Details {
         instance: String,
         key: String,
         delete_at: Option<DateTime<Utc>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         label: Option<Change<String>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         notes: Option<Change<String>>,
     },
     /// Stop managing the instance. Its data is never touched; its backups stay and expire on
@@ -203,7 +198,7 @@ pub enum DueDetails {
         slot_at: DateTime<Utc>,
         /// Why it is not taken, when it is not that backplan was down (an instance whose
         /// creation failed).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default)]
         reason: Option<String>,
     },
     Retry {
@@ -223,7 +218,7 @@ pub enum DueDetails {
         expires_at: DateTime<Utc>,
         /// Set when the backup expires only because a backup taken earlier in the same run
         /// (listed above it) becomes the newest good one; skipped if that backup fails.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default)]
         after: Option<Uuid>,
     },
     /// A backup removed from the file whose `deletion_grace` has passed: its data is deleted

@@ -4,8 +4,33 @@ use std::fmt::Write as _;
 
 use super::*;
 
+/// What the text says for an id that is only known once `apply` takes the backup.
+const KNOWN_AFTER_APPLY: &str = "(known after apply)";
+
+/// The plan for programs. An id the plan cannot promise is `null` ([`unknown_ids`]),
+/// wherever it appears (a restore from a backup the plan takes names it too).
 pub fn json(plan: &Plan) -> String {
-    serde_json::to_string_pretty(plan).expect("plans serialise") + "\n"
+    let mut text = serde_json::to_string_pretty(plan).expect("plans serialise");
+    for id in unknown_ids(plan) {
+        text = text.replace(&format!("\"{id}\""), "null");
+    }
+    text + "\n"
+}
+
+/// The ids of a plan that are not yet the ones `apply` will record: on-demand backups' ids
+/// include the time they are taken (the same key may be taken again after a deletion), so a
+/// later `apply`, or the daemon carrying out the approved plan, gives them others. Daily ids
+/// (instance and date), pre-restore ids (the restore's key) and pre-update ids (the instance,
+/// both versions and the record's last change) are the same whenever they are planned, and
+/// are shown.
+pub fn unknown_ids(plan: &Plan) -> std::collections::BTreeSet<uuid::Uuid> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match &a.details {
+            Details::CreateBackup { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
 }
 
 fn symbol(op: Op) -> char {
@@ -173,24 +198,21 @@ fn text_unescaped(plan: &Plan) -> String {
             };
             let _ = writeln!(w, "  {sym} {:width$}  {what}", d.address);
         }
-        let daily = plan
-            .due
-            .iter()
-            .filter(|d| d.work == Work::DailyBackup)
-            .count();
-        let expire = plan.due.iter().filter(|d| d.work == Work::Expire).count();
-        let retry = plan.due.iter().filter(|d| d.work == Work::Retry).count();
-        let skip = plan
-            .due
-            .iter()
-            .filter(|d| d.work == Work::SkipDaily)
-            .count();
-        let purge = plan.due.iter().filter(|d| d.work == Work::Purge).count();
+        let n = |work: Work| plan.due.iter().filter(|d| d.work == work).count();
+        let count = crate::views::count;
+        let purge = n(Work::Purge);
         let _ = writeln!(
             w,
-            "\nDue: {daily} daily backup(s), {retry} retry(ies), {expire} expiry(ies), {skip} missed slot(s){}.",
+            "\nDue: {}, {}, {}, {}{}.",
+            count(n(Work::DailyBackup), "daily backup", "daily backups"),
+            count(n(Work::Retry), "retry", "retries"),
+            count(n(Work::Expire), "expiry", "expiries"),
+            count(n(Work::SkipDaily), "missed slot", "missed slots"),
             if purge > 0 {
-                format!(", {purge} deletion(s) after grace")
+                format!(
+                    ", {}",
+                    count(purge, "deletion after grace", "deletions after grace")
+                )
             } else {
                 String::new()
             }
@@ -307,14 +329,13 @@ fn action(w: &mut String, a: &Action) {
             }
         }
         Details::CreateBackup {
-            id,
             label,
             notes,
             storage,
             expires_at,
             ..
         } => {
-            field("id", id.to_string());
+            field("id", KNOWN_AFTER_APPLY.to_string());
             field("label", quoted(label));
             if !notes.is_empty() {
                 field("notes", quoted(notes));
@@ -338,16 +359,18 @@ fn action(w: &mut String, a: &Action) {
             pre_restore_backup,
             ..
         } => {
-            let by = if *backup_created_by_plan {
-                ", taken by this plan"
+            if *backup_created_by_plan {
+                field(
+                    "from",
+                    format!("{from} (taken by this plan, id {KNOWN_AFTER_APPLY})"),
+                );
             } else {
-                ""
-            };
-            field("from", format!("{from} (backup {backup}{by})"));
+                field("from", format!("{from} (backup {backup})"));
+            }
             field("to", to.clone());
             field(
                 "safety",
-                format!("{pre_restore_backup} (pre-restore backup of {to}, taken first)"),
+                format!("pre-restore backup of {to}, taken first (id {pre_restore_backup})"),
             );
         }
         Details::DeleteBackup {

@@ -16,7 +16,7 @@ fn quickstart_is_valid() {
     assert_eq!(run.code, 0, "{}", run.transcript());
     assert!(
         run.stdout
-            .contains("backplan.toml: valid (4 instance(s), 1 on-demand backup(s)"),
+            .contains("backplan.toml: valid (4 instances, 1 on-demand backup"),
         "{}",
         run.stdout
     );
@@ -206,7 +206,7 @@ fn status_shows_a_failing_or_skipped_daily_as_not_ok() {
     let journal = || Ok(Vec::new());
     let ask = |json| {
         backplan::query::answer(
-            &backplan::query::Query::Status { json },
+            &backplan::query::Query::Status { json, width: None },
             &backplan::query::Context {
                 config: Some(&cfg),
                 config_error: None,
@@ -220,7 +220,8 @@ fn status_shows_a_failing_or_skipped_daily_as_not_ok() {
     assert_eq!(text.exit, 0);
     insta::assert_snapshot!(text.stdout);
     let json: serde_json::Value = serde_json::from_str(&ask(true).stdout).unwrap();
-    let states: Vec<(&str, &str, &str)> = json
+    assert_eq!(json["format_version"], 1);
+    let states: Vec<(&str, &str, &str)> = json["instances"]
         .as_array()
         .unwrap()
         .iter()
@@ -264,8 +265,7 @@ fn queries_with_an_unreadable_daemon_section_fail_instead_of_showing_another_sta
     assert_eq!(run.code, 0, "{}", run.transcript());
     assert!(run.stderr.contains("unknown key `lable`"), "{}", run.stderr);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&run.stdout)
-            .unwrap()
+        serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()["backups"]
             .as_array()
             .unwrap()
             .len(),

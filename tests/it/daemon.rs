@@ -450,8 +450,7 @@ fn a_refused_mass_removal_is_approved_through_the_running_daemon() {
     let d = Daemon::start(dir, &[], &[]);
     let instances = || {
         let run = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
-        serde_json::from_str::<serde_json::Value>(&run.stdout)
-            .unwrap()
+        serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()["instances"]
             .as_array()
             .unwrap()
             .iter()
@@ -622,7 +621,8 @@ impl Notify {
 fn instance_status(dir: &Path, name: &str) -> serde_json::Value {
     let run = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
-    let all: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let all: Vec<serde_json::Value> = serde_json::from_value(v["instances"].clone()).unwrap();
     all.into_iter()
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("no {name} in {}", run.stdout))

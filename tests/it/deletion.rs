@@ -82,9 +82,7 @@ fn a_removed_backup_waits_out_its_grace_is_revived_by_its_key_then_purged() {
     assert!(text.stdout.contains("deleting on "), "{}", text.stdout);
     let status = backplan(dir, &["status", "-c", "backplan.toml"]);
     assert!(
-        status
-            .stdout
-            .contains("1 backup(s) deleting, the first on "),
+        status.stdout.contains("1 backup deleting, the first on "),
         "{}",
         status.stdout
     );
@@ -207,7 +205,7 @@ fn an_instance_that_cannot_be_created_fails_alone_and_is_created_once_it_can() {
     );
     let status = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
     let list: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
-    let sandbox = list
+    let sandbox = list["instances"]
         .as_array()
         .unwrap()
         .iter()

@@ -37,6 +37,7 @@ pub fn backplan(dir: &Path, args: &[&str]) -> Run {
         .args(args)
         .current_dir(dir)
         .env_remove("BACKPLAN_CONFIG")
+        .env_remove("COLUMNS")
         .output()
         .expect("the binary runs");
     let real = dir.canonicalize().unwrap();
@@ -100,8 +101,7 @@ pub fn append_config(dir: &Path, text: &str) {
 pub fn backups_json(dir: &Path) -> Vec<serde_json::Value> {
     let run = backplan(dir, &["backups", "-c", "backplan.toml", "--json"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
-    serde_json::from_str::<serde_json::Value>(&run.stdout)
-        .unwrap()
+    serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()["backups"]
         .as_array()
         .unwrap()
         .clone()

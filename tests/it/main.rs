@@ -15,6 +15,7 @@ mod invalid;
 mod keys;
 mod kinds;
 mod limits;
+mod output;
 mod package;
 mod paths;
 mod plans;
