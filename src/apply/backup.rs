@@ -185,6 +185,7 @@ impl Executor<'_> {
             Phase::Started,
             &format!("try {}", b.attempts),
         )?;
+        let op = self.op_start("backup", address, &b.instance.clone(), Some(b.id));
         // A failed `after_backup` after a backup that completed.
         let mut after_failed: Option<String> = None;
         // Err: why, and whether a retry can help (not for what this version lacks).
@@ -229,6 +230,7 @@ impl Executor<'_> {
                 b.error = after_failed.clone();
                 b.failed_at = None;
                 self.put_backup(&b)?;
+                self.op_end(op, after_failed.is_none(), b.size_bytes);
                 self.journal(
                     "backup",
                     address,
@@ -257,6 +259,7 @@ impl Executor<'_> {
                     b.error = Some(format!("{e} (not retried)"));
                 }
                 self.put_backup(&b)?;
+                self.op_end(op, false, None);
                 self.journal("backup", address, Phase::Failed, &e)?;
                 let why = format!("backup failed (try {}): {e}", b.attempts);
                 if retry {

@@ -243,6 +243,8 @@ pub(super) fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str)
         Arc::new(LogProgress),
         &now,
     );
+    exec.metrics = Some(shared.metrics.clone());
+    shared.metrics.refusals(plan.refusals.len());
     if let Err(e) = exec.run(&plan) {
         return refuse(format!("apply stopped: {e}"));
     }

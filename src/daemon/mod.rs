@@ -28,6 +28,7 @@ mod control;
 mod reconcile;
 mod systemd;
 mod watch;
+mod web;
 
 pub use clock::{Clock, FileClock, SystemClock};
 use control::*;
@@ -92,6 +93,8 @@ struct Shared {
     /// Held while a plan is carried out: the loop's reconciles and approved plans (from the
     /// control socket) run one at a time.
     work: std::sync::Mutex<()>,
+    /// The daemon's counters, for `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -118,6 +121,7 @@ impl Shared {
                 tracing::info!("verify: {line}");
             }
         }
+        self.metrics.verified(self.clock.now(), problems == 0);
         let outcome = if problems == 0 {
             format!("OK ({subset}% of the data read back)")
         } else {
@@ -140,6 +144,12 @@ pub enum DaemonError {
     #[error("control socket {}: {source}", path.display())]
     Socket {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics_listen {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -211,10 +221,13 @@ pub async fn run(
         engine: engine.clone(),
         last_verify: RwLock::new(None),
         work: std::sync::Mutex::new(()),
+        metrics: Arc::new(crate::metrics::Metrics::new(s.clock.now())),
     });
+    shared.metrics.config_loaded(s.clock.now());
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
     let socket = serve_control(&cfg.daemon.control_socket, shared.clone())?;
+    let mut web = web::Web::start(cfg.daemon.metrics_listen, shared.clone())?;
     // Serving: recovery and the first reconcile can take hours, systemd must not wait for them.
     sd_notify("READY=1\nSTATUS=starting: resolving interrupted work, then reconciling");
     let stop = Arc::new(AtomicBool::new(false));
@@ -261,7 +274,11 @@ pub async fn run(
                         reason,
                         !recovered,
                         stop,
+                        &shared.metrics,
                     );
+                    if out.worked || reason == Reason::Start {
+                        crate::metrics::measure_repositories(&cfg, &shared.metrics);
+                    }
                     if verify {
                         shared.verify(&cfg, cfg.schedule.verify.0);
                     }
@@ -414,12 +431,17 @@ pub async fn run(
                 tokio::time::timeout(Duration::from_millis(150), wake.recv()).await
             {}
             // Unchanged, invalid or missing: nothing to reconcile.
-            reload_file(&s.config, &mut last_text, &shared, woke == Reason::Reload).then_some(woke)
+            let reloaded = reload_file(&s.config, &mut last_text, &shared, woke == Reason::Reload);
+            if reloaded {
+                web::follow(&mut web, &shared);
+            }
+            reloaded.then_some(woke)
         } else {
             Some(woke)
         };
     }
     drop(socket);
+    web.stop();
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     tracing::info!("stopped");
     Ok(())
@@ -503,6 +525,7 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
                 return false;
             }
             *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
+            shared.metrics.config_loaded(shared.clock.now());
             *shared
                 .config_error
                 .write()

@@ -13,6 +13,7 @@ mod invalid;
 mod keys;
 mod kinds;
 mod limits;
+mod metrics;
 mod paths;
 mod plans;
 mod postgres;
