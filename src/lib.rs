@@ -16,6 +16,7 @@ pub mod plan;
 pub mod query;
 pub mod records;
 pub mod state;
+pub mod status_page;
 pub mod storage;
 pub mod verify;
 pub mod views;

@@ -95,6 +95,8 @@ struct Shared {
     work: std::sync::Mutex<()>,
     /// The daemon's counters, for `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Held while the status page is made (one at a time).
+    page: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -222,6 +224,7 @@ pub async fn run(
         last_verify: RwLock::new(None),
         work: std::sync::Mutex::new(()),
         metrics: Arc::new(crate::metrics::Metrics::new(s.clock.now())),
+        page: std::sync::Mutex::new(()),
     });
     shared.metrics.config_loaded(s.clock.now());
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);

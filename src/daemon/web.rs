@@ -1,4 +1,4 @@
-//! The metrics on `metrics_listen`: answered from the daemon's memory
+//! The metrics and the status page on `metrics_listen`: answered from the daemon's memory
 //! (the records in memory as last read, never a read of the store; the daemon's counters).
 
 use super::*;
@@ -24,7 +24,7 @@ impl Web {
         listener.set_nonblocking(true).map_err(err)?;
         let bound = listener.local_addr().map_err(err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(err)?;
-        tracing::info!("metrics on http://{bound}/metrics");
+        tracing::info!("metrics on http://{bound}/metrics, status page on http://{bound}/");
         let handler: Handler = Arc::new(move |path: &str| answer(path, &shared));
         Ok(Web {
             wanted,
@@ -72,7 +72,15 @@ fn answer(path: &str, shared: &Shared) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics_text(shared),
         ),
-        _ => Response::text(404, "not found: this server has /metrics"),
+        "/" => {
+            // One page at a time: on a large host a plan takes a while.
+            let _one = shared.page.lock().unwrap_or_else(|p| p.into_inner());
+            Response::ok("text/html; charset=utf-8", page(shared))
+        }
+        _ => Response::text(
+            404,
+            "not found: this server has / (the status page) and /metrics",
+        ),
     }
 }
 
@@ -101,4 +109,41 @@ fn metrics_text(shared: &Shared) -> String {
         },
         &shared.metrics,
     )
+}
+
+fn page(shared: &Shared) -> String {
+    let cfg = shared
+        .config
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let error = shared
+        .config_error
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let activity = shared
+        .activity
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let verify = shared
+        .last_verify
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let rec = recorded(shared);
+    let now = shared.clock.now();
+    let plan = cfg
+        .as_deref()
+        .map(|c| crate::plan::plan(c, &rec, now, PlanOptions::default()));
+    crate::status_page::render(&crate::status_page::Page {
+        config: cfg.as_deref(),
+        config_error: error.as_deref(),
+        recorded: &rec,
+        plan: plan.as_ref(),
+        activity: &activity,
+        last_verify: verify.as_deref(),
+        now,
+    })
 }

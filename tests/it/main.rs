@@ -21,4 +21,5 @@ mod properties;
 mod schedule;
 mod schema;
 mod sqlite;
+mod status_page;
 mod trees;
