@@ -204,7 +204,7 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
             o,
             "backplan_instance_info",
             &[
-                ("instance", &r.name),
+                ("instance_name", &r.name),
                 ("type", &r.kind.to_string()),
                 ("version", &r.version.to_string()),
                 ("source_kind", &r.source.kind().to_string()),
@@ -214,7 +214,23 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
     }
     let mut last_good: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
     let mut counts: BTreeMap<(&str, &str, String), u64> = BTreeMap::new();
+    // The newest backup that ended, per instance and kind: when, and whether it completed.
+    let mut last_ended: BTreeMap<(&str, &str), (DateTime<Utc>, bool)> = BTreeMap::new();
     for b in s.recorded.backups.values() {
+        let ended = match b.status {
+            BackupStatus::Completed => Some((b.finished_at(), true)),
+            BackupStatus::Failed => Some((b.failed_at.unwrap_or(b.created_at), false)),
+            BackupStatus::Skipped => Some((b.created_at, false)),
+            _ => None,
+        };
+        if let Some((at, ok)) = ended {
+            let e = last_ended
+                .entry((&b.instance, b.kind.as_str()))
+                .or_insert((at, ok));
+            if at >= e.0 {
+                *e = (at, ok);
+            }
+        }
         *counts
             .entry((&b.instance, b.kind.as_str(), b.status.to_string()))
             .or_default() += 1;
@@ -238,8 +254,22 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
         sample(
             o,
             "backplan_last_successful_backup_timestamp_seconds",
-            &[("instance", instance), ("kind", kind)],
+            &[("instance_name", instance), ("kind", kind)],
             unix(at),
+        );
+    }
+    family(
+        o,
+        "backplan_last_backup_success",
+        "gauge",
+        "Whether the newest backup of this instance and kind that ended completed (1) or failed or was skipped (0).",
+    );
+    for ((instance, kind), (_, ok)) in &last_ended {
+        sample(
+            o,
+            "backplan_last_backup_success",
+            &[("instance_name", instance), ("kind", kind)],
+            f64::from(u8::from(*ok)),
         );
     }
     family(
@@ -252,7 +282,11 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
         sample(
             o,
             "backplan_backups",
-            &[("instance", instance), ("kind", kind), ("status", status)],
+            &[
+                ("instance_name", instance),
+                ("kind", kind),
+                ("status", status),
+            ],
             *n as f64,
         );
     }
@@ -288,7 +322,7 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
         sample(
             o,
             "backplan_last_restore_success",
-            &[("instance", instance)],
+            &[("instance_name", instance)],
             f64::from(u8::from(*ok)),
         );
     }
@@ -353,7 +387,7 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
             sample(
                 o,
                 "backplan_backup_read_bytes_total",
-                &[("instance", instance)],
+                &[("instance_name", instance)],
                 *n as f64,
             );
         }
@@ -367,7 +401,7 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
             sample(
                 o,
                 "backplan_backup_added_bytes_total",
-                &[("instance", instance)],
+                &[("instance_name", instance)],
                 *n as f64,
             );
         }
@@ -523,8 +557,8 @@ mod tests {
             "backplan_operation_duration_seconds_count{operation=\"backup\"} 2",
             "backplan_operations_total{operation=\"backup\",result=\"failure\"} 1",
             "backplan_operations_total{operation=\"restore\",result=\"failure\"} 0",
-            "backplan_backup_read_bytes_total{instance=\"a\"} 10",
-            "backplan_backup_added_bytes_total{instance=\"a\"} 4",
+            "backplan_backup_read_bytes_total{instance_name=\"a\"} 10",
+            "backplan_backup_added_bytes_total{instance_name=\"a\"} 4",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

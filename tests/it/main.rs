@@ -14,6 +14,7 @@ mod keys;
 mod kinds;
 mod limits;
 mod metrics;
+mod monitoring;
 mod paths;
 mod plans;
 mod postgres;

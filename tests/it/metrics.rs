@@ -139,7 +139,7 @@ fn a_real_scrape_passes_promtool_and_follows_backups_failures_and_the_file() {
     promtool_check(&metrics);
     let ts = value(
         &metrics,
-        "backplan_last_successful_backup_timestamp_seconds{instance=\"contoso\",kind=\"on-demand\"}",
+        "backplan_last_successful_backup_timestamp_seconds{instance_name=\"contoso\",kind=\"on-demand\"}",
     )
     .unwrap_or_else(|| panic!("no last successful backup of contoso:\n{metrics}"));
     let now = chrono::Utc::now().timestamp() as f64;
@@ -147,7 +147,7 @@ fn a_real_scrape_passes_promtool_and_follows_backups_failures_and_the_file() {
     assert_eq!(
         value(
             &metrics,
-            "backplan_backups{instance=\"contoso\",kind=\"on-demand\",status=\"completed\"}"
+            "backplan_backups{instance_name=\"contoso\",kind=\"on-demand\",status=\"completed\"}"
         ),
         Some(1.0),
         "{metrics}"
@@ -171,7 +171,7 @@ fn a_real_scrape_passes_promtool_and_follows_backups_failures_and_the_file() {
     assert!(
         value(
             &metrics,
-            "backplan_backup_read_bytes_total{instance=\"contoso\"}"
+            "backplan_backup_read_bytes_total{instance_name=\"contoso\"}"
         )
         .is_some_and(|n| n >= 5.0), // "hello"
         "{metrics}"
@@ -224,7 +224,7 @@ fn a_real_scrape_passes_promtool_and_follows_backups_failures_and_the_file() {
     assert_eq!(
         value(
             &metrics,
-            "backplan_backups{instance=\"contoso\",kind=\"on-demand\",status=\"failed\"}"
+            "backplan_backups{instance_name=\"contoso\",kind=\"on-demand\",status=\"failed\"}"
         ),
         Some(1.0),
         "{metrics}"
@@ -235,6 +235,14 @@ fn a_real_scrape_passes_promtool_and_follows_backups_failures_and_the_file() {
             "backplan_operations_total{operation=\"backup\",result=\"failure\"}"
         ),
         Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "backplan_last_backup_success{instance_name=\"contoso\",kind=\"on-demand\"}"
+        ),
+        Some(0.0),
         "{metrics}"
     );
 
