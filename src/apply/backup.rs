@@ -185,7 +185,7 @@ impl Executor<'_> {
             Phase::Started,
             &format!("try {}", b.attempts),
         )?;
-        let op = self.op_start("backup", address, &b.instance.clone(), Some(b.id));
+        let op = self.op_start("backup", address, &b.instance, Some(b.id));
         // A failed `after_backup` after a backup that completed.
         let mut after_failed: Option<String> = None;
         // Err: why, and whether a retry can help (not for what this version lacks).

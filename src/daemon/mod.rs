@@ -107,6 +107,8 @@ impl Shared {
     /// Verifies the repositories against the records (blocking): the report, and whether it
     /// found problems. The outcome is kept for `status`.
     fn verify(&self, cfg: &Config, subset: f64) -> (String, bool) {
+        let started = std::time::Instant::now();
+        tracing::info!(op = "verify", subset, "verify started");
         let mut out = Vec::new();
         let problems = match self.store.load() {
             Ok(rec) => crate::verify::check(cfg, &rec, self.engine.as_ref(), subset, &mut out),
@@ -124,6 +126,10 @@ impl Shared {
             }
         }
         self.metrics.verified(self.clock.now(), problems == 0);
+        let took = started.elapsed();
+        tracing::info!(op = "verify", subset, problems, duration_s = %format!("{:.3}", took.as_secs_f64()), "verify finished");
+        self.metrics
+            .operation("verify", "-", problems == 0, took, None);
         let outcome = if problems == 0 {
             format!("OK ({subset}% of the data read back)")
         } else {

@@ -319,6 +319,22 @@ fn the_listener_is_read_only_and_bounded() {
     assert_eq!(backplan(dir, &["status", "-c", "backplan.toml"]).code, 0);
     drop(idle);
     assert_eq!(get(port, "/metrics").0, 200);
+
+    // A reload that moves `metrics_listen` serves at the new address, and no longer at the old.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let new_port = free.local_addr().unwrap().port();
+    drop(free);
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        text.replace("127.0.0.1:0", &format!("127.0.0.1:{new_port}")),
+    )
+    .unwrap();
+    d.wait_for("the new address", || {
+        TcpStream::connect(("127.0.0.1", new_port)).is_ok()
+    });
+    assert_eq!(get(new_port, "/metrics").0, 200);
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 }
