@@ -236,7 +236,7 @@ pub async fn run(
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
     let socket = serve_control(&cfg.daemon.control_socket, shared.clone())?;
-    let mut web = web::Web::start(cfg.daemon.metrics_listen, shared.clone())?;
+    let mut web = web::start_or_log(cfg.daemon.metrics_listen, &shared);
     // Serving: recovery and the first reconcile can take hours, systemd must not wait for them.
     sd_notify("READY=1\nSTATUS=starting: resolving interrupted work, then reconciling");
     let stop = Arc::new(AtomicBool::new(false));

@@ -45,7 +45,19 @@ impl Drop for Web {
     }
 }
 
-/// After a reload: serves where the file in force now says, if that changed.
+/// Serves `wanted`; an address that cannot be bound (taken by another process) is logged
+/// and tried again at the next reload: **metrics never stop backups**.
+pub(super) fn start_or_log(wanted: Option<std::net::SocketAddr>, shared: &Arc<Shared>) -> Web {
+    Web::start(wanted, shared.clone()).unwrap_or_else(|e| {
+        tracing::error!(
+            "{e}; the metrics and the status page are not served (tried again at the next reload)"
+        );
+        Web { wanted, task: None }
+    })
+}
+
+/// After a reload: serves where the file in force now says, if that changed or could not be
+/// bound before.
 pub(super) fn follow(web: &mut Web, shared: &Arc<Shared>) {
     let wanted = shared
         .config
@@ -53,17 +65,11 @@ pub(super) fn follow(web: &mut Web, shared: &Arc<Shared>) {
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
         .and_then(|c| c.daemon.metrics_listen);
-    if wanted == web.wanted {
+    if wanted == web.wanted && (wanted.is_none() || web.task.is_some()) {
         return;
     }
     web.stop();
-    match Web::start(wanted, shared.clone()) {
-        Ok(w) => *web = w,
-        Err(e) => {
-            tracing::error!("{e}; the metrics and the status page are not served");
-            web.wanted = wanted;
-        }
-    }
+    *web = start_or_log(wanted, shared);
 }
 
 fn answer(path: &str, shared: &Shared) -> Response {

@@ -214,6 +214,19 @@ fn a_real_scrape_passes_promtool_and_follows_backups_failures_and_the_file() {
         assert!(end.contains(field), "{field} missing: {end}");
     }
 
+    // A verification (asked of the daemon) is counted and its outcome kept.
+    assert_eq!(backplan(dir, &["verify", "-c", "backplan.toml"]).code, 0);
+    let (_, _, metrics) = get(port, "/metrics");
+    assert_eq!(value(&metrics, "backplan_last_verify_success"), Some(1.0));
+    assert_eq!(
+        value(
+            &metrics,
+            "backplan_operations_total{operation=\"verify\",result=\"success\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+
     // A backup that fails shows as failed at the next scrape.
     std::fs::remove_dir_all(dir.join("data/contoso")).unwrap();
     std::fs::write(dir.join("data/contoso"), "not a folder").unwrap();
@@ -311,6 +324,18 @@ fn the_listener_is_read_only_and_bounded() {
     let _ = s.read_to_end(&mut out);
     let out = String::from_utf8_lossy(&out);
     assert!(out.is_empty() || out.starts_with("HTTP/1.1 431"), "{out}");
+    // A client that sends nothing is answered 408 and closed after the timeout.
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
     // Idle clients beyond the connection limit do not stop the daemon from answering once
     // they are gone, and never stop the control socket.
     let idle: Vec<TcpStream> = (0..40)
@@ -335,6 +360,39 @@ fn the_listener_is_read_only_and_bounded() {
     });
     assert_eq!(get(new_port, "/metrics").0, 200);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_taken_metrics_address_never_stops_backups_and_is_tried_again_at_a_reload() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        text.replace(
+            "state_dir = \"state\"",
+            &format!("state_dir = \"state\"\nmetrics_listen = \"{port}\""),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(dir, &[], &[]);
+    d.wait_for("the first apply", || has(dir, "before-import", "completed"));
+    assert!(
+        d.log()
+            .contains(&format!("metrics_listen 127.0.0.1:{port}")),
+        "{}",
+        d.log()
+    );
+    drop(taken);
+    append_config(dir, "# a change, so the file is read again");
+    d.wait_for("the metrics served after the reload", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert_eq!(get(port, "/metrics").0, 200);
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 }
