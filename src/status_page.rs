@@ -5,17 +5,22 @@
 //! HTML-escaped** (and control characters and bidirectional overrides shown as escapes, as in
 //! the terminal): a label is hostile input.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::plan::{Plan, fmt_time};
-use crate::records::{CreatedBy, Recorded};
+use crate::records::{BackupRecord, BackupStatus, CreatedBy, Recorded};
 use crate::views::{self, human_bytes};
 
-/// Backups listed per instance; the rest are counted, with the command that lists them all.
+/// Backups listed per instance (and restores listed); the rest are counted, with the command
+/// that lists them all.
 pub const BACKUPS_PER_INSTANCE: usize = 50;
+/// Backup rows on the whole page: a host with thousands of instances gets a page of a few
+/// megabytes, not hundreds.
+pub const MAX_BACKUP_ROWS: usize = 2000;
 
 pub struct Page<'a> {
     pub config: Option<&'a Config>,
@@ -72,6 +77,7 @@ pub fn render(p: &Page) -> String {
     instances(&mut o, p);
     plan(&mut o, p);
     backups(&mut o, p);
+    restores(&mut o, p);
     o.push_str("</body></html>\n");
     o
 }
@@ -166,8 +172,15 @@ fn plan(o: &mut String, p: &Page) {
 
 fn backups(o: &mut String, p: &Page) {
     o.push_str("<h2 id=\"backups\">Backups</h2>\n");
-    let all = views::backups(p.recorded, None);
-    if all.is_empty() {
+    // Grouped once by instance, without copying the records (a large host holds hundreds of
+    // thousands); expired and deleted ones are left out, as in `backplan backups`.
+    let mut by_instance: BTreeMap<&str, Vec<&BackupRecord>> = BTreeMap::new();
+    for b in p.recorded.backups.values() {
+        if !matches!(b.status, BackupStatus::Expired | BackupStatus::Deleted) {
+            by_instance.entry(&b.instance).or_default().push(b);
+        }
+    }
+    if by_instance.is_empty() {
         o.push_str("<p>No backups recorded.</p>\n");
         return;
     }
@@ -181,23 +194,30 @@ fn backups(o: &mut String, p: &Page) {
         "Storage",
         "Actions",
     ];
-    let mut names: Vec<&str> = all.iter().map(|b| b.record.instance.as_str()).collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        let list: Vec<&views::BackupView> =
-            all.iter().filter(|b| b.record.instance == name).collect();
+    let mut rows = 0;
+    let instances = by_instance.len();
+    for (i, (name, mut list)) in by_instance.into_iter().enumerate() {
+        if rows >= MAX_BACKUP_ROWS {
+            let _ = writeln!(
+                o,
+                "<p>The backups of {} more instance(s) are not shown: <code>backplan backups</code> lists them all.</p>",
+                instances - i
+            );
+            break;
+        }
+        list.sort_by_key(|b| std::cmp::Reverse((b.created_at, b.id)));
         let _ = writeln!(o, "<h3>{}</h3>", esc(name));
         table_head(o, &heads);
-        for v in list.iter().take(BACKUPS_PER_INSTANCE) {
-            let b = &v.record;
+        for b in list.iter().take(BACKUPS_PER_INSTANCE) {
+            rows += 1;
             let status = views::status_text(b);
-            let status = if b.status == crate::records::BackupStatus::Failed {
+            let status = if b.status == BackupStatus::Failed {
                 let why = b.error.as_deref().unwrap_or_default();
                 format!("<span class=\"bad\">{}</span> {}", esc(&status), esc(why))
             } else {
                 esc(&status)
             };
+            let actions = views::allowed_actions(b);
             row(
                 o,
                 &heads,
@@ -219,10 +239,10 @@ fn backups(o: &mut String, p: &Page) {
                         })
                         .unwrap_or_else(|| "-".into()),
                     esc(&b.storage),
-                    if v.allowed_actions.is_empty() {
+                    if actions.is_empty() {
                         "-".into()
                     } else {
-                        v.allowed_actions.join(", ")
+                        actions.join(", ")
                     },
                 ],
             );
@@ -237,6 +257,48 @@ fn backups(o: &mut String, p: &Page) {
             );
         }
     }
+}
+
+fn restores(o: &mut String, p: &Page) {
+    o.push_str("<h2 id=\"restores\">Restores</h2>\n");
+    if p.recorded.restores.is_empty() {
+        o.push_str("<p>No restores recorded.</p>\n");
+        return;
+    }
+    let mut list: Vec<_> = p.recorded.restores.values().collect();
+    list.sort_by(|a, b| (b.requested_at, &b.key).cmp(&(a.requested_at, &a.key)));
+    let heads = [
+        "Restore",
+        "From",
+        "Into",
+        "Status",
+        "Requested on",
+        "Completed on",
+    ];
+    table_head(o, &heads);
+    for r in list.iter().take(BACKUPS_PER_INSTANCE) {
+        let status = format!("{:?}", r.status).to_lowercase();
+        let status = match &r.error {
+            Some(e) => format!("<span class=\"bad\">{}</span>: {}", esc(&status), esc(e)),
+            None => esc(&status),
+        };
+        row(
+            o,
+            &heads,
+            &[
+                esc(&r.key),
+                esc(&r.from),
+                esc(&r.to),
+                status,
+                fmt_time(&r.requested_at),
+                r.completed_at
+                    .as_ref()
+                    .map(fmt_time)
+                    .unwrap_or_else(|| "-".into()),
+            ],
+        );
+    }
+    o.push_str("</tbody></table>\n");
 }
 
 fn table_head(o: &mut String, heads: &[&str]) {
@@ -284,6 +346,44 @@ fn html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lists_are_cut_with_the_command_that_lists_them_all() {
+        let mut rec = Recorded::default();
+        for i in 0..60u32 {
+            let b: BackupRecord = serde_json::from_value(serde_json::json!({
+                "id": uuid::Uuid::from_u128(i.into()),
+                "instance": "contoso",
+                "source_kind": "directory",
+                "kind": "on-demand",
+                "created_by": "user",
+                "label": format!("backup number {i}"),
+                "storage": "local",
+                "status": "completed",
+                "created_at": format!("2026-11-01T00:{:02}:00Z", i),
+                "snapshot_id": "abc",
+            }))
+            .unwrap();
+            rec.backups.insert(b.id, b);
+        }
+        let page = render(&Page {
+            config: None,
+            config_error: None,
+            recorded: &rec,
+            plan: None,
+            activity: "waiting",
+            last_verify: None,
+            now: Utc::now(),
+        });
+        assert_eq!(page.matches("<td data-label=\"Label\">").count(), 50);
+        // Newest first: the ten oldest are the ones left out.
+        assert!(page.contains("backup number 59") && page.contains("backup number 10<"));
+        assert!(!page.contains("backup number 9<"));
+        assert!(
+            page.contains("10 older backups are not shown: <code>backplan backups contoso</code>")
+        );
+        assert!(page.contains("No restores recorded."));
+    }
 
     #[test]
     fn hostile_text_is_escaped() {
