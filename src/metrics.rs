@@ -213,7 +213,7 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
         );
     }
     let mut last_good: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
-    let mut counts: BTreeMap<(&str, &str, String), u64> = BTreeMap::new();
+    let mut counts: BTreeMap<(&str, &str, BackupStatus), u64> = BTreeMap::new();
     // The newest backup that ended, per instance and kind: when, and whether it completed.
     let mut last_ended: BTreeMap<(&str, &str), (DateTime<Utc>, bool)> = BTreeMap::new();
     for b in s.recorded.backups.values() {
@@ -232,7 +232,7 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
             }
         }
         *counts
-            .entry((&b.instance, b.kind.as_str(), b.status.to_string()))
+            .entry((&b.instance, b.kind.as_str(), b.status))
             .or_default() += 1;
         // A backup whose snapshot was stored, even if it has expired or is being deleted since.
         if let (Some(at), Some(_)) = (b.completed_at, &b.snapshot_id)
@@ -285,7 +285,7 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
             &[
                 ("instance_name", instance),
                 ("kind", kind),
-                ("status", status),
+                ("status", &status.to_string()),
             ],
             *n as f64,
         );
