@@ -186,6 +186,7 @@ impl Executor<'_> {
             Phase::Started,
             &format!("try {}", b.attempts),
         )?;
+        let op = self.op_start("backup", address, &b.instance, Some(b.id));
         // A failed `after_backup` after a backup that completed.
         let mut after_failed: Option<String> = None;
         // Err: why, and whether a retry can help (not for what this version lacks).
@@ -232,6 +233,7 @@ impl Executor<'_> {
                 b.failed_at = None;
                 self.put_backup(&b)?;
                 crate::failpoint!("backup.completed");
+                self.op_end(op, after_failed.is_none(), b.size_bytes);
                 self.journal(
                     "backup",
                     address,
@@ -260,6 +262,7 @@ impl Executor<'_> {
                     b.error = Some(format!("{e} (not retried)"));
                 }
                 self.put_backup(&b)?;
+                self.op_end(op, false, None);
                 self.journal("backup", address, Phase::Failed, &e)?;
                 let why = format!("backup failed (try {}): {e}", b.attempts);
                 if retry {

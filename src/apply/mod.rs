@@ -102,6 +102,17 @@ pub struct Executor<'a> {
     /// Completed backups per instance, loaded at the first expiry of a run and kept in step
     /// with every write (see [`Self::put_backup`]).
     good: RefCell<Option<GoodBackups>>,
+    /// The daemon's counters: every operation that ends is counted there.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// An operation under way (see [`Executor::op_start`]).
+struct Op {
+    name: &'static str,
+    address: String,
+    instance: String,
+    backup: String,
+    started: std::time::Instant,
 }
 
 type GoodBackups = HashMap<String, HashMap<Uuid, (DateTime<Utc>, DateTime<Utc>)>>;
@@ -124,6 +135,7 @@ impl<'a> Executor<'a> {
             report: Report::default(),
             stop: None,
             good: RefCell::new(None),
+            metrics: None,
         }
     }
 
@@ -143,6 +155,44 @@ impl<'a> Executor<'a> {
         #[cfg(debug_assertions)]
         crash_point(op, phase);
         Ok(())
+    }
+
+    /// An operation starts: one log line (so that the log alone tells the story).
+    fn op_start(
+        &self,
+        name: &'static str,
+        address: &str,
+        instance: &str,
+        backup: Option<Uuid>,
+    ) -> Op {
+        let id = backup.map_or_else(|| "-".to_string(), |b| b.to_string());
+        tracing::info!(op = name, address, instance, backup = %id, "{name} started");
+        Op {
+            name,
+            address: address.to_string(),
+            instance: instance.to_string(),
+            backup: id,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// An operation ends: one log line with its duration and bytes (a backup's read and
+    /// added; the size of the backup restored, expired or purged), and the metrics.
+    fn op_end(&self, op: Op, ok: bool, bytes: Option<Size>) {
+        let took = op.started.elapsed();
+        let secs = format!("{:.3}", took.as_secs_f64());
+        let read = bytes.map(|b| b.read);
+        let added = bytes.filter(|_| op.name == "backup").map(|b| b.added);
+        let (name, address, instance, backup) = (op.name, &op.address, &op.instance, &op.backup);
+        if ok {
+            tracing::info!(op = name, address, instance, backup = %backup, duration_s = %secs, bytes = read, bytes_added = added, "{name} finished");
+        } else {
+            tracing::warn!(op = name, address, instance, backup = %backup, duration_s = %secs, bytes = read, bytes_added = added, "{name} failed");
+        }
+        if let Some(m) = &self.metrics {
+            let bytes = added.and(bytes).map(|b| (b.read, b.added));
+            m.operation(name, instance, ok, took, bytes);
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -170,13 +220,16 @@ impl<'a> Executor<'a> {
             if let Ok((repo, _)) = self.repo(&storage) {
                 let address = format!("storage.{storage}");
                 self.journal("prune", &address, Phase::Started, "")?;
+                let op = self.op_start("prune", &address, "-", None);
                 match self.engine.prune(&repo) {
                     Ok(()) => {
                         crate::failpoint!("prune.done");
+                        self.op_end(op, true, None);
                         self.journal("prune", &address, Phase::Finished, "")?;
                         self.report.done(&address, "pruned");
                     }
                     Err(e) => {
+                        self.op_end(op, false, None);
                         self.journal("prune", &address, Phase::Failed, &e.to_string())?;
                         self.report.failed(&address, format!("prune failed: {e}"));
                     }
@@ -263,6 +316,7 @@ impl<'a> Executor<'a> {
                     Phase::Started,
                     &format!("{} -> {}", version.from, version.to),
                 )?;
+                let op = self.op_start("update", &a.address, instance, Some(*pre_update_backup));
                 let backup = self.system_backup(
                     *pre_update_backup,
                     instance,
@@ -274,6 +328,7 @@ impl<'a> Executor<'a> {
                     let why =
                         format!("the pre-update backup failed, so the update did not run: {e}");
                     self.update_instance(instance, |r| r.error = Some(why.clone()))?;
+                    self.op_end(op, false, None);
                     self.journal("update", &a.address, Phase::Failed, &why)?;
                     self.report.failed(&a.address, why);
                     return Ok(());
@@ -293,6 +348,7 @@ impl<'a> Executor<'a> {
                         version.from
                     );
                     self.update_instance(instance, |r| r.error = Some(why.clone()))?;
+                    self.op_end(op, false, None);
                     self.journal("update", &a.address, Phase::Failed, &why)?;
                     self.report.failed(&a.address, why);
                     return Ok(());
@@ -302,6 +358,7 @@ impl<'a> Executor<'a> {
                     r.error = None;
                 })?;
                 crate::failpoint!("update.recorded");
+                self.op_end(op, true, None);
                 self.journal("update", &a.address, Phase::Finished, "")?;
                 self.report
                     .done(&a.address, format!("updated to {}", version.to));
@@ -518,7 +575,9 @@ impl<'a> Executor<'a> {
                 }
                 self.journal("expire", &d.address, Phase::Started, "")?;
                 crate::failpoint!("expire.before-forget");
+                let op = self.op_start("expire", &d.address, instance, Some(*id));
                 if let Err(e) = self.forget_snapshot(&b) {
+                    self.op_end(op, false, b.size_bytes);
                     self.journal("expire", &d.address, Phase::Failed, &e)?;
                     self.report.failed(
                         &d.address,
@@ -529,6 +588,7 @@ impl<'a> Executor<'a> {
                 b.status = BackupStatus::Expired;
                 self.put_backup(&b)?;
                 crate::failpoint!("expire.recorded");
+                self.op_end(op, true, b.size_bytes);
                 self.journal("expire", &d.address, Phase::Finished, "")?;
                 self.report.done(&d.address, "expired");
             }
@@ -540,15 +600,18 @@ impl<'a> Executor<'a> {
                     return Ok(()); // revived meanwhile
                 }
                 self.journal("purge", &d.address, Phase::Started, "")?;
+                let op = self.op_start("purge", &d.address, &b.instance, Some(*id));
                 if *data == DataFate::Deleted
                     && let Err(e) = self.forget_snapshot(&b)
                 {
+                    self.op_end(op, false, b.size_bytes);
                     self.journal("purge", &d.address, Phase::Failed, &e)?;
                     self.report.failed(&d.address, format!("the backup's data could not be deleted (it stays `deleting` and is tried again): {e}"));
                     return Ok(());
                 }
                 b.status = BackupStatus::Deleted;
                 self.put_backup(&b)?;
+                self.op_end(op, true, b.size_bytes);
                 self.journal("purge", &d.address, Phase::Finished, "")?;
                 self.report.done(
                     &d.address,

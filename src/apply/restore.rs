@@ -32,8 +32,18 @@ impl Executor<'_> {
             Phase::Started,
             &format!("{from} -> {to}"),
         )?;
+        let op = self.op_start("restore", address, to, Some(backup));
         let result = self.restore_steps(address, key, backup, to, safety);
-        match result? {
+        // The size of the backup restored, for the log line and the metrics.
+        let size = self
+            .store
+            .get_backup(backup)
+            .ok()
+            .flatten()
+            .and_then(|b| b.size_bytes);
+        let result = result?;
+        self.op_end(op, matches!(result, Ok(None)), size);
+        match result {
             Ok(None) => {
                 record.status = RestoreStatus::Completed;
                 record.completed_at = Some(self.now());

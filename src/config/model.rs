@@ -28,6 +28,8 @@ pub struct Config {
 pub struct Daemon {
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// Where the metrics and the status page are served (`None`: not served).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

@@ -58,7 +58,7 @@ pub struct RawDaemon {
     /// Unix socket of the control interface. Default `<state_dir>/backplan.sock`.
     #[schemars(with = "Option<String>")]
     pub control_socket: Option<S<String>>,
-    /// `host:port` of the optional Prometheus endpoint. Not supported by this version (refused).
+    /// `host:port` (or a port alone, on loopback) of the metrics and the status page. Default: none.
     #[schemars(with = "Option<String>")]
     pub metrics_listen: Option<S<String>>,
     /// Backups and restores running at once. Default 1; this version supports only 1.

@@ -188,15 +188,33 @@ impl Validator<'_> {
             .as_ref()
             .map(|p| self.path(p.get_ref()))
             .unwrap_or_else(|| state_dir.join("backplan.sock"));
+        let metrics_listen = d.metrics_listen.as_ref().and_then(|m| {
+            match parse_listen(m.get_ref()) {
+                Ok(addr) => {
+                    if !addr.ip().is_loopback() {
+                        self.diags.push(
+                            Diagnostic::warning(
+                                "listen-not-loopback",
+                                m.span(),
+                                format!("`metrics_listen` {addr} can be reached from other hosts: the metrics and the status page (instance names, labels, errors) are served to anyone without authentication"),
+                            )
+                            .hint("listen on 127.0.0.1 (write only the port) and put a reverse proxy with authentication, or a firewall, in front"),
+                        );
+                    }
+                    Some(addr)
+                }
+                Err(msg) => {
+                    self.err(
+                        "bad-address",
+                        m.span(),
+                        msg,
+                        "write `PORT` (loopback), `127.0.0.1:PORT`, `[::1]:PORT` or `0.0.0.0:PORT`, like `metrics_listen = \"127.0.0.1:9464\"`",
+                    );
+                    None
+                }
+            }
+        });
         // Settings whose feature this version lacks are refused, never accepted and ignored.
-        if let Some(m) = &d.metrics_listen {
-            self.err(
-                "not-supported",
-                m.span(),
-                "`metrics_listen` is not supported by this version: it has no metrics endpoint yet",
-                "remove `metrics_listen`; `backplan status --json` gives the state of every instance meanwhile",
-            );
-        }
         let max_parallel = self.int_in(&d.max_parallel, "max_parallel", 1..=64, 1);
         if let (Some(n), 2..) = (&d.max_parallel, max_parallel) {
             self.err(
@@ -211,6 +229,7 @@ impl Validator<'_> {
         Daemon {
             state_dir,
             control_socket,
+            metrics_listen,
         }
     }
 
@@ -1137,5 +1156,37 @@ fn resolved(p: &std::path::Path) -> PathBuf {
             }
             _ => return p,
         }
+    }
+}
+
+/// `metrics_listen`: an IP address and a port, or a port alone (`9464`, `:9464`) for the
+/// loopback address. Host names are not resolved (validation does no network I/O).
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let t = text.trim();
+    let port_only = t.strip_prefix(':').unwrap_or(t);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(Ok(port)) = t.strip_prefix("localhost:").map(str::parse::<u16>) {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    t.parse::<std::net::SocketAddr>().map_err(|_| {
+        format!("`{t}` is not an address to listen on (an IP address and a port, or a port alone)")
+    })
+}
+
+#[cfg(test)]
+mod listen_tests {
+    #[test]
+    fn listen_addresses() {
+        let p = |t| super::parse_listen(t).map(|a| a.to_string());
+        assert_eq!(p("9464").unwrap(), "127.0.0.1:9464");
+        assert_eq!(p(":9464").unwrap(), "127.0.0.1:9464");
+        assert_eq!(p("localhost:9464").unwrap(), "127.0.0.1:9464");
+        assert_eq!(p("0.0.0.0:80").unwrap(), "0.0.0.0:80");
+        assert_eq!(p("[::1]:9464").unwrap(), "[::1]:9464");
+        assert!(p("example.com:9464").is_err());
+        assert!(p("127.0.0.1").is_err());
+        assert!(p("127.0.0.1:70000").is_err());
     }
 }

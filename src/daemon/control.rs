@@ -252,7 +252,11 @@ pub(super) fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str)
         Arc::new(LogProgress),
         &now,
     );
-    if let Err(e) = exec.run(&plan) {
+    exec.metrics = Some(shared.metrics.clone());
+    shared.metrics.refusals(plan.refusals.len());
+    let ran = exec.run(&plan);
+    crate::metrics::measure_repositories(&cfg, &shared.metrics);
+    if let Err(e) = ran {
         return refuse(format!("apply stopped: {e}"));
     }
     let mut stdout = String::new();

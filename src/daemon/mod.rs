@@ -28,6 +28,7 @@ mod control;
 mod reconcile;
 mod systemd;
 mod watch;
+mod web;
 
 pub use clock::{Clock, FileClock, SystemClock};
 use control::*;
@@ -92,6 +93,10 @@ struct Shared {
     /// Held while a plan is carried out: the loop's reconciles and approved plans (from the
     /// control socket) run one at a time.
     work: std::sync::Mutex<()>,
+    /// The daemon's counters, for `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Held while the status page is made (one at a time).
+    page: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -102,6 +107,8 @@ impl Shared {
     /// Verifies the repositories against the records (blocking): the report, and whether it
     /// found problems. The outcome is kept for `status`.
     fn verify(&self, cfg: &Config, subset: f64) -> (String, bool) {
+        let started = std::time::Instant::now();
+        tracing::info!(op = "verify", subset, "verify started");
         let mut out = Vec::new();
         let problems = match self.store.load() {
             Ok(rec) => crate::verify::check(cfg, &rec, self.engine.as_ref(), subset, &mut out),
@@ -118,6 +125,11 @@ impl Shared {
                 tracing::info!("verify: {line}");
             }
         }
+        self.metrics.verified(self.clock.now(), problems == 0);
+        let took = started.elapsed();
+        tracing::info!(op = "verify", subset, problems, duration_s = %format!("{:.3}", took.as_secs_f64()), "verify finished");
+        self.metrics
+            .operation("verify", "-", problems == 0, took, None);
         let outcome = if problems == 0 {
             format!("OK ({subset}% of the data read back)")
         } else {
@@ -140,6 +152,12 @@ pub enum DaemonError {
     #[error("control socket {}: {source}", path.display())]
     Socket {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics_listen {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -211,7 +229,10 @@ pub async fn run(
         engine: engine.clone(),
         last_verify: RwLock::new(None),
         work: std::sync::Mutex::new(()),
+        metrics: Arc::new(crate::metrics::Metrics::new(s.clock.now())),
+        page: std::sync::Mutex::new(()),
     });
+    shared.metrics.config_loaded(s.clock.now());
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
     let socket = serve_control(&cfg.daemon.control_socket, shared.clone())?;
@@ -227,6 +248,7 @@ pub async fn run(
             .map(|c| format!(" and the test clock {}", c.display()))
             .unwrap_or_default()
     );
+    let mut web = web::start_or_log(cfg.daemon.metrics_listen, &shared);
     // Serving: recovery and the first reconcile can take hours, systemd must not wait for them.
     sd_notify("READY=1\nSTATUS=starting: resolving interrupted work, then reconciling");
     let stop = Arc::new(AtomicBool::new(false));
@@ -284,7 +306,11 @@ pub async fn run(
                         reason,
                         !recovered,
                         stop,
+                        &shared.metrics,
                     );
+                    if out.worked || reason == Reason::Start {
+                        crate::metrics::measure_repositories(&cfg, &shared.metrics);
+                    }
                     if verify {
                         shared.verify(&cfg, cfg.schedule.verify.0);
                     }
@@ -437,12 +463,17 @@ pub async fn run(
                 tokio::time::timeout(Duration::from_millis(150), wake.recv()).await
             {}
             // Unchanged, invalid or missing: nothing to reconcile.
-            reload_file(&s.config, &mut last_text, &shared, woke == Reason::Reload).then_some(woke)
+            let reloaded = reload_file(&s.config, &mut last_text, &shared, woke == Reason::Reload);
+            if reloaded {
+                web::follow(&mut web, &shared);
+            }
+            reloaded.then_some(woke)
         } else {
             Some(woke)
         };
     }
     drop(socket);
+    web.stop();
     let _ = std::fs::remove_file(&cfg.daemon.control_socket);
     tracing::info!("stopped");
     Ok(())
@@ -526,6 +557,7 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
                 return false;
             }
             *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
+            shared.metrics.config_loaded(shared.clock.now());
             *shared
                 .config_error
                 .write()

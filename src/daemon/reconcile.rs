@@ -16,6 +16,7 @@ pub(super) struct Outcome {
 /// One reconcile: resolve interrupted work (until that succeeds), plan, apply. Runs on a
 /// blocking thread. Hooks and restores run only on a reconcile the operator caused (start,
 /// a changed file, a reload): one that failed is never run again on its own.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn reconcile(
     cfg: &Config,
     store: &Store,
@@ -24,10 +25,12 @@ pub(super) fn reconcile(
     reason: Reason,
     recover: bool,
     stop: Arc<AtomicBool>,
+    metrics: &Arc<crate::metrics::Metrics>,
 ) -> Outcome {
     let now_fn = || clock.now();
     let mut exec = Executor::new(cfg, store, engine, Arc::new(LogProgress), &now_fn);
     exec.stop = Some(stop);
+    exec.metrics = Some(metrics.clone());
     let outcome = |summary: String, worked, failed| Outcome {
         summary,
         worked,
@@ -69,6 +72,7 @@ pub(super) fn reconcile(
             !rerun
         });
     }
+    metrics.refusals(plan.refusals.len());
     for r in &plan.refusals {
         tracing::error!(address = %r.address, rule = r.rule, at = %r.location, "refused: {}; fix: {}", r.message, r.fix);
     }
