@@ -5,7 +5,7 @@
 #
 # Needs: a Rust toolchain, restic (scripts/install-test-deps.sh installs Debian's), python3 and
 # GNU time at /usr/bin/time (Debian package `time`; installed when missing and running as root).
-# Takes about 5 minutes after the build (2 cores) and about 6 GiB in WORKDIR. Everything it
+# Takes about 7 minutes after the build on a quiet 2-core machine and about 6 GiB in WORKDIR. Everything it
 # writes stays in WORKDIR.
 #
 # What it does:
@@ -14,14 +14,17 @@
 #     /dev/urandom): 100 SQL-like dumps of 4 MiB, 20,000 small files of 1-16 KiB in 200 folders,
 #     100 MiB of incompressible data, symlinks, empty files and folders, a 1 GiB sparse file;
 #  3. times, for backplan (driven through its CLI, as a user would) and for restic, each into its
-#     own fresh repository in WORKDIR: cold backup, unchanged re-backup (median of 3, with and
-#     without dropped page caches), backup after changing ~1% of the data, restore of the latest
-#     backup into an empty folder; peak RSS of each step (GNU time %M); repository sizes;
+#     own fresh repository in WORKDIR: cold backup (BENCH_ROUNDS times, default 3, each into
+#     fresh repositories), unchanged re-backup (3 runs, with and without dropped page caches),
+#     backup after changing ~1% of the data, restore of the latest backup into an empty folder;
+#     wall time, CPU time (user + sys) and peak RSS of each step (GNU time %e %U %S %M);
+#     repository sizes. Repeated steps report the quietest run (least wall time) and the spread;
 #  4. checks that both restored trees equal the source (contents, symlinks, modes, sizes, mtimes)
 #     and prints a Markdown report (also written to WORKDIR/report.md).
 #
 # Environment: BENCH_QUICK=1 uses a tenth of the dataset (to try the script; figures not
-# comparable). BENCH_DROP_CACHES=0 keeps page caches warm between steps (default: drop them
+# comparable). BENCH_ROUNDS=N: cold backups per tool (default 3; the quietest is reported).
+# BENCH_DROP_CACHES=0 keeps page caches warm between steps (default: drop them
 # before every timed step when allowed, i.e. as root outside a restricted container).
 set -euo pipefail
 
@@ -76,7 +79,7 @@ RREPO=$WORK/restic-repo
 RRESTORE=$WORK/restic-restore
 LOGS=$WORK/logs
 RESULTS=$WORK/results.tsv
-rm -rf "$DATA" "$BPCFG" "$BPSTATE" "$SANDBOX" "$WORK"/.sandbox.backplan-restore-* \
+rm -rf "$DATA" "$BPCFG" "$BPSTATE" "$SANDBOX" "$WORK"/.sandbox.backplan-restore-* "$WORK"/round* \
   "$RREPO" "$RRESTORE" "$LOGS" "$RESULTS" "$WORK/restic.pass" "$WORK/report.md"
 mkdir -p "$LOGS"
 : >"$RESULTS"
@@ -273,7 +276,8 @@ drop_caches() {
   if [ "$DROP" = 1 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
 }
 
-# timed STEP TOOL CACHE CMD...: runs CMD under GNU time, appends "STEP TOOL secs kib" to RESULTS.
+# timed STEP TOOL CACHE CMD...: runs CMD under GNU time, appends "STEP TOOL secs kib cpu" to
+# RESULTS (cpu: user + sys seconds).
 timed() {
   local step=$1 tool=$2 cache=$3
   shift 3
@@ -283,22 +287,25 @@ timed() {
     warm) sync ;;
     asis) ;; # measures what the previous step left behind (the restore-sync row)
   esac
-  if ! /usr/bin/time -f '%e %M' -o "$tf" "$@" >>"$log" 2>&1; then
+  if ! /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >>"$log" 2>&1; then
     say "error: $tool, step $step failed: $*"
     tail -n 30 "$log" >&2
     exit 1
   fi
-  local secs kib
-  read -r secs kib < <(tail -n 1 "$tf")
-  printf '%s\t%s\t%s\t%s\n' "$step" "$tool" "$secs" "$kib" >>"$RESULTS"
-  say "   $(printf '%-22s %-8s %7s s %7s MiB' "$step" "$tool" "$secs" "$((kib / 1024))")"
+  local secs kib usr sys cpu
+  read -r secs kib usr sys < <(tail -n 1 "$tf")
+  cpu=$(awk -v u="$usr" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$step" "$tool" "$secs" "$kib" "$cpu" >>"$RESULTS"
+  say "   $(printf '%-22s %-8s %7s s %7s s CPU %7s MiB' "$step" "$tool" "$secs" "$cpu" "$((kib / 1024))")"
 }
 
 # ------------------------------------------------------------------------------------------
 # backplan: a config with the dataset as a production directory instance and an empty sandbox.
 
-mkdir -p "$SANDBOX"
-cat >"$BPCFG" <<EOF
+# write_config FILE SANDBOX: state in FILE's folder (bp-state), the dataset as source.
+write_config() {
+  mkdir -p "$2"
+  cat >"$1" <<EOF
 # Written by benches/engine-vs-restic.sh; on-demand backups and the restore are appended below.
 [daemon]
 state_dir = "bp-state"
@@ -312,13 +319,14 @@ timezone = "UTC"
 [instances.bench]
 type = "production"
 version = "1"
-source = { kind = "directory", path = "data" }
+source = { kind = "directory", path = "$DATA" }
 
 [instances.sandbox]
 type = "sandbox"
 version = "1"
-source = { kind = "directory", path = "sandbox" }
+source = { kind = "directory", path = "$2" }
 EOF
+}
 
 # Asserts that the next apply does exactly the expected work (nothing time-driven sneaks in).
 bp_expect() {
@@ -348,18 +356,36 @@ restic_backup() { # STEP CACHE
   timed "$1" restic "$2" restic --no-cache backup "$DATA"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # ------------------------------------------------------------------------------------------
 # The run
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+ROUNDS=${BENCH_ROUNDS:-3}
+# Cold backups before the last round: fresh state and repositories each, deleted afterwards.
+for ((round = 1; round < ROUNDS; round++)); do
+  say "== cold backup, round $round of $ROUNDS"
+  RDIR=$WORK/round$round
+  rm -rf "$RDIR"
+  mkdir -p "$RDIR"
+  BPCFG=$RDIR/backplan.toml BP_RUN=0
+  write_config "$BPCFG" "$RDIR/sandbox"
+  bp_expect "create:instance.bench create:instance.sandbox"
+  timed setup backplan warm "$BP" apply -c "$BPCFG" --auto-approve
+  bp_backup cold cold
+  RESTIC_REPOSITORY=$RDIR/restic-repo timed setup restic warm restic --no-cache init
+  RESTIC_REPOSITORY=$RDIR/restic-repo restic_backup cold cold
+  rm -rf "$RDIR"
+done
+BPCFG=$WORK/backplan.toml BP_RUN=0
+write_config "$BPCFG" "$SANDBOX"
+
 say "== setup"
 bp_expect "create:instance.bench create:instance.sandbox"
 timed setup backplan warm "$BP" apply -c "$BPCFG" --auto-approve
 timed setup restic warm restic --no-cache init
 
-say "== cold backup (backplan creates its repository and key first)"
+say "== cold backup, round $ROUNDS of $ROUNDS (backplan creates its repository and key first)"
 bp_backup cold cold
 restic_backup cold cold
 
@@ -423,20 +449,29 @@ R_SNAPS=$(find "$RREPO/snapshots" -type f | wc -l)
 # ------------------------------------------------------------------------------------------
 # Report
 
-val() { # STEP TOOL FIELD(3=secs,4=kib) -> median over the runs
-  awk -F'\t' -v s="$1" -v t="$2" -v f="$3" '$1 == s && $2 == t {print $f}' "$RESULTS" | median
+val() { # STEP TOOL FIELD(3=secs,4=kib,5=cpu) -> that field of the quietest run (least wall time)
+  awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t' "$RESULTS" | sort -t"$(printf '\t')" -k3,3n |
+    head -n 1 | cut -f"$3"
 }
-runs() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t {printf "%s%s", sep, $3; sep=", "}' "$RESULTS"; }
+spread() { # STEP TOOL -> "min-max" wall seconds, or the single value
+  awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t {print $3}' "$RESULTS" | sort -n |
+    awk '{a[NR]=$1} END {if (NR > 1 && a[1] != a[NR]) printf "%s-%s", a[1], a[NR]; else printf "%s", a[1]}'
+}
+runs() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t {printf "%s%s s (%s CPU)", sep, $3, $5; sep=", "}' "$RESULTS"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
 row() { # LABEL STEP [RESTIC_STEP_TO_ADD]
-  local bs bk rs rk
-  bs=$(val "$2" backplan 3) bk=$(val "$2" backplan 4) rs=$(val "$2" restic 3) rk=$(val "$2" restic 4)
+  local bs bk bc rs rk rc
+  bs=$(val "$2" backplan 3) bk=$(val "$2" backplan 4) bc=$(val "$2" backplan 5)
+  rs=$(val "$2" restic 3) rk=$(val "$2" restic 4) rc=$(val "$2" restic 5)
   if [ -n "${3:-}" ]; then # restic: two commands (init + backup): times add up, peak is the max
     rs=$(awk -v a="$rs" -v b="$(val "$3" restic 3)" 'BEGIN {printf "%.2f", a + b}')
+    rc=$(awk -v a="$rc" -v b="$(val "$3" restic 5)" 'BEGIN {printf "%.2f", a + b}')
     rk=$(awk -v a="$rk" -v b="$(val "$3" restic 4)" 'BEGIN {print (a > b ? a : b)}')
   fi
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$bs" "$rs" "$(ratio "$bs" "$rs")" "$(mib "$bk")" "$(mib "$rk")"
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$bs" "$bc" "$rs" "$rc" \
+    "$(ratio "$bs" "$rs")" "$(ratio "$bc" "$rc")" "$(spread "$2" backplan) / $(spread "$2" restic)" \
+    "$(mib "$bk")" "$(mib "$rk")"
 }
 hr() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 
@@ -453,11 +488,13 @@ REPORT=$WORK/report.md
   echo "- $CACHE_NOTE"
   echo "- load average (1/5/15 min) before the timed steps: $LOAD_BEFORE; after: $LOAD_AFTER (other work on the machine adds noise, to both tools alike: their steps alternate)"
   echo
-  echo "| step | backplan s | restic s | ratio (backplan/restic) | backplan peak MiB | restic peak MiB |"
-  echo "|---|---:|---:|---:|---:|---:|"
-  row "cold backup (backplan: creates repository + key; restic: init + backup)" cold setup
-  row "unchanged re-backup, cold caches (median of 3)" unchanged-cold
-  row "unchanged re-backup, warm caches (median of 3)" unchanged-warm
+  echo "Quietest run (least wall time) of each repeated step; CPU = user + sys seconds of that run."
+  echo
+  echo "| step | backplan s | backplan CPU s | restic s | restic CPU s | ratio wall | ratio CPU | spread of wall s (backplan / restic) | backplan peak MiB | restic peak MiB |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  row "cold backup, $ROUNDS rounds (backplan: creates repository + key; restic: init + backup)" cold setup
+  row "unchanged re-backup, cold caches (3 runs)" unchanged-cold
+  row "unchanged re-backup, warm caches (3 runs)" unchanged-warm
   row "backup after ~1% change" changed
   row "restore latest into an empty folder" restore
   echo
@@ -465,7 +502,8 @@ REPORT=$WORK/report.md
   echo
   echo "Details:"
   echo "- every run, seconds: unchanged cold: backplan $(runs unchanged-cold backplan) / restic $(runs unchanged-cold restic); unchanged warm: backplan $(runs unchanged-warm backplan) / restic $(runs unchanged-warm restic)"
-  echo "- restic alone: init $(val setup restic 3) s, cold backup $(val cold restic 3) s ($(mib "$(val cold restic 4)") MiB); backplan creating the two instances (no repository yet): $(val setup backplan 3) s"
+  echo "- every cold backup: backplan $(runs cold backplan) / restic $(runs cold restic)"
+  echo "- restic alone: init $(val setup restic 3) s, cold backup $(val cold restic 3) s, $(val cold restic 5) s CPU ($(mib "$(val cold restic 4)") MiB); backplan creating the two instances (no repository yet): $(val setup backplan 3) s"
   echo "- the backplan restore includes the pre-restore safety backup of the (empty) sandbox that \`apply\` takes first, the staging folder, the syncfs of the restored tree and the swap; restic does not sync: a \`sync\` right after it took $(val restore-sync restic 3) s more"
   echo "- change: $CHANGED_NOTE"
   echo "- $VERIFY_BP"

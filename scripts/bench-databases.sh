@@ -10,7 +10,8 @@
 # superuser URL ending in "/") with its password in BENCH_PG_PASSWORD_FILE (default
 # target/test-postgres/password); pgbench, pg_dump, pg_restore, psql, sqlite3, GNU time.
 # About 6 GiB free in WORKDIR. Every run starts anew (the days change the data): the PostgreSQL
-# database `benchpg` (pgbench scale BENCH_PG_SCALE, default 70: ~1 GiB) and the SQLite database
+# database `benchpg` (BENCH_PG_DB overrides the name, e.g. when two runs share a server; pgbench
+# scale BENCH_PG_SCALE, default 70: ~1 GiB) and the SQLite database
 # (~1 GiB of random rows) are made again, untimed, then the repository, dumps and sandboxes.
 set -euo pipefail
 
@@ -20,8 +21,8 @@ BP=${BACKPLAN:-$ROOT/target/debug/backplan}
 PGURL=${BENCH_PG_URL:-$(cat "$ROOT/target/test-postgres/url")}
 PGPWFILE=${BENCH_PG_PASSWORD_FILE:-$ROOT/target/test-postgres/password}
 SCALE=${BENCH_PG_SCALE:-70}
-DB=benchpg
-SBX=benchpg_sandbox
+DB=${BENCH_PG_DB:-benchpg}
+SBX=${DB}_sandbox
 [[ $PGURL == */ ]] || PGURL="$PGURL/"
 export PGPASSWORD
 PGPASSWORD=$(cat "$PGPWFILE")

@@ -338,6 +338,65 @@ fn restic_reads_what_backplan_writes() {
     assert_same_tree(&src, &target);
 }
 
+/// The chunker's tables are computed once per polynomial (vendor/rustic_cdc): the chunks must
+/// still be exactly restic's. restic, forced to read every file again (`--force`, no parent),
+/// cuts the same files of the same repository (same polynomial) and must find every data blob
+/// already stored: one differing boundary would add blobs.
+#[test]
+fn restic_cuts_the_same_chunks_as_backplan() {
+    let f = fixture();
+    let src = f.root.join("src");
+    std::fs::create_dir(&src).unwrap();
+    // Several files, so that later ones use tables computed for an earlier one;
+    // incompressible pseudo-random bytes (xorshift), about 1 MiB per chunk on average.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (i, size) in [6usize << 20, 3 << 20, 5 << 20].into_iter().enumerate() {
+        let data: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        std::fs::write(src.join(format!("f{i}.bin")), data).unwrap();
+    }
+    f.engine
+        .backup_dir(&f.repo, &src, &[], &tags("contoso"), no_progress())
+        .unwrap();
+    let restic = |args: &[&str]| {
+        let out = Command::new("restic")
+            .arg("-r")
+            .arg(&f.repo.path)
+            .arg("--password-file")
+            .arg(&f.repo.password_file)
+            .args(["--no-cache", "-q"])
+            .args(args)
+            .output()
+            .expect("restic is installed (Debian package `restic`)");
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let data_blobs = || -> std::collections::BTreeSet<String> {
+        restic(&["list", "blobs"])
+            .lines()
+            .filter_map(|l| l.strip_prefix("data ").map(str::to_owned))
+            .collect()
+    };
+    let before = data_blobs();
+    assert!(before.len() >= 8, "{} data blobs", before.len());
+    restic(&["backup", "--force", src.to_str().unwrap()]);
+    assert_eq!(
+        data_blobs(),
+        before,
+        "restic's chunks of the same files differ from backplan's"
+    );
+}
+
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
