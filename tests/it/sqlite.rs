@@ -67,10 +67,12 @@ fn insert(c: &Connection) {
     .unwrap();
 }
 
+/// The rows of the ledger, read as any client would while the writer goes on: waiting for
+/// the writer's lock (a rollback-journal commit holds it) rather than failing at once.
 fn count(db: &Path) -> i64 {
-    Connection::open(db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+    let c = Connection::open(db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    c.query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
         .unwrap()
 }
 
