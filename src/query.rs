@@ -615,7 +615,12 @@ fn show(
     let history: Vec<crate::records::JournalEntry> = match (ctx.journal)() {
         Ok(j) => j
             .into_iter()
-            .filter(|e| e.address == address || e.detail.contains(&b.id.to_string()))
+            .filter(|e| {
+                // `backup.<id>`: how journals before named addresses wrote a pre-restore backup.
+                e.address == address
+                    || e.address == format!("backup.{}", b.id)
+                    || e.detail.contains(&b.id.to_string())
+            })
             .collect(),
         Err(e) => {
             let _ = writeln!(err, "error: {e}");

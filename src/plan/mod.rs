@@ -251,6 +251,14 @@ pub fn backup_address(b: &BackupRecord) -> String {
         (BackupKind::OnDemand, Some(key), _, _) => format!("backup.{}/{key}", b.instance),
         (BackupKind::Daily, _, Some(date), _) => format!("backup.{}@daily:{date}", b.instance),
         (BackupKind::PreUpdate, _, _, Some(v)) => format!("backup.{}@pre-update:{v}", b.instance),
+        // Named by what it is, with its short id (one target may have several).
+        (BackupKind::PreRestore, _, _, _) => {
+            format!(
+                "backup.{}@pre-restore:{}",
+                b.instance,
+                &b.id.to_string()[..8]
+            )
+        }
         _ => format!("backup.{}", b.id),
     }
 }

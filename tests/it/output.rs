@@ -335,6 +335,15 @@ fn plan_then_apply_show_the_ids_apply_records_or_known_after_apply() {
         .collect();
     let applied = run(dir, &["apply", c[0], c[1], "--auto-approve"], &[]);
     assert_eq!(applied.code, 0, "{}", applied.transcript());
+    // The safety backup is reported by what it is, not by a bare id.
+    assert!(
+        applied.stdout.contains(&format!(
+            "ok   backup.contoso-sandbox@pre-restore:{}: backed up",
+            &safety[..8]
+        )),
+        "{}",
+        applied.stdout
+    );
     let recorded: Vec<serde_json::Value> = backups_json(dir);
     let pre_restore = recorded
         .iter()
