@@ -612,7 +612,7 @@ fn changes(case: &Case, label: &str) {
     let status = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     let instance = |name: &str| {
-        status
+        status["instances"]
             .as_array()
             .unwrap()
             .iter()
