@@ -290,7 +290,7 @@ fn backups(ctx: &Context<'_>, instance: Option<&str>, as_json: bool, out: &mut d
                 b.size_bytes
                     .map(|s| format!("{} ({} added)", human_bytes(s.read), human_bytes(s.added)))
                     .unwrap_or_else(|| "-".into()),
-                b.storage.clone(),
+                storage_text(ctx, &b.storage, false),
                 v.allowed_actions.join(", "),
                 b.id.to_string(),
             ]
@@ -313,6 +313,18 @@ fn backups(ctx: &Context<'_>, instance: Option<&str>, as_json: bool, out: &mut d
         &rows,
     );
     Exit::Ok
+}
+
+/// A backup's storage: its name and kind (`archive (Azure Storage)`), with the location
+/// inside it when `location` is set; the name alone when the file no longer declares it.
+fn storage_text(ctx: &Context<'_>, name: &str, location: bool) -> String {
+    match ctx.config.and_then(|c| c.storages.get(name)) {
+        Some(s) if location => format!("{name} ({})", crate::storage::describe(s)),
+        Some(s) if crate::storage::kind_name(s) != name => {
+            format!("{name} ({})", crate::storage::kind_name(s))
+        }
+        _ => name.to_string(),
+    }
 }
 
 fn show(
@@ -372,7 +384,7 @@ fn show(
         field(out, "notes", b.notes.clone());
     }
     field(out, "status", views::status_text(b));
-    field(out, "storage", b.storage.clone());
+    field(out, "storage", storage_text(ctx, &b.storage, true));
     field(out, "created at", fmt_time(&b.created_at));
     field(
         out,

@@ -441,7 +441,7 @@ impl<'a> Executor<'a> {
                     instance,
                     BackupKind::Daily,
                     format!("Daily backup {date}"),
-                    "local",
+                    self.cfg.schedule.storage.as_str(),
                     |b| b.date = Some(*date),
                 );
                 match b {
@@ -463,7 +463,7 @@ impl<'a> Executor<'a> {
                     instance,
                     BackupKind::Daily,
                     format!("Daily backup {date}"),
-                    "local",
+                    self.cfg.schedule.storage.as_str(),
                     |b| b.date = Some(*date),
                 ) {
                     Ok(b) => b,

@@ -20,4 +20,5 @@ mod properties;
 mod schedule;
 mod schema;
 mod sqlite;
+mod storage;
 mod trees;
