@@ -169,7 +169,12 @@ impl ObjectStore {
         let op = op
             .map_err(failed)?
             .with_context(OperationContext::new().with_http_transport(transport()?))
-            .layer(RetryLayer::new().with_max_times(4).with_jitter());
+            .layer(
+                RetryLayer::new()
+                    .with_max_times(RETRIES)
+                    .with_jitter()
+                    .with_notify(log_retry),
+            );
         let _entered = runtime()?.enter();
         let op = opendal::blocking::Operator::new(op).map_err(failed)?;
         Ok(ObjectStore {
@@ -249,6 +254,21 @@ impl ObjectStore {
         }
         deleted
     }
+}
+
+/// Tries after the first failure of a request that may succeed later.
+const RETRIES: usize = 4;
+
+/// One log line per retry (OpenDAL's own is a multi-line report).
+fn log_retry(event: opendal::layers::RetryEvent<'_>) {
+    tracing::warn!(
+        "object store: {:?} failed ({:?}: {}); retry {} of {RETRIES} in {:.1} s",
+        event.op,
+        event.err.kind(),
+        event.err.message(),
+        event.attempt,
+        event.retry_after.as_secs_f64()
+    );
 }
 
 /// What an OpenDAL error most likely means, in the operator's words.
