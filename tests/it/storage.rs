@@ -268,6 +268,19 @@ fn s3_backup_and_restore_through_moto_and_restic_reads_it() {
         safety[0]
     );
 
+    // The listing names the storage and its kind; `show`, the location inside it.
+    let run = backplan(dir, &["backups", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(run.stdout.contains("archive (S3)"), "{}", run.stdout);
+    let run = backplan(dir, &["show", "-c", "backplan.toml", "contoso/offsite"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        run.stdout
+            .contains(&format!("archive (S3, bucket `{bucket}`, folder `/repo`)")),
+        "{}",
+        run.stdout
+    );
+
     // The stock restic reads the repository in the bucket.
     let out = Command::new("restic")
         .arg("-r")
@@ -410,4 +423,46 @@ fn a_folder_inside_the_container_must_stay_inside() {
         "{}",
         run.transcript()
     );
+}
+
+#[test]
+fn storage_check_tries_credentials_container_and_a_round_trip() {
+    let (Some(s3), Some(az)) = (
+        emulator("s3", "BACKPLAN_TEST_S3"),
+        emulator("azurite", "BACKPLAN_TEST_AZURITE"),
+    ) else {
+        return;
+    };
+    let bucket = unique("bp");
+    create_bucket(&s3, &bucket);
+    let container = unique("bp");
+    create_container(&az, &container);
+    let tmp = quickstart_with(&format!(
+        "[storage.s3ok]\nkind = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{s3}\"\naccess_key_id = \"testing\"\nsecret_access_key_file = \"s3.secret\"\npassword_file = \"archive.key\"\n\n[storage.s3missing]\nkind = \"s3\"\nbucket = \"{bucket}-missing\"\nendpoint = \"{s3}\"\naccess_key_id = \"testing\"\nsecret_access_key_file = \"s3.secret\"\npassword_file = \"archive.key\"\n\n[storage.azok]\nkind = \"azure\"\naccount = \"{AZ_ACCOUNT}\"\ncontainer = \"{container}\"\npath = \"repo\"\nendpoint = \"{az}\"\naccess_key_file = \"azure.key\"\npassword_file = \"archive.key\"\n\n[storage.azbad]\nkind = \"azure\"\naccount = \"{AZ_ACCOUNT}\"\ncontainer = \"{container}\"\nendpoint = \"{az}\"\naccess_key_file = \"bad.key\"\npassword_file = \"archive.key\"\n\n[storage.azdown]\nkind = \"azure\"\naccount = \"{AZ_ACCOUNT}\"\ncontainer = \"{container}\"\nendpoint = \"http://127.0.0.1:9/{AZ_ACCOUNT}\"\naccess_key_file = \"azure.key\"\npassword_file = \"archive.key\""
+    ));
+    let dir = tmp.path();
+    write_secret(&dir.join("s3.secret"), "testing-secret\n");
+    write_secret(&dir.join("azure.key"), AZ_KEY);
+    write_secret(
+        &dir.join("bad.key"),
+        "bm90IHRoZSBrZXkgb2YgdGhpcyBhY2NvdW50IGF0IGFsbCwgc29ycnkgYWJvdXQgdGhhdA==",
+    );
+    let check = |name: &str| backplan(dir, &["storage", "check", "-c", "backplan.toml", name]);
+    for ok in ["s3ok", "azok", "local"] {
+        let run = check(ok);
+        assert_eq!(run.code, 0, "{ok}: {}", run.transcript());
+        assert!(run.stdout.contains("usable"), "{}", run.transcript());
+    }
+    // The test object is gone again; the repository's folder was not created.
+    assert_eq!(blobs(&az, &container), Vec::<String>::new());
+    for (bad, says) in [
+        ("s3missing", "does not exist"),
+        ("azbad", "refused the credentials"),
+        ("azdown", "cannot be reached"),
+        ("nosuch", "is not declared"),
+    ] {
+        let run = check(bad);
+        assert_eq!(run.code, 1, "{bad}: {}", run.transcript());
+        assert!(run.stderr.contains(says), "{bad}: {}", run.transcript());
+    }
 }
