@@ -62,3 +62,47 @@ mkdir -p target/test-postgres
 umask 077
 printf '%s\n' "$password" > target/test-postgres/password
 printf 'postgres://backplan_test@127.0.0.1:%s/\n' "$port" > target/test-postgres/url
+
+# --- Storage emulators (issue 10): Azurite (Azure Blob, from npm) and moto in server mode (S3,
+# from PyPI), installed under target/test-emulators/ and started on loopback when not running.
+# The tests find them through target/test-emulators/{azurite,s3}/endpoint; each test makes its
+# own container or bucket. Azurite keeps its blobs under target/test-emulators/azurite/data;
+# moto keeps its buckets in memory.
+emu=target/test-emulators
+mkdir -p "$emu/azurite" "$emu/s3"
+need_emu=()
+command -v curl >/dev/null || need_emu+=(curl)
+command -v npm >/dev/null || need_emu+=(nodejs npm)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_emu+=(python3-venv)
+if [ ${#need_emu[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${need_emu[@]}"
+fi
+[ -x "$emu/node/node_modules/.bin/azurite-blob" ] \
+  || npm install --silent --no-audit --no-fund --prefix "$emu/node" azurite@3
+[ -x "$emu/venv/bin/moto_server" ] || {
+  python3 -m venv "$emu/venv"
+  "$emu/venv/bin/pip" install -q 'moto[server]'
+}
+# Starts `$2...` in the background unless the endpoint in `$1/endpoint` answers; waits for it.
+start_emulator() {
+  local dir=$1 port=$2 url=$3; shift 3
+  if [ -f "$dir/endpoint" ] && curl -s -o /dev/null "$(cat "$dir/endpoint")"; then return; fi
+  [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null || true
+  setsid "$@" >"$dir/log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "$url" && { echo "$url" >"$dir/endpoint"; return; }
+    sleep 0.2
+  done
+  echo "the emulator in $dir did not start; see $dir/log" >&2
+  exit 1
+}
+azurite_port=${BACKPLAN_TEST_AZURITE_PORT:-10400}
+s3_port=${BACKPLAN_TEST_S3_PORT:-10401}
+start_emulator "$emu/azurite" "$azurite_port" "http://127.0.0.1:$azurite_port/devstoreaccount1" \
+  "$emu/node/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$azurite_port" \
+  --location "$emu/azurite/data" --skipApiVersionCheck --loose
+start_emulator "$emu/s3" "$s3_port" "http://127.0.0.1:$s3_port" \
+  "$emu/venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port"

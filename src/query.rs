@@ -496,7 +496,7 @@ fn backups(
                 b.size_bytes
                     .map(|s| human_bytes(s.read))
                     .unwrap_or_else(|| "-".into()),
-                b.storage.clone(),
+                storage_text(ctx, &b.storage, false),
                 v.allowed_actions.join(", "),
             ]
         })
@@ -523,6 +523,18 @@ fn backups(
     }
     table(out, &cols, &rows, width);
     Exit::Ok
+}
+
+/// A backup's storage: its name and kind (`archive (Azure Storage)`), with the location
+/// inside it when `location` is set; the name alone when the file no longer declares it.
+fn storage_text(ctx: &Context<'_>, name: &str, location: bool) -> String {
+    match ctx.config.and_then(|c| c.storages.get(name)) {
+        Some(s) if location => format!("{name} ({})", crate::storage::describe(s)),
+        Some(s) if crate::storage::kind_name(s) != name => {
+            format!("{name} ({})", crate::storage::kind_name(s))
+        }
+        _ => name.to_string(),
+    }
 }
 
 fn show(
@@ -651,7 +663,7 @@ fn show(
         field(out, "notes", b.notes.clone());
     }
     field(out, "status", views::status_text(b));
-    field(out, "storage", b.storage.clone());
+    field(out, "storage", storage_text(ctx, &b.storage, true));
     field(out, "created at", fmt_time(&b.created_at));
     field(
         out,

@@ -125,7 +125,14 @@ impl Executor<'_> {
             created_at: now,
             completed_at: None,
             // Fixed when the backup is created: a later change of retention does not move it.
-            expires_at: self.expiry(storage, now),
+            // System backups keep the local retention wherever `[schedule] storage` puts them.
+            expires_at: self.expiry(
+                match kind.created_by() {
+                    crate::records::CreatedBy::System => "local",
+                    crate::records::CreatedBy::User => storage,
+                },
+                now,
+            ),
             size_bytes: None,
             snapshot_id: None,
             error: None,
@@ -152,10 +159,11 @@ impl Executor<'_> {
         fill: impl FnOnce(&mut BackupRecord),
     ) -> Result<Result<(), String>, ApplyError> {
         let existing = self.store.get_backup(id)?;
+        let storage = self.cfg.schedule.storage.clone();
         let b = match existing {
             Some(b) if b.status == BackupStatus::Completed => return Ok(Ok(())),
             Some(b) => b,
-            None => match self.new_backup(id, instance, kind, label, "local", fill) {
+            None => match self.new_backup(id, instance, kind, label, &storage, fill) {
                 Ok(b) => b,
                 Err(e) => return Ok(Err(e)),
             },

@@ -361,9 +361,11 @@ mod tests {
     fn hooks_get_no_secrets_in_their_environment() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("env");
+        let key = tmp.path().join("offsite.key");
+        std::fs::write(&key, "repository password\n").unwrap();
         let cfg = crate::config::parse(
             std::path::Path::new("/etc/backplan/backplan.toml"),
-            "[storage.offsite]\nkind = \"azure\"\naccount = \"a\"\ncontainer = \"c\"\naccess_key_env = \"AZ_KEY\"\n",
+            &format!("[storage.offsite]\nkind = \"azure\"\naccount = \"a\"\ncontainer = \"c\"\naccess_key_env = \"AZ_KEY\"\npassword_file = \"{}\"\n", key.display()),
         )
         .expect("valid")
         .0;

@@ -505,7 +505,7 @@ impl<'a> Executor<'a> {
                     instance,
                     BackupKind::Daily,
                     format!("Daily backup {date}"),
-                    "local",
+                    self.cfg.schedule.storage.as_str(),
                     |b| b.date = Some(*date),
                 );
                 match b {
@@ -527,7 +527,7 @@ impl<'a> Executor<'a> {
                     instance,
                     BackupKind::Daily,
                     format!("Daily backup {date}"),
-                    "local",
+                    self.cfg.schedule.storage.as_str(),
                     |b| b.date = Some(*date),
                 ) {
                     Ok(b) => b,

@@ -7,6 +7,7 @@ mod man;
 pub mod progress;
 mod query;
 mod run;
+mod storage;
 mod validate;
 pub mod verify;
 
@@ -131,6 +132,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Storages: `storage check NAME` tries one before use.
+    #[command(subcommand)]
+    Storage(storage::Command),
     /// Check the repositories: structure, a read-back of a share of the data, and that every
     /// completed backup has its snapshot. Exit 1 on any problem.
     #[command(after_help = "Examples:\n  backplan verify\n  backplan verify --subset 100%")]
@@ -209,6 +213,7 @@ pub fn main() -> Exit {
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     let exit = match cli.command {
+        Command::Storage(c) => storage::run(c, &mut out, &mut err),
         Command::Validate(c) => validate::run(&c.resolve(), &mut out, &mut err),
         Command::Plan {
             config,

@@ -43,11 +43,13 @@ pub struct Schedule {
     /// How long a backup removed from the file stays `deleting` (restorable, revivable)
     /// before its data is deleted.
     pub deletion_grace: Dur,
+    /// The storage of system backups (daily, pre-update, pre-restore).
+    pub storage: String,
 }
 
 /// Where a secret is read from at the moment it is needed. The secret itself is never part
 /// of the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SecretSource {
     File(PathBuf),
     Env(String),
@@ -61,11 +63,15 @@ pub enum StorageLocation {
     Azure {
         account: String,
         container: String,
+        /// The repository's folder inside the container (`""`: its top).
+        path: String,
         endpoint: Option<String>,
         access_key: SecretSource,
     },
     S3 {
         bucket: String,
+        /// The repository's folder inside the bucket (`""`: its top).
+        path: String,
         region: Option<String>,
         endpoint: Option<String>,
         access_key_id: String,

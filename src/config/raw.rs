@@ -103,6 +103,10 @@ pub struct RawSchedule {
     /// its key back) before its data is deleted, like `1d`. Default `1d`.
     #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+[smhdwy]$"))]
     pub deletion_grace: Option<S<String>>,
+    /// Where system backups (daily, pre-update, pre-restore) go: a storage's name. Default
+    /// `local`.
+    #[schemars(with = "Option<String>")]
+    pub storage: Option<S<String>>,
 }
 
 impl RawSchedule {
@@ -114,6 +118,7 @@ impl RawSchedule {
         "min_backup_version",
         "verify",
         "deletion_grace",
+        "storage",
     ];
 }
 
@@ -133,6 +138,7 @@ pub struct RawStorage {
     #[schemars(with = "Option<StorageKind>")]
     pub kind: Option<S<StorageKind>>,
     /// local: folder of the repository. Default `<state_dir>/repository` for `local`.
+    /// azure, s3: the repository's folder inside the container or bucket. Default: its top.
     #[schemars(with = "Option<String>")]
     pub path: Option<S<String>>,
     /// File holding the repository password. Default: a key generated into the state dir.
@@ -172,7 +178,8 @@ pub struct RawStorage {
     /// retention for local storage, `forever` for external storage.
     #[schemars(with = "Option<String>")]
     pub retention: Option<S<String>>,
-    /// Restores of backups older than this are refused, like `3y`.
+    /// Restores of backups older than this are refused, like `3y`. Default `3y` for external
+    /// storage, none for local storage.
     #[schemars(with = "Option<String>")]
     pub max_restore_age: Option<S<String>>,
     /// Whether removing a backup from the file also deletes its data here. Default false for
@@ -387,6 +394,7 @@ pub fn read(src: &str) -> Read {
             min_backup_version: r.string(t, "min_backup_version"),
             verify: r.string(t, "verify"),
             deletion_grace: r.string(t, "deletion_grace"),
+            storage: r.string(t, "storage"),
         }),
         storage: r.map(t.get("storage"), "storage", |r, t, _, name| {
             r.storage(t, name)

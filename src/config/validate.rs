@@ -75,6 +75,7 @@ pub fn validate(
     let daemon = v.daemon(&raw.daemon);
     let schedule = v.schedule(&raw.schedule);
     let storages = v.storages(raw, &daemon, &schedule);
+    v.schedule_storage(&raw.schedule, &storages);
     let instances = v.instances(raw, &schedule, &storages);
     v.overlapping_sources(raw, &instances, &daemon, &storages);
     let restores = v.restores(raw, &instances);
@@ -267,7 +268,37 @@ impl Validator<'_> {
             min_backup_version,
             verify,
             deletion_grace,
+            storage: s
+                .storage
+                .as_ref()
+                .map(|n| n.get_ref().clone())
+                .unwrap_or_else(|| "local".into()),
         }
+    }
+
+    /// `[schedule] storage` names a declared storage.
+    fn schedule_storage(&mut self, s: &RawSchedule, storages: &BTreeMap<String, Storage>) {
+        let Some(name) = &s.storage else { return };
+        let n = name.get_ref();
+        if storages.contains_key(n)
+            || self.broken_storages.contains(n)
+            || self.skipped.contains(&format!("storage.{n}"))
+        {
+            return;
+        }
+        let hint = match did_you_mean(n, storages.keys().map(String::as_str)) {
+            Some(s) => format!("did you mean `{s}`? Storages are declared as [storage.<name>]"),
+            None => format!(
+                "declare [storage.{n}] or use one of: {}",
+                storages.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        self.err(
+            "unknown-storage",
+            name.span(),
+            format!("storage `{n}` does not exist"),
+            hint,
+        );
     }
 
     /// A `*_file` secret: missing is an error, readable by group or others a warning.
@@ -360,6 +391,28 @@ impl Validator<'_> {
         }
     }
 
+    /// The folder of a repository inside a container or bucket: `/`-separated names, no
+    /// `.` or `..`; `None` when refused (reported).
+    fn prefix(&mut self, v: &Option<S<String>>) -> Option<String> {
+        let Some(v) = v else {
+            return Some(String::new());
+        };
+        let p = v.get_ref().trim_matches('/');
+        if p.split('/')
+            .any(|c| c == "." || c == ".." || (c.is_empty() && !p.is_empty()))
+            || p.chars().any(|c| c.is_control() || c == '\\')
+        {
+            self.err(
+                "bad-value",
+                v.span(),
+                format!("`path` {:?} is not a folder inside the container or bucket", v.get_ref()),
+                "use `/`-separated names without `.`, `..`, empty names or `\\`, like `path = \"backplan/prod\"`",
+            );
+            return None;
+        }
+        Some(p.to_string())
+    }
+
     fn storages(
         &mut self,
         raw: &RawConfig,
@@ -398,6 +451,7 @@ impl Validator<'_> {
             let applies: &[&str] = match kind {
                 StorageKind::Local => &["path"],
                 StorageKind::Azure => &[
+                    "path",
                     "account",
                     "container",
                     "access_key_file",
@@ -405,6 +459,7 @@ impl Validator<'_> {
                     "endpoint",
                 ],
                 StorageKind::S3 => &[
+                    "path",
                     "bucket",
                     "region",
                     "access_key_id",
@@ -472,6 +527,7 @@ impl Validator<'_> {
                     path.map(|path| StorageLocation::Local { path })
                 }
                 StorageKind::Azure => {
+                    let prefix = self.prefix(&s.path);
                     let account = need(self, &s.account, "account");
                     let container = need(self, &s.container, "container");
                     let key = self.secret(
@@ -481,11 +537,12 @@ impl Validator<'_> {
                         name.span(),
                         &what,
                     );
-                    match (account, container, key) {
-                        (Some(account), Some(container), Some(access_key)) => {
+                    match (account, container, key, prefix) {
+                        (Some(account), Some(container), Some(access_key), Some(path)) => {
                             Some(StorageLocation::Azure {
                                 account,
                                 container,
+                                path,
                                 endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
                                 access_key,
                             })
@@ -494,6 +551,7 @@ impl Validator<'_> {
                     }
                 }
                 StorageKind::S3 => {
+                    let prefix = self.prefix(&s.path);
                     let bucket = need(self, &s.bucket, "bucket");
                     let key_id = need(self, &s.access_key_id, "access_key_id");
                     let secret = self.secret(
@@ -503,16 +561,20 @@ impl Validator<'_> {
                         name.span(),
                         &what,
                     );
-                    match (bucket, key_id, secret) {
-                        (Some(bucket), Some(access_key_id), Some(secret_access_key)) => {
-                            Some(StorageLocation::S3 {
-                                bucket,
-                                region: s.region.as_ref().map(|r| r.get_ref().clone()),
-                                endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
-                                access_key_id,
-                                secret_access_key,
-                            })
-                        }
+                    match (bucket, key_id, secret, prefix) {
+                        (
+                            Some(bucket),
+                            Some(access_key_id),
+                            Some(secret_access_key),
+                            Some(path),
+                        ) => Some(StorageLocation::S3 {
+                            bucket,
+                            path,
+                            region: s.region.as_ref().map(|r| r.get_ref().clone()),
+                            endpoint: s.endpoint.as_ref().map(|e| e.get_ref().clone()),
+                            access_key_id,
+                            secret_access_key,
+                        }),
                         _ => None,
                     }
                 }
@@ -522,6 +584,16 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|p| self.secret_file(p, "password_file"));
             let external = kind != StorageKind::Local;
+            // A key generated into the state dir would be lost with the host, and with it
+            // every backup in the external storage. (Not said of a storage already refused.)
+            if external && location.is_some() && s.password_file.is_none() {
+                self.err(
+                    "missing-key",
+                    name.span(),
+                    format!("{what} (kind `{kind}`) has no `password_file`"),
+                    "external storage needs its repository key in a file you keep elsewhere too: add `password_file = \"/run/credentials/backplan.service/<name>.key\"` (a generated key would be lost with this host)",
+                );
+            }
             let retention = self.parse("bad-duration", &s.retention, Retention::parse);
             let max_restore_age = self.parse("bad-duration", &s.max_restore_age, Dur::parse);
             if let (false, Some(p)) = (external, &s.purge_on_delete) {
@@ -547,7 +619,10 @@ impl Validator<'_> {
                         } else {
                             Retention::For(schedule.retention)
                         }),
-                        max_restore_age,
+                        // The product's rule: external backups older than 3 years are not
+                        // restored unless the file says otherwise.
+                        max_restore_age: max_restore_age
+                            .or(external.then_some(Dur::from_secs(3 * 365 * 86_400))),
                         purge_on_delete: s
                             .purge_on_delete
                             .as_ref()

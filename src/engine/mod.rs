@@ -23,15 +23,76 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use crate::config::SecretSource;
+
 pub use rustic::{RusticEngine, install_log_bridge};
 
 /// One repository, as the engine needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Repo {
-    /// The repository folder.
+    /// The repository folder; for a remote repository, its name in messages and the key of
+    /// its in-process lock (`azure:<account>/<container>/<prefix>`, `s3:<bucket>/<prefix>`).
     pub path: PathBuf,
     /// The file holding the repository password.
     pub password_file: PathBuf,
+    /// Where the repository is when it is not the folder `path` on this host.
+    pub remote: Option<Remote>,
+}
+
+/// A repository in an object store: a restic-format repository under `prefix` inside the
+/// container or bucket. Credentials are read from their source at each use, never kept here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Remote {
+    Azure {
+        account: String,
+        container: String,
+        /// Default `https://<account>.blob.core.windows.net`.
+        endpoint: Option<String>,
+        prefix: String,
+        access_key: SecretSource,
+    },
+    S3 {
+        bucket: String,
+        /// Default `us-east-1`.
+        region: Option<String>,
+        /// Default AWS; requests are path-style (S3-compatible servers).
+        endpoint: Option<String>,
+        prefix: String,
+        access_key_id: String,
+        secret_access_key: SecretSource,
+    },
+}
+
+impl Remote {
+    /// How the repository is named in messages: `azure:<account>/<container>[/<prefix>]`,
+    /// `s3:<bucket>[/<prefix>]`.
+    pub fn name(&self) -> String {
+        let (base, prefix) = match self {
+            Remote::Azure {
+                account,
+                container,
+                prefix,
+                ..
+            } => (format!("azure:{account}/{container}"), prefix),
+            Remote::S3 { bucket, prefix, .. } => (format!("s3:{bucket}"), prefix),
+        };
+        if prefix.is_empty() {
+            base
+        } else {
+            format!("{base}/{prefix}")
+        }
+    }
+}
+
+impl Repo {
+    /// A repository in the folder `path` of this host.
+    pub fn local(path: impl Into<PathBuf>, password_file: impl Into<PathBuf>) -> Repo {
+        Repo {
+            path: path.into(),
+            password_file: password_file.into(),
+            remote: None,
+        }
+    }
 }
 
 /// What a snapshot is tagged with: `backplan`, `instance=<name>`, `backup=<uuid>`, `kind=<kind>`.
@@ -136,6 +197,12 @@ pub enum EngineError {
     },
     #[error("repository {}: {message}", repo.display())]
     Repository { repo: PathBuf, message: String },
+    /// An object store (Azure Blob, S3) failed or refused a request.
+    #[error("storage {repo}: {message}")]
+    Remote { repo: String, message: String },
+    /// A storage credential (account key, secret access key) could not be read.
+    #[error("cannot read {what}: {message}")]
+    Credential { what: String, message: String },
     #[error(
         "{op} failed inside the storage library (a panic: {message}); nothing was reported complete"
     )]
@@ -211,6 +278,9 @@ pub trait Engine: Send + Sync {
     fn prune(&self, repo: &Repo) -> Result<(), EngineError>;
     /// Checks the structure, and reads back `read_share` percent of the data (0 to 100).
     fn verify(&self, repo: &Repo, read_share: f64) -> Result<VerifyReport, EngineError>;
+    /// Tries the storage without touching the repository: credentials, the container or
+    /// bucket, and a write / read / delete round trip of a test object beside it.
+    fn check_storage(&self, repo: &Repo) -> Result<(), EngineError>;
 }
 
 /// The engine used by the program.

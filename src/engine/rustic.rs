@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::*;
 
+mod remote;
 mod stream;
 
 pub struct RusticEngine {
@@ -166,11 +167,14 @@ impl RusticEngine {
 }
 
 fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>, EngineError> {
-    // `local:` always: a path holding `:` would otherwise be read as a backend name.
-    let backends = BackendOptions::default()
-        .repository(format!("local:{}", repo.path.display()))
-        .to_backends()
-        .map_err(err(repo))?;
+    let backends = match &repo.remote {
+        Some(remote) => remote::backends(remote)?,
+        // `local:` always: a path holding `:` would otherwise be read as a backend name.
+        None => BackendOptions::default()
+            .repository(format!("local:{}", repo.path.display()))
+            .to_backends()
+            .map_err(err(repo))?,
+    };
     Repository::new_with_progress(
         &RepositoryOptions::default().no_cache(true),
         &backends,
@@ -206,10 +210,12 @@ impl Engine for RusticEngine {
                 write_new_key(&repo.password_file)?;
             }
             let password = self.password(repo)?.key;
-            std::fs::create_dir_all(&repo.path).map_err(|source| EngineError::Io {
-                op: "creating the repository folder",
-                source,
-            })?;
+            if repo.remote.is_none() {
+                std::fs::create_dir_all(&repo.path).map_err(|source| EngineError::Io {
+                    op: "creating the repository folder",
+                    source,
+                })?;
+            }
             let open = unopened
                 .init(
                     &Credentials::password(&password),
@@ -221,14 +227,14 @@ impl Engine for RusticEngine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert((repo.path.clone(), password), open.key());
-            sync_repository(&repo.path)
+            sync_repository(repo)
         })
     }
 
     fn repository_id(&self, repo: &Repo) -> Result<Option<String>, EngineError> {
         self.guarded(repo, "repository check", || {
             // A missing folder is no repository; the backend must not create it.
-            if !repo.path.exists() {
+            if repo.remote.is_none() && !repo.path.exists() {
                 return Ok(None);
             }
             let unopened = handle(repo, Arc::new(NoProgress))?;
@@ -289,7 +295,7 @@ impl Engine for RusticEngine {
             if !skipped.is_empty() {
                 let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
                 indexed.delete_snapshots(&ids).map_err(err(repo))?;
-                sync_repository(&repo.path)?;
+                sync_repository(repo)?;
                 return Err(EngineError::Repository {
                     repo: repo.path.clone(),
                     message: format!(
@@ -300,7 +306,7 @@ impl Engine for RusticEngine {
                     ),
                 });
             }
-            sync_repository(&repo.path)?;
+            sync_repository(repo)?;
             Ok(info)
         })
     }
@@ -423,7 +429,7 @@ impl Engine for RusticEngine {
             let open = self.open(repo, Arc::new(NoProgress))?;
             let ids = open_ids(&open, snapshots, repo)?;
             open.delete_snapshots(&ids).map_err(err(repo))?;
-            sync_repository(&repo.path)
+            sync_repository(repo)
         })
     }
 
@@ -438,7 +444,7 @@ impl Engine for RusticEngine {
                 .max_repack(LimitOption::Unlimited);
             let plan = open.prune_plan(&opts).map_err(err(repo))?;
             open.prune(&opts, plan).map_err(err(repo))?;
-            sync_repository(&repo.path)
+            sync_repository(repo)
         })
     }
 
@@ -469,6 +475,10 @@ impl Engine for RusticEngine {
                 snapshots,
             })
         })
+    }
+
+    fn check_storage(&self, repo: &Repo) -> Result<(), EngineError> {
+        self.guarded(repo, "storage check", || remote::check(repo))
     }
 }
 
@@ -630,7 +640,12 @@ fn sync_dir(dir: &Path) -> Result<(), EngineError> {
 /// The local backend writes a file, syncs it and renames it into place, but never syncs
 /// the folder: the rename (a new snapshot, index or pack) could be lost in a power cut after
 /// the backup was reported complete. Sync every folder of the repository.
-fn sync_repository(root: &Path) -> Result<(), EngineError> {
+fn sync_repository(repo: &Repo) -> Result<(), EngineError> {
+    // An object store's write is durable once acknowledged; there are no folders here.
+    if repo.remote.is_some() {
+        return Ok(());
+    }
+    let root = &repo.path;
     for sub in ["data", "index", "snapshots", "keys"] {
         let dir = root.join(sub);
         if sub == "data"
@@ -846,10 +861,7 @@ mod tests {
     #[test]
     fn operations_run_outside_any_async_runtime() {
         let engine = RusticEngine::new();
-        let repo = Repo {
-            path: "/nonexistent".into(),
-            password_file: "/nonexistent.key".into(),
-        };
+        let repo = Repo::local("/nonexistent", "/nonexistent.key");
         let rt = tokio::runtime::Runtime::new().unwrap();
         let inside = rt.block_on(async {
             assert!(tokio::runtime::Handle::try_current().is_ok());
@@ -863,10 +875,7 @@ mod tests {
     #[test]
     fn a_panic_in_an_operation_is_an_error() {
         let engine = RusticEngine::new();
-        let repo = Repo {
-            path: "/nonexistent".into(),
-            password_file: "/nonexistent.key".into(),
-        };
+        let repo = Repo::local("/nonexistent", "/nonexistent.key");
         let r: Result<(), _> = engine.guarded(&repo, "probe", || panic!("boom"));
         match r {
             Err(EngineError::Panicked {

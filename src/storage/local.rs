@@ -12,13 +12,13 @@ impl StorageKind for Local {
             return Err(format!("storage `{name}` is not a local storage"));
         };
         Ok(Resolved {
-            repo: Repo {
-                path: path.clone(),
-                password_file: storage
+            repo: Repo::local(
+                path.clone(),
+                storage
                     .password_file
                     .clone()
                     .unwrap_or_else(|| generated_key_path(cfg, name)),
-            },
+            ),
             may_generate_key: storage.password_file.is_none(),
         })
     }

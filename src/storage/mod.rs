@@ -12,7 +12,9 @@
 //! - **A generated key is allowed only where losing the host cannot lose it with the data**:
 //!   `may_generate_key` is true for local storage without a `password_file` only.
 
+pub mod azure;
 pub mod local;
+pub mod s3;
 
 use std::path::PathBuf;
 
@@ -36,10 +38,8 @@ pub trait StorageKind: Sync {
 pub fn of(storage: &Storage) -> Result<&'static dyn StorageKind, String> {
     match storage.location {
         StorageLocation::Local { .. } => Ok(&local::Local),
-        _ => Err(format!(
-            "{} storage is not supported by this version of backplan",
-            storage.kind()
-        )),
+        StorageLocation::Azure { .. } => Ok(&azure::Azure),
+        StorageLocation::S3 { .. } => Ok(&s3::S3),
     }
 }
 
@@ -75,4 +75,30 @@ pub fn own_paths(cfg: &Config) -> Vec<(String, PathBuf)> {
         out.push((format!("the key file of storage `{name}`"), key));
     }
     out
+}
+
+/// What a storage's kind is called for operators (the product says "Azure Storage").
+pub fn kind_name(storage: &Storage) -> &'static str {
+    match storage.location {
+        StorageLocation::Local { .. } => "local",
+        StorageLocation::Azure { .. } => "Azure Storage",
+        StorageLocation::S3 { .. } => "S3",
+    }
+}
+
+/// Where a storage's repository is, in words: its kind and the location inside it.
+pub fn describe(storage: &Storage) -> String {
+    let kind = kind_name(storage);
+    match &storage.location {
+        StorageLocation::Local { path } => format!("{kind}, {}", path.display()),
+        StorageLocation::Azure {
+            account,
+            container,
+            path,
+            ..
+        } => format!("{kind}, account `{account}`, container `{container}`, folder `/{path}`"),
+        StorageLocation::S3 { bucket, path, .. } => {
+            format!("{kind}, bucket `{bucket}`, folder `/{path}`")
+        }
+    }
 }

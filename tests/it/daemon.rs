@@ -701,8 +701,9 @@ fn hooks_run_without_secrets_their_output_logged_and_a_stop_waits_then_cuts_them
     let dir = tmp.path();
     append_config(
         dir,
-        "[storage.offsite]\nkind = \"azure\"\naccount = \"contoso\"\ncontainer = \"backplan\"\naccess_key_env = \"BACKPLAN_TEST_SECRET\"",
+        "[storage.offsite]\nkind = \"azure\"\naccount = \"contoso\"\ncontainer = \"backplan\"\naccess_key_env = \"BACKPLAN_TEST_SECRET\"\npassword_file = \"offsite.key\"",
     );
+    std::fs::write(dir.join("offsite.key"), "offsite repository password\n").unwrap();
     let (notify, notify_path) = Notify::bind(dir);
     let d = Daemon::start(
         dir,

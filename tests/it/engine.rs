@@ -25,6 +25,7 @@ fn fixture() -> Fixture {
     let repo = Repo {
         path: root.join("repository"),
         password_file: root.join("keys/local.key"),
+        remote: None,
     };
     let engine = RusticEngine::new();
     engine.ensure(&repo, true).unwrap();
@@ -106,6 +107,7 @@ fn a_snapshot_is_named_by_its_full_id_never_by_a_prefix() {
             .repository_id(&Repo {
                 path: f.root.join("nothing-here"),
                 password_file: f.repo.password_file.clone(),
+                remote: None,
             })
             .unwrap(),
         None

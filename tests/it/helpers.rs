@@ -60,7 +60,13 @@ pub fn scratch_copy(fixture: &Path) -> tempfile::TempDir {
     for e in std::fs::read_dir(fixture).unwrap() {
         let e = e.unwrap();
         if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+            let to = tmp.path().join(e.file_name());
+            std::fs::copy(e.path(), &to).unwrap();
+            // Repository keys are private, as backplan expects (git keeps no such mode).
+            if to.extension().is_some_and(|x| x == "key") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
         }
     }
     tmp

@@ -44,6 +44,7 @@ fn stock_restic_and_backplan_read_a_password_file_the_same_way() {
     let ours = Repo {
         path: tmp.path().join("made-by-backplan"),
         password_file: key.clone(),
+        remote: None,
     };
     engine.ensure(&ours, false).unwrap();
     let out = restic(&ours.path, Some(&key), &[], &["snapshots"]);
@@ -57,6 +58,7 @@ fn stock_restic_and_backplan_read_a_password_file_the_same_way() {
     let theirs = Repo {
         path: tmp.path().join("made-by-restic"),
         password_file: key.clone(),
+        remote: None,
     };
     let out = restic(&theirs.path, Some(&key), &[], &["init"]);
     assert!(
@@ -88,6 +90,7 @@ fn a_repository_made_with_the_untrimmed_key_still_opens() {
     let repo = Repo {
         path: repo_path,
         password_file: key,
+        remote: None,
     };
     let engine = RusticEngine::new();
     engine.ensure(&repo, false).unwrap();
@@ -110,6 +113,7 @@ fn an_empty_password_file_is_refused() {
         let repo = Repo {
             path: tmp.path().join("repository"),
             password_file: key.clone(),
+            remote: None,
         };
         let e = RusticEngine::new().ensure(&repo, true).unwrap_err();
         let msg = e.to_string();

@@ -127,6 +127,7 @@ fn repository(tmp: &Places) -> (RusticEngine, Repo) {
     let repo = Repo {
         path: tmp.path().join("repository"),
         password_file: tmp.path().join("keys/local.key"),
+        remote: None,
     };
     let engine = RusticEngine::new();
     engine.ensure(&repo, true).unwrap();

@@ -28,4 +28,5 @@ mod schedule;
 mod schema;
 mod sqlite;
 mod status_page;
+mod storage;
 mod trees;

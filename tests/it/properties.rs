@@ -75,7 +75,8 @@ fn render(
     let mut s = String::from("[daemon]\nstate_dir = \"state\"\n[schedule]\nkeep_last_good = 1\n");
     let _ = writeln!(
         s,
-        "[storage.archive]\nkind = \"azure\"\naccount = \"a\"\ncontainer = \"c\"\naccess_key_env = \"K\"\nmax_restore_age = \"30d\"\npurge_on_delete = {mass}"
+        "[storage.archive]\nkind = \"azure\"\naccount = \"a\"\ncontainer = \"c\"\naccess_key_env = \"K\"\nmax_restore_age = \"30d\"\npurge_on_delete = {mass}\npassword_file = \"{}/tests/fixtures/plans/13-on-demand-removed-external-kept/archive.key\"",
+        env!("CARGO_MANIFEST_DIR")
     );
     let mut seen = BTreeSet::new();
     for i in instances {

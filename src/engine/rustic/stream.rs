@@ -56,13 +56,13 @@ impl RusticEngine {
             if let Err(message) = outcome {
                 let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
                 indexed.delete_snapshots(&ids).map_err(err(repo))?;
-                sync_repository(&repo.path)?;
+                sync_repository(repo)?;
                 return Err(EngineError::Producer {
                     program: source.argv.first().cloned().unwrap_or_default(),
                     message,
                 });
             }
-            sync_repository(&repo.path)?;
+            sync_repository(repo)?;
             Ok(info)
         })
     }
