@@ -133,7 +133,10 @@ enum Command {
         json: bool,
     },
     /// Storages: `storage check NAME` tries one before use.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  backplan storage check archive\n  backplan storage check archive -c /etc/backplan/backplan.toml"
+    )]
     Storage(storage::Command),
     /// Check the repositories: structure, a read-back of a share of the data, and that every
     /// completed backup has its snapshot. Exit 1 on any problem.

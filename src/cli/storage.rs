@@ -12,6 +12,9 @@ use crate::engine::Engine as _;
 pub(super) enum Command {
     /// Try a storage: credentials, container or bucket, and a write / read / delete round
     /// trip. Exit 0 when it can be used, 1 otherwise (the message says what failed).
+    #[command(
+        after_help = "Examples:\n  backplan storage check archive\n  backplan storage check archive && echo usable"
+    )]
     Check {
         #[command(flatten)]
         config: super::ConfigArg,
