@@ -118,11 +118,7 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
     {
         return approve(shared, *allow_mass_removal, approved);
     }
-    let cfg = shared
-        .config
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let cfg = super::read(&shared.config);
     if let (Query::Verify { subset }, Some(cfg)) = (q, &cfg) {
         let (report, problems) = shared.verify(cfg, *subset);
         return Answer {
@@ -131,11 +127,7 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
             stderr: String::new(),
         };
     }
-    let error = shared
-        .config_error
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let error = super::read(&shared.config_error);
     // A store that cannot be read (a full disk) still answers with what it held last.
     let (rec, stale) = match shared.store.load() {
         Ok(r) => (r, None),
@@ -202,16 +194,8 @@ pub(super) fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str)
     // After the loop's reconcile under way, if any; the file in force and the state are read,
     // and the plan made and carried out, under the same lock.
     let _work = shared.work.lock().unwrap_or_else(|p| p.into_inner());
-    let cfg = shared
-        .config
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let error = shared
-        .config_error
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let cfg = super::read(&shared.config);
+    let error = super::read(&shared.config_error);
     let Some(cfg) = cfg else {
         return refuse("the daemon has no valid configuration".into());
     };

@@ -99,6 +99,11 @@ struct Shared {
     page: std::sync::Mutex<()>,
 }
 
+/// A copy of what `lock` holds; a poisoned lock (a panicked writer) still gives its value.
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 impl Shared {
     fn set_activity(&self, what: String) {
         *self.activity.write().unwrap_or_else(|p| p.into_inner()) = what;
@@ -266,11 +271,7 @@ pub async fn run(
     loop {
         let mut reason_now = None;
         // 1. Reconcile, when something asked for it.
-        let cfg = shared
-            .config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let cfg = read(&shared.config);
         if let (Some(cfg), Some(reason)) = (cfg, reason.take()) {
             let now = s.clock.now();
             let why = match reason {
@@ -378,11 +379,7 @@ pub async fn run(
         // 2. Wait until the next deadline or an event. The records do not change meanwhile
         // (only this loop writes them); the clock is read again at least every
         // `Clock::recheck`, so a step of the wall clock or a suspend never sleeps past a slot.
-        let cfg = shared
-            .config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let cfg = read(&shared.config);
         // The records are in memory, but read from the store again after an error (blocking
         // I/O): not on the async workers, which serve the control socket meanwhile.
         let (deadline, instances) = tokio::task::spawn_blocking({
@@ -528,11 +525,7 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
     sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     let result = match crate::config::parse(path, &text) {
         Ok((cfg, _)) => {
-            let old = shared
-                .config
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let old = read(&shared.config);
             // The store, the default repository, the generated keys and the socket all hang
             // off `state_dir`: a file that moves them is not mixed with the store this process
             // holds. It takes effect at the next start; meanwhile the last file stays in force.

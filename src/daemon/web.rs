@@ -96,11 +96,7 @@ fn recorded(shared: &Shared) -> Arc<crate::records::Recorded> {
 }
 
 fn metrics_text(shared: &Shared) -> String {
-    let cfg = shared
-        .config
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let cfg = super::read(&shared.config);
     let rejected = shared
         .config_error
         .read()
@@ -118,26 +114,10 @@ fn metrics_text(shared: &Shared) -> String {
 }
 
 fn page(shared: &Shared) -> String {
-    let cfg = shared
-        .config
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let error = shared
-        .config_error
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let activity = shared
-        .activity
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let verify = shared
-        .last_verify
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let cfg = super::read(&shared.config);
+    let error = super::read(&shared.config_error);
+    let activity = super::read(&shared.activity);
+    let verify = super::read(&shared.last_verify);
     let rec = recorded(shared);
     let now = shared.clock.now();
     let plan = cfg

@@ -33,11 +33,18 @@ impl Run {
 
 /// Runs `backplan ARGS` in `dir`, replacing `dir` in the output with `[DIR]`.
 pub fn backplan(dir: &Path, args: &[&str]) -> Run {
+    backplan_with_env(dir, args, &[])
+}
+
+/// `backplan` with `env` set (`BACKPLAN_CONFIG`, `COLUMNS` and `RUST_LOG` unset unless given).
+pub fn backplan_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_backplan"))
         .args(args)
         .current_dir(dir)
         .env_remove("BACKPLAN_CONFIG")
         .env_remove("COLUMNS")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("the binary runs");
     let real = dir.canonicalize().unwrap();

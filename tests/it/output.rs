@@ -3,34 +3,13 @@
 //! the terminal; short backup ids.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::helpers::*;
 
 /// Runs `backplan ARGS` in `dir` with `env` set (`COLUMNS` unset unless given), `dir` in the
 /// output replaced with `[DIR]`.
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_backplan"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("BACKPLAN_CONFIG")
-        .env_remove("COLUMNS")
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .output()
-        .expect("the binary runs");
-    let real = dir.canonicalize().unwrap();
-    let filter = |b: Vec<u8>| {
-        String::from_utf8(b)
-            .expect("output is UTF-8")
-            .replace(&real.display().to_string(), "[DIR]")
-            .replace(&dir.display().to_string(), "[DIR]")
-    };
-    Run {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: filter(out.stdout),
-        stderr: filter(out.stderr),
-    }
+    backplan_with_env(dir, args, env)
 }
 
 /// Text with what changes from run to run masked: times (`[TIME]`), UUIDs (`[UUID]`),
