@@ -3,7 +3,7 @@
 
 use super::{Resolved, StorageKind};
 use crate::config::{Config, Storage, StorageLocation};
-use crate::engine::{Remote, Repo};
+use crate::engine::Remote;
 
 pub struct Azure;
 
@@ -19,10 +19,6 @@ impl StorageKind for Azure {
         else {
             return Err(format!("storage `{name}` is not an Azure storage"));
         };
-        let password_file = storage
-            .password_file
-            .clone()
-            .ok_or_else(|| format!("storage `{name}` is external and has no `password_file`"))?;
         let remote = Remote::Azure {
             account: account.clone(),
             container: container.clone(),
@@ -30,13 +26,6 @@ impl StorageKind for Azure {
             prefix: path.clone(),
             access_key: access_key.clone(),
         };
-        Ok(Resolved {
-            repo: Repo {
-                path: remote.name().into(),
-                password_file,
-                remote: Some(remote),
-            },
-            may_generate_key: false,
-        })
+        super::external(name, storage, remote)
     }
 }

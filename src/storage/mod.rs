@@ -29,6 +29,27 @@ pub struct Resolved {
     pub may_generate_key: bool,
 }
 
+/// An external storage's repository: at `remote`, opened with the storage's `password_file`
+/// (required: a key generated on this host would be lost with it).
+fn external(
+    name: &str,
+    storage: &Storage,
+    remote: crate::engine::Remote,
+) -> Result<Resolved, String> {
+    let password_file = storage
+        .password_file
+        .clone()
+        .ok_or_else(|| format!("storage `{name}` is external and has no `password_file`"))?;
+    Ok(Resolved {
+        repo: Repo {
+            path: remote.name().into(),
+            password_file,
+            remote: Some(remote),
+        },
+        may_generate_key: false,
+    })
+}
+
 /// One kind of storage.
 pub trait StorageKind: Sync {
     fn resolve(&self, cfg: &Config, name: &str, storage: &Storage) -> Result<Resolved, String>;

@@ -3,7 +3,7 @@
 
 use super::{Resolved, StorageKind};
 use crate::config::{Config, Storage, StorageLocation};
-use crate::engine::{Remote, Repo};
+use crate::engine::Remote;
 
 pub struct S3;
 
@@ -20,10 +20,6 @@ impl StorageKind for S3 {
         else {
             return Err(format!("storage `{name}` is not an S3 storage"));
         };
-        let password_file = storage
-            .password_file
-            .clone()
-            .ok_or_else(|| format!("storage `{name}` is external and has no `password_file`"))?;
         let remote = Remote::S3 {
             bucket: bucket.clone(),
             region: region.clone(),
@@ -32,13 +28,6 @@ impl StorageKind for S3 {
             access_key_id: access_key_id.clone(),
             secret_access_key: secret_access_key.clone(),
         };
-        Ok(Resolved {
-            repo: Repo {
-                path: remote.name().into(),
-                password_file,
-                remote: Some(remote),
-            },
-            may_generate_key: false,
-        })
+        super::external(name, storage, remote)
     }
 }
