@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod heartbeat;
 pub mod http;
 pub mod kinds;
+pub mod listener;
 pub mod metrics;
 pub mod plan;
 pub mod query;

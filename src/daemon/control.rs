@@ -32,34 +32,17 @@ pub(super) fn serve_control(
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    Ok(tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            // A slot first: beyond the limit, clients wait in the kernel's backlog.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(50);
-                    stream
-                }
-                Err(e) => {
-                    // Out of descriptors (EMFILE) and the like: wait, never spin.
-                    tracing::warn!("control socket: accept failed: {e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
+    Ok(crate::listener::serve_connections(
+        "control socket",
+        listener,
+        MAX_CONNECTIONS,
+        move |stream| {
             let shared = shared.clone();
-            tokio::spawn(async move {
+            async move {
                 let _ = serve_client(stream, shared).await;
-                drop(slot);
-            });
-        }
-    }))
+            }
+        },
+    ))
 }
 
 pub(super) async fn serve_client(
