@@ -746,19 +746,25 @@ mod tests {
         assert!(directory::leftover_staging(&db).is_empty());
     }
 
+    /// The `sqlite3` shell on `db` in another process, its stdin to write SQL to.
+    fn sqlite3_shell(db: &Path) -> (std::process::Child, std::process::ChildStdin) {
+        let mut child = std::process::Command::new("sqlite3")
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the sqlite3 shell is installed");
+        let stdin = child.stdin.take().unwrap();
+        (child, stdin)
+    }
+
     #[test]
     fn a_log_left_by_a_killed_writer_is_never_paired_with_the_restored_file() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("sandbox.db");
         db_with_rows(&db, 1);
         // A WAL writer killed with its commits still in the -wal (never checkpointed).
-        let mut child = std::process::Command::new("sqlite3")
-            .arg(&db)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the sqlite3 shell is installed");
-        let mut stdin = child.stdin.take().unwrap();
+        let (mut child, mut stdin) = sqlite3_shell(&db);
         writeln!(
             stdin,
             "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE big(x); INSERT INTO big SELECT randomblob(1000) FROM generate_series(1, 500); SELECT 'done';"
@@ -822,13 +828,7 @@ mod tests {
         let db = tmp.path().join("sandbox.db");
         db_with_rows(&db, 1);
         // A WAL connection in another process holds the database open.
-        let mut child = std::process::Command::new("sqlite3")
-            .arg(&db)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the sqlite3 shell is installed");
-        let mut stdin = child.stdin.take().unwrap();
+        let (mut child, mut stdin) = sqlite3_shell(&db);
         writeln!(stdin, "PRAGMA journal_mode=WAL; SELECT count(*) FROM t;").unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !companion(&db, "-shm").exists() && Instant::now() < deadline {
