@@ -13,6 +13,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod kinds;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod query;
 pub mod records;
