@@ -267,8 +267,11 @@ impl Url {
 }
 
 fn read_url(file: &Path, key: &str) -> Result<Url, String> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| format!("`{key}` {}: {e}", file.display()))?;
+    // A URL is short: a file of more than 64 KiB is cut there, and then is no URL.
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
+        .map_err(|e| format!("`{key}` {}: {e}", file.display()))?;
     Url::parse(&text).map_err(|e| format!("`{key}` {}: {e}", file.display()))
 }
 
@@ -452,7 +455,8 @@ fn deliver(rx: Receiver<Job>) {
         match &job.what {
             What::Event { name, json } => {
                 if !job.to.command.is_empty()
-                    && let Err(e) = run_command(&job.to.command, json, &job.hidden_env)
+                    && let Err(e) =
+                        run_command(&job.to.command, json, &job.hidden_env, COMMAND_TIMEOUT)
                 {
                     tracing::warn!("notifications: {name} to the command: {e}");
                 }
@@ -559,8 +563,13 @@ fn error_text(e: reqwest::Error) -> String {
 const HIDDEN: &[&str] = &["CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET"];
 
 /// Runs the command with `json` on its stdin, in a process group of its own killed whole at
-/// [`COMMAND_TIMEOUT`]. Its stderr (the first 4 KiB) is in the error.
-fn run_command(argv: &[String], json: &str, secrets: &[String]) -> Result<(), String> {
+/// `limit` ([`COMMAND_TIMEOUT`]). Its stderr (the first 4 KiB) is in the error.
+fn run_command(
+    argv: &[String],
+    json: &str,
+    secrets: &[String],
+    limit: Duration,
+) -> Result<(), String> {
     let Some((program, args)) = argv.split_first() else {
         return Ok(());
     };
@@ -602,13 +611,13 @@ fn run_command(argv: &[String], json: &str, secrets: &[String]) -> Result<(), St
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Ok(s),
-            Ok(None) if started.elapsed() >= COMMAND_TIMEOUT => {
+            Ok(None) if started.elapsed() >= limit => {
                 // SAFETY: kill(2) on the group of a child not reaped yet.
                 unsafe { libc::kill(-pgid, libc::SIGKILL) };
                 let _ = child.wait();
                 break Err(format!(
                     "{program} timed out after {}s and was killed",
-                    COMMAND_TIMEOUT.as_secs()
+                    limit.as_secs()
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
@@ -672,9 +681,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let sh = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
-        run_command(&sh(&format!("cat > {}", out.display())), "{\"a\":1}", &[]).unwrap();
+        let limit = Duration::from_secs(1);
+        run_command(
+            &sh(&format!("cat > {}", out.display())),
+            "{\"a\":1}",
+            &[],
+            limit,
+        )
+        .unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"a\":1}\n");
-        let e = run_command(&sh("echo nope >&2; exit 3"), "{}", &[]).unwrap_err();
+        let e = run_command(&sh("echo nope >&2; exit 3"), "{}", &[], limit).unwrap_err();
         assert!(e.contains("exit status: 3") && e.contains("nope"), "{e}");
+        // A command that hangs, with a child of its own: both killed at the limit.
+        let pid = dir.path().join("pid");
+        let started = Instant::now();
+        let script = format!("sleep 60 & echo $! > {}; wait", pid.display());
+        let e = run_command(&sh(&script), "{}", &[], limit).unwrap_err();
+        assert!(e.contains("timed out after 1s"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let child: i32 = std::fs::read_to_string(&pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(child, 0) } == 0
+            && !std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .unwrap_or_default()
+                .contains(") Z");
+        assert!(!alive, "the command's child outlived it");
+    }
+
+    #[test]
+    fn a_full_queue_drops_events_and_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[notify]\ncommand = [\"sleep\", \"5\"]\n";
+        let (cfg, _) = crate::config::parse(&dir.path().join("backplan.toml"), text).unwrap();
+        let n = Notifier::start(&cfg);
+        let started = Instant::now();
+        for _ in 0..(QUEUE * 3) {
+            n.emit(Event::verify_failed(1, "x", Duration::ZERO, Utc::now()));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(n.dropping.load(Ordering::Relaxed));
     }
 }
