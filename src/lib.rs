@@ -14,6 +14,7 @@ pub mod http;
 pub mod kinds;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod query;
 pub mod records;

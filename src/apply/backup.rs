@@ -195,6 +195,10 @@ impl Executor<'_> {
             &format!("try {}", b.attempts),
         )?;
         let op = self.op_start("backup", address, &b.instance, Some(b.id));
+        let started = op.started;
+        if let (Some(n), BackupKind::Daily) = (&self.notify, b.kind) {
+            n.daily_started();
+        }
         // A failed `after_backup` after a backup that completed.
         let mut after_failed: Option<String> = None;
         // Err: why, and whether a retry can help (not for what this version lacks).
@@ -280,6 +284,8 @@ impl Executor<'_> {
                 }
             }
         }
+        let took = Some(started.elapsed());
+        self.notify(crate::notify::Event::backup(&b, address, took, self.now()));
         Ok(b)
     }
 

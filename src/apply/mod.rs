@@ -104,6 +104,8 @@ pub struct Executor<'a> {
     good: RefCell<Option<GoodBackups>>,
     /// The daemon's counters: every operation that ends is counted there.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The daemon's notifier (`[notify]`): terminal events go there.
+    pub notify: Option<Arc<crate::notify::Notifier>>,
 }
 
 /// An operation under way (see [`Executor::op_start`]).
@@ -136,6 +138,14 @@ impl<'a> Executor<'a> {
             stop: None,
             good: RefCell::new(None),
             metrics: None,
+            notify: None,
+        }
+    }
+
+    /// A terminal event for `[notify]` (queued; never waits).
+    fn notify(&self, event: crate::notify::Event) {
+        if let Some(n) = &self.notify {
+            n.emit(event);
         }
     }
 
@@ -546,6 +556,12 @@ impl<'a> Executor<'a> {
                 );
                 self.put_backup(&b)?;
                 self.journal("skip", &d.address, Phase::Finished, "missed slot recorded")?;
+                self.notify(crate::notify::Event::backup(
+                    &b,
+                    &d.address,
+                    None,
+                    self.now(),
+                ));
                 self.report
                     .done(&d.address, "missed slot recorded as skipped");
             }

@@ -52,7 +52,9 @@ impl Executor<'_> {
                 }
                 Ok(_) => {
                     // Interrupted before its snapshot was saved: take it again now (same id,
-                    // so it cannot be stored twice).
+                    // so it cannot be stored twice). The attempt failed: counted and notified.
+                    let why = "interrupted (backplan stopped or crashed during the backup); taking it again";
+                    self.interrupted(&b, why);
                     interrupted.push(b);
                     continue;
                 }
@@ -63,6 +65,7 @@ impl Executor<'_> {
                     b.error = Some(format!(
                         "interrupted; the repository could not be checked: {e}"
                     ));
+                    self.interrupted(&b, b.error.as_deref().unwrap_or_default());
                 }
             }
             self.put_backup(&b)?;
@@ -131,5 +134,27 @@ impl Executor<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Executor<'_> {
+    /// A backup found interrupted failed: one failure in the metrics and one notification.
+    fn interrupted(&self, b: &BackupRecord, why: &str) {
+        if let Some(m) = &self.metrics {
+            m.operation(
+                "backup",
+                &b.instance,
+                false,
+                std::time::Duration::ZERO,
+                None,
+            );
+        }
+        let address = backup_address(b);
+        self.notify(crate::notify::Event::interrupted(
+            b,
+            &address,
+            why,
+            self.now(),
+        ));
     }
 }

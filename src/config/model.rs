@@ -22,6 +22,17 @@ pub struct Config {
     pub storages: BTreeMap<String, Storage>,
     pub instances: BTreeMap<String, Instance>,
     pub restores: BTreeMap<String, Restore>,
+    pub notify: Notify,
+}
+
+/// `[notify]`: where the daemon sends its terminal events (all empty: nowhere). The URLs are
+/// secrets, read from their files when an event is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notify {
+    /// Run for every event, the event's JSON on stdin (empty: none).
+    pub command: Vec<String>,
+    pub webhook_url_file: Option<PathBuf>,
+    pub ping_url_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

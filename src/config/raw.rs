@@ -43,10 +43,42 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawRestore>")]
     pub restores: BTreeMap<S<String>, RawRestore>,
+    /// Notifications of terminal events (the daemon's): a command, a webhook, ping URLs.
+    #[serde(default)]
+    pub notify: RawNotify,
 }
 
 impl RawConfig {
-    pub const KEYS: &[&str] = &["daemon", "schedule", "storage", "instances", "restores"];
+    pub const KEYS: &[&str] = &[
+        "daemon",
+        "schedule",
+        "storage",
+        "instances",
+        "restores",
+        "notify",
+    ];
+}
+
+/// `[notify]`: where the daemon sends its terminal events. URLs are secrets (a webhook's
+/// token, a ping check's id): only their `*_file` form is accepted.
+#[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// A command run for every event, the event as one JSON object on its stdin, like
+    /// `["/usr/local/bin/page-oncall"]`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub command: Option<S<Vec<String>>>,
+    /// A file holding the URL that receives every event as a JSON POST (retried).
+    #[schemars(with = "Option<String>")]
+    pub webhook_url_file: Option<S<String>>,
+    /// A file holding a dead-man's-switch URL (healthchecks.io style): `<url>/start` when a
+    /// daily run starts, `<url>` when it succeeded, `<url>/fail` when it failed.
+    #[schemars(with = "Option<String>")]
+    pub ping_url_file: Option<S<String>>,
+}
+
+impl RawNotify {
+    pub const KEYS: &[&str] = &["command", "webhook_url_file", "ping_url_file"];
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
@@ -412,6 +444,7 @@ pub fn read(src: &str) -> Read {
                 to: to?,
             })
         }),
+        notify: r.notify(t),
     };
     Read {
         config: Some(cfg),
@@ -454,6 +487,55 @@ impl Reader {
             metrics_listen: self.string(t, "metrics_listen"),
             max_parallel: self.int(t, "max_parallel"),
         }
+    }
+
+    /// `[notify]`: an inline URL (`webhook_url`, `ping_url`, `url`) is refused as a secret
+    /// in the file, its value never shown; other unknown keys as usual.
+    fn notify(&mut self, root: &DeTable<'_>) -> RawNotify {
+        let Some(v) = root.get("notify") else {
+            return RawNotify::default();
+        };
+        let Some(t) = self.table(v, "[notify]") else {
+            return RawNotify::default();
+        };
+        let out = RawNotify {
+            command: self.string_array(t, "command"),
+            webhook_url_file: self.string(t, "webhook_url_file"),
+            ping_url_file: self.string(t, "ping_url_file"),
+        };
+        let before = self.diags.len();
+        self.keys(t, "[notify]", RawNotify::KEYS);
+        for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            if RawNotify::KEYS.contains(&key) || !(key == "url" || key.ends_with("_url")) {
+                continue;
+            }
+            // Reported as unknown above, value shown: replaced by the refusal of a secret.
+            let span = k.span();
+            let mut i = before;
+            while i < self.diags.len() {
+                if self.diags[i].span == span {
+                    self.diags.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            let home = if key.starts_with("ping") {
+                "ping_url_file"
+            } else {
+                "webhook_url_file"
+            };
+            self.diags.push(
+                Diagnostic::error(
+                    "inline-secret",
+                    span,
+                    format!("`{key}` would put a URL in the file, and a webhook's or a ping check's URL is a secret (its token or id lets anyone post to it)"),
+                )
+                .hint(format!("put the URL in a file readable only by backplan and name it with `{home}`; under systemd use LoadCredential= and $CREDENTIALS_DIRECTORY"))
+                .redact(v.span()),
+            );
+        }
+        out
     }
 
     /// Reports the keys of `t` that are not in `known`.

@@ -79,6 +79,7 @@ pub fn validate(
     let instances = v.instances(raw, &schedule, &storages);
     v.overlapping_sources(raw, &instances, &daemon, &storages);
     let restores = v.restores(raw, &instances);
+    let notify = v.notify(&raw.notify);
     let ok = !v
         .diags
         .iter()
@@ -90,6 +91,7 @@ pub fn validate(
         storages,
         instances,
         restores,
+        notify,
     });
     (cfg, v.diags)
 }
@@ -299,6 +301,49 @@ impl Validator<'_> {
             format!("storage `{n}` does not exist"),
             hint,
         );
+    }
+
+    /// `[notify]`: a command that names a program; URL files that exist, are not empty and
+    /// hold an `http://` or `https://` URL (never shown).
+    fn notify(&mut self, n: &RawNotify) -> Notify {
+        let command = match &n.command {
+            Some(cmd) if cmd.get_ref().first().is_none_or(|c| c.trim().is_empty()) => {
+                self.err(
+                    "bad-value",
+                    cmd.span(),
+                    "`command` must start with a program to run",
+                    "write the command as a list, like [\"/usr/local/bin/page-oncall\"] (it gets the event as JSON on stdin), or remove the key",
+                );
+                Vec::new()
+            }
+            Some(cmd) => cmd.get_ref().clone(),
+            None => Vec::new(),
+        };
+        let mut url_file = |v: &Option<S<String>>, key: &str| {
+            let v = v.as_ref()?;
+            let path = self.secret_file(v, key);
+            let text = std::fs::read_to_string(&path).ok()?;
+            let url = text.trim();
+            if !url.is_empty() && crate::notify::Url::parse(url).is_err() {
+                self.err(
+                    "bad-url",
+                    v.span(),
+                    format!(
+                        "`{key}` names {}, which does not hold an http:// or https:// URL (its content is not shown: it is a secret)",
+                        path.display()
+                    ),
+                    "write the URL alone in the file, like https://hc-ping.com/<uuid>",
+                );
+            }
+            Some(path)
+        };
+        let webhook_url_file = url_file(&n.webhook_url_file, "webhook_url_file");
+        let ping_url_file = url_file(&n.ping_url_file, "ping_url_file");
+        Notify {
+            command,
+            webhook_url_file,
+            ping_url_file,
+        }
     }
 
     /// A `*_file` secret: missing is an error, readable by group or others a warning.

@@ -220,8 +220,10 @@ pub(super) fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str)
         &now,
     );
     exec.metrics = Some(shared.metrics.clone());
+    exec.notify = Some(shared.notify.clone());
     shared.metrics.refusals(plan.refusals.len());
     let ran = exec.run(&plan);
+    shared.notify.run_ended();
     crate::metrics::measure_repositories(&cfg, &shared.metrics);
     if let Err(e) = ran {
         return refuse(format!("apply stopped: {e}"));

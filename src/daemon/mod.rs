@@ -97,6 +97,8 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     /// Held while the status page is made (one at a time).
     page: std::sync::Mutex<()>,
+    /// `[notify]`: terminal events, delivered in the background.
+    notify: Arc<crate::notify::Notifier>,
 }
 
 /// A copy of what `lock` holds; a poisoned lock (a panicked writer) still gives its value.
@@ -135,6 +137,10 @@ impl Shared {
         tracing::info!(op = "verify", subset, problems, duration_s = %format!("{:.3}", took.as_secs_f64()), "verify finished");
         self.metrics
             .operation("verify", "-", problems == 0, took, None);
+        if problems > 0 {
+            let e = crate::notify::Event::verify_failed(problems, &report, took, self.clock.now());
+            self.notify.emit(e);
+        }
         let outcome = if problems == 0 {
             format!("OK ({subset}% of the data read back)")
         } else {
@@ -236,6 +242,7 @@ pub async fn run(
         work: std::sync::Mutex::new(()),
         metrics: Arc::new(crate::metrics::Metrics::new(s.clock.now())),
         page: std::sync::Mutex::new(()),
+        notify: crate::notify::Notifier::start(&cfg),
     });
     shared.metrics.config_loaded(s.clock.now());
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
@@ -308,7 +315,9 @@ pub async fn run(
                         !recovered,
                         stop,
                         &shared.metrics,
+                        &shared.notify,
                     );
+                    shared.notify.run_ended();
                     if out.worked || reason == Reason::Start {
                         crate::metrics::measure_repositories(&cfg, &shared.metrics);
                     }
@@ -509,6 +518,8 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
         Ok(t) => t,
         Err(e) => {
             tracing::error!("{e}; the last valid configuration stays in force");
+            let e2 = crate::notify::Event::rejected(path, &e.to_string(), shared.clock.now());
+            shared.notify.emit(e2);
             *shared
                 .config_error
                 .write()
@@ -549,6 +560,7 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
                 sd_notify("READY=1");
                 return false;
             }
+            shared.notify.configure(&cfg);
             *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
             shared.metrics.config_loaded(shared.clock.now());
             *shared
@@ -564,6 +576,8 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
                 "{}: invalid, the last valid configuration stays in force:\n{rendered}",
                 path.display()
             );
+            let e = crate::notify::Event::rejected(path, &rendered, shared.clock.now());
+            shared.notify.emit(e);
             *shared
                 .config_error
                 .write()

@@ -26,11 +26,13 @@ pub(super) fn reconcile(
     recover: bool,
     stop: Arc<AtomicBool>,
     metrics: &Arc<crate::metrics::Metrics>,
+    notify: &Arc<crate::notify::Notifier>,
 ) -> Outcome {
     let now_fn = || clock.now();
     let mut exec = Executor::new(cfg, store, engine, Arc::new(LogProgress), &now_fn);
     exec.stop = Some(stop);
     exec.metrics = Some(metrics.clone());
+    exec.notify = Some(notify.clone());
     let outcome = |summary: String, worked, failed| Outcome {
         summary,
         worked,

@@ -17,6 +17,7 @@ mod kinds;
 mod limits;
 mod metrics;
 mod monitoring;
+mod notify;
 mod output;
 mod package;
 mod paths;
