@@ -746,6 +746,35 @@ mod tests {
     }
 
     #[test]
+    fn the_json_is_restics_and_compressed_locks_of_later_restic_read() {
+        let info = LockInfo {
+            time: "2020-12-01T17:33:41.27469046Z".into(),
+            exclusive: true,
+            hostname: "vm".into(),
+            username: "root".into(),
+            pid: 3968,
+            uid: 0,
+            gid: 0,
+        };
+        // As restic 0.14 wrote it (seen with `restic cat lock`): uid and gid 0 left out.
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            r#"{"time":"2020-12-01T17:33:41.27469046Z","exclusive":true,"hostname":"vm","username":"root","pid":3968}"#
+        );
+        let json = serde_json::to_vec(&LockInfo { uid: 1000, ..info }).unwrap();
+        let mut compressed = vec![2u8];
+        compressed.extend(zstd::stream::encode_all(&json[..], 3).unwrap());
+        let read = sealer()
+            .decode(&sealer().seal(&compressed).unwrap())
+            .unwrap();
+        assert_eq!((read.uid, read.pid, read.exclusive), (1000, 3968, true));
+        assert!(
+            read.stale(),
+            "a lock of 2020 is older than 30 minutes"
+        );
+    }
+
+    #[test]
     fn an_unreadable_lock_is_a_conflict() {
         let (_tmp, files) = folder();
         let other = Sealer::new(&[1u8; 32], &[2u8; 16], &[3u8; 16]).unwrap();
