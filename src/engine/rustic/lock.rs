@@ -402,14 +402,45 @@ impl Drop for RepoLock {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Err(e) = self.files.remove(&name) {
+        if let Err(e) = remove_held(&*self.files, &name) {
             tracing::warn!(
-                "could not release the lock of {} ({e}); it turns stale in 30 minutes, or `restic unlock` removes it",
+                "could not release the lock of {} ({e}); this process removes it at its next operation there, and it turns stale in 30 minutes",
                 self.what
             );
         }
     }
 }
+
+/// The lock files this process holds now (names are unique: hashes of randomly sealed
+/// bytes). A lock of this host and this pid that is not among them is a leftover of this
+/// process (its removal failed): stale, though the process is alive.
+static HELD: Mutex<std::collections::BTreeSet<String>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+fn held(name: &str, yes: bool) {
+    let mut h = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if yes {
+        h.insert(name.to_string());
+    } else {
+        h.remove(name);
+    }
+}
+
+/// Writes a lock file, known as held before it exists.
+fn write_held(files: &dyn LockFiles, name: &str, bytes: &[u8]) -> Result<(), String> {
+    held(name, true);
+    files.write(name, bytes).inspect_err(|_| held(name, false))
+}
+
+/// Removes a lock file, known as held no more even when that fails: the next look for
+/// conflicts then removes it as this process's leftover.
+fn remove_held(files: &dyn LockFiles, name: &str) -> Result<(), String> {
+    held(name, false);
+    files.remove(name)
+}
+
+/// Lock files larger than this are not read (restic's are about 150 bytes).
+const MAX_LOCK_SIZE: u64 = 64 * 1024;
 
 /// Why a try did not take the lock.
 enum Refused {
@@ -508,14 +539,14 @@ fn refresh_once(
 ) {
     let written = sealer
         .encode(&LockInfo::ours(exclusive))
-        .and_then(|(name, bytes)| files.write(&name, &bytes).map(|()| name));
+        .and_then(|(name, bytes)| write_held(files, &name, &bytes).map(|()| name));
     match written {
         Ok(name) => {
             let old = std::mem::replace(
                 &mut *current.lock().unwrap_or_else(|p| p.into_inner()),
                 name,
             );
-            if let Err(e) = files.remove(&old) {
+            if let Err(e) = remove_held(files, &old) {
                 tracing::warn!(
                     "repository {}: removing the lock replaced by a fresh one: {e}",
                     what.display()
@@ -537,12 +568,12 @@ fn try_once(files: &dyn LockFiles, sealer: &Sealer, exclusive: bool) -> Result<S
     let (name, bytes) = sealer
         .encode(&LockInfo::ours(exclusive))
         .map_err(Refused::Failed)?;
-    files.write(&name, &bytes).map_err(Refused::Failed)?;
+    write_held(files, &name, &bytes).map_err(Refused::Failed)?;
     std::thread::sleep(SETTLE);
     match conflict(files, sealer, exclusive, Some(&name)) {
         Ok(None) => Ok(name),
         other => {
-            let _ = files.remove(&name);
+            let _ = remove_held(files, &name);
             match other {
                 Ok(Some(holder)) => Err(Refused::Held(holder)),
                 Err(e) => Err(e),
@@ -564,6 +595,11 @@ fn conflict(
         if Some(name.as_str()) == ours || size == 0 {
             continue;
         }
+        if size > MAX_LOCK_SIZE {
+            return Ok(Some(format!(
+                "a lock file locks/{name} of {size} bytes, too large to be a lock (`restic unlock --remove-all` removes it when nothing else uses the repository)"
+            )));
+        }
         let Some(stored) = files.read(&name).map_err(Refused::Failed)? else {
             continue;
         };
@@ -578,10 +614,21 @@ fn conflict(
                 )));
             }
         };
-        if info.dead_here() {
+        let leftover = info.hostname == hostname()
+            && info.pid == i64::from(std::process::id())
+            && !HELD
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&name);
+        if info.dead_here() || leftover {
             tracing::warn!(
-                "removing the stale lock locks/{name}: {}, whose process is gone",
-                info.describe()
+                "removing the stale lock locks/{name}: {}, whose {}",
+                info.describe(),
+                if leftover {
+                    "release failed earlier in this process"
+                } else {
+                    "process is gone"
+                }
             );
             if let Err(e) = files.remove(&name) {
                 tracing::warn!("could not remove the stale lock locks/{name}: {e}");
@@ -768,10 +815,18 @@ mod tests {
             .decode(&sealer().seal(&compressed).unwrap())
             .unwrap();
         assert_eq!((read.uid, read.pid, read.exclusive), (1000, 3968, true));
-        assert!(
-            read.stale(),
-            "a lock of 2020 is older than 30 minutes"
-        );
+        assert!(read.stale(), "a lock of 2020 is older than 30 minutes");
+    }
+
+    #[test]
+    fn a_leftover_lock_of_this_process_is_removed() {
+        let (_tmp, files) = folder();
+        // This process's lock whose release failed: written, never known as held.
+        let leftover = plant(&*files, &LockInfo::ours(true));
+        let lock = take(&files, true, Duration::ZERO).unwrap();
+        assert_eq!(names(&*files), vec![lock.name()], "{leftover} removed");
+        // While held, the same process's lock is a conflict (another thread of it).
+        assert!(take(&files, false, Duration::ZERO).is_err());
     }
 
     #[test]
