@@ -840,6 +840,14 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(refused.contains("unreadable lock file"), "{refused}");
+        // Nor is a file too large to be a lock read into memory.
+        let (_tmp, files) = folder();
+        files.write(&"a".repeat(64), &vec![0u8; 100_000]).unwrap();
+        let refused = take(&files, false, Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(refused.contains("too large to be a lock"), "{refused}");
     }
 
     #[test]
