@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::*;
 
+mod lock;
 mod remote;
 mod stream;
 
@@ -166,6 +167,41 @@ impl RusticEngine {
     }
 }
 
+impl RusticEngine {
+    /// A fresh handle on the repository, with restic's lock taken for the operation (see
+    /// `rustic/lock.rs`): held, and refreshed, until the returned guard is dropped.
+    fn open_locked(
+        &self,
+        repo: &Repo,
+        progress: Arc<dyn ProgressSink>,
+        mode: lock::Mode,
+    ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
+        let open = self.open(repo, progress)?;
+        let key = open.key();
+        let sealer =
+            lock::Sealer::new(&key.encrypt, &key.mac.k, &key.mac.r).map_err(|message| {
+                EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message,
+                }
+            })?;
+        let files: Arc<dyn lock::LockFiles> = match &repo.remote {
+            Some(remote) => remote::lock_files(remote)?,
+            None => Arc::new(lock::LocalLocks(repo.path.join("locks"))),
+        };
+        let held = lock::acquire(
+            files,
+            sealer,
+            mode,
+            &repo.path,
+            lock::wait_bound(),
+            lock::REFRESH,
+        )?;
+        lock::hold_for_tests(mode);
+        Ok((open, held))
+    }
+}
+
 fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>, EngineError> {
     let backends = match &repo.remote {
         Some(remote) => remote::backends(remote)?,
@@ -268,7 +304,7 @@ impl Engine for RusticEngine {
                 repo: repo.path.clone(),
                 message: format!("the source path {} is not UTF-8", source.display()),
             })?;
-            let open = self.open(repo, progress)?;
+            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
             let snap = new_snapshot(repo, tags)?;
             let opts = BackupOptions::default()
@@ -350,7 +386,7 @@ impl Engine for RusticEngine {
             {
                 return Ok(Vec::new());
             }
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) = self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Shared)?;
             let mut all: Vec<SnapshotInfo> = open
                 .get_all_snapshots()
                 .map_err(err(repo))?
@@ -391,7 +427,7 @@ impl Engine for RusticEngine {
                 .ok_or_else(|| EngineError::DestinationNotEmpty {
                     path: dest.to_path_buf(),
                 })?;
-            let open = self.open(repo, progress)?;
+            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed
@@ -426,7 +462,8 @@ impl Engine for RusticEngine {
             return Ok(());
         }
         self.guarded(repo, "forget", || {
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) =
+                self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             let ids = open_ids(&open, snapshots, repo)?;
             open.delete_snapshots(&ids).map_err(err(repo))?;
             sync_repository(repo)
@@ -435,7 +472,8 @@ impl Engine for RusticEngine {
 
     fn prune(&self, repo: &Repo) -> Result<(), EngineError> {
         self.guarded(repo, "prune", || {
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) =
+                self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             // Delete now (the default only marks packs for a day later) and repack partly
             // used packs without the default 10% cap.
             let opts = PruneOptions::default()
@@ -450,7 +488,7 @@ impl Engine for RusticEngine {
 
     fn verify(&self, repo: &Repo, read_share: f64) -> Result<VerifyReport, EngineError> {
         self.guarded(repo, "verify", || {
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) = self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Shared)?;
             let snapshots = open.get_all_snapshots().map_err(err(repo))?.len();
             let mut opts = CheckOptions::default();
             if read_share > 0.0 {

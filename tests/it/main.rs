@@ -15,6 +15,7 @@ mod invalid;
 mod keys;
 mod kinds;
 mod limits;
+mod locks;
 mod metrics;
 mod monitoring;
 mod notify;
