@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::*;
 
+mod listing;
 mod remote;
 mod stream;
 
@@ -479,6 +480,10 @@ impl Engine for RusticEngine {
 
     fn check_storage(&self, repo: &Repo) -> Result<(), EngineError> {
         self.guarded(repo, "storage check", || remote::check(repo))
+    }
+
+    fn listing(&self, repo: &Repo, snapshot: &str) -> Result<Vec<TreeEntry>, EngineError> {
+        RusticEngine::listing(self, repo, snapshot)
     }
 }
 
