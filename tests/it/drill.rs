@@ -32,10 +32,13 @@ fn instance<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
 /// What `/metrics` shows of the recorded state in `dir`.
 fn metrics(dir: &Path) -> String {
     let rec = backplan::state::read(&dir.join("state")).unwrap();
+    let cfg = backplan::config::load(&dir.join("backplan.toml"))
+        .unwrap()
+        .config;
     backplan::metrics::render(
         &backplan::metrics::Scrape {
             recorded: &rec,
-            config: None,
+            config: Some(&cfg),
             config_rejected: false,
         },
         &backplan::metrics::Metrics::new(chrono::Utc::now()),
@@ -149,6 +152,17 @@ fn a_directory_drill_passes_and_is_shown() {
         m.contains("backplan_drill_last_success_timestamp_seconds{instance_name=\"site\"}"),
         "{m}"
     );
+    assert!(
+        m.contains("backplan_drill_interval_seconds{instance_name=\"site\"} 86400"),
+        "{m}"
+    );
+    assert!(
+        m.contains("backplan_drill_rto_seconds{instance_name=\"site\"}"),
+        "{m}"
+    );
+    if crate::metrics::tool("promtool") {
+        crate::metrics::promtool_check(&m);
+    }
 
     // Not due again before its interval; due once it has passed.
     let plan = backplan(dir, &["plan", "-c", "backplan.toml"]);
@@ -300,7 +314,6 @@ fn a_postgres_drill_lists_the_restored_dump() {
         &db,
         "CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
     );
-    let databases = pg.databases();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::copy(&pg.password_file, dir.join("pg.password")).unwrap();
@@ -334,8 +347,14 @@ label = "First"
         "{}",
         run.stdout
     );
-    // No database was made on the server for the drill.
-    assert_eq!(pg.databases(), databases);
+    // No database was made on the server for the drill (side databases would be named
+    // after the instance's; other tests share the server).
+    let ours: Vec<String> = pg
+        .databases()
+        .into_iter()
+        .filter(|d| d.contains(&db))
+        .collect();
+    assert_eq!(ours, vec![db.clone()]);
     assert_eq!(leftovers(&dir.join("state/drills")), Vec::<String>::new());
 }
 
@@ -417,4 +436,45 @@ fn a_scratch_folder_left_by_a_crash_is_removed_at_the_next_start() {
         leftovers(&dir.join("state/drills")),
         vec!["notes.txt".to_string()]
     );
+}
+
+#[test]
+fn the_daemon_wakes_for_the_next_drill() {
+    let tmp = site("");
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("backplan.toml"),
+        std::fs::read_to_string(dir.join("backplan.toml"))
+            .unwrap()
+            .replace("drill = \"daily\"", "drill = \"6h\"\ndaily_at = \"23:00\""),
+    )
+    .unwrap();
+    let cfg = backplan::config::load(&dir.join("backplan.toml"))
+        .unwrap()
+        .config;
+    let at = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let mut rec = backplan::records::Recorded::default();
+    let plain = backplan::plan::planner::next_deadline(&cfg, &rec, at("2026-11-27T01:00:00Z"));
+    assert_eq!(plain, at("2026-11-27T23:00:00Z"), "the daily slot");
+    rec.drills.insert(
+        "site".into(),
+        backplan::records::DrillRecord::with_run(
+            None,
+            "site",
+            backplan::records::DrillRun {
+                backup_id: uuid::Uuid::nil(),
+                started_at: at("2026-11-27T00:30:00Z"),
+                outcome: backplan::records::DrillOutcome::Failed,
+                rto_seconds: None,
+                duration_seconds: 1.0,
+                detail: "x".into(),
+            },
+        ),
+    );
+    let next = backplan::plan::planner::next_deadline(&cfg, &rec, at("2026-11-27T01:00:00Z"));
+    assert_eq!(next, at("2026-11-27T06:30:00Z"), "6 h after the last drill");
 }
