@@ -156,8 +156,15 @@ impl Executor<'_> {
             .mode(0o700)
             .create(&scratch)
             .map_err(|e| fail(format!("cannot create {}: {e}", scratch.display())))?;
+        // Where it is, in the journal (recovery removes it after a crash in any case).
+        self.journal(
+            "drill-scratch",
+            &format!("drill.{instance}"),
+            Phase::Started,
+            &scratch.display().to_string(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
         let result = self.drill_in(&b, &snapshot, &source, kind, &scratch);
-        crate::failpoint!("drill.restored");
         // 3. The scratch folder goes, whatever happened.
         let removed = std::fs::remove_dir_all(&scratch);
         match (result, removed) {

@@ -421,10 +421,13 @@ fn a_scratch_folder_left_by_a_crash_is_removed_at_the_next_start() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_backplan"))
         .args(["apply", "-c", "backplan.toml", "--auto-approve"])
         .current_dir(dir)
-        .env("BACKPLAN_FAILPOINT", "drill.restored")
+        .env("BACKPLAN_CRASH_AFTER", "drill-scratch:started")
         .output()
         .unwrap();
-    assert!(out.status.code().is_none(), "killed at the fail point");
+    assert!(
+        out.status.code().is_none(),
+        "killed with its scratch folder made"
+    );
     let left = leftovers(&dir.join("state/drills"));
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].starts_with("backplan-drill-site-"), "{left:?}");
