@@ -127,6 +127,8 @@ impl Executor<'_> {
             .ok_or_else(|| fail(format!("`{instance}` is neither recorded nor in the file")))?;
         let kind = kinds::of(source.kind()).map_err(fail)?;
         let dir = self.cfg.schedule.drill_dir.clone();
+        // Checked before the folder is made, and again once it exists (links resolved).
+        self.drill_dir_apart(&dir).map_err(fail)?;
         make_private_dir(&dir)
             .map_err(|e| fail(format!("cannot create drill_dir {}: {e}", dir.display())))?;
         self.drill_dir_apart(&dir).map_err(fail)?;
@@ -195,6 +197,17 @@ impl Executor<'_> {
             .engine
             .listing(&repo, snapshot)
             .map_err(|e| fail(format!("the snapshot's listing cannot be read: {e}")))?;
+        // The backup's size again, from the listing (a record may not know it).
+        let need: u64 = listing.iter().map(|e| e.size).sum();
+        let free = free_bytes(scratch).map_err(|e| fail(e.to_string()))?;
+        if need > free {
+            return Err(fail(format!(
+                "not enough free space in drill_dir {}: the snapshot holds {}, {} is free; nothing was restored",
+                scratch.parent().unwrap_or(scratch).display(),
+                crate::views::human_bytes(need),
+                crate::views::human_bytes(free)
+            )));
+        }
         let tree = scratch.join("tree");
         let timer = Instant::now();
         self.engine
