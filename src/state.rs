@@ -2,7 +2,8 @@
 //!
 //! Trees: `instances` (name → record), `backups` (UUID → record), `restores` (key → record),
 //! `journal` (sequence number, big-endian → entry), `storages` (name → the repository id it
-//! uses; a tree added without a schema change, empty in older stores) and `meta`
+//! uses; a tree added without a schema change, empty in older stores), `drills` (instance →
+//! its restore drills, likewise added without a schema change) and `meta`
 //! (`schema_version`). Each value
 //! is one format byte followed by the record as JSON, so a record can change shape later
 //! without guessing. **Every write is flushed to disk before the call returns**, so a state
@@ -86,6 +87,9 @@ struct Handles {
     journal: sled::Tree,
     storages: sled::Tree,
     meta: sled::Tree,
+    /// Restore drills: instance name → its [`DrillRecord`] (added without a schema change,
+    /// empty in older stores).
+    drills: sled::Tree,
 }
 
 impl Handles {
@@ -126,6 +130,7 @@ impl Handles {
             journal: db.open_tree("journal")?,
             storages: db.open_tree("storages")?,
             meta: db.open_tree("meta")?,
+            drills: db.open_tree("drills")?,
             db,
         })
     }
@@ -293,6 +298,11 @@ impl Store {
                 let r: RestoreRecord = decode("restores", &k, &v)?;
                 rec.restores.insert(r.key.clone(), r);
             }
+            for item in h.drills.iter() {
+                let (k, v) = item?;
+                let r: DrillRecord = decode("drills", &k, &v)?;
+                rec.drills.insert(r.instance.clone(), r);
+            }
             Ok(rec)
         })
     }
@@ -441,6 +451,28 @@ impl Store {
         )
     }
 
+    pub fn get_drill(&self, instance: &str) -> Result<Option<DrillRecord>, StateError> {
+        self.with(|h| {
+            h.drills
+                .get(instance.as_bytes())?
+                .map(|v| decode("drills", instance.as_bytes(), &v))
+                .transpose()
+        })
+    }
+
+    /// Records the restore drills of an instance (its record replaced).
+    pub fn put_drill(&self, r: &DrillRecord) -> Result<(), StateError> {
+        self.write(
+            |h| {
+                h.drills.insert(r.instance.as_bytes(), encode(r))?;
+                Ok(())
+            },
+            |rec| {
+                rec.drills.insert(r.instance.clone(), r.clone());
+            },
+        )
+    }
+
     /// Writes everything in `rec` (used to import fixtures and by tests).
     pub fn put_all(&self, all: &Recorded) -> Result<(), StateError> {
         self.write(
@@ -454,12 +486,16 @@ impl Store {
                 for r in all.restores.values() {
                     h.restores.insert(r.key.as_bytes(), encode(r))?;
                 }
+                for r in all.drills.values() {
+                    h.drills.insert(r.instance.as_bytes(), encode(r))?;
+                }
                 Ok(())
             },
             |rec| {
                 rec.instances.extend(all.instances.clone());
                 rec.backups.extend(all.backups.clone());
                 rec.restores.extend(all.restores.clone());
+                rec.drills.extend(all.drills.clone());
             },
         )
     }

@@ -28,6 +28,71 @@ pub struct InstanceStatus {
     /// revived by putting their key back), and when the first of them is deleted.
     pub deleting: Option<Deleting>,
     pub next_daily: Option<DateTime<Utc>>,
+    /// The last restore drill of the instance, if it had one.
+    pub last_drill: Option<DrillView>,
+}
+
+/// A restore drill as `status` and `show` display it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillView {
+    pub at: DateTime<Utc>,
+    pub outcome: DrillOutcome,
+    /// The measured restore time, in seconds.
+    pub rto_seconds: Option<f64>,
+    pub backup_id: uuid::Uuid,
+    pub detail: String,
+}
+
+impl DrillView {
+    pub fn of(r: &DrillRun) -> DrillView {
+        DrillView {
+            at: r.started_at,
+            outcome: r.outcome,
+            rto_seconds: r.rto_seconds,
+            backup_id: r.backup_id,
+            detail: r.detail.clone(),
+        }
+    }
+
+    /// `passed 2026-11-27 02:05Z, restore 1.2 s` (and what went wrong when it failed).
+    pub fn text(&self) -> String {
+        let rto = self
+            .rto_seconds
+            .map(|s| format!(", restore took {}", seconds(s)))
+            .unwrap_or_default();
+        match self.outcome {
+            DrillOutcome::Passed => format!("passed {}{rto}", short_time(&self.at)),
+            DrillOutcome::Failed => {
+                format!("FAILED {}{rto}: {}", short_time(&self.at), self.detail)
+            }
+        }
+    }
+}
+
+/// A duration in seconds as people read it: `0.4 s`, `12 s`, `3 min 20 s`.
+pub fn seconds(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.1} s")
+    } else if s < 60.0 {
+        format!("{s:.0} s")
+    } else {
+        let whole = s.round() as u64;
+        format!("{} min {} s", whole / 60, whole % 60)
+    }
+}
+
+/// The drills of backup `id` (newest first), from its instance's drill record.
+pub fn drills_of(rec: &Recorded, b: &BackupRecord) -> Vec<DrillView> {
+    rec.drills
+        .get(&b.instance)
+        .map(|d| {
+            d.runs
+                .iter()
+                .filter(|r| r.backup_id == b.id)
+                .map(DrillView::of)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,9 +144,15 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                 (None, None) => unreachable!("the name comes from one of them"),
             };
             let failing = daily_failing(rec, name);
+            let drill_failed = rec
+                .drills
+                .get(name)
+                .and_then(|d| d.last())
+                .is_some_and(|r| r.outcome == DrillOutcome::Failed);
             let state = match (recorded, declared) {
                 (Some(r), Some(_)) if r.error.is_some() => "error",
                 (Some(_), Some(_)) if failing.is_some() => "daily failing",
+                (Some(_), Some(_)) if drill_failed => "drill failed",
                 (Some(_), Some(_)) => "ok",
                 (None, Some(_)) => "not created yet",
                 (Some(_), None) if cfg.is_none() => "unknown (invalid file)",
@@ -102,6 +173,11 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                 next_daily: recorded
                     .and(cfg)
                     .map(|c| next_daily(&c.schedule, rec, name, now)),
+                last_drill: rec
+                    .drills
+                    .get(name)
+                    .and_then(|d| d.last())
+                    .map(DrillView::of),
             }
         })
         .collect()

@@ -7,6 +7,7 @@
 //! completed, say), and records what happened.
 
 mod backup;
+mod drill;
 pub mod hooks;
 mod recovery;
 mod restore;
@@ -608,6 +609,9 @@ impl<'a> Executor<'a> {
                 self.journal("expire", &d.address, Phase::Finished, "")?;
                 self.report.done(&d.address, "expired");
             }
+            DueDetails::Drill {
+                instance, backup, ..
+            } => self.drill(&d.address, instance, *backup)?,
             DueDetails::Purge { id, data, .. } => {
                 let Some(mut b) = self.store.get_backup(*id)? else {
                     return Ok(());

@@ -26,6 +26,7 @@ impl Executor<'_> {
                     .map(|(key, r)| (key.clone(), r.clone()))
                     .collect(),
                 instances: Default::default(),
+                drills: Default::default(),
             }
         };
         let mut interrupted = Vec::new();
@@ -133,6 +134,7 @@ impl Executor<'_> {
                 }
             }
         }
+        self.clear_drill_leftovers();
         Ok(())
     }
 }

@@ -139,6 +139,18 @@ pub struct RawSchedule {
     /// `local`.
     #[schemars(with = "Option<String>")]
     pub storage: Option<S<String>>,
+    /// Restore drills: how often the newest backup of each instance is restored into
+    /// `drill_dir`, checked and timed: `off`, `daily`, `weekly` or a duration of at least `1h`,
+    /// like `3d`. Default `off`.
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^(off|daily|weekly|[0-9]+[smhdwy])$")
+    )]
+    pub drill: Option<S<String>>,
+    /// The scratch folder restore drills restore into (never an instance's). Default
+    /// `<state_dir>/drills`.
+    #[schemars(with = "Option<String>")]
+    pub drill_dir: Option<S<String>>,
 }
 
 impl RawSchedule {
@@ -151,6 +163,8 @@ impl RawSchedule {
         "verify",
         "deletion_grace",
         "storage",
+        "drill",
+        "drill_dir",
     ];
 }
 
@@ -218,6 +232,10 @@ pub struct RawStorage {
     /// external storage; local data is always deleted.
     #[schemars(with = "Option<bool>")]
     pub purge_on_delete: Option<S<bool>>,
+    /// Whether restore drills may restore backups kept here (reading them back costs egress
+    /// from a cloud). Default true for local storage, false for azure and s3.
+    #[schemars(with = "Option<bool>")]
+    pub drill: Option<S<bool>>,
 }
 
 impl RawStorage {
@@ -238,6 +256,7 @@ impl RawStorage {
         "retention",
         "max_restore_age",
         "purge_on_delete",
+        "drill",
     ];
 }
 
@@ -295,10 +314,23 @@ pub struct RawInstance {
     /// name at any depth.
     #[schemars(with = "Option<Vec<String>>")]
     pub exclude: Option<S<Vec<String>>>,
+    /// Restore drills of this instance: `false` (none), `true` (the schedule's interval,
+    /// `weekly` when it has none), or its own interval (`daily`, `weekly`, a duration).
+    /// Default: the schedule's `drill`.
+    #[schemars(with = "Option<RawDrill>")]
+    pub drill: Option<S<RawDrill>>,
     /// On-demand backups of this instance, by key.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawBackup>")]
     pub backups: BTreeMap<S<String>, RawBackup>,
+}
+
+/// An instance's `drill`: on or off, or an interval.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum RawDrill {
+    Switch(bool),
+    Every(String),
 }
 
 impl RawInstance {
@@ -313,6 +345,7 @@ impl RawInstance {
         "after_backup",
         "hook_timeout",
         "exclude",
+        "drill",
         "backups",
     ];
 }
@@ -427,6 +460,8 @@ pub fn read(src: &str) -> Read {
             verify: r.string(t, "verify"),
             deletion_grace: r.string(t, "deletion_grace"),
             storage: r.string(t, "storage"),
+            drill: r.string(t, "drill"),
+            drill_dir: r.string(t, "drill_dir"),
         }),
         storage: r.map(t.get("storage"), "storage", |r, t, _, name| {
             r.storage(t, name)
@@ -725,6 +760,7 @@ impl Reader {
             retention: self.string(t, "retention"),
             max_restore_age: self.string(t, "max_restore_age"),
             purge_on_delete: self.boolean(t, "purge_on_delete"),
+            drill: self.boolean(t, "drill"),
         };
         let homes: &[&str] = match s.kind.as_ref().map(|k| *k.get_ref()) {
             Some(StorageKind::Azure) => &["access_key_file", "access_key_env"],
@@ -790,6 +826,7 @@ impl Reader {
         let after_backup = self.string_array(t, "after_backup");
         let hook_timeout = self.string(t, "hook_timeout");
         let exclude = self.string_array(t, "exclude");
+        let drill = self.drill(t, "drill");
         let backups = self.map(
             t.get("backups"),
             &format!("instances.{name}.backups"),
@@ -819,8 +856,27 @@ impl Reader {
             after_backup,
             hook_timeout,
             exclude,
+            drill,
             backups,
         })
+    }
+
+    /// An instance's `drill`: `true`, `false` or a string (read by validation).
+    fn drill(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<RawDrill>> {
+        let v = t.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(Spanned::new(v.span(), RawDrill::Switch(*b))),
+            DeValue::String(s) => Some(Spanned::new(v.span(), RawDrill::Every(s.to_string()))),
+            other => {
+                self.type_error(
+                    v.span(),
+                    &format!("`{key}`"),
+                    "`true`, `false` or an interval like \"weekly\"",
+                    other,
+                );
+                None
+            }
+        }
     }
 
     /// A key that must be present; a missing one is reported at the table's name.

@@ -73,11 +73,13 @@ pub fn validate(
         lines: LineIndex::new(src),
     };
     let daemon = v.daemon(&raw.daemon);
-    let schedule = v.schedule(&raw.schedule);
+    let mut schedule = v.schedule(&raw.schedule);
+    schedule.drill_dir = v.drill_dir(&raw.schedule, &daemon);
     let storages = v.storages(raw, &daemon, &schedule);
     v.schedule_storage(&raw.schedule, &storages);
     let instances = v.instances(raw, &schedule, &storages);
     v.overlapping_sources(raw, &instances, &daemon, &storages);
+    v.drill_dir_apart(&raw.schedule, &schedule, &instances);
     let restores = v.restores(raw, &instances);
     let notify = v.notify(&raw.notify);
     let ok = !v
@@ -262,6 +264,10 @@ impl Validator<'_> {
         let deletion_grace = self
             .parse("bad-duration", &s.deletion_grace, Dur::parse)
             .unwrap_or(Dur::from_secs(86_400));
+        let drill = s
+            .drill
+            .as_ref()
+            .and_then(|d| self.drill_interval(d.get_ref(), d.span()));
         Schedule {
             daily_at,
             timezone,
@@ -275,6 +281,97 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|n| n.get_ref().clone())
                 .unwrap_or_else(|| "local".into()),
+            drill,
+            drill_dir: PathBuf::new(),
+        }
+    }
+
+    /// A drill interval: `off` (`None`), `daily`, `weekly` or a duration of at least an hour.
+    fn drill_interval(&mut self, text: &str, span: Range<usize>) -> Option<Dur> {
+        let hint = "write `off`, `daily`, `weekly` or a duration of at least `1h`, like `drill = \"weekly\"` or `drill = \"3d\"`";
+        let d = match text.trim() {
+            "off" => return None,
+            "daily" => Dur::from_secs(86_400),
+            "weekly" => Dur::from_secs(7 * 86_400),
+            other => match Dur::parse(other) {
+                Ok(d) => d,
+                Err(msg) => {
+                    let msg = msg
+                        .split_once("; ")
+                        .map_or(msg.as_str(), |m| m.0)
+                        .to_string();
+                    self.err("bad-drill", span, format!("`drill`: {msg}"), hint);
+                    return None;
+                }
+            },
+        };
+        if d.as_secs() < 3_600 {
+            self.err(
+                "bad-drill",
+                span,
+                format!("`drill = \"{text}\"` would restore every instance's newest backup more often than once an hour"),
+                hint,
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// `[schedule] drill_dir`, relative to the file; `<state_dir>/drills` by default.
+    fn drill_dir(&mut self, s: &RawSchedule, daemon: &Daemon) -> PathBuf {
+        match &s.drill_dir {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                self.err(
+                    "bad-value",
+                    p.span(),
+                    "`drill_dir` is empty",
+                    "name a scratch folder apart from every instance, like `drill_dir = \"/var/tmp/backplan-drills\"`, or remove it for `<state_dir>/drills`",
+                );
+                daemon.state_dir.join("drills")
+            }
+            Some(p) => self.path(p.get_ref()),
+            None => daemon.state_dir.join("drills"),
+        }
+    }
+
+    /// The drill folder is scratch that drills fill and empty: it must not be, hold or be
+    /// inside any instance's store (paths compared as the system resolves them).
+    fn drill_dir_apart(
+        &mut self,
+        s: &RawSchedule,
+        schedule: &Schedule,
+        instances: &BTreeMap<String, Instance>,
+    ) {
+        let drill = resolved(&schedule.drill_dir);
+        let span = s.drill_dir.as_ref().map(|p| p.span());
+        for i in instances.values() {
+            let (Source::Directory { path } | Source::Sqlite { path }) = &i.source else {
+                continue;
+            };
+            let store = resolved(path);
+            let how = if drill == store {
+                "is"
+            } else if drill.starts_with(&store) {
+                "is inside"
+            } else if store.starts_with(&drill) {
+                "holds"
+            } else {
+                continue;
+            };
+            // The default folder is under the state folder, which no instance may overlap
+            // (reported there).
+            let Some(span) = span.clone() else { continue };
+            self.err(
+                "drill-dir-overlaps-instance",
+                span,
+                format!(
+                    "`drill_dir` ({}) {how} the data of instance `{}` ({})",
+                    schedule.drill_dir.display(),
+                    i.name,
+                    i.source.describe()
+                ),
+                "give drills a scratch folder apart from every instance, like `drill_dir = \"/var/tmp/backplan-drills\"`; a drill must never write into an instance",
+            );
         }
     }
 
@@ -673,6 +770,8 @@ impl Validator<'_> {
                             .as_ref()
                             .map(|p| *p.get_ref())
                             .unwrap_or(false),
+                        // A cloud charges for reading back: drills there are opted into.
+                        drill: s.drill.as_ref().map_or(!external, |d| *d.get_ref()),
                     },
                 );
             }
@@ -686,6 +785,7 @@ impl Validator<'_> {
             retention: Retention::For(schedule.retention),
             max_restore_age: None,
             purge_on_delete: false,
+            drill: true,
         });
         out
     }
@@ -711,6 +811,16 @@ impl Validator<'_> {
                 .parse("bad-duration", &i.hook_timeout, Dur::parse)
                 .unwrap_or(DEFAULT_HOOK_TIMEOUT);
             let exclude = self.exclude(&i.exclude, *i.source.kind.get_ref());
+            let drill = match &i.drill {
+                None => schedule.drill,
+                Some(d) => match d.get_ref() {
+                    RawDrill::Switch(false) => None,
+                    RawDrill::Switch(true) => {
+                        Some(schedule.drill.unwrap_or(Dur::from_secs(7 * 86_400)))
+                    }
+                    RawDrill::Every(text) => self.drill_interval(text, d.span()),
+                },
+            };
             let mut backups = BTreeMap::new();
             for (key, b) in &i.backups {
                 for (v, what, max) in [
@@ -802,6 +912,7 @@ impl Validator<'_> {
                         hooks,
                         hook_timeout,
                         exclude,
+                        drill,
                         backups,
                         loc: self.lines.loc(name.span().start),
                         version_loc: self.lines.loc(i.version.span().start),

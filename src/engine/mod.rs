@@ -281,6 +281,27 @@ pub trait Engine: Send + Sync {
     /// Tries the storage without touching the repository: credentials, the container or
     /// bucket, and a write / read / delete round trip of a test object beside it.
     fn check_storage(&self, repo: &Repo) -> Result<(), EngineError>;
+    /// Every entry of a snapshot's tree (reads trees only, no file contents). `snapshot` is a
+    /// full id.
+    fn listing(&self, repo: &Repo, snapshot: &str) -> Result<Vec<TreeEntry>, EngineError>;
+}
+
+/// One entry of a snapshot's tree: its path relative to the snapshot's root, its type, and
+/// for a file its size.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TreeEntry {
+    pub path: PathBuf,
+    pub kind: EntryKind,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    /// Devices, FIFOs, sockets.
+    Other,
 }
 
 /// The engine used by the program.

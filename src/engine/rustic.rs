@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::*;
 
+mod listing;
 mod lock;
 mod remote;
 mod stream;
@@ -517,6 +518,10 @@ impl Engine for RusticEngine {
 
     fn check_storage(&self, repo: &Repo) -> Result<(), EngineError> {
         self.guarded(repo, "storage check", || remote::check(repo))
+    }
+
+    fn listing(&self, repo: &Repo, snapshot: &str) -> Result<Vec<TreeEntry>, EngineError> {
+        RusticEngine::listing(self, repo, snapshot)
     }
 }
 

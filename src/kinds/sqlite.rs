@@ -74,6 +74,10 @@ fn companion(db: &Path, suffix: &str) -> PathBuf {
 }
 
 impl Kind for Sqlite {
+    fn drill_check(&self, _source: &Source, restored: &Path) -> Result<String, String> {
+        drill_integrity_check(&restored.join(FILE_IN_SNAPSHOT))
+    }
+
     fn provision(&self, source: &Source) -> Result<&'static str, String> {
         provision(path_of(source)?)
     }
@@ -613,6 +617,35 @@ impl Target for SqliteTarget {
                 self.staging_path(restore_key).display()
             );
         }
+    }
+}
+
+/// A restore drill's check: `PRAGMA integrity_check` on the restored copy, opened read-only.
+fn drill_integrity_check(db: &Path) -> Result<String, String> {
+    let c = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("the restored database {} does not open: {e}", db.display()))?;
+    let mut stmt = c
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| format!("integrity_check cannot run: {e}"))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("integrity_check failed: {e}"))?;
+    match rows.as_slice() {
+        [ok] if ok == "ok" => Ok("SQLite integrity_check ok".into()),
+        problems => Err(format!(
+            "SQLite integrity_check found {} problem(s): {}",
+            problems.len(),
+            problems
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
     }
 }
 

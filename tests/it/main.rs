@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod deletion;
+mod drill;
 mod engine;
 mod full_disk;
 mod fuzz;

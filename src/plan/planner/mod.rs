@@ -20,6 +20,7 @@ mod due;
 mod rules;
 mod schedule;
 
+pub use due::next_drill;
 use due::*;
 pub use schedule::*;
 
