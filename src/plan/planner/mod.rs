@@ -19,9 +19,11 @@ use crate::records::{BackupStatus, Recorded, RestoreStatus};
 mod due;
 mod rules;
 mod schedule;
+mod trim;
 
 use due::*;
 pub use schedule::*;
+pub use trim::*;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlanOptions {
