@@ -11,7 +11,8 @@
 #     daemon's `reloaded` line splitting it into save -> file read and valid (inotify, the 150
 #     ms debounce, parse + validate) and -> applied (plan + one record written and flushed);
 #     BENCH_CLI_ROUNDS (default 5) more as a client sees them, polling `backplan show` (over the
-#     control socket) every ~10 ms; `backplan status` through the socket (3 runs);
+#     control socket) every ~10 ms; `backplan status` through the socket and `backplan plan`
+#     with the daemon running (3 runs each);
 #  2. idle: after BENCH_SETTLE_SECS (default 15) the daemon is left alone BENCH_IDLE_SECS
 #     (default 60); context switches per thread from /proc/PID/task/*/status, grouped by name
 #     (backplan's own threads, sled's apart);
@@ -24,7 +25,7 @@
 #
 # BENCH_PROFILE: `release` (default) or `dev` (opt-level 2 for backplan: no release build of
 # the dependencies; add CARGO_PROFILE_DEV_OPT_LEVEL=2 in the environment). BENCH_BUILD=0 uses
-# what is built. BENCH_PLAN=0 skips step 3.
+# what is built (the newest bench binaries in the target folder). BENCH_PLAN=0 skips step 3.
 set -euo pipefail
 export LC_ALL=C
 
@@ -67,9 +68,14 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # ------------------------------------------------------------------------------------------
 say "== writing the host: 1,000 instances, 100,000 backups"
 T0=$(now)
-BACKPLAN_SCALE_WRITE=$HOST cargo bench --locked --profile "$PROFILE" --bench scale_host 2> "$WORK/generate.log" \
+if [ "${BENCH_BUILD:-1}" = 1 ]; then
+  cargo bench --locked --profile "$PROFILE" --bench scale_host --bench plan --no-run 2> "$WORK/build-benches.log"
+fi
+bench_bin() { ls -t "$TARGET/$DIR"/deps/"$1"-* 2>/dev/null | grep -v '\.d$' | head -n 1; }
+BACKPLAN_SCALE_WRITE=$HOST "$(bench_bin scale_host)" 2> "$WORK/generate.log" \
   || { cat "$WORK/generate.log" >&2; die "the generator failed"; }
 GEN_S=$(awk -v a="$T0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+grep scale_host: "$WORK/generate.log" >&2
 CONF=$HOST/backplan.toml
 FILE_BYTES=$(stat -c %s "$CONF")
 STATE_BYTES=$(du -sb "$HOST/state" | cut -f1)
@@ -137,7 +143,13 @@ STATUS=$WORK/status.tsv
 for i in 1 2 3; do
   t0=$(now); "$BIN" status -c "$CONF" > /dev/null; ms "$t0" "$(now)" >> "$STATUS"; echo >> "$STATUS"
 done
+PLAND=$WORK/plan-daemon.tsv
+: > "$PLAND"
+for i in 1 2 3; do
+  t0=$(now); "$BIN" plan -c "$CONF" > /dev/null; ms "$t0" "$(now)" >> "$PLAND"; echo >> "$PLAND"
+done
 read -r N Q M S < <(cut -f1 "$SAMPLES" | stats)
+read -r PDN PDQ PDM PDS < <(grep . "$PLAND" | stats)
 read -r _ RQ RM RS < <(cut -f2 "$SAMPLES" | stats)
 read -r _ AQ AM AS < <(cut -f3 "$SAMPLES" | stats)
 read -r CN CQ CM CS < <(grep . "$CLI" | stats)
@@ -167,15 +179,14 @@ PLAN_TABLE="(skipped: BENCH_PLAN=0)"
 CLI_PLAN="(skipped)"
 if [ "${BENCH_PLAN:-1}" = 1 ]; then
   say "== plan of 10,000 instances beside the bare toml parse (divan)"
-  BACKPLAN_BENCH_SKIP_MEMORY=1 cargo bench --locked --profile "$PROFILE" --bench plan -- \
+  BACKPLAN_BENCH_SKIP_MEMORY=1 "$(bench_bin plan)" --bench \
     a_whole_parse_validate_plan c_plan baseline_toml_table b_parse_validate > "$WORK/plan-bench.txt" 2>&1 \
     || { tail -n 20 "$WORK/plan-bench.txt" >&2; die "cargo bench --bench plan failed"; }
   # divan's rows: name, fastest, slowest, median, mean, samples, iters (a tree drawn with │ ├ ╰).
   PLAN_TABLE=$(grep -E '(a_whole|c_plan|baseline_toml_table|b_parse_validate) ' "$WORK/plan-bench.txt" \
     | sed 's/[│├╰─]//g' | awk '{ printf "| %s | %s %s | %s %s | %s %s |\n", $1, $2, $3, $6, $7, $4, $5 }')
   say "== the one-shot CLI: backplan plan (reads the store), 3 runs"
-  BIN_PLAN=$(ls -t "$TARGET/$DIR"/deps/plan-* 2>/dev/null | grep -v '\.d$' | head -n 1)
-  BACKPLAN_BENCH_WRITE=$WORK/host10k "$BIN_PLAN" > /dev/null 2>&1
+  BACKPLAN_BENCH_WRITE=$WORK/host10k "$(bench_bin plan)" > /dev/null 2>&1
   : > "$WORK/cli-plan.tsv"
   for i in 1 2 3; do
     /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$BIN" plan -c "$WORK/host10k/backplan.toml" \
@@ -192,7 +203,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ), commit $COMMIT, profile $PROFILE; $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); $(rustc --version)."
   echo "Load average at the start / end: $LOAD_START / $LOAD_END."
-  echo "Host: $FILE_BYTES bytes of TOML, state $((STATE_BYTES / 1048576)) MiB on disk; written in ${GEN_S} s (build included); daemon start to idle: ${STARTUP_S} s."
+  echo "Host: $FILE_BYTES bytes of TOML, state $((STATE_BYTES / 1048576)) MiB on disk; written in ${GEN_S} s; daemon start to idle: ${STARTUP_S} s."
   echo
   echo "| 1,000 instances, 100,000 backups | quietest | median | slowest | n |"
   echo "| --- | ---: | ---: | ---: | ---: |"
@@ -201,6 +212,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "| of which -> applied (plan, one record written and flushed) | $AQ ms | $AM ms | $AS ms | $N |"
   echo "| save -> seen by \`backplan show\` polled every ~10 ms | $CQ ms | $CM ms | $CS ms | $CN |"
   echo "| \`backplan status\` through the socket (process included) | $SQ ms | $SM ms | $SS ms | $SN |"
+  echo "| \`backplan plan\` with the daemon running (CLI parses, asks the daemon for the records) | $PDQ ms | $PDM ms | $PDS ms | $PDN |"
   echo
   echo "Idle, ${IDLE} s after ${SETTLE} s settling; VmRSS $((RSS0 / 1024)) -> $((RSS / 1024)) MiB. Context switches per thread name:"
   echo
