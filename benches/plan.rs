@@ -164,6 +164,7 @@ kind = "azure"
 account = "contosobackups"
 container = "backplan"
 access_key_env = "BACKPLAN_ARCHIVE_KEY"
+password_file = "/etc/backplan/archive.key"
 max_restore_age = "3y"
 "#;
 
