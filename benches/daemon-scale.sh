@@ -188,14 +188,20 @@ if [ "${BENCH_PLAN:-1}" = 1 ]; then
   say "== the one-shot CLI: backplan plan (reads the store), 3 runs"
   BACKPLAN_BENCH_WRITE=$WORK/host10k "$(bench_bin plan)" > /dev/null 2>&1
   : > "$WORK/cli-plan.tsv"
+  CLI_PLAN=
   for i in 1 2 3; do
-    /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$BIN" plan -c "$WORK/host10k/backplan.toml" \
-      --at 2026-05-04T00:05:00Z > /dev/null 2>&1 || true
+    if ! /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$BIN" plan -c "$WORK/host10k/backplan.toml" \
+      --at 2026-05-04T00:05:00Z > /dev/null 2> "$WORK/cli-plan.err"; then
+      CLI_PLAN="refused: $(head -n 1 "$WORK/cli-plan.err")"
+      break
+    fi
     cat "$WORK/time.txt" >> "$WORK/cli-plan.tsv"
   done
-  read -r _ PQ PM PS < <(cut -d' ' -f1 "$WORK/cli-plan.tsv" | stats)
-  PRSS=$(cut -d' ' -f2 "$WORK/cli-plan.tsv" | sort -n | head -n 1)
-  CLI_PLAN="quietest $PQ s, median $PM s, slowest $PS s; peak RSS $((PRSS / 1024)) MiB (least of 3)"
+  if [ -z "$CLI_PLAN" ]; then
+    read -r _ PQ PM PS < <(cut -d' ' -f1 "$WORK/cli-plan.tsv" | stats)
+    PRSS=$(cut -d' ' -f2 "$WORK/cli-plan.tsv" | sort -n | head -n 1)
+    CLI_PLAN="quietest $PQ s, median $PM s, slowest $PS s; peak RSS $((PRSS / 1024)) MiB (least of 3)"
+  fi
   rm -rf "$WORK/host10k"
 fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
