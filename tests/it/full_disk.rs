@@ -78,7 +78,9 @@ fn a_full_state_disk_fails_the_work_and_the_daemon_answers_and_recovers() {
     let notes = "n".repeat(2000);
     append_config(
         dir,
-        &format!("[instances.contoso.backups.on-a-full-disk]\nlabel = \"Taken on a full disk\"\nnotes = \"{notes}\"\n[instances.contoso.backups.on-a-full-disk-2]\nnotes = \"{notes}\""),
+        &format!(
+            "[instances.contoso.backups.on-a-full-disk]\nlabel = \"Taken on a full disk\"\nnotes = \"{notes}\"\n[instances.contoso.backups.on-a-full-disk-2]\nnotes = \"{notes}\""
+        ),
     );
     d.wait_for("the run on a full disk to fail", || {
         d.log().contains("No space left on device")
