@@ -87,6 +87,7 @@ fn the_state_stays_bounded_over_months_and_nothing_live_is_trimmed() {
     assert!(d_log_has_trim(dir), "the daemon logged its trims");
     // Bounded: no more records at 100 and 150 days than at 60 (each instance adds the same
     // records every 10 days, and as many go); without the trim they would grow by half.
+    eprintln!("(day, (backup records, journal entries)): {counts:?}");
     let (_, (backups_60, journal_60)) = counts[0];
     for &(day, (backups, journal)) in &counts[1..] {
         assert!(
