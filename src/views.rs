@@ -114,25 +114,34 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
     let mut names: Vec<&String> = declared_names.chain(rec.instances.keys()).collect();
     names.sort();
     names.dedup();
+    // The backups by instance, in one pass: each instance then looks at its own only.
+    let mut by_instance: std::collections::HashMap<&str, Vec<&BackupRecord>> =
+        std::collections::HashMap::new();
+    for b in rec.backups.values() {
+        by_instance.entry(b.instance.as_str()).or_default().push(b);
+    }
     names
         .into_iter()
         .map(|name| {
             let recorded = rec.instances.get(name);
             let declared = cfg.and_then(|c| c.instances.get(name));
-            let last_good = rec
-                .backups
-                .values()
-                .filter(|b| &b.instance == name && b.status == BackupStatus::Completed)
+            let own = by_instance
+                .get(name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let last_good = own
+                .iter()
+                .filter(|b| b.status == BackupStatus::Completed)
                 .max_by_key(|b| (b.finished_at(), b.id))
                 .map(|b| LastGood {
                     id: b.id,
                     label: b.label.clone(),
                     completed_at: b.completed_at,
                 });
-            let deleting: Vec<&BackupRecord> = rec
-                .backups
-                .values()
-                .filter(|b| &b.instance == name && b.status == BackupStatus::Deleting)
+            let deleting: Vec<&BackupRecord> = own
+                .iter()
+                .filter(|b| b.status == BackupStatus::Deleting)
+                .copied()
                 .collect();
             let deleting = (!deleting.is_empty()).then(|| Deleting {
                 count: deleting.len(),
@@ -143,7 +152,7 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                 (None, Some(d)) => (d.kind, d.version.to_string()),
                 (None, None) => unreachable!("the name comes from one of them"),
             };
-            let failing = daily_failing(rec, name);
+            let failing = daily_failing(own);
             let drill_failed = rec
                 .drills
                 .get(name)
@@ -185,11 +194,12 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
 
 /// Why an instance's daily backups are not ok, and since when: its newest daily backup failed
 /// or was skipped. `None` when the newest one completed (or is under way, or there is none).
-fn daily_failing(rec: &Recorded, instance: &str) -> Option<(String, DateTime<Utc>)> {
-    let mut dailies: Vec<&BackupRecord> = rec
-        .backups
-        .values()
-        .filter(|b| b.instance == instance && b.kind == BackupKind::Daily)
+/// `own`: the instance's backups.
+fn daily_failing(own: &[&BackupRecord]) -> Option<(String, DateTime<Utc>)> {
+    let mut dailies: Vec<&BackupRecord> = own
+        .iter()
+        .copied()
+        .filter(|b| b.kind == BackupKind::Daily)
         .filter(|b| !matches!(b.status, BackupStatus::Expired | BackupStatus::Deleting))
         .collect();
     dailies.sort_by_key(|b| (b.date, b.created_at, b.id));

@@ -89,12 +89,13 @@ impl Executor<'_> {
             crate::failpoint!("recover.before-retake");
             self.take_backup(b, &address)?;
         }
-        let journal = self.store.journal_entries()?;
         for r in rec.restores.values() {
             if !matches!(r.status, RestoreStatus::Pending | RestoreStatus::Running) {
                 continue;
             }
             let address = format!("restore.{}", r.key);
+            // Only this operation's entries (the journal by address), not the whole journal.
+            let journal = self.store.journal_at(&address)?;
             let swapped = journal
                 .iter()
                 .any(|e| e.address == address && e.op == "swap" && e.phase == Phase::Finished);

@@ -27,6 +27,7 @@ mod clock;
 mod control;
 mod reconcile;
 mod systemd;
+mod wall;
 mod watch;
 mod web;
 
@@ -273,8 +274,25 @@ pub async fn run(
     let mut follow_ups = 0;
     // The day of the last daily verification (`schedule.verify`, after the slot's backups).
     let mut verified_on = None;
+    // The day of the last trim of old tombstones and journal entries (once a day, see `trim`).
+    let mut trimmed_on = None;
     // When the last reconcile started: a deadline past the next daily slot after it is that slot.
     let mut last_run: Option<chrono::DateTime<chrono::Utc>> = None;
+    // The system clock is waited on with a wall-clock timer (no periodic wake while idle);
+    // a test clock, or a system without timerfd, re-reads the time every `Clock::recheck`.
+    let wall = s
+        .clock
+        .is_wall()
+        .then(|| {
+            wall::WallTimer::new()
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "no wall-clock timer ({e}): the time is read again every minute while idle"
+                    )
+                })
+                .ok()
+        })
+        .flatten();
     loop {
         let mut reason_now = None;
         // 1. Reconcile, when something asked for it.
@@ -300,6 +318,10 @@ pub async fn run(
             if verify {
                 verified_on = Some(today);
             }
+            let trim = trimmed_on != Some(today);
+            if trim {
+                trimmed_on = Some(today);
+            }
             let work = tokio::task::spawn_blocking({
                 let (store, engine, clock, stop) =
                     (store.clone(), engine.clone(), s.clock.clone(), stop.clone());
@@ -323,6 +345,9 @@ pub async fn run(
                     }
                     if verify {
                         shared.verify(&cfg, cfg.schedule.verify.0);
+                    }
+                    if trim {
+                        trim_state(&cfg, &store, clock.now());
                     }
                     out
                 }
@@ -395,9 +420,10 @@ pub async fn run(
             let (store, clock) = (store.clone(), s.clock.clone());
             move || {
                 let rec = store.load().unwrap_or_default();
-                let next = cfg
-                    .as_ref()
-                    .map(|c| planner::next_deadline(c, &rec, clock.now()));
+                // Deadlines after the start of the last run: one that passed while it ran (a
+                // slot, an expiry) is due at once, not at the next one after now.
+                let since = last_run.unwrap_or_else(|| clock.now());
+                let next = cfg.as_ref().map(|c| planner::next_deadline(c, &rec, since));
                 (next, rec.instances.len())
             }
         })
@@ -448,8 +474,21 @@ pub async fn run(
                 .unwrap_or(Duration::MAX)
                 .min(s.clock.recheck());
             tracing::debug!(?sleep, "waiting");
+            let timer = async {
+                match (&wall, next) {
+                    (Some(w), Some(t)) => {
+                        if let Err(e) = w.until(t).await {
+                            tracing::warn!("wall-clock timer: {e}");
+                            tokio::time::sleep(sleep).await;
+                        }
+                    }
+                    // Nothing is due, ever: nothing to wake for but events.
+                    (Some(_), None) => std::future::pending().await,
+                    (None, _) => tokio::time::sleep(sleep).await,
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(sleep) => {},
+                () = timer => {},
                 Some(()) = reload.recv() => break Some(Reason::Reload),
                 Some(w) = wake.recv() => match w {
                     Wake::File => break Some(Reason::FileChanged),

@@ -103,6 +103,27 @@ pub(super) fn reconcile(
     )
 }
 
+/// Forgets tombstones and journal entries past their retention
+/// ([`planner::trimmable`]), so the state stops growing with time. Once a day; a failure is
+/// logged and left for the next day.
+pub(super) fn trim_state(cfg: &Config, store: &Store, now: DateTime<Utc>) {
+    let trim = match store.load() {
+        Ok(rec) => planner::trimmable(cfg, &rec, now),
+        Err(e) => return tracing::warn!("trimming the state: {e}"),
+    };
+    // The records are let go of before the write (a write while they are held copies them).
+    match store.trim(&trim.backups, trim.journal_before, &trim.keep_journal) {
+        Ok(t) if t.backups + t.journal > 0 => tracing::info!(
+            backups = t.backups,
+            journal = t.journal,
+            "state trimmed: tombstones and journal entries older than {} days forgotten",
+            planner::TOMBSTONE_RETENTION_DAYS
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("trimming the state: {e}"),
+    }
+}
+
 /// Progress of long operations as log lines.
 pub(super) struct LogProgress;
 impl ProgressSink for LogProgress {
