@@ -122,6 +122,7 @@ impl Executor<'_> {
                 },
             )?;
         }
+        self.recover_retags(&journal)?;
         crate::failpoint!("recover.before-leftovers");
         for r in self.store.load()?.instances.values() {
             if let Ok(kind) = kinds::of(r.source.kind()) {

@@ -421,6 +421,49 @@ impl Engine for RusticEngine {
         })
     }
 
+    fn retag(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        tags: &SnapshotTags,
+    ) -> Result<String, EngineError> {
+        self.guarded(repo, "rewriting a snapshot's tags", || {
+            use rustic_core::repofile::SnapshotId;
+            let open = self.open(repo, Arc::new(NoProgress))?;
+            let mut snap = find_snapshot(&open, repo, snapshot)?;
+            let wanted: std::collections::BTreeSet<String> = tags.to_tags().into_iter().collect();
+            if snap.tags.iter().cloned().collect::<std::collections::BTreeSet<_>>() == wanted {
+                return Ok(snapshot.to_string());
+            }
+            let before: std::collections::HashSet<SnapshotId> =
+                open.list::<SnapshotId>().map_err(err(repo))?.collect();
+            // As `restic tag`: same tree, time and paths; `original` (set when it was read)
+            // names the first snapshot of the backup.
+            snap.tags = Default::default();
+            for tag in wanted {
+                snap.tags.add(tag);
+            }
+            open.save_snapshots(vec![snap]).map_err(err(repo))?;
+            sync_repository(repo)?;
+            // The new file's id is the hash of what was stored: the one not there before.
+            let new: Vec<SnapshotId> = open
+                .list::<SnapshotId>()
+                .map_err(err(repo))?
+                .filter(|id| !before.contains(id))
+                .collect();
+            match new.as_slice() {
+                [one] => Ok(one.to_hex().to_string()),
+                _ => Err(EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message: format!(
+                        "after rewriting the tags of snapshot {snapshot}, {} new snapshots appeared (another writer?)",
+                        new.len()
+                    ),
+                }),
+            }
+        })
+    }
+
     fn forget(&self, repo: &Repo, snapshots: &[String]) -> Result<(), EngineError> {
         if snapshots.is_empty() {
             return Ok(());
@@ -505,11 +548,14 @@ fn find_snapshot<S: rustic_core::Open>(
 fn new_snapshot(repo: &Repo, tags: &SnapshotTags) -> Result<SnapshotFile, EngineError> {
     let mut snap = SnapshotOptions::default()
         .label(format!("backplan:{}", tags.instance))
-        .command(format!("backplan backup {}", tags.instance));
+        .command(format!("backplan backup {}", tags.instance))
+        .to_snapshot()
+        .map_err(err(repo))?;
+    // One tag each, as given: `SnapshotOptions::add_tags` would split a label at its commas.
     for tag in tags.to_tags() {
-        snap = snap.add_tags(&tag).map_err(err(repo))?;
+        snap.tags.add(tag);
     }
-    snap.to_snapshot().map_err(err(repo))
+    Ok(snap)
 }
 
 fn open_ids<S: rustic_core::Open>(

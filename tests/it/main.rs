@@ -1,5 +1,6 @@
 //! The integration tests: one crate, shared helpers in `helpers`.
 
+mod adopt;
 mod apply;
 mod cli;
 mod crash;
