@@ -521,8 +521,33 @@ impl Engine for RusticEngine {
     }
 
     fn check_storage(&self, repo: &Repo) -> Result<(), EngineError> {
-        self.guarded(repo, "storage check", || remote::check(repo))
+        // Not under the repository's lock: the check touches no repository file (its test
+        // object lies beside them), and must not wait behind a long backup.
+        isolated("storage check", || remote::check(repo))
     }
+}
+
+/// Runs `f` as [`RusticEngine::guarded`] does, but without the repository's lock: on a thread
+/// of its own, outside any async runtime, with a panic turned into an error.
+fn isolated<T: Send>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, EngineError> + Send,
+) -> Result<T, EngineError> {
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name(format!("engine {op}"))
+            .spawn_scoped(s, f)
+            .map_err(|source| EngineError::Io {
+                op: "starting an engine thread",
+                source,
+            })?;
+        worker.join().unwrap_or_else(|panic| {
+            Err(EngineError::Panicked {
+                op,
+                message: panic_message(&panic),
+            })
+        })
+    })
 }
 
 /// The snapshot named by its full id. A full id only: the library reads a shorter one (even an

@@ -30,4 +30,5 @@ mod schema;
 mod sqlite;
 mod status_page;
 mod storage;
+mod storage_status;
 mod trees;
