@@ -4,6 +4,7 @@ mod adopt;
 mod apply;
 mod cli;
 mod crash;
+mod credentials;
 mod daemon;
 mod deletion;
 mod engine;
