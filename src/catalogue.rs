@@ -123,6 +123,18 @@ pub fn record_of(s: &SnapshotInfo, storage: &str) -> Found {
         Some("on-demand") => BackupKind::OnDemand,
         other => return fail(format!("unknown kind {other:?}")),
     };
+    // What a snapshot says is checked as the file's values are (it may come from anywhere).
+    for (what, name) in [("instance", Some(instance)), ("key", one.get("key"))] {
+        if let Some(Err(e)) = name.map(|n| crate::config::values::check_name(n)) {
+            return fail(format!("{what} `{}`: {e}", name.unwrap_or(&"")));
+        }
+    }
+    let too_long = |k: &str, max: usize| one.get(k).is_some_and(|v| v.chars().count() > max);
+    if too_long("label", crate::config::validate::MAX_LABEL_CHARS)
+        || too_long("notes", crate::config::validate::MAX_NOTES_CHARS)
+    {
+        return fail("its label or notes are longer than a file may give".into());
+    }
     let Some(source) = one.get("source") else {
         return fail(
             "its snapshot carries no record (taken by a backplan that did not write one): restore it with restic".into(),
@@ -495,6 +507,28 @@ mod tests {
         assert!(matches!(record_of(&s, "archive"), Found::Deleted { .. }));
         let mut s = snapshot(&snapshot_tags(&b), &b);
         s.tags = vec!["restic-made".into()];
+        assert!(matches!(record_of(&s, "archive"), Found::Unreadable { .. }));
+        // Tags written by hand are checked as the file's values are.
+        for (from, to) in [
+            ("instance=contoso", "instance=../etc"),
+            ("key=before-import", "key=a/b"),
+            ("kind=on-demand", "kind=weekly"),
+            ("source=postgres", "source=oracle"),
+        ] {
+            let mut s = snapshot(&snapshot_tags(&b), &b);
+            for t in s.tags.iter_mut() {
+                if t == from {
+                    *t = to.to_string();
+                }
+            }
+            assert!(
+                matches!(record_of(&s, "archive"), Found::Unreadable { .. }),
+                "{to}"
+            );
+        }
+        let mut long = b.clone();
+        long.label = "x".repeat(201);
+        let s = snapshot(&snapshot_tags(&long), &long);
         assert!(matches!(record_of(&s, "archive"), Found::Unreadable { .. }));
     }
 }
