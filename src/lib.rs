@@ -1,6 +1,7 @@
 //! backplan: a declarative backup and restore daemon. See ARCHITECTURE.md for the map.
 
 pub mod apply;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod control;

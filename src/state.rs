@@ -3,7 +3,8 @@
 //! Trees: `instances` (name → record), `backups` (UUID → record), `restores` (key → record),
 //! `journal` (sequence number, big-endian → entry), `journal_by_address` (address, a zero
 //! byte, sequence number → nothing: the journal by address, so recovery reads only the
-//! entries of what was interrupted; schema 2), `storages` (name → the repository id it
+//! entries of what was interrupted; schema 2), `journal_open` (op, a zero byte, address →
+//! nothing: the operations whose last entry is not `finished`), `storages` (name → the repository id it
 //! uses; a tree added without a schema change, empty in older stores), `drills` (instance →
 //! its restore drills, likewise added without a schema change) and `meta`
 //! (`schema_version`). Each value
@@ -117,6 +118,10 @@ struct Handles {
     restores: sled::Tree,
     journal: sled::Tree,
     journal_by_address: sled::Tree,
+    /// Operations whose last journal entry is not `finished`: op, a zero byte, address →
+    /// nothing (added without a schema change; empty in older stores, which wrote no op
+    /// that needs it).
+    journal_open: sled::Tree,
     storages: sled::Tree,
     meta: sled::Tree,
     /// Restore drills: instance name → its [`DrillRecord`] (added without a schema change,
@@ -161,6 +166,7 @@ impl Handles {
             restores: db.open_tree("restores")?,
             journal: db.open_tree("journal")?,
             journal_by_address: db.open_tree("journal_by_address")?,
+            journal_open: db.open_tree("journal_open")?,
             storages: db.open_tree("storages")?,
             meta: db.open_tree("meta")?,
             drills: db.open_tree("drills")?,
@@ -556,6 +562,12 @@ impl Store {
             // entry (skipped on reading), never an entry recovery cannot find.
             h.journal_by_address
                 .insert(address_key(address, seq), sled::IVec::default())?;
+            let open = [op.as_bytes(), &[0], address.as_bytes()].concat();
+            if phase == Phase::Finished {
+                h.journal_open.remove(open)?;
+            } else {
+                h.journal_open.insert(open, sled::IVec::default())?;
+            }
             h.journal.insert(seq.to_be_bytes(), encode(&e))?;
             h.flush()?;
             Ok(seq)
@@ -575,6 +587,20 @@ impl Store {
                 if let Some(v) = h.journal.get(seq)? {
                     out.push(decode("journal", seq, &v)?);
                 }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The addresses of the operations `op` whose last journal entry is not `finished`
+    /// (started, or failed part-way): what recovery looks at, without reading the journal.
+    pub fn journal_open(&self, op: &str) -> Result<Vec<String>, StateError> {
+        self.with(|h| {
+            let prefix = [op.as_bytes(), &[0]].concat();
+            let mut out = Vec::new();
+            for item in h.journal_open.scan_prefix(&prefix) {
+                let (k, _) = item?;
+                out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
             }
             Ok(out)
         })

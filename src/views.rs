@@ -425,3 +425,20 @@ pub fn find_by_prefix<'r>(rec: &'r Recorded, prefix: &str) -> Vec<&'r BackupReco
     found.sort_by_key(|b| (b.created_at, b.id));
     found
 }
+
+/// The daemon's last check of an external storage, as `status` shows it: one line.
+pub fn storage_check_line(
+    name: &str,
+    what: &str,
+    at: &DateTime<Utc>,
+    outcome: Option<&Result<(), String>>,
+) -> String {
+    let at = crate::plan::fmt_time(at);
+    let state = match outcome {
+        None => format!("checking (since {at})"),
+        Some(Ok(())) => format!("usable (checked {at})"),
+        Some(Err(e)) => format!("FAILED (checked {at}): {e}"),
+    };
+    let line = format!("Storage {name} ({what}): {state}");
+    format!("{}\n", crate::diagnostic::printable(&line, true))
+}

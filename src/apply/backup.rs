@@ -307,11 +307,11 @@ impl Executor<'_> {
         crate::failpoint!("backup.before-engine");
         let taken = (|| {
             let repo = self.usable_repo(&b.storage)?;
-            let tags = SnapshotTags {
-                instance: b.instance.clone(),
-                backup: b.id,
-                kind: b.kind.as_str().to_string(),
-            };
+            // The snapshot carries the whole record (a lost host rebuilds it from there).
+            let tags = crate::catalogue::snapshot_tags(&BackupRecord {
+                versions: versions.clone(),
+                ..b.clone()
+            });
             let progress = self.progress.clone();
             match what {
                 BackupSource::Tree(path) => {

@@ -11,6 +11,7 @@ mod drill;
 pub mod hooks;
 mod recovery;
 mod restore;
+mod retag;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -384,7 +385,13 @@ impl<'a> Executor<'a> {
                     if let Some(c) = notes {
                         b.notes = c.to.clone();
                     }
-                    self.put_backup(&b)?;
+                    // The snapshot carries the record (a lost host rebuilds it from there).
+                    let tags = crate::catalogue::snapshot_tags(&b);
+                    if let Err(e) = self.put_retagged(&mut b, &a.address, &tags)? {
+                        self.journal("update", &a.address, Phase::Failed, &e)?;
+                        self.report.failed(&a.address, e);
+                        return Ok(());
+                    }
                     self.journal("update", &a.address, Phase::Finished, "metadata")?;
                     self.report.done(&a.address, "label and notes updated");
                 }
@@ -486,7 +493,16 @@ impl<'a> Executor<'a> {
                 if let Some(c) = notes {
                     b.notes = c.to.clone();
                 }
-                self.put_backup(&b)?;
+                if label.is_some() || notes.is_some() {
+                    let tags = crate::catalogue::snapshot_tags(&b);
+                    if let Err(e) = self.put_retagged(&mut b, &a.address, &tags)? {
+                        self.journal("revive", &a.address, Phase::Failed, &e)?;
+                        self.report.failed(&a.address, e);
+                        return Ok(());
+                    }
+                } else {
+                    self.put_backup(&b)?;
+                }
                 self.journal("revive", &a.address, Phase::Finished, "deletion cancelled")?;
                 self.report
                     .done(&a.address, "kept: its deletion is cancelled");
@@ -630,7 +646,22 @@ impl<'a> Executor<'a> {
                     return Ok(());
                 }
                 b.status = BackupStatus::Deleted;
-                self.put_backup(&b)?;
+                if *data == DataFate::Deleted {
+                    self.put_backup(&b)?;
+                } else {
+                    // Its data stays in storage: the snapshot says it left the catalogue, so
+                    // that `storage adopt` on a new host does not bring it back.
+                    let tags = crate::catalogue::deleted_tags(&b, self.now());
+                    if let Err(e) = self.put_retagged(&mut b, &d.address, &tags)? {
+                        self.op_end(op, false, b.size_bytes);
+                        self.journal("purge", &d.address, Phase::Failed, &e)?;
+                        self.report.failed(
+                            &d.address,
+                            format!("it stays `deleting` and is tried again: {e}"),
+                        );
+                        return Ok(());
+                    }
+                }
                 self.op_end(op, true, b.size_bytes);
                 self.journal("purge", &d.address, Phase::Finished, "")?;
                 self.report.done(

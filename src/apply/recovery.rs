@@ -127,6 +127,7 @@ impl Executor<'_> {
                 },
             )?;
         }
+        self.recover_retags()?;
         crate::failpoint!("recover.before-leftovers");
         for r in self.store.load()?.instances.values() {
             if let Ok(kind) = kinds::of(r.source.kind()) {

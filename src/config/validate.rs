@@ -445,7 +445,20 @@ impl Validator<'_> {
 
     /// A `*_file` secret: missing is an error, readable by group or others a warning.
     fn secret_file(&mut self, v: &S<String>, key: &str) -> PathBuf {
-        let path = self.path(v.get_ref());
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+        let path = match credential_path(v.get_ref(), dir.as_deref()) {
+            None => self.path(v.get_ref()),
+            Some(Ok(path)) => path,
+            Some(Err((message, hint))) => {
+                self.err(
+                    "credentials-directory",
+                    v.span(),
+                    format!("`{key}`: {message}"),
+                    hint,
+                );
+                return PathBuf::from(v.get_ref());
+            }
+        };
         match std::fs::metadata(&path) {
             Err(e) => self.err(
                 "secret-file",
@@ -1406,6 +1419,50 @@ fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
     })
 }
 
+/// A `*_file` value written as `$CREDENTIALS_DIRECTORY/<name>` (or `${CREDENTIALS_DIRECTORY}/`),
+/// the folder where systemd puts the service's credentials (`LoadCredential=`): the path in
+/// `dir`, the variable's value when the file is read. `None`: the value names a path of its
+/// own. Err (message, hint): another variable, a name that is not one file name, or the
+/// variable unset.
+fn credential_path(
+    value: &str,
+    dir: Option<&std::ffi::OsStr>,
+) -> Option<Result<PathBuf, (String, String)>> {
+    if !value.starts_with('$') {
+        return None;
+    }
+    let name = value
+        .strip_prefix("$CREDENTIALS_DIRECTORY/")
+        .or_else(|| value.strip_prefix("${CREDENTIALS_DIRECTORY}/"));
+    let Some(name) = name else {
+        return Some(Err((
+            format!("`{value}` names a variable backplan does not expand"),
+            "write a path, or `$CREDENTIALS_DIRECTORY/<name>` for a credential systemd provides (LoadCredential=); no other variable is expanded".into(),
+        )));
+    };
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Some(Err((
+            format!("`{name}` is not the name of a credential"),
+            "name one file of the credentials folder, like `$CREDENTIALS_DIRECTORY/azure-key`"
+                .into(),
+        )));
+    }
+    let Some(dir) = dir.filter(|d| !d.is_empty()) else {
+        return Some(Err((
+            format!("`{value}` needs $CREDENTIALS_DIRECTORY, which is not set"),
+            "systemd sets it for the service (LoadCredential= in the unit); to run a command by hand, set it to the service's folder: `sudo CREDENTIALS_DIRECTORY=/run/credentials/backplan.service backplan plan`".into(),
+        )));
+    };
+    let dir = Path::new(dir);
+    if !dir.is_absolute() {
+        return Some(Err((
+            format!("$CREDENTIALS_DIRECTORY is `{}`, not an absolute path", dir.display()),
+            "set it to the folder systemd gives the service, like /run/credentials/backplan.service".into(),
+        )));
+    }
+    Some(Ok(dir.join(name)))
+}
+
 #[cfg(test)]
 mod listen_tests {
     #[test]
@@ -1419,5 +1476,42 @@ mod listen_tests {
         assert!(p("example.com:9464").is_err());
         assert!(p("127.0.0.1").is_err());
         assert!(p("127.0.0.1:70000").is_err());
+    }
+
+    #[test]
+    fn credentials_directory_is_expanded_for_one_name_only() {
+        use super::credential_path;
+        use std::path::PathBuf;
+        let dir = Some(std::ffi::OsStr::new("/run/credentials/backplan.service"));
+        let ok = |v: &str| credential_path(v, dir).unwrap().unwrap();
+        assert_eq!(
+            ok("$CREDENTIALS_DIRECTORY/azure-key"),
+            PathBuf::from("/run/credentials/backplan.service/azure-key")
+        );
+        assert_eq!(
+            ok("${CREDENTIALS_DIRECTORY}/k"),
+            PathBuf::from("/run/credentials/backplan.service/k")
+        );
+        assert!(credential_path("keys/a.key", dir).is_none());
+        for bad in [
+            "$CREDENTIALS_DIRECTORY/../shadow",
+            "$CREDENTIALS_DIRECTORY/a/b",
+            "$CREDENTIALS_DIRECTORY/",
+            "$HOME/key",
+            "$CREDENTIALS_DIRECTORYx/k",
+        ] {
+            assert!(credential_path(bad, dir).unwrap().is_err(), "{bad}");
+        }
+        assert!(
+            credential_path("$CREDENTIALS_DIRECTORY/k", None)
+                .unwrap()
+                .is_err()
+        );
+        let relative = Some(std::ffi::OsStr::new("creds"));
+        assert!(
+            credential_path("$CREDENTIALS_DIRECTORY/k", relative)
+                .unwrap()
+                .is_err()
+        );
     }
 }

@@ -150,6 +150,7 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
         v["daemon"] = serde_json::json!({
             "activity": *shared.activity.read().unwrap_or_else(|p| p.into_inner()),
             "last_verify": *shared.last_verify.read().unwrap_or_else(|p| p.into_inner()),
+            "storages": super::storage_check::json(&super::read(&shared.storage_checks)),
         });
         a.stdout = serde_json::to_string_pretty(&v).expect("JSON serialises") + "\n";
     }
@@ -160,7 +161,8 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
             .as_ref()
             .map(|v| format!("Last verify: {v}\n"))
             .unwrap_or_default();
-        a.stdout = format!("Daemon: {activity}\n{verified}\n{}", a.stdout);
+        let storages = super::storage_check::text(&super::read(&shared.storage_checks));
+        a.stdout = format!("Daemon: {activity}\n{verified}{storages}\n{}", a.stdout);
     }
     a
 }

@@ -26,6 +26,7 @@ use crate::state::Store;
 mod clock;
 mod control;
 mod reconcile;
+mod storage_check;
 mod systemd;
 mod wall;
 mod watch;
@@ -100,6 +101,8 @@ struct Shared {
     page: std::sync::Mutex<()>,
     /// `[notify]`: terminal events, delivered in the background.
     notify: Arc<crate::notify::Notifier>,
+    /// The last check of each external storage (at start, and when the file changes it).
+    storage_checks: RwLock<std::collections::BTreeMap<String, storage_check::StorageCheck>>,
 }
 
 /// A copy of what `lock` holds; a poisoned lock (a panicked writer) still gives its value.
@@ -244,7 +247,9 @@ pub async fn run(
         metrics: Arc::new(crate::metrics::Metrics::new(s.clock.now())),
         page: std::sync::Mutex::new(()),
         notify: crate::notify::Notifier::start(&cfg),
+        storage_checks: RwLock::new(Default::default()),
     });
+    storage_check::start(&shared, &cfg, storage_check::to_check(None, &cfg, true));
     shared.metrics.config_loaded(s.clock.now());
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
@@ -552,7 +557,7 @@ impl Backoff {
 
 /// Re-reads the file. Returns whether a reconcile is needed: the content changed (or a reload
 /// was asked for) and it is valid. An invalid or missing file keeps the last valid one.
-fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: bool) -> bool {
+fn reload_file(path: &Path, last_text: &mut String, shared: &Arc<Shared>, forced: bool) -> bool {
     let text = match crate::config::read_text(path) {
         Ok(t) => t,
         Err(e) => {
@@ -600,7 +605,11 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
                 return false;
             }
             shared.notify.configure(&cfg);
-            *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
+            // Storages added or changed (all of them on SIGHUP) are checked in the background.
+            let checks = storage_check::to_check(old.as_deref(), &cfg, forced);
+            let cfg = Arc::new(cfg);
+            *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(cfg.clone());
+            storage_check::start(shared, &cfg, checks);
             shared.metrics.config_loaded(shared.clock.now());
             *shared
                 .config_error

@@ -458,6 +458,51 @@ impl Engine for RusticEngine {
         })
     }
 
+    fn retag(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        tags: &SnapshotTags,
+    ) -> Result<String, EngineError> {
+        self.guarded(repo, "rewriting a snapshot's tags", || {
+            use rustic_core::repofile::SnapshotId;
+            // Exclusive, as `restic tag` takes it: no other snapshot may appear meanwhile.
+            let (open, _lock) =
+                self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
+            let mut snap = find_snapshot(&open, repo, snapshot)?;
+            let wanted: std::collections::BTreeSet<String> = tags.to_tags().into_iter().collect();
+            if snap.tags.iter().cloned().collect::<std::collections::BTreeSet<_>>() == wanted {
+                return Ok(snapshot.to_string());
+            }
+            let before: std::collections::HashSet<SnapshotId> =
+                open.list::<SnapshotId>().map_err(err(repo))?.collect();
+            // As `restic tag`: same tree, time and paths; `original` (set when it was read)
+            // names the first snapshot of the backup.
+            snap.tags = Default::default();
+            for tag in wanted {
+                snap.tags.add(tag);
+            }
+            open.save_snapshots(vec![snap]).map_err(err(repo))?;
+            sync_repository(repo)?;
+            // The new file's id is the hash of what was stored: the one not there before.
+            let new: Vec<SnapshotId> = open
+                .list::<SnapshotId>()
+                .map_err(err(repo))?
+                .filter(|id| !before.contains(id))
+                .collect();
+            match new.as_slice() {
+                [one] => Ok(one.to_hex().to_string()),
+                _ => Err(EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message: format!(
+                        "after rewriting the tags of snapshot {snapshot}, {} new snapshots appeared (another writer?)",
+                        new.len()
+                    ),
+                }),
+            }
+        })
+    }
+
     fn forget(&self, repo: &Repo, snapshots: &[String]) -> Result<(), EngineError> {
         if snapshots.is_empty() {
             return Ok(());
@@ -517,12 +562,37 @@ impl Engine for RusticEngine {
     }
 
     fn check_storage(&self, repo: &Repo) -> Result<(), EngineError> {
-        self.guarded(repo, "storage check", || remote::check(repo))
+        // Not under the repository's lock: the check touches no repository file (its test
+        // object lies beside them), and must not wait behind a long backup.
+        isolated("storage check", || remote::check(repo))
     }
 
     fn listing(&self, repo: &Repo, snapshot: &str) -> Result<Vec<TreeEntry>, EngineError> {
         RusticEngine::listing(self, repo, snapshot)
     }
+}
+
+/// Runs `f` as [`RusticEngine::guarded`] does, but without the repository's lock: on a thread
+/// of its own, outside any async runtime, with a panic turned into an error.
+fn isolated<T: Send>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, EngineError> + Send,
+) -> Result<T, EngineError> {
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name(format!("engine {op}"))
+            .spawn_scoped(s, f)
+            .map_err(|source| EngineError::Io {
+                op: "starting an engine thread",
+                source,
+            })?;
+        worker.join().unwrap_or_else(|panic| {
+            Err(EngineError::Panicked {
+                op,
+                message: panic_message(&panic),
+            })
+        })
+    })
 }
 
 /// The snapshot named by its full id. A full id only: the library reads a shorter one (even an
@@ -548,11 +618,14 @@ fn find_snapshot<S: rustic_core::Open>(
 fn new_snapshot(repo: &Repo, tags: &SnapshotTags) -> Result<SnapshotFile, EngineError> {
     let mut snap = SnapshotOptions::default()
         .label(format!("backplan:{}", tags.instance))
-        .command(format!("backplan backup {}", tags.instance));
+        .command(format!("backplan backup {}", tags.instance))
+        .to_snapshot()
+        .map_err(err(repo))?;
+    // One tag each, as given: `SnapshotOptions::add_tags` would split a label at its commas.
     for tag in tags.to_tags() {
-        snap = snap.add_tags(&tag).map_err(err(repo))?;
+        snap.tags.add(tag);
     }
-    snap.to_snapshot().map_err(err(repo))
+    Ok(snap)
 }
 
 fn open_ids<S: rustic_core::Open>(

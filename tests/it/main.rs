@@ -1,8 +1,10 @@
 //! The integration tests: one crate, shared helpers in `helpers`.
 
+mod adopt;
 mod apply;
 mod cli;
 mod crash;
+mod credentials;
 mod daemon;
 mod deletion;
 mod drill;
@@ -34,4 +36,5 @@ mod sqlite;
 mod state_growth;
 mod status_page;
 mod storage;
+mod storage_status;
 mod trees;

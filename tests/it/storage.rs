@@ -11,8 +11,8 @@ use crate::helpers::*;
 use crate::trees::*;
 
 /// Azurite's well-known development account and key.
-const AZ_ACCOUNT: &str = "devstoreaccount1";
-const AZ_KEY: &str =
+pub(crate) const AZ_ACCOUNT: &str = "devstoreaccount1";
+pub(crate) const AZ_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 pub(crate) fn emulator(name: &str, var: &str) -> Option<String> {
@@ -113,7 +113,7 @@ fn azure_request(
     curl(&args)
 }
 
-fn create_container(endpoint: &str, name: &str) {
+pub(crate) fn create_container(endpoint: &str, name: &str) {
     let (code, body) = azure_request(
         endpoint,
         "PUT",
@@ -149,7 +149,7 @@ fn apply(dir: &Path) -> Run {
 
 /// A quickstart with a filled `contoso`, the storage `archive` declared as `storage`, and
 /// its repository key in `archive.key`.
-fn quickstart_with(storage: &str) -> tempfile::TempDir {
+pub(crate) fn quickstart_with(storage: &str) -> tempfile::TempDir {
     let tmp = quickstart_copy();
     let dir = tmp.path();
     let prod = dir.join("data/contoso");
