@@ -184,8 +184,8 @@ impl RusticEngine {
                 .insert(cache_key, open.key());
             return Ok(open);
         }
-        let open = match unopened.clone().open(&Credentials::password(&password)) {
-            Ok(open) => open,
+        let (open, keep) = match unopened.clone().open(&Credentials::password(&password)) {
+            Ok(open) => (open, true),
             // A repository made when backplan kept the key's surrounding spaces.
             Err(e) => match legacy.and_then(|old| unopened.open(&Credentials::password(&old)).ok())
             {
@@ -195,12 +195,13 @@ impl RusticEngine {
                         repo.path.display(),
                         repo.password_file.display()
                     );
-                    open
+                    // Not kept on disk: the warning is said at every run until fixed.
+                    (open, false)
                 }
                 None => return Err(err(repo)(e)),
             },
         };
-        if let Some(kept) = kept {
+        if let Some(kept) = kept.filter(|_| keep) {
             kept_key::write(&kept, &password, &open.key());
         }
         self.keys

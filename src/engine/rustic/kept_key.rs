@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rustic_core::repofile::MasterKey;
-use sha2::Digest as _;
+use sha2_11::Digest as _;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Kept {
@@ -21,7 +21,7 @@ struct Kept {
 }
 
 fn digest(password: &str) -> String {
-    sha2::Sha256::digest(password.as_bytes())
+    sha2_11::Sha256::digest(password.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

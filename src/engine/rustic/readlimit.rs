@@ -3,7 +3,7 @@
 //! rustic_core 0.13 restores file contents on a pool of 20 reader threads (a private constant),
 //! each reading a run of blobs of up to 40 MiB from one pack and keeping it until every blob of
 //! the run is decrypted and queued for writing: a tree whose packs are read by ten threads at
-//! once peaked at 470–540 MiB. This backend wraps the repository's and lets at most `permits`
+//! once peaked at 470–550 MiB. This backend wraps the repository's and lets at most `permits`
 //! pack reads made on the restore's threads be alive at once: the permit is released when the
 //! buffer it read is dropped. A thread waiting for a permit does the pool's other pending work
 //! meanwhile (the writes queued by the threads that hold one), so waiting threads keep the
@@ -18,9 +18,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use rustic_core::{BytesList, FileType, Id, ReadBackend, RusticResult, WriteBackend};
 
-/// How many pack reads a restore may hold at once (each up to 40 MiB, usually a run of one
-/// pack). Measured on a 705 MiB tree (BENCHMARKS.md): 4 keeps the restore as fast as with 20.
-pub(super) const RESTORE_PACK_READS: usize = 4;
+/// How many pack reads a restore may hold at once (each up to 40 MiB, usually a whole pack).
+/// Measured on the 705 MiB benchmark tree (BENCHMARKS.md): the peak was 546 MiB with 4, 462–552
+/// with 2 and 254–375 with 1, at restic's restore speed: the holder decodes its whole run
+/// while the writes queue (a pack of SQL text is ~5x larger decoded), so each read held costs
+/// its run decoded as well.
+pub(super) const RESTORE_PACK_READS: usize = 1;
 
 #[derive(Debug)]
 pub(super) struct PackReadLimit {
