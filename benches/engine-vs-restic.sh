@@ -439,6 +439,16 @@ VERIFY_RESTIC=$(check_tree restic "$RRESTORE$DATA")
 say "   $VERIFY_BP"
 say "   $VERIFY_RESTIC"
 
+# restic reads and checks every pack backplan wrote (untimed).
+say "== restic check --read-data of backplan's repository"
+if RESTIC_REPOSITORY=$BPSTATE/repository RESTIC_PASSWORD_FILE=$BPSTATE/keys/local.key \
+  restic --no-cache check --read-data >"$LOGS/restic-check-backplan.log" 2>&1; then
+  CHECK_NOTE="restic check --read-data of backplan's repository: no errors"
+else
+  CHECK_NOTE="restic check --read-data of backplan's repository: FAILED (see $LOGS/restic-check-backplan.log)"
+fi
+say "   $CHECK_NOTE"
+
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 BP_REPO_BYTES=$(du -sb "$BPSTATE/repository" | cut -f1)
 BP_STATE_BYTES=$(($(du -sb "$BPSTATE" | cut -f1) - BP_REPO_BYTES))
@@ -508,6 +518,7 @@ REPORT=$WORK/report.md
   echo "- change: $CHANGED_NOTE"
   echo "- $VERIFY_BP"
   echo "- $VERIFY_RESTIC"
+  echo "- $CHECK_NOTE"
 } >"$REPORT"
 echo
 cat "$REPORT"

@@ -53,7 +53,10 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
         );
         return Exit::Failure;
     }
-    let engine = crate::engine::RusticEngine::new();
+    // The keys backplan generated (`storage::generated_key_path`) get their master keys kept
+    // beside them: a one-shot apply skips the scrypt derivation.
+    let engine =
+        crate::engine::RusticEngine::new().keep_master_keys_of(&cfg.daemon.state_dir.join("keys"));
     let progress = Arc::new(super::progress::TermProgress::new());
     // The plan is made for one instant, so that it can be made again after the question.
     let now = Utc::now();

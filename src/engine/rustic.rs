@@ -21,8 +21,10 @@ use uuid::Uuid;
 
 use super::*;
 
+mod kept_key;
 mod listing;
 mod lock;
+mod readlimit;
 mod remote;
 mod stream;
 
@@ -35,6 +37,9 @@ pub struct RusticEngine {
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     /// Key files already reported as readable by others (once per process: at every start).
     loose_keys: Mutex<std::collections::HashSet<PathBuf>>,
+    /// The folder of the keys backplan generates: their master keys are also kept on disk
+    /// (see [`RusticEngine::keep_master_keys_of`]).
+    kept_keys: Option<PathBuf>,
 }
 
 impl Default for RusticEngine {
@@ -50,7 +55,30 @@ impl RusticEngine {
             keys: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             loose_keys: Mutex::new(std::collections::HashSet::new()),
+            kept_keys: None,
         }
+    }
+
+    /// Keeps the master key of every repository opened with a key file directly in `dir` (the
+    /// folder of the keys backplan generates, in its state folder) in a file beside the key,
+    /// `NAME.master` (0600), so that a one-shot command skips the scrypt derivation (0.3–0.4 s
+    /// and 64 MiB per run). That file grants what the key file beside it grants; it is
+    /// used only while it names the same password (a SHA-256 of it) and opens the repository.
+    /// Keys given by `password_file` elsewhere (credentials) are never copied to disk.
+    pub fn keep_master_keys_of(mut self, dir: &Path) -> Self {
+        self.kept_keys = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Where the master key of `password_file` is kept on disk, when it is.
+    fn kept_key_path(&self, password_file: &Path) -> Option<PathBuf> {
+        let dir = self.kept_keys.as_deref()?;
+        if password_file.parent() != Some(dir) {
+            return None;
+        }
+        let mut name = password_file.file_name()?.to_os_string();
+        name.push(".master");
+        Some(dir.join(name))
     }
 
     /// The repository password (see [`read_password`]), with a warning, once per process, when
@@ -126,12 +154,20 @@ impl RusticEngine {
         repo: &Repo,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<Repository<OpenStatus>, EngineError> {
+        self.open_on(repo, handle(repo, progress)?)
+    }
+
+    /// [`RusticEngine::open`] on a handle made by the caller.
+    fn open_on(
+        &self,
+        repo: &Repo,
+        unopened: Repository<()>,
+    ) -> Result<Repository<OpenStatus>, EngineError> {
         let Password {
             key: password,
             legacy,
             ..
         } = self.password(repo)?;
-        let unopened = handle(repo, progress)?;
         let cache_key = (repo.path.clone(), password.clone());
         let known = self
             .keys
@@ -139,13 +175,19 @@ impl RusticEngine {
             .unwrap_or_else(|p| p.into_inner())
             .get(&cache_key)
             .cloned();
+        let kept = self.kept_key_path(&repo.password_file);
+        let known = known.or_else(|| kept.as_deref().and_then(|k| kept_key::read(k, &password)));
         if let Some(key) = known
             && let Ok(open) = unopened.clone().open(&Credentials::Masterkey(key))
         {
+            self.keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(cache_key, open.key());
             return Ok(open);
         }
-        let open = match unopened.clone().open(&Credentials::password(&password)) {
-            Ok(open) => open,
+        let (open, keep) = match unopened.clone().open(&Credentials::password(&password)) {
+            Ok(open) => (open, true),
             // A repository made when backplan kept the key's surrounding spaces.
             Err(e) => match legacy.and_then(|old| unopened.open(&Credentials::password(&old)).ok())
             {
@@ -155,11 +197,15 @@ impl RusticEngine {
                         repo.path.display(),
                         repo.password_file.display()
                     );
-                    open
+                    // Not kept on disk: the warning is said at every run until fixed.
+                    (open, false)
                 }
                 None => return Err(err(repo)(e)),
             },
         };
+        if let Some(kept) = kept.filter(|_| keep) {
+            kept_key::write(&kept, &password, &open.key());
+        }
         self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -177,7 +223,17 @@ impl RusticEngine {
         progress: Arc<dyn ProgressSink>,
         mode: lock::Mode,
     ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
-        let open = self.open(repo, progress)?;
+        self.open_locked_on(repo, handle(repo, progress)?, mode)
+    }
+
+    /// [`RusticEngine::open_locked`] on a handle made by the caller.
+    fn open_locked_on(
+        &self,
+        repo: &Repo,
+        unopened: Repository<()>,
+        mode: lock::Mode,
+    ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
+        let open = self.open_on(repo, unopened)?;
         let key = open.key();
         let sealer =
             lock::Sealer::new(&key.encrypt, &key.mac.k, &key.mac.r).map_err(|message| {
@@ -215,6 +271,34 @@ fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>
     Repository::new_with_progress(
         &RepositoryOptions::default().no_cache(true),
         &backends,
+        Bars(progress),
+    )
+    .map_err(err(repo))
+}
+
+/// A handle for restoring a tree: at most [`readlimit::RESTORE_PACK_READS`] pack reads held
+/// in memory at once (see `readlimit.rs`).
+fn restore_handle(
+    repo: &Repo,
+    progress: Arc<dyn ProgressSink>,
+) -> Result<Repository<()>, EngineError> {
+    let backends = match &repo.remote {
+        Some(remote) => remote::backends(remote)?,
+        None => BackendOptions::default()
+            .repository(format!("local:{}", repo.path.display()))
+            .to_backends()
+            .map_err(err(repo))?,
+    };
+    let limited = rustic_core::RepositoryBackends::new(
+        Arc::new(readlimit::PackReadLimit::new(
+            backends.repository(),
+            readlimit::RESTORE_PACK_READS,
+        )),
+        backends.repo_hot(),
+    );
+    Repository::new_with_progress(
+        &RepositoryOptions::default().no_cache(true),
+        &limited,
         Bars(progress),
     )
     .map_err(err(repo))
@@ -260,6 +344,9 @@ impl Engine for RusticEngine {
                     &ConfigOptions::default(),
                 )
                 .map_err(err(repo))?;
+            if let Some(kept) = self.kept_key_path(&repo.password_file) {
+                kept_key::write(&kept, &password, &open.key());
+            }
             self.keys
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -428,7 +515,11 @@ impl Engine for RusticEngine {
                 .ok_or_else(|| EngineError::DestinationNotEmpty {
                     path: dest.to_path_buf(),
                 })?;
-            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
+            let (open, _lock) = self.open_locked_on(
+                repo,
+                restore_handle(repo, progress)?,
+                lock::Mode::Shared,
+            )?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed

@@ -190,3 +190,68 @@ fn validate_refuses_an_empty_password_file_where_it_is_named() {
     let run = backplan(dir, &["validate", "-c", "b.toml"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
 }
+
+/// The master key of a generated key is kept beside it (0600) and used by a later process
+/// (proved by moving the repository's password-encrypted key files away: only the master key
+/// opens it then), but only while the key file holds the same password; a `password_file`
+/// elsewhere is never copied to disk.
+#[test]
+fn a_generated_keys_master_key_is_kept_beside_it_and_bound_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = keys.join("local.key");
+    std::fs::write(&key, "9f1c0d2e4b6a8c0e1f3a5b7c9d0e2f4a\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let repo = Repo {
+        path: tmp.path().join("repo"),
+        password_file: key.clone(),
+        remote: None,
+    };
+    RusticEngine::new()
+        .keep_master_keys_of(&keys)
+        .ensure(&repo, false)
+        .unwrap();
+    let kept = keys.join("local.key.master");
+    let mode = std::fs::metadata(&kept)
+        .expect("kept master key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A later process opens the repository with the kept key alone.
+    let hidden = tmp.path().join("hidden-keys");
+    std::fs::rename(repo.path.join("keys"), &hidden).unwrap();
+    let later = RusticEngine::new().keep_master_keys_of(&keys);
+    assert!(later.list(&repo).unwrap().is_empty());
+    // Without keeping, the password is needed, and it has no key file to open.
+    assert!(RusticEngine::new().list(&repo).is_err());
+
+    // Another password in the key file: the kept key is not used (so a wrong key file is
+    // never masked by it).
+    std::fs::write(&key, "another password\n").unwrap();
+    assert!(
+        RusticEngine::new()
+            .keep_master_keys_of(&keys)
+            .list(&repo)
+            .is_err()
+    );
+    std::fs::rename(&hidden, repo.path.join("keys")).unwrap();
+    std::fs::write(&key, "9f1c0d2e4b6a8c0e1f3a5b7c9d0e2f4a\n").unwrap();
+
+    // A key file outside the kept folder gets no master key file beside it.
+    let elsewhere = tmp.path().join("given.key");
+    std::fs::copy(&key, &elsewhere).unwrap();
+    let given = Repo {
+        password_file: elsewhere.clone(),
+        ..repo.clone()
+    };
+    assert!(
+        RusticEngine::new()
+            .keep_master_keys_of(&keys)
+            .list(&given)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!tmp.path().join("given.key.master").exists());
+}
