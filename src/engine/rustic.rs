@@ -515,11 +515,8 @@ impl Engine for RusticEngine {
                 .ok_or_else(|| EngineError::DestinationNotEmpty {
                     path: dest.to_path_buf(),
                 })?;
-            let (open, _lock) = self.open_locked_on(
-                repo,
-                restore_handle(repo, progress)?,
-                lock::Mode::Shared,
-            )?;
+            let (open, _lock) =
+                self.open_locked_on(repo, restore_handle(repo, progress)?, lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed

@@ -12,8 +12,7 @@ impl RusticEngine {
         snapshot: &str,
     ) -> Result<Vec<TreeEntry>, EngineError> {
         self.guarded(repo, "listing a snapshot", || {
-            let (open, _lock) =
-                self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Shared)?;
+            let (open, _lock) = self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Shared)?;
             // The full index (blob lengths), but no file contents are read.
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
