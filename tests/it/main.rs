@@ -29,4 +29,5 @@ mod schema;
 mod sqlite;
 mod status_page;
 mod storage;
+mod storage_faults;
 mod trees;

@@ -11,11 +11,11 @@ use crate::helpers::*;
 use crate::trees::*;
 
 /// Azurite's well-known development account and key.
-const AZ_ACCOUNT: &str = "devstoreaccount1";
-const AZ_KEY: &str =
+pub(crate) const AZ_ACCOUNT: &str = "devstoreaccount1";
+pub(crate) const AZ_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-fn emulator(name: &str, var: &str) -> Option<String> {
+pub(crate) fn emulator(name: &str, var: &str) -> Option<String> {
     let known = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-emulators");
     let url = std::env::var(var)
         .ok()
@@ -40,7 +40,7 @@ fn emulator(name: &str, var: &str) -> Option<String> {
 }
 
 /// A name no other test (or earlier run) uses: lower-case letters, digits and dashes.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
         std::process::id(),
@@ -113,7 +113,7 @@ fn azure_request(
     curl(&args)
 }
 
-fn create_container(endpoint: &str, name: &str) {
+pub(crate) fn create_container(endpoint: &str, name: &str) {
     let (code, body) = azure_request(
         endpoint,
         "PUT",
@@ -124,7 +124,7 @@ fn create_container(endpoint: &str, name: &str) {
 }
 
 /// The names of the blobs in a container.
-fn blobs(endpoint: &str, container: &str) -> Vec<String> {
+pub(crate) fn blobs(endpoint: &str, container: &str) -> Vec<String> {
     let (code, body) = azure_request(
         endpoint,
         "GET",
@@ -138,18 +138,18 @@ fn blobs(endpoint: &str, container: &str) -> Vec<String> {
         .collect()
 }
 
-fn create_bucket(endpoint: &str, name: &str) {
+pub(crate) fn create_bucket(endpoint: &str, name: &str) {
     let (code, body) = curl(&["-X", "PUT", &format!("{endpoint}/{name}")]);
     assert_eq!(code, 200, "creating bucket {name}: {body}");
 }
 
-fn apply(dir: &Path) -> Run {
+pub(crate) fn apply(dir: &Path) -> Run {
     backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
 }
 
 /// A quickstart with a filled `contoso`, the storage `archive` declared as `storage`, and
 /// its repository key in `archive.key`.
-fn quickstart_with(storage: &str) -> tempfile::TempDir {
+pub(crate) fn quickstart_with(storage: &str) -> tempfile::TempDir {
     let tmp = quickstart_copy();
     let dir = tmp.path();
     let prod = dir.join("data/contoso");
@@ -160,7 +160,7 @@ fn quickstart_with(storage: &str) -> tempfile::TempDir {
     tmp
 }
 
-fn write_secret(path: &Path, text: &str) {
+pub(crate) fn write_secret(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
