@@ -4,6 +4,7 @@ mod apply;
 mod cli;
 mod crash;
 mod daemon;
+mod damage;
 mod deletion;
 mod engine;
 mod full_disk;
