@@ -131,7 +131,7 @@ timed() {
 create_bucket() { curl -sf -X PUT "$S3/$1" >/dev/null || die "cannot create bucket $1"; }
 create_container() { # Shared Key signature, as the Azure Blob service wants it
   python3 - "$AZ" "$AZ_ACCOUNT" "$AZ_KEY" "$1" <<'PY'
-import base64, hmac, hashlib, sys, urllib.request
+import base64, hmac, hashlib, http.client, sys, urllib.parse
 from email.utils import formatdate
 endpoint, account, key, name = sys.argv[1:]
 date, version = formatdate(usegmt=True), "2021-08-06"
@@ -139,9 +139,12 @@ resource = f"/{account}/{account}/{name}\nrestype:container"
 to_sign = f"PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n{resource}"
 sig = base64.b64encode(hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()).decode()
 base = endpoint[: -len("/" + account)] if endpoint.endswith("/" + account) else endpoint
-req = urllib.request.Request(f"{base}/{account}/{name}?restype=container", method="PUT", data=b"",
+u = urllib.parse.urlsplit(base)
+c = http.client.HTTPConnection(u.hostname, u.port)
+c.request("PUT", f"/{account}/{name}?restype=container", body=b"",
     headers={"x-ms-date": date, "x-ms-version": version, "Authorization": f"SharedKey {account}:{sig}"})
-assert urllib.request.urlopen(req).status == 201
+r = c.getresponse()
+assert r.status == 201, (r.status, r.read())
 PY
 }
 
