@@ -422,8 +422,9 @@ fn a_trickling_endpoint_fails_the_backup_within_the_request_bound() {
     let dir = tmp.path();
     let run = apply(dir);
     assert_eq!(run.code, 0, "{}", run.transcript());
-    // Every byte arrives, 20 a second: no read ever waits long, the whole upload takes days.
-    // Only the bound on a whole request ends it (here 6 s a try, 5 tries).
+    // Every byte arrives, 20 a second: the whole upload would take days. The client's read
+    // bound (counted from the request's start while nothing of the answer came: here 2 s a
+    // try, 5 tries) ends it; the whole-request bound (6 s here) backs it up.
     proxy.set(Mode::Trickle);
     append_config(
         dir,
