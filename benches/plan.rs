@@ -164,8 +164,27 @@ kind = "azure"
 account = "contosobackups"
 container = "backplan"
 access_key_env = "BACKPLAN_ARCHIVE_KEY"
+password_file = "@ARCHIVE_KEY@"
 max_restore_age = "3y"
 "#;
+
+/// The external storage's `password_file` (validation reads it): a private file in the
+/// temporary folder, written once.
+fn archive_key() -> std::path::PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join("backplan-bench-archive.key");
+    if !path.exists() {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("the bench's archive key");
+        std::io::Write::write_all(&mut f, b"bench-archive-password\n").expect("written");
+    }
+    path
+}
 
 fn today() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 5, 4).expect("a date")
@@ -206,7 +225,7 @@ fn relabelled(i: usize, k: usize) -> bool {
 
 fn config_text() -> String {
     let mut s = String::with_capacity(INSTANCES * 1300 + HEADER.len());
-    s.push_str(HEADER);
+    s.push_str(&HEADER.replace("@ARCHIVE_KEY@", &archive_key().display().to_string()));
     for i in 1..=INSTANCES {
         let n = name(i);
         let kind = if is_production(i) {

@@ -42,32 +42,17 @@ pub type Handler = Arc<dyn Fn(&str) -> Response + Send + Sync>;
 
 /// Serves `listener` until the task is aborted.
 pub fn serve(listener: tokio::net::TcpListener, handler: Handler) -> tokio::task::JoinHandle<()> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(50);
-                    stream
-                }
-                Err(e) => {
-                    tracing::warn!("metrics listener: accept failed: {e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
+    crate::listener::serve_connections(
+        "metrics listener",
+        listener,
+        MAX_CONNECTIONS,
+        move |stream| {
             let handler = handler.clone();
-            tokio::spawn(async move {
+            async move {
                 let _ = serve_client(stream, handler).await;
-                drop(slot);
-            });
-        }
-    })
+            }
+        },
+    )
 }
 
 async fn serve_client(mut stream: tokio::net::TcpStream, handler: Handler) -> std::io::Result<()> {

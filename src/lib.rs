@@ -1,6 +1,7 @@
 //! backplan: a declarative backup and restore daemon. See ARCHITECTURE.md for the map.
 
 pub mod apply;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -12,7 +13,9 @@ pub mod failpoint;
 pub mod heartbeat;
 pub mod http;
 pub mod kinds;
+pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod query;
 pub mod records;

@@ -21,7 +21,7 @@ use crate::records::{BackupStatus, Recorded};
 /// The operations counted; every one starts at zero for both results, so that a first
 /// failure is an increase (`increase()` cannot see a series that appears at 1).
 pub const OPERATIONS: &[&str] = &[
-    "backup", "restore", "update", "expire", "purge", "prune", "verify",
+    "backup", "restore", "update", "expire", "purge", "prune", "verify", "drill",
 ];
 
 /// Upper bounds of the duration histogram, in seconds: from a small tree to a large dump.
@@ -327,6 +327,8 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
         );
     }
 
+    drills(o, s);
+
     // The daemon's own counters.
     m.with(|m| {
         family(
@@ -484,6 +486,104 @@ pub fn render(s: &Scrape, m: &Metrics) -> String {
         }
     });
     out
+}
+
+/// Restore drills, from the records (and each instance's interval from the file).
+fn drills(o: &mut String, s: &Scrape) {
+    let drills = &s.recorded.drills;
+    let last = |name: &str| drills.get(name).and_then(|d| d.last());
+    family(
+        o,
+        "backplan_drill_interval_seconds",
+        "gauge",
+        "How often each instance gets a restore drill (instances with drills only).",
+    );
+    if let Some(cfg) = s.config {
+        for (name, i) in &cfg.instances {
+            if let Some(every) = i.drill {
+                sample(
+                    o,
+                    "backplan_drill_interval_seconds",
+                    &[("instance_name", name)],
+                    every.as_secs() as f64,
+                );
+            }
+        }
+    }
+    family(
+        o,
+        "backplan_drill_last_success_timestamp_seconds",
+        "gauge",
+        "When a restore drill of this instance last passed (Unix time).",
+    );
+    for (name, d) in drills {
+        if let Some(at) = &d.last_success_at {
+            sample(
+                o,
+                "backplan_drill_last_success_timestamp_seconds",
+                &[("instance_name", name)],
+                unix(at),
+            );
+        }
+    }
+    family(
+        o,
+        "backplan_drill_last_timestamp_seconds",
+        "gauge",
+        "When the last restore drill of this instance started (Unix time).",
+    );
+    family(
+        o,
+        "backplan_drill_last_success",
+        "gauge",
+        "Whether the last restore drill of this instance passed (1) or failed (0).",
+    );
+    family(
+        o,
+        "backplan_drill_duration_seconds",
+        "gauge",
+        "How long the last restore drill of this instance took in all (space check, restore, checks, clean-up).",
+    );
+    family(
+        o,
+        "backplan_drill_rto_seconds",
+        "gauge",
+        "The restore time measured by the last restore drill of this instance that got as far as restoring (the RTO).",
+    );
+    for name in drills.keys() {
+        let Some(r) = last(name) else { continue };
+        let l = [("instance_name", name.as_str())];
+        sample(
+            o,
+            "backplan_drill_last_timestamp_seconds",
+            &l,
+            unix(&r.started_at),
+        );
+        sample(
+            o,
+            "backplan_drill_last_success",
+            &l,
+            f64::from(u8::from(r.outcome == crate::records::DrillOutcome::Passed)),
+        );
+        sample(o, "backplan_drill_duration_seconds", &l, r.duration_seconds);
+        if let Some(rto) = drills[name].runs.iter().find_map(|r| r.rto_seconds) {
+            sample(o, "backplan_drill_rto_seconds", &l, rto);
+        }
+    }
+    family(
+        o,
+        "backplan_drill_failures_total",
+        "counter",
+        "Restore drills of this instance that failed, in all (kept in the state: it survives restarts).",
+    );
+    for (name, d) in drills {
+        sample(
+            o,
+            "backplan_drill_failures_total",
+            &[("instance_name", name)],
+            d.failures_total as f64,
+        );
+    }
 }
 
 fn unix(t: &DateTime<Utc>) -> f64 {

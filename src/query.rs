@@ -380,6 +380,9 @@ fn status(ctx: &Context<'_>, as_json: bool, width: Option<usize>, out: &mut dyn 
                 None => format!("{}: {e}", s.name),
             });
         }
+        if let Some(d) = &s.last_drill {
+            details.push(format!("{}: last restore drill {}", s.name, d.text()));
+        }
         if let Some(d) = &s.deleting {
             details.push(format!(
                 "{}: {} deleting{}",
@@ -648,6 +651,7 @@ fn show(
             &serde_json::json!({
                 "format_version": FORMAT_VERSION,
                 "backup": views::BackupView { record: b.clone(), allowed_actions: views::allowed_actions(b) },
+                "drills": views::drills_of(rec, b),
                 "history": history,
             }),
         );
@@ -714,6 +718,20 @@ fn show(
         }
     }
     field(out, "actions", views::allowed_actions(b).join(", "));
+    if let Some(d) = views::drills_of(rec, b).first() {
+        field(out, "drilled at", fmt_time(&d.at));
+        field(out, "drill", d.outcome.to_string());
+        field(
+            out,
+            "drill RTO",
+            d.rto_seconds
+                .map(views::seconds)
+                .unwrap_or_else(|| "-".into()),
+        );
+        if d.outcome == crate::records::DrillOutcome::Failed {
+            field(out, "drill error", d.detail.clone());
+        }
+    }
     if !history.is_empty() {
         let _ = writeln!(out, "\nHistory:");
         for e in &history {

@@ -234,4 +234,77 @@ pub struct Recorded {
     pub backups: BTreeMap<Uuid, BackupRecord>,
     #[serde(default)]
     pub restores: BTreeMap<String, RestoreRecord>,
+    /// Restore drills, by instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drills: BTreeMap<String, DrillRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillOutcome {
+    Passed,
+    Failed,
+}
+
+impl std::fmt::Display for DrillOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DrillOutcome::Passed => "passed",
+            DrillOutcome::Failed => "failed",
+        })
+    }
+}
+
+/// One restore drill: the backup restored into scratch, checked, timed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillRun {
+    pub backup_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub outcome: DrillOutcome,
+    /// The measured restore time (the RTO): the engine's restore into scratch, in seconds.
+    #[serde(default)]
+    pub rto_seconds: Option<f64>,
+    /// The whole drill (space check, restore, checks, clean-up), in seconds.
+    pub duration_seconds: f64,
+    /// What was checked (passed) or what went wrong (failed).
+    pub detail: String,
+}
+
+/// The restore drills of one instance: the newest first, at most [`DRILL_HISTORY`] kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    pub instance: String,
+    pub runs: Vec<DrillRun>,
+    /// When a drill last passed (kept when older runs are dropped).
+    #[serde(default)]
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Drills that failed, in all (a counter: never goes down).
+    #[serde(default)]
+    pub failures_total: u64,
+}
+
+/// How many drills of an instance are kept.
+pub const DRILL_HISTORY: usize = 10;
+
+impl DrillRecord {
+    pub fn last(&self) -> Option<&DrillRun> {
+        self.runs.first()
+    }
+
+    /// The record with `run` added as the newest.
+    pub fn with_run(prev: Option<DrillRecord>, instance: &str, run: DrillRun) -> DrillRecord {
+        let mut r = prev.unwrap_or_else(|| DrillRecord {
+            instance: instance.to_string(),
+            runs: Vec::new(),
+            last_success_at: None,
+            failures_total: 0,
+        });
+        match run.outcome {
+            DrillOutcome::Passed => r.last_success_at = Some(run.started_at),
+            DrillOutcome::Failed => r.failures_total += 1,
+        }
+        r.runs.insert(0, run);
+        r.runs.truncate(DRILL_HISTORY);
+        r
+    }
 }

@@ -1,8 +1,12 @@
 //! The state store. **This is the only module that touches sled.**
 //!
 //! Trees: `instances` (name → record), `backups` (UUID → record), `restores` (key → record),
-//! `journal` (sequence number, big-endian → entry), `storages` (name → the repository id it
-//! uses; a tree added without a schema change, empty in older stores) and `meta`
+//! `journal` (sequence number, big-endian → entry), `journal_by_address` (address, a zero
+//! byte, sequence number → nothing: the journal by address, so recovery reads only the
+//! entries of what was interrupted; schema 2), `journal_open` (op, a zero byte, address →
+//! nothing: the operations whose last entry is not `finished`), `storages` (name → the repository id it
+//! uses; a tree added without a schema change, empty in older stores), `drills` (instance →
+//! its restore drills, likewise added without a schema change) and `meta`
 //! (`schema_version`). Each value
 //! is one format byte followed by the record as JSON, so a record can change shape later
 //! without guessing. **Every write is flushed to disk before the call returns**, so a state
@@ -20,15 +24,44 @@ use uuid::Uuid;
 use crate::records::*;
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// The first byte of every stored record.
 const RECORD_FORMAT: u8 = 1;
 
-/// Migrations, in order: `MIGRATIONS[i]` turns schema `i + 1` into `i + 2`. Empty while the
-/// schema is at its first version; a new layout adds a function here and bumps
-/// `SCHEMA_VERSION`.
+/// Migrations, in order: `MIGRATIONS[i]` turns schema `i + 1` into `i + 2`; a new layout
+/// adds a function here and bumps `SCHEMA_VERSION`.
 type Migration = fn(&Store) -> Result<(), StateError>;
-const MIGRATIONS: &[Migration] = &[];
+const MIGRATIONS: &[Migration] = &[index_journal_by_address];
+
+/// Schema 1 → 2: the `journal_by_address` index of every entry already in the journal.
+fn index_journal_by_address(store: &Store) -> Result<(), StateError> {
+    store.with(|h| {
+        let mut batch = sled::Batch::default();
+        for item in h.journal.iter() {
+            let (k, v) = item?;
+            let e: JournalEntry = decode("journal", &k, &v)?;
+            batch.insert(address_key(&e.address, e.seq), sled::IVec::default());
+        }
+        h.journal_by_address.apply_batch(batch)?;
+        h.flush()
+    })
+}
+
+/// The key of one entry in `journal_by_address`.
+fn address_key(address: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(address.len() + 9);
+    k.extend_from_slice(address.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// What one [`Store::trim`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub backups: usize,
+    pub journal: usize,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -84,8 +117,16 @@ struct Handles {
     backups: sled::Tree,
     restores: sled::Tree,
     journal: sled::Tree,
+    journal_by_address: sled::Tree,
+    /// Operations whose last journal entry is not `finished`: op, a zero byte, address →
+    /// nothing (added without a schema change; empty in older stores, which wrote no op
+    /// that needs it).
+    journal_open: sled::Tree,
     storages: sled::Tree,
     meta: sled::Tree,
+    /// Restore drills: instance name → its [`DrillRecord`] (added without a schema change,
+    /// empty in older stores).
+    drills: sled::Tree,
 }
 
 impl Handles {
@@ -124,8 +165,11 @@ impl Handles {
             backups: db.open_tree("backups")?,
             restores: db.open_tree("restores")?,
             journal: db.open_tree("journal")?,
+            journal_by_address: db.open_tree("journal_by_address")?,
+            journal_open: db.open_tree("journal_open")?,
             storages: db.open_tree("storages")?,
             meta: db.open_tree("meta")?,
+            drills: db.open_tree("drills")?,
             db,
         })
     }
@@ -293,6 +337,11 @@ impl Store {
                 let r: RestoreRecord = decode("restores", &k, &v)?;
                 rec.restores.insert(r.key.clone(), r);
             }
+            for item in h.drills.iter() {
+                let (k, v) = item?;
+                let r: DrillRecord = decode("drills", &k, &v)?;
+                rec.drills.insert(r.instance.clone(), r);
+            }
             Ok(rec)
         })
     }
@@ -441,6 +490,28 @@ impl Store {
         )
     }
 
+    pub fn get_drill(&self, instance: &str) -> Result<Option<DrillRecord>, StateError> {
+        self.with(|h| {
+            h.drills
+                .get(instance.as_bytes())?
+                .map(|v| decode("drills", instance.as_bytes(), &v))
+                .transpose()
+        })
+    }
+
+    /// Records the restore drills of an instance (its record replaced).
+    pub fn put_drill(&self, r: &DrillRecord) -> Result<(), StateError> {
+        self.write(
+            |h| {
+                h.drills.insert(r.instance.as_bytes(), encode(r))?;
+                Ok(())
+            },
+            |rec| {
+                rec.drills.insert(r.instance.clone(), r.clone());
+            },
+        )
+    }
+
     /// Writes everything in `rec` (used to import fixtures and by tests).
     pub fn put_all(&self, all: &Recorded) -> Result<(), StateError> {
         self.write(
@@ -454,12 +525,16 @@ impl Store {
                 for r in all.restores.values() {
                     h.restores.insert(r.key.as_bytes(), encode(r))?;
                 }
+                for r in all.drills.values() {
+                    h.drills.insert(r.instance.as_bytes(), encode(r))?;
+                }
                 Ok(())
             },
             |rec| {
                 rec.instances.extend(all.instances.clone());
                 rec.backups.extend(all.backups.clone());
                 rec.restores.extend(all.restores.clone());
+                rec.drills.extend(all.drills.clone());
             },
         )
     }
@@ -483,9 +558,102 @@ impl Store {
                 phase,
                 detail: detail.to_string(),
             };
+            // The index first: a crash between the two leaves an index key without its
+            // entry (skipped on reading), never an entry recovery cannot find.
+            h.journal_by_address
+                .insert(address_key(address, seq), sled::IVec::default())?;
+            let open = [op.as_bytes(), &[0], address.as_bytes()].concat();
+            if phase == Phase::Finished {
+                h.journal_open.remove(open)?;
+            } else {
+                h.journal_open.insert(open, sled::IVec::default())?;
+            }
             h.journal.insert(seq.to_be_bytes(), encode(&e))?;
             h.flush()?;
             Ok(seq)
+        })
+    }
+
+    /// The journal entries of one address, oldest first, through the address index: what
+    /// recovery reads for an interrupted operation, whatever the size of the journal.
+    pub fn journal_at(&self, address: &str) -> Result<Vec<JournalEntry>, StateError> {
+        self.with(|h| {
+            let mut prefix = address.as_bytes().to_vec();
+            prefix.push(0);
+            let mut out = Vec::new();
+            for item in h.journal_by_address.scan_prefix(&prefix) {
+                let (k, _) = item?;
+                let seq = &k[prefix.len()..];
+                if let Some(v) = h.journal.get(seq)? {
+                    out.push(decode("journal", seq, &v)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The addresses of the operations `op` whose last journal entry is not `finished`
+    /// (started, or failed part-way): what recovery looks at, without reading the journal.
+    pub fn journal_open(&self, op: &str) -> Result<Vec<String>, StateError> {
+        self.with(|h| {
+            let prefix = [op.as_bytes(), &[0]].concat();
+            let mut out = Vec::new();
+            for item in h.journal_open.scan_prefix(&prefix) {
+                let (k, _) = item?;
+                out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes the backup records `backups` (tombstones the planner found past their
+    /// retention, [`crate::plan::planner::trimmable`]) and the journal entries written before
+    /// `journal_before`, except those of the addresses in `keep` (operations under way or
+    /// interrupted). The journal is read in order and left at its first entry written at or
+    /// after `journal_before` (a test clock moved back leaves the rest for a later trim).
+    /// One flush for all of it.
+    pub fn trim(
+        &self,
+        backups: &[uuid::Uuid],
+        journal_before: DateTime<Utc>,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<Trimmed, StateError> {
+        let mut journal = 0;
+        self.write(
+            |h| {
+                let mut records = sled::Batch::default();
+                for id in backups {
+                    records.remove(&id.as_bytes()[..]);
+                }
+                let mut entries = sled::Batch::default();
+                let mut index = sled::Batch::default();
+                for item in h.journal.iter() {
+                    let (k, v) = item?;
+                    let e: JournalEntry = decode("journal", &k, &v)?;
+                    if e.at >= journal_before {
+                        break;
+                    }
+                    if keep.contains(&e.address) {
+                        continue;
+                    }
+                    index.remove(address_key(&e.address, e.seq));
+                    entries.remove(k);
+                    journal += 1;
+                }
+                h.backups.apply_batch(records)?;
+                h.journal.apply_batch(entries)?;
+                h.journal_by_address.apply_batch(index)?;
+                Ok(())
+            },
+            |rec| {
+                for id in backups {
+                    rec.backups.remove(id);
+                }
+            },
+        )?;
+        Ok(Trimmed {
+            backups: backups.len(),
+            journal,
         })
     }
 
@@ -928,6 +1096,127 @@ mod tests {
         drop(store);
         let again = reread(&dir).unwrap();
         assert_eq!(again.instances, rec.instances);
+    }
+
+    /// A store written by the code of schema 1 (`backplan apply` of the file beside it: an
+    /// instance adopted, one on-demand backup) is migrated at open: its journal is indexed
+    /// by address, nothing is lost, and new entries are indexed as they are written.
+    #[test]
+    fn a_schema_1_store_is_migrated_and_its_journal_indexed() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1");
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["conf", "db"] {
+            std::fs::copy(fixture.join(f), tmp.path().join(f)).unwrap();
+        }
+        let store = Store::open(tmp.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), Some(2));
+        let all = store.journal_entries().unwrap();
+        assert_eq!(all.len(), 3, "{all:?}");
+        let backup = store.journal_at("backup.app/first").unwrap();
+        let phases: Vec<Phase> = backup.iter().map(|e| e.phase).collect();
+        assert_eq!(phases, [Phase::Started, Phase::Finished]);
+        assert_eq!(store.journal_at("instance.app").unwrap().len(), 1);
+        assert!(
+            store.journal_at("backup.app").unwrap().is_empty(),
+            "a prefix is not an address"
+        );
+        let rec = store.read_all().unwrap();
+        assert_eq!(rec.instances.len(), 1);
+        assert_eq!(rec.backups.len(), 1);
+        store
+            .journal(Utc::now(), "backup", "backup.app/first", Phase::Started, "")
+            .unwrap();
+        assert_eq!(store.journal_at("backup.app/first").unwrap().len(), 3);
+        drop(store);
+        // Opened again: already at schema 2, nothing indexed twice.
+        let store = reopen(tmp.path());
+        assert_eq!(store.journal_at("backup.app/first").unwrap().len(), 3);
+    }
+
+    /// `Store::open`, waiting for sled's threads of a store just dropped to let go.
+    fn reopen(dir: &Path) -> Store {
+        let start = std::time::Instant::now();
+        loop {
+            match Store::open(dir) {
+                Err(StateError::Locked { .. })
+                    if start.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
+    #[test]
+    fn trim_removes_what_it_is_given_and_old_journal_entries_but_kept_addresses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let mut all = Recorded::default();
+        for n in 1..=4 {
+            all.backups.insert(Uuid::from_u128(n), backup("a", n));
+        }
+        store.put_all(&all).unwrap();
+        let t0 = Utc::now() - chrono::Duration::days(40);
+        let at = |d: i64| t0 + chrono::Duration::days(d);
+        store
+            .journal(at(0), "backup", "backup.a/b1", Phase::Started, "")
+            .unwrap();
+        store
+            .journal(at(0), "restore", "restore.r1", Phase::Started, "")
+            .unwrap();
+        store
+            .journal(at(1), "backup", "backup.a/b1", Phase::Finished, "")
+            .unwrap();
+        store
+            .journal(at(1), "swap", "restore.r1", Phase::Finished, "")
+            .unwrap();
+        store
+            .journal(at(35), "backup", "backup.a/b2", Phase::Started, "")
+            .unwrap();
+        store
+            .journal(at(20), "backup", "backup.a/b1", Phase::Started, "")
+            .unwrap();
+        let keep = ["restore.r1".to_string()].into();
+        let t = store
+            .trim(&[Uuid::from_u128(1), Uuid::from_u128(2)], at(10), &keep)
+            .unwrap();
+        assert_eq!(
+            t,
+            Trimmed {
+                backups: 2,
+                journal: 2
+            }
+        );
+        let rec = in_step(&store);
+        let mut left: Vec<u128> = rec.backups.keys().map(|id| id.as_u128()).collect();
+        left.sort();
+        assert_eq!(left, [3, 4]);
+        // The two old entries of backup.a/b1 went; restore.r1 is kept whatever its age; the
+        // journal stops at its first entry newer than the cut (the later, older one stays).
+        let j: Vec<(String, Phase)> = store
+            .journal_entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.address, e.phase))
+            .collect();
+        assert_eq!(
+            j,
+            [
+                ("restore.r1".into(), Phase::Started),
+                ("restore.r1".into(), Phase::Finished),
+                ("backup.a/b2".into(), Phase::Started),
+                ("backup.a/b1".into(), Phase::Started),
+            ]
+        );
+        assert_eq!(store.journal_at("restore.r1").unwrap().len(), 2);
+        assert_eq!(
+            store.journal_at("backup.a/b1").unwrap().len(),
+            1,
+            "the index follows"
+        );
+        let keys = store.with(|h| Ok(h.journal_by_address.len())).unwrap();
+        assert_eq!(keys, 4, "no index key left without its entry");
     }
 
     #[test]

@@ -28,6 +28,71 @@ pub struct InstanceStatus {
     /// revived by putting their key back), and when the first of them is deleted.
     pub deleting: Option<Deleting>,
     pub next_daily: Option<DateTime<Utc>>,
+    /// The last restore drill of the instance, if it had one.
+    pub last_drill: Option<DrillView>,
+}
+
+/// A restore drill as `status` and `show` display it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillView {
+    pub at: DateTime<Utc>,
+    pub outcome: DrillOutcome,
+    /// The measured restore time, in seconds.
+    pub rto_seconds: Option<f64>,
+    pub backup_id: uuid::Uuid,
+    pub detail: String,
+}
+
+impl DrillView {
+    pub fn of(r: &DrillRun) -> DrillView {
+        DrillView {
+            at: r.started_at,
+            outcome: r.outcome,
+            rto_seconds: r.rto_seconds,
+            backup_id: r.backup_id,
+            detail: r.detail.clone(),
+        }
+    }
+
+    /// `passed 2026-11-27 02:05Z, restore 1.2 s` (and what went wrong when it failed).
+    pub fn text(&self) -> String {
+        let rto = self
+            .rto_seconds
+            .map(|s| format!(", restore took {}", seconds(s)))
+            .unwrap_or_default();
+        match self.outcome {
+            DrillOutcome::Passed => format!("passed {}{rto}", short_time(&self.at)),
+            DrillOutcome::Failed => {
+                format!("FAILED {}{rto}: {}", short_time(&self.at), self.detail)
+            }
+        }
+    }
+}
+
+/// A duration in seconds as people read it: `0.4 s`, `12 s`, `3 min 20 s`.
+pub fn seconds(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.1} s")
+    } else if s < 60.0 {
+        format!("{s:.0} s")
+    } else {
+        let whole = s.round() as u64;
+        format!("{} min {} s", whole / 60, whole % 60)
+    }
+}
+
+/// The drills of backup `id` (newest first), from its instance's drill record.
+pub fn drills_of(rec: &Recorded, b: &BackupRecord) -> Vec<DrillView> {
+    rec.drills
+        .get(&b.instance)
+        .map(|d| {
+            d.runs
+                .iter()
+                .filter(|r| r.backup_id == b.id)
+                .map(DrillView::of)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,25 +114,34 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
     let mut names: Vec<&String> = declared_names.chain(rec.instances.keys()).collect();
     names.sort();
     names.dedup();
+    // The backups by instance, in one pass: each instance then looks at its own only.
+    let mut by_instance: std::collections::HashMap<&str, Vec<&BackupRecord>> =
+        std::collections::HashMap::new();
+    for b in rec.backups.values() {
+        by_instance.entry(b.instance.as_str()).or_default().push(b);
+    }
     names
         .into_iter()
         .map(|name| {
             let recorded = rec.instances.get(name);
             let declared = cfg.and_then(|c| c.instances.get(name));
-            let last_good = rec
-                .backups
-                .values()
-                .filter(|b| &b.instance == name && b.status == BackupStatus::Completed)
+            let own = by_instance
+                .get(name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let last_good = own
+                .iter()
+                .filter(|b| b.status == BackupStatus::Completed)
                 .max_by_key(|b| (b.finished_at(), b.id))
                 .map(|b| LastGood {
                     id: b.id,
                     label: b.label.clone(),
                     completed_at: b.completed_at,
                 });
-            let deleting: Vec<&BackupRecord> = rec
-                .backups
-                .values()
-                .filter(|b| &b.instance == name && b.status == BackupStatus::Deleting)
+            let deleting: Vec<&BackupRecord> = own
+                .iter()
+                .filter(|b| b.status == BackupStatus::Deleting)
+                .copied()
                 .collect();
             let deleting = (!deleting.is_empty()).then(|| Deleting {
                 count: deleting.len(),
@@ -78,10 +152,16 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                 (None, Some(d)) => (d.kind, d.version.to_string()),
                 (None, None) => unreachable!("the name comes from one of them"),
             };
-            let failing = daily_failing(rec, name);
+            let failing = daily_failing(own);
+            let drill_failed = rec
+                .drills
+                .get(name)
+                .and_then(|d| d.last())
+                .is_some_and(|r| r.outcome == DrillOutcome::Failed);
             let state = match (recorded, declared) {
                 (Some(r), Some(_)) if r.error.is_some() => "error",
                 (Some(_), Some(_)) if failing.is_some() => "daily failing",
+                (Some(_), Some(_)) if drill_failed => "drill failed",
                 (Some(_), Some(_)) => "ok",
                 (None, Some(_)) => "not created yet",
                 (Some(_), None) if cfg.is_none() => "unknown (invalid file)",
@@ -102,6 +182,11 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
                 next_daily: recorded
                     .and(cfg)
                     .map(|c| next_daily(&c.schedule, rec, name, now)),
+                last_drill: rec
+                    .drills
+                    .get(name)
+                    .and_then(|d| d.last())
+                    .map(DrillView::of),
             }
         })
         .collect()
@@ -109,11 +194,12 @@ pub fn status(cfg: Option<&Config>, rec: &Recorded, now: DateTime<Utc>) -> Vec<I
 
 /// Why an instance's daily backups are not ok, and since when: its newest daily backup failed
 /// or was skipped. `None` when the newest one completed (or is under way, or there is none).
-fn daily_failing(rec: &Recorded, instance: &str) -> Option<(String, DateTime<Utc>)> {
-    let mut dailies: Vec<&BackupRecord> = rec
-        .backups
-        .values()
-        .filter(|b| b.instance == instance && b.kind == BackupKind::Daily)
+/// `own`: the instance's backups.
+fn daily_failing(own: &[&BackupRecord]) -> Option<(String, DateTime<Utc>)> {
+    let mut dailies: Vec<&BackupRecord> = own
+        .iter()
+        .copied()
+        .filter(|b| b.kind == BackupKind::Daily)
         .filter(|b| !matches!(b.status, BackupStatus::Expired | BackupStatus::Deleting))
         .collect();
     dailies.sort_by_key(|b| (b.date, b.created_at, b.id));
@@ -339,4 +425,21 @@ pub fn find_by_prefix<'r>(rec: &'r Recorded, prefix: &str) -> Vec<&'r BackupReco
         .collect();
     found.sort_by_key(|b| (b.created_at, b.id));
     found
+}
+
+/// The daemon's last check of an external storage, as `status` shows it: one line.
+pub fn storage_check_line(
+    name: &str,
+    what: &str,
+    at: &DateTime<Utc>,
+    outcome: Option<&Result<(), String>>,
+) -> String {
+    let at = crate::plan::fmt_time(at);
+    let state = match outcome {
+        None => format!("checking (since {at})"),
+        Some(Ok(())) => format!("usable (checked {at})"),
+        Some(Err(e)) => format!("FAILED (checked {at}): {e}"),
+    };
+    let line = format!("Storage {name} ({what}): {state}");
+    format!("{}\n", crate::diagnostic::printable(&line, true))
 }

@@ -196,6 +196,10 @@ impl Executor<'_> {
             &format!("try {}", b.attempts),
         )?;
         let op = self.op_start("backup", address, &b.instance, Some(b.id));
+        let started = op.started;
+        if let (Some(n), BackupKind::Daily) = (&self.notify, b.kind) {
+            n.daily_started();
+        }
         // A failed `after_backup` after a backup that completed.
         let mut after_failed: Option<String> = None;
         // Items of the source the engine could not read (the backup then failed).
@@ -285,6 +289,8 @@ impl Executor<'_> {
                 }
             }
         }
+        let took = Some(started.elapsed());
+        self.notify(crate::notify::Event::backup(&b, address, took, self.now()));
         Ok(b)
     }
 
@@ -307,11 +313,11 @@ impl Executor<'_> {
         crate::failpoint!("backup.before-engine");
         let taken = (|| {
             let repo = self.usable_repo(&b.storage)?;
-            let tags = SnapshotTags {
-                instance: b.instance.clone(),
-                backup: b.id,
-                kind: b.kind.as_str().to_string(),
-            };
+            // The snapshot carries the whole record (a lost host rebuilds it from there).
+            let tags = crate::catalogue::snapshot_tags(&BackupRecord {
+                versions: versions.clone(),
+                ..b.clone()
+            });
             let progress = self.progress.clone();
             match what {
                 BackupSource::Tree(path) => {

@@ -7,9 +7,11 @@
 //! completed, say), and records what happened.
 
 mod backup;
+mod drill;
 pub mod hooks;
 mod recovery;
 mod restore;
+mod retag;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -104,6 +106,8 @@ pub struct Executor<'a> {
     good: RefCell<Option<GoodBackups>>,
     /// The daemon's counters: every operation that ends is counted there.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The daemon's notifier (`[notify]`): terminal events go there.
+    pub notify: Option<Arc<crate::notify::Notifier>>,
 }
 
 /// An operation under way (see [`Executor::op_start`]).
@@ -136,6 +140,14 @@ impl<'a> Executor<'a> {
             stop: None,
             good: RefCell::new(None),
             metrics: None,
+            notify: None,
+        }
+    }
+
+    /// A terminal event for `[notify]` (queued; never waits).
+    fn notify(&self, event: crate::notify::Event) {
+        if let Some(n) = &self.notify {
+            n.emit(event);
         }
     }
 
@@ -373,7 +385,13 @@ impl<'a> Executor<'a> {
                     if let Some(c) = notes {
                         b.notes = c.to.clone();
                     }
-                    self.put_backup(&b)?;
+                    // The snapshot carries the record (a lost host rebuilds it from there).
+                    let tags = crate::catalogue::snapshot_tags(&b);
+                    if let Err(e) = self.put_retagged(&mut b, &a.address, &tags)? {
+                        self.journal("update", &a.address, Phase::Failed, &e)?;
+                        self.report.failed(&a.address, e);
+                        return Ok(());
+                    }
                     self.journal("update", &a.address, Phase::Finished, "metadata")?;
                     self.report.done(&a.address, "label and notes updated");
                 }
@@ -475,7 +493,16 @@ impl<'a> Executor<'a> {
                 if let Some(c) = notes {
                     b.notes = c.to.clone();
                 }
-                self.put_backup(&b)?;
+                if label.is_some() || notes.is_some() {
+                    let tags = crate::catalogue::snapshot_tags(&b);
+                    if let Err(e) = self.put_retagged(&mut b, &a.address, &tags)? {
+                        self.journal("revive", &a.address, Phase::Failed, &e)?;
+                        self.report.failed(&a.address, e);
+                        return Ok(());
+                    }
+                } else {
+                    self.put_backup(&b)?;
+                }
                 self.journal("revive", &a.address, Phase::Finished, "deletion cancelled")?;
                 self.report
                     .done(&a.address, "kept: its deletion is cancelled");
@@ -546,6 +573,12 @@ impl<'a> Executor<'a> {
                 );
                 self.put_backup(&b)?;
                 self.journal("skip", &d.address, Phase::Finished, "missed slot recorded")?;
+                self.notify(crate::notify::Event::backup(
+                    &b,
+                    &d.address,
+                    None,
+                    self.now(),
+                ));
                 self.report
                     .done(&d.address, "missed slot recorded as skipped");
             }
@@ -592,6 +625,9 @@ impl<'a> Executor<'a> {
                 self.journal("expire", &d.address, Phase::Finished, "")?;
                 self.report.done(&d.address, "expired");
             }
+            DueDetails::Drill {
+                instance, backup, ..
+            } => self.drill(&d.address, instance, *backup)?,
             DueDetails::Purge { id, data, .. } => {
                 let Some(mut b) = self.store.get_backup(*id)? else {
                     return Ok(());
@@ -610,7 +646,22 @@ impl<'a> Executor<'a> {
                     return Ok(());
                 }
                 b.status = BackupStatus::Deleted;
-                self.put_backup(&b)?;
+                if *data == DataFate::Deleted {
+                    self.put_backup(&b)?;
+                } else {
+                    // Its data stays in storage: the snapshot says it left the catalogue, so
+                    // that `storage adopt` on a new host does not bring it back.
+                    let tags = crate::catalogue::deleted_tags(&b, self.now());
+                    if let Err(e) = self.put_retagged(&mut b, &d.address, &tags)? {
+                        self.op_end(op, false, b.size_bytes);
+                        self.journal("purge", &d.address, Phase::Failed, &e)?;
+                        self.report.failed(
+                            &d.address,
+                            format!("it stays `deleting` and is tried again: {e}"),
+                        );
+                        return Ok(());
+                    }
+                }
                 self.op_end(op, true, b.size_bytes);
                 self.journal("purge", &d.address, Phase::Finished, "")?;
                 self.report.done(

@@ -26,6 +26,7 @@ impl Executor<'_> {
                     .map(|(key, r)| (key.clone(), r.clone()))
                     .collect(),
                 instances: Default::default(),
+                drills: Default::default(),
             }
         };
         let mut interrupted = Vec::new();
@@ -52,7 +53,9 @@ impl Executor<'_> {
                 }
                 Ok(_) => {
                     // Interrupted before its snapshot was saved: take it again now (same id,
-                    // so it cannot be stored twice).
+                    // so it cannot be stored twice). The attempt failed: counted and notified.
+                    let why = "interrupted (backplan stopped or crashed during the backup); taking it again";
+                    self.interrupted(&b, why);
                     interrupted.push(b);
                     continue;
                 }
@@ -63,6 +66,7 @@ impl Executor<'_> {
                     b.error = Some(format!(
                         "interrupted; the repository could not be checked: {e}"
                     ));
+                    self.interrupted(&b, b.error.as_deref().unwrap_or_default());
                 }
             }
             self.put_backup(&b)?;
@@ -85,12 +89,13 @@ impl Executor<'_> {
             crate::failpoint!("recover.before-retake");
             self.take_backup(b, &address)?;
         }
-        let journal = self.store.journal_entries()?;
         for r in rec.restores.values() {
             if !matches!(r.status, RestoreStatus::Pending | RestoreStatus::Running) {
                 continue;
             }
             let address = format!("restore.{}", r.key);
+            // Only this operation's entries (the journal by address), not the whole journal.
+            let journal = self.store.journal_at(&address)?;
             let swapped = journal
                 .iter()
                 .any(|e| e.address == address && e.op == "swap" && e.phase == Phase::Finished);
@@ -122,6 +127,7 @@ impl Executor<'_> {
                 },
             )?;
         }
+        self.recover_retags()?;
         crate::failpoint!("recover.before-leftovers");
         for r in self.store.load()?.instances.values() {
             if let Ok(kind) = kinds::of(r.source.kind()) {
@@ -130,6 +136,29 @@ impl Executor<'_> {
                 }
             }
         }
+        self.clear_drill_leftovers();
         Ok(())
+    }
+}
+
+impl Executor<'_> {
+    /// A backup found interrupted failed: one failure in the metrics and one notification.
+    fn interrupted(&self, b: &BackupRecord, why: &str) {
+        if let Some(m) = &self.metrics {
+            m.operation(
+                "backup",
+                &b.instance,
+                false,
+                std::time::Duration::ZERO,
+                None,
+            );
+        }
+        let address = backup_address(b);
+        self.notify(crate::notify::Event::interrupted(
+            b,
+            &address,
+            why,
+            self.now(),
+        ));
     }
 }

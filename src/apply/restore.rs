@@ -42,6 +42,7 @@ impl Executor<'_> {
             .flatten()
             .and_then(|b| b.size_bytes);
         let result = result?;
+        let took = op.started.elapsed();
         self.op_end(op, matches!(result, Ok(None)), size);
         match result {
             Ok(None) => {
@@ -74,6 +75,14 @@ impl Executor<'_> {
                 );
             }
         }
+        let bytes = size.map(|s| s.read);
+        self.notify(crate::notify::Event::restore(
+            &record,
+            address,
+            took,
+            bytes,
+            self.now(),
+        ));
         Ok(())
     }
 

@@ -132,10 +132,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Storages: `storage check NAME` tries one before use.
+    /// Storages: `storage check NAME` tries one before use; `storage adopt NAME` rebuilds its
+    /// catalogue on a new host.
     #[command(
         subcommand,
-        after_help = "Examples:\n  backplan storage check archive\n  backplan storage check archive -c /etc/backplan/backplan.toml"
+        after_help = "Examples:\n  backplan storage check archive\n  backplan storage check archive -c /etc/backplan/backplan.toml\n  backplan storage adopt archive"
     )]
     Storage(storage::Command),
     /// Check the repositories: structure, a read-back of a share of the data, and that every

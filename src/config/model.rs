@@ -22,6 +22,17 @@ pub struct Config {
     pub storages: BTreeMap<String, Storage>,
     pub instances: BTreeMap<String, Instance>,
     pub restores: BTreeMap<String, Restore>,
+    pub notify: Notify,
+}
+
+/// `[notify]`: where the daemon sends its terminal events (all empty: nowhere). The URLs are
+/// secrets, read from their files when an event is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notify {
+    /// Run for every event, the event's JSON on stdin (empty: none).
+    pub command: Vec<String>,
+    pub webhook_url_file: Option<PathBuf>,
+    pub ping_url_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +56,12 @@ pub struct Schedule {
     pub deletion_grace: Dur,
     /// The storage of system backups (daily, pre-update, pre-restore).
     pub storage: String,
+    /// How often each instance gets a restore drill (`None`: off; an instance may say
+    /// otherwise, see [`Instance::drill`]).
+    pub drill: Option<Dur>,
+    /// The scratch folder drills restore into (`<state_dir>/drills` by default); never an
+    /// instance's path (validation refuses one that is, holds or is inside one).
+    pub drill_dir: PathBuf,
 }
 
 /// Where a secret is read from at the moment it is needed. The secret itself is never part
@@ -88,6 +105,9 @@ pub struct Storage {
     pub retention: Retention,
     pub max_restore_age: Option<Dur>,
     pub purge_on_delete: bool,
+    /// Whether restore drills read backups back from here (default: local only, since a
+    /// cloud charges for egress).
+    pub drill: bool,
 }
 
 impl Storage {
@@ -253,6 +273,9 @@ pub struct Instance {
     pub hook_timeout: Dur,
     /// directory instances: glob patterns left out of backups.
     pub exclude: Vec<String>,
+    /// How often this instance gets a restore drill: its own `drill`, else the schedule's
+    /// (`None`: never).
+    pub drill: Option<Dur>,
     pub backups: BTreeMap<String, BackupDecl>,
     /// Where `[instances.<name>]` is written.
     pub loc: Loc,

@@ -43,10 +43,42 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawRestore>")]
     pub restores: BTreeMap<S<String>, RawRestore>,
+    /// Notifications of terminal events (the daemon's): a command, a webhook, ping URLs.
+    #[serde(default)]
+    pub notify: RawNotify,
 }
 
 impl RawConfig {
-    pub const KEYS: &[&str] = &["daemon", "schedule", "storage", "instances", "restores"];
+    pub const KEYS: &[&str] = &[
+        "daemon",
+        "schedule",
+        "storage",
+        "instances",
+        "restores",
+        "notify",
+    ];
+}
+
+/// `[notify]`: where the daemon sends its terminal events. URLs are secrets (a webhook's
+/// token, a ping check's id): only their `*_file` form is accepted.
+#[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// A command run for every event, the event as one JSON object on its stdin, like
+    /// `["/usr/local/bin/page-oncall"]`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub command: Option<S<Vec<String>>>,
+    /// A file holding the URL that receives every event as a JSON POST (retried).
+    #[schemars(with = "Option<String>")]
+    pub webhook_url_file: Option<S<String>>,
+    /// A file holding a dead-man's-switch URL (healthchecks.io style): `<url>/start` when a
+    /// daily run starts, `<url>` when it succeeded, `<url>/fail` when it failed.
+    #[schemars(with = "Option<String>")]
+    pub ping_url_file: Option<S<String>>,
+}
+
+impl RawNotify {
+    pub const KEYS: &[&str] = &["command", "webhook_url_file", "ping_url_file"];
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema, PartialEq)]
@@ -107,6 +139,18 @@ pub struct RawSchedule {
     /// `local`.
     #[schemars(with = "Option<String>")]
     pub storage: Option<S<String>>,
+    /// Restore drills: how often the newest backup of each instance is restored into
+    /// `drill_dir`, checked and timed: `off`, `daily`, `weekly` or a duration of at least `1h`,
+    /// like `3d`. Default `off`.
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^(off|daily|weekly|[0-9]+[smhdwy])$")
+    )]
+    pub drill: Option<S<String>>,
+    /// The scratch folder restore drills restore into (never an instance's). Default
+    /// `<state_dir>/drills`.
+    #[schemars(with = "Option<String>")]
+    pub drill_dir: Option<S<String>>,
 }
 
 impl RawSchedule {
@@ -119,6 +163,8 @@ impl RawSchedule {
         "verify",
         "deletion_grace",
         "storage",
+        "drill",
+        "drill_dir",
     ];
 }
 
@@ -186,6 +232,10 @@ pub struct RawStorage {
     /// external storage; local data is always deleted.
     #[schemars(with = "Option<bool>")]
     pub purge_on_delete: Option<S<bool>>,
+    /// Whether restore drills may restore backups kept here (reading them back costs egress
+    /// from a cloud). Default true for local storage, false for azure and s3.
+    #[schemars(with = "Option<bool>")]
+    pub drill: Option<S<bool>>,
 }
 
 impl RawStorage {
@@ -206,6 +256,7 @@ impl RawStorage {
         "retention",
         "max_restore_age",
         "purge_on_delete",
+        "drill",
     ];
 }
 
@@ -263,10 +314,23 @@ pub struct RawInstance {
     /// name at any depth.
     #[schemars(with = "Option<Vec<String>>")]
     pub exclude: Option<S<Vec<String>>>,
+    /// Restore drills of this instance: `false` (none), `true` (the schedule's interval,
+    /// `weekly` when it has none), or its own interval (`daily`, `weekly`, a duration).
+    /// Default: the schedule's `drill`.
+    #[schemars(with = "Option<RawDrill>")]
+    pub drill: Option<S<RawDrill>>,
     /// On-demand backups of this instance, by key.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, RawBackup>")]
     pub backups: BTreeMap<S<String>, RawBackup>,
+}
+
+/// An instance's `drill`: on or off, or an interval.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum RawDrill {
+    Switch(bool),
+    Every(String),
 }
 
 impl RawInstance {
@@ -281,6 +345,7 @@ impl RawInstance {
         "after_backup",
         "hook_timeout",
         "exclude",
+        "drill",
         "backups",
     ];
 }
@@ -395,6 +460,8 @@ pub fn read(src: &str) -> Read {
             verify: r.string(t, "verify"),
             deletion_grace: r.string(t, "deletion_grace"),
             storage: r.string(t, "storage"),
+            drill: r.string(t, "drill"),
+            drill_dir: r.string(t, "drill_dir"),
         }),
         storage: r.map(t.get("storage"), "storage", |r, t, _, name| {
             r.storage(t, name)
@@ -412,6 +479,7 @@ pub fn read(src: &str) -> Read {
                 to: to?,
             })
         }),
+        notify: r.notify(t),
     };
     Read {
         config: Some(cfg),
@@ -454,6 +522,55 @@ impl Reader {
             metrics_listen: self.string(t, "metrics_listen"),
             max_parallel: self.int(t, "max_parallel"),
         }
+    }
+
+    /// `[notify]`: an inline URL (`webhook_url`, `ping_url`, `url`) is refused as a secret
+    /// in the file, its value never shown; other unknown keys as usual.
+    fn notify(&mut self, root: &DeTable<'_>) -> RawNotify {
+        let Some(v) = root.get("notify") else {
+            return RawNotify::default();
+        };
+        let Some(t) = self.table(v, "[notify]") else {
+            return RawNotify::default();
+        };
+        let out = RawNotify {
+            command: self.string_array(t, "command"),
+            webhook_url_file: self.string(t, "webhook_url_file"),
+            ping_url_file: self.string(t, "ping_url_file"),
+        };
+        let before = self.diags.len();
+        self.keys(t, "[notify]", RawNotify::KEYS);
+        for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            if RawNotify::KEYS.contains(&key) || !(key == "url" || key.ends_with("_url")) {
+                continue;
+            }
+            // Reported as unknown above, value shown: replaced by the refusal of a secret.
+            let span = k.span();
+            let mut i = before;
+            while i < self.diags.len() {
+                if self.diags[i].span == span {
+                    self.diags.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            let home = if key.starts_with("ping") {
+                "ping_url_file"
+            } else {
+                "webhook_url_file"
+            };
+            self.diags.push(
+                Diagnostic::error(
+                    "inline-secret",
+                    span,
+                    format!("`{key}` would put a URL in the file, and a webhook's or a ping check's URL is a secret (its token or id lets anyone post to it)"),
+                )
+                .hint(format!("put the URL in a file readable only by backplan and name it with `{home}`; under systemd use LoadCredential= and $CREDENTIALS_DIRECTORY"))
+                .redact(v.span()),
+            );
+        }
+        out
     }
 
     /// Reports the keys of `t` that are not in `known`.
@@ -643,6 +760,7 @@ impl Reader {
             retention: self.string(t, "retention"),
             max_restore_age: self.string(t, "max_restore_age"),
             purge_on_delete: self.boolean(t, "purge_on_delete"),
+            drill: self.boolean(t, "drill"),
         };
         let homes: &[&str] = match s.kind.as_ref().map(|k| *k.get_ref()) {
             Some(StorageKind::Azure) => &["access_key_file", "access_key_env"],
@@ -708,6 +826,7 @@ impl Reader {
         let after_backup = self.string_array(t, "after_backup");
         let hook_timeout = self.string(t, "hook_timeout");
         let exclude = self.string_array(t, "exclude");
+        let drill = self.drill(t, "drill");
         let backups = self.map(
             t.get("backups"),
             &format!("instances.{name}.backups"),
@@ -737,8 +856,27 @@ impl Reader {
             after_backup,
             hook_timeout,
             exclude,
+            drill,
             backups,
         })
+    }
+
+    /// An instance's `drill`: `true`, `false` or a string (read by validation).
+    fn drill(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<RawDrill>> {
+        let v = t.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(Spanned::new(v.span(), RawDrill::Switch(*b))),
+            DeValue::String(s) => Some(Spanned::new(v.span(), RawDrill::Every(s.to_string()))),
+            other => {
+                self.type_error(
+                    v.span(),
+                    &format!("`{key}`"),
+                    "`true`, `false` or an interval like \"weekly\"",
+                    other,
+                );
+                None
+            }
+        }
     }
 
     /// A key that must be present; a missing one is reported at the table's name.

@@ -73,12 +73,15 @@ pub fn validate(
         lines: LineIndex::new(src),
     };
     let daemon = v.daemon(&raw.daemon);
-    let schedule = v.schedule(&raw.schedule);
+    let mut schedule = v.schedule(&raw.schedule);
+    schedule.drill_dir = v.drill_dir(&raw.schedule, &daemon);
     let storages = v.storages(raw, &daemon, &schedule);
     v.schedule_storage(&raw.schedule, &storages);
     let instances = v.instances(raw, &schedule, &storages);
     v.overlapping_sources(raw, &instances, &daemon, &storages);
+    v.drill_dir_apart(&raw.schedule, &schedule, &instances);
     let restores = v.restores(raw, &instances);
+    let notify = v.notify(&raw.notify);
     let ok = !v
         .diags
         .iter()
@@ -90,6 +93,7 @@ pub fn validate(
         storages,
         instances,
         restores,
+        notify,
     });
     (cfg, v.diags)
 }
@@ -260,6 +264,10 @@ impl Validator<'_> {
         let deletion_grace = self
             .parse("bad-duration", &s.deletion_grace, Dur::parse)
             .unwrap_or(Dur::from_secs(86_400));
+        let drill = s
+            .drill
+            .as_ref()
+            .and_then(|d| self.drill_interval(d.get_ref(), d.span()));
         Schedule {
             daily_at,
             timezone,
@@ -273,6 +281,97 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|n| n.get_ref().clone())
                 .unwrap_or_else(|| "local".into()),
+            drill,
+            drill_dir: PathBuf::new(),
+        }
+    }
+
+    /// A drill interval: `off` (`None`), `daily`, `weekly` or a duration of at least an hour.
+    fn drill_interval(&mut self, text: &str, span: Range<usize>) -> Option<Dur> {
+        let hint = "write `off`, `daily`, `weekly` or a duration of at least `1h`, like `drill = \"weekly\"` or `drill = \"3d\"`";
+        let d = match text.trim() {
+            "off" => return None,
+            "daily" => Dur::from_secs(86_400),
+            "weekly" => Dur::from_secs(7 * 86_400),
+            other => match Dur::parse(other) {
+                Ok(d) => d,
+                Err(msg) => {
+                    let msg = msg
+                        .split_once("; ")
+                        .map_or(msg.as_str(), |m| m.0)
+                        .to_string();
+                    self.err("bad-drill", span, format!("`drill`: {msg}"), hint);
+                    return None;
+                }
+            },
+        };
+        if d.as_secs() < 3_600 {
+            self.err(
+                "bad-drill",
+                span,
+                format!("`drill = \"{text}\"` would restore every instance's newest backup more often than once an hour"),
+                hint,
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// `[schedule] drill_dir`, relative to the file; `<state_dir>/drills` by default.
+    fn drill_dir(&mut self, s: &RawSchedule, daemon: &Daemon) -> PathBuf {
+        match &s.drill_dir {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                self.err(
+                    "bad-value",
+                    p.span(),
+                    "`drill_dir` is empty",
+                    "name a scratch folder apart from every instance, like `drill_dir = \"/var/tmp/backplan-drills\"`, or remove it for `<state_dir>/drills`",
+                );
+                daemon.state_dir.join("drills")
+            }
+            Some(p) => self.path(p.get_ref()),
+            None => daemon.state_dir.join("drills"),
+        }
+    }
+
+    /// The drill folder is scratch that drills fill and empty: it must not be, hold or be
+    /// inside any instance's store (paths compared as the system resolves them).
+    fn drill_dir_apart(
+        &mut self,
+        s: &RawSchedule,
+        schedule: &Schedule,
+        instances: &BTreeMap<String, Instance>,
+    ) {
+        let drill = resolved(&schedule.drill_dir);
+        let span = s.drill_dir.as_ref().map(|p| p.span());
+        for i in instances.values() {
+            let (Source::Directory { path } | Source::Sqlite { path }) = &i.source else {
+                continue;
+            };
+            let store = resolved(path);
+            let how = if drill == store {
+                "is"
+            } else if drill.starts_with(&store) {
+                "is inside"
+            } else if store.starts_with(&drill) {
+                "holds"
+            } else {
+                continue;
+            };
+            // The default folder is under the state folder, which no instance may overlap
+            // (reported there).
+            let Some(span) = span.clone() else { continue };
+            self.err(
+                "drill-dir-overlaps-instance",
+                span,
+                format!(
+                    "`drill_dir` ({}) {how} the data of instance `{}` ({})",
+                    schedule.drill_dir.display(),
+                    i.name,
+                    i.source.describe()
+                ),
+                "give drills a scratch folder apart from every instance, like `drill_dir = \"/var/tmp/backplan-drills\"`; a drill must never write into an instance",
+            );
         }
     }
 
@@ -301,9 +400,65 @@ impl Validator<'_> {
         );
     }
 
+    /// `[notify]`: a command that names a program; URL files that exist, are not empty and
+    /// hold an `http://` or `https://` URL (never shown).
+    fn notify(&mut self, n: &RawNotify) -> Notify {
+        let command = match &n.command {
+            Some(cmd) if cmd.get_ref().first().is_none_or(|c| c.trim().is_empty()) => {
+                self.err(
+                    "bad-value",
+                    cmd.span(),
+                    "`command` must start with a program to run",
+                    "write the command as a list, like [\"/usr/local/bin/page-oncall\"] (it gets the event as JSON on stdin), or remove the key",
+                );
+                Vec::new()
+            }
+            Some(cmd) => cmd.get_ref().clone(),
+            None => Vec::new(),
+        };
+        let mut url_file = |v: &Option<S<String>>, key: &str| {
+            let v = v.as_ref()?;
+            let path = self.secret_file(v, key);
+            let text = std::fs::read_to_string(&path).ok()?;
+            let url = text.trim();
+            if !url.is_empty() && crate::notify::Url::parse(url).is_err() {
+                self.err(
+                    "bad-url",
+                    v.span(),
+                    format!(
+                        "`{key}` names {}, which does not hold an http:// or https:// URL (its content is not shown: it is a secret)",
+                        path.display()
+                    ),
+                    "write the URL alone in the file, like https://hc-ping.com/<uuid>",
+                );
+            }
+            Some(path)
+        };
+        let webhook_url_file = url_file(&n.webhook_url_file, "webhook_url_file");
+        let ping_url_file = url_file(&n.ping_url_file, "ping_url_file");
+        Notify {
+            command,
+            webhook_url_file,
+            ping_url_file,
+        }
+    }
+
     /// A `*_file` secret: missing is an error, readable by group or others a warning.
     fn secret_file(&mut self, v: &S<String>, key: &str) -> PathBuf {
-        let path = self.path(v.get_ref());
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+        let path = match credential_path(v.get_ref(), dir.as_deref()) {
+            None => self.path(v.get_ref()),
+            Some(Ok(path)) => path,
+            Some(Err((message, hint))) => {
+                self.err(
+                    "credentials-directory",
+                    v.span(),
+                    format!("`{key}`: {message}"),
+                    hint,
+                );
+                return PathBuf::from(v.get_ref());
+            }
+        };
         match std::fs::metadata(&path) {
             Err(e) => self.err(
                 "secret-file",
@@ -628,6 +783,8 @@ impl Validator<'_> {
                             .as_ref()
                             .map(|p| *p.get_ref())
                             .unwrap_or(false),
+                        // A cloud charges for reading back: drills there are opted into.
+                        drill: s.drill.as_ref().map_or(!external, |d| *d.get_ref()),
                     },
                 );
             }
@@ -641,6 +798,7 @@ impl Validator<'_> {
             retention: Retention::For(schedule.retention),
             max_restore_age: None,
             purge_on_delete: false,
+            drill: true,
         });
         out
     }
@@ -666,6 +824,16 @@ impl Validator<'_> {
                 .parse("bad-duration", &i.hook_timeout, Dur::parse)
                 .unwrap_or(DEFAULT_HOOK_TIMEOUT);
             let exclude = self.exclude(&i.exclude, *i.source.kind.get_ref());
+            let drill = match &i.drill {
+                None => schedule.drill,
+                Some(d) => match d.get_ref() {
+                    RawDrill::Switch(false) => None,
+                    RawDrill::Switch(true) => {
+                        Some(schedule.drill.unwrap_or(Dur::from_secs(7 * 86_400)))
+                    }
+                    RawDrill::Every(text) => self.drill_interval(text, d.span()),
+                },
+            };
             let mut backups = BTreeMap::new();
             for (key, b) in &i.backups {
                 for (v, what, max) in [
@@ -757,6 +925,7 @@ impl Validator<'_> {
                         hooks,
                         hook_timeout,
                         exclude,
+                        drill,
                         backups,
                         loc: self.lines.loc(name.span().start),
                         version_loc: self.lines.loc(i.version.span().start),
@@ -1250,6 +1419,50 @@ fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
     })
 }
 
+/// A `*_file` value written as `$CREDENTIALS_DIRECTORY/<name>` (or `${CREDENTIALS_DIRECTORY}/`),
+/// the folder where systemd puts the service's credentials (`LoadCredential=`): the path in
+/// `dir`, the variable's value when the file is read. `None`: the value names a path of its
+/// own. Err (message, hint): another variable, a name that is not one file name, or the
+/// variable unset.
+fn credential_path(
+    value: &str,
+    dir: Option<&std::ffi::OsStr>,
+) -> Option<Result<PathBuf, (String, String)>> {
+    if !value.starts_with('$') {
+        return None;
+    }
+    let name = value
+        .strip_prefix("$CREDENTIALS_DIRECTORY/")
+        .or_else(|| value.strip_prefix("${CREDENTIALS_DIRECTORY}/"));
+    let Some(name) = name else {
+        return Some(Err((
+            format!("`{value}` names a variable backplan does not expand"),
+            "write a path, or `$CREDENTIALS_DIRECTORY/<name>` for a credential systemd provides (LoadCredential=); no other variable is expanded".into(),
+        )));
+    };
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Some(Err((
+            format!("`{name}` is not the name of a credential"),
+            "name one file of the credentials folder, like `$CREDENTIALS_DIRECTORY/azure-key`"
+                .into(),
+        )));
+    }
+    let Some(dir) = dir.filter(|d| !d.is_empty()) else {
+        return Some(Err((
+            format!("`{value}` needs $CREDENTIALS_DIRECTORY, which is not set"),
+            "systemd sets it for the service (LoadCredential= in the unit); to run a command by hand, set it to the service's folder: `sudo CREDENTIALS_DIRECTORY=/run/credentials/backplan.service backplan plan`".into(),
+        )));
+    };
+    let dir = Path::new(dir);
+    if !dir.is_absolute() {
+        return Some(Err((
+            format!("$CREDENTIALS_DIRECTORY is `{}`, not an absolute path", dir.display()),
+            "set it to the folder systemd gives the service, like /run/credentials/backplan.service".into(),
+        )));
+    }
+    Some(Ok(dir.join(name)))
+}
+
 #[cfg(test)]
 mod listen_tests {
     #[test]
@@ -1263,5 +1476,42 @@ mod listen_tests {
         assert!(p("example.com:9464").is_err());
         assert!(p("127.0.0.1").is_err());
         assert!(p("127.0.0.1:70000").is_err());
+    }
+
+    #[test]
+    fn credentials_directory_is_expanded_for_one_name_only() {
+        use super::credential_path;
+        use std::path::PathBuf;
+        let dir = Some(std::ffi::OsStr::new("/run/credentials/backplan.service"));
+        let ok = |v: &str| credential_path(v, dir).unwrap().unwrap();
+        assert_eq!(
+            ok("$CREDENTIALS_DIRECTORY/azure-key"),
+            PathBuf::from("/run/credentials/backplan.service/azure-key")
+        );
+        assert_eq!(
+            ok("${CREDENTIALS_DIRECTORY}/k"),
+            PathBuf::from("/run/credentials/backplan.service/k")
+        );
+        assert!(credential_path("keys/a.key", dir).is_none());
+        for bad in [
+            "$CREDENTIALS_DIRECTORY/../shadow",
+            "$CREDENTIALS_DIRECTORY/a/b",
+            "$CREDENTIALS_DIRECTORY/",
+            "$HOME/key",
+            "$CREDENTIALS_DIRECTORYx/k",
+        ] {
+            assert!(credential_path(bad, dir).unwrap().is_err(), "{bad}");
+        }
+        assert!(
+            credential_path("$CREDENTIALS_DIRECTORY/k", None)
+                .unwrap()
+                .is_err()
+        );
+        let relative = Some(std::ffi::OsStr::new("creds"));
+        assert!(
+            credential_path("$CREDENTIALS_DIRECTORY/k", relative)
+                .unwrap()
+                .is_err()
+        );
     }
 }

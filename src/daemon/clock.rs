@@ -10,12 +10,20 @@ pub trait Clock: Send + Sync {
     fn recheck(&self) -> Duration {
         Duration::from_secs(60)
     }
+    /// The system's wall clock: the daemon waits on a wall-clock timer instead of re-reading
+    /// the time every `recheck`.
+    fn is_wall(&self) -> bool {
+        false
+    }
 }
 
 pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+    fn is_wall(&self) -> bool {
+        true
     }
 }
 

@@ -32,34 +32,17 @@ pub(super) fn serve_control(
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    Ok(tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            // A slot first: beyond the limit, clients wait in the kernel's backlog.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(50);
-                    stream
-                }
-                Err(e) => {
-                    // Out of descriptors (EMFILE) and the like: wait, never spin.
-                    tracing::warn!("control socket: accept failed: {e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
+    Ok(crate::listener::serve_connections(
+        "control socket",
+        listener,
+        MAX_CONNECTIONS,
+        move |stream| {
             let shared = shared.clone();
-            tokio::spawn(async move {
+            async move {
                 let _ = serve_client(stream, shared).await;
-                drop(slot);
-            });
-        }
-    }))
+            }
+        },
+    ))
 }
 
 pub(super) async fn serve_client(
@@ -170,6 +153,7 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
         v["daemon"] = serde_json::json!({
             "activity": *shared.activity.read().unwrap_or_else(|p| p.into_inner()),
             "last_verify": *shared.last_verify.read().unwrap_or_else(|p| p.into_inner()),
+            "storages": super::storage_check::json(&super::read(&shared.storage_checks)),
         });
         a.stdout = serde_json::to_string_pretty(&v).expect("JSON serialises") + "\n";
     }
@@ -180,7 +164,8 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
             .as_ref()
             .map(|v| format!("Last verify: {v}\n"))
             .unwrap_or_default();
-        a.stdout = format!("Daemon: {activity}\n{verified}\n{}", a.stdout);
+        let storages = super::storage_check::text(&super::read(&shared.storage_checks));
+        a.stdout = format!("Daemon: {activity}\n{verified}{storages}\n{}", a.stdout);
     }
     a
 }
@@ -240,8 +225,10 @@ pub(super) fn approve(shared: &Shared, allow_mass_removal: bool, approved: &str)
         &now,
     );
     exec.metrics = Some(shared.metrics.clone());
+    exec.notify = Some(shared.notify.clone());
     shared.metrics.refusals(plan.refusals.len());
     let ran = exec.run(&plan);
+    shared.notify.run_ended();
     crate::metrics::measure_repositories(&cfg, &shared.metrics);
     if let Err(e) = ran {
         return refuse(format!("apply stopped: {e}"));

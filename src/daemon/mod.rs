@@ -26,7 +26,9 @@ use crate::state::Store;
 mod clock;
 mod control;
 mod reconcile;
+mod storage_check;
 mod systemd;
+mod wall;
 mod watch;
 mod web;
 
@@ -97,6 +99,10 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     /// Held while the status page is made (one at a time).
     page: std::sync::Mutex<()>,
+    /// `[notify]`: terminal events, delivered in the background.
+    notify: Arc<crate::notify::Notifier>,
+    /// The last check of each external storage (at start, and when the file changes it).
+    storage_checks: RwLock<std::collections::BTreeMap<String, storage_check::StorageCheck>>,
 }
 
 /// A copy of what `lock` holds; a poisoned lock (a panicked writer) still gives its value.
@@ -150,6 +156,10 @@ impl Shared {
         tracing::info!(op = "verify", subset, problems, duration_s = %format!("{:.3}", took.as_secs_f64()), "verify finished");
         self.metrics
             .operation("verify", "-", problems == 0, took, None);
+        if problems > 0 {
+            let e = crate::notify::Event::verify_failed(problems, &report, took, self.clock.now());
+            self.notify.emit(e);
+        }
         let outcome = if problems == 0 {
             format!("OK ({subset}% of the data read back)")
         } else {
@@ -251,7 +261,10 @@ pub async fn run(
         work: std::sync::Mutex::new(()),
         metrics: Arc::new(crate::metrics::Metrics::new(s.clock.now())),
         page: std::sync::Mutex::new(()),
+        notify: crate::notify::Notifier::start(&cfg),
+        storage_checks: RwLock::new(Default::default()),
     });
+    storage_check::start(&shared, &cfg, storage_check::to_check(None, &cfg, true));
     shared.metrics.config_loaded(s.clock.now());
     let (wake_tx, mut wake) = mpsc::channel::<Wake>(64);
     let _watcher = watch(&s.config, s.clock_file.as_deref(), wake_tx.clone())?;
@@ -281,8 +294,25 @@ pub async fn run(
     let mut follow_ups = 0;
     // The day of the last daily verification (`schedule.verify`, after the slot's backups).
     let mut verified_on = None;
+    // The day of the last trim of old tombstones and journal entries (once a day, see `trim`).
+    let mut trimmed_on = None;
     // When the last reconcile started: a deadline past the next daily slot after it is that slot.
     let mut last_run: Option<chrono::DateTime<chrono::Utc>> = None;
+    // The system clock is waited on with a wall-clock timer (no periodic wake while idle);
+    // a test clock, or a system without timerfd, re-reads the time every `Clock::recheck`.
+    let wall = s
+        .clock
+        .is_wall()
+        .then(|| {
+            wall::WallTimer::new()
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "no wall-clock timer ({e}): the time is read again every minute while idle"
+                    )
+                })
+                .ok()
+        })
+        .flatten();
     loop {
         let mut reason_now = None;
         // 1. Reconcile, when something asked for it.
@@ -308,6 +338,10 @@ pub async fn run(
             if verify {
                 verified_on = Some(today);
             }
+            let trim = trimmed_on != Some(today);
+            if trim {
+                trimmed_on = Some(today);
+            }
             let work = tokio::task::spawn_blocking({
                 let (store, engine, clock, stop) =
                     (store.clone(), engine.clone(), s.clock.clone(), stop.clone());
@@ -323,12 +357,17 @@ pub async fn run(
                         !recovered,
                         stop,
                         &shared.metrics,
+                        &shared.notify,
                     );
+                    shared.notify.run_ended();
                     if out.worked || reason == Reason::Start {
                         crate::metrics::measure_repositories(&cfg, &shared.metrics);
                     }
                     if verify {
                         shared.verify(&cfg, cfg.schedule.verify.0);
+                    }
+                    if trim {
+                        trim_state(&cfg, &store, clock.now());
                     }
                     out
                 }
@@ -401,9 +440,10 @@ pub async fn run(
             let (store, clock) = (store.clone(), s.clock.clone());
             move || {
                 let rec = store.load().unwrap_or_default();
-                let next = cfg
-                    .as_ref()
-                    .map(|c| planner::next_deadline(c, &rec, clock.now()));
+                // Deadlines after the start of the last run: one that passed while it ran (a
+                // slot, an expiry) is due at once, not at the next one after now.
+                let since = last_run.unwrap_or_else(|| clock.now());
+                let next = cfg.as_ref().map(|c| planner::next_deadline(c, &rec, since));
                 (next, rec.instances.len())
             }
         })
@@ -454,8 +494,21 @@ pub async fn run(
                 .unwrap_or(Duration::MAX)
                 .min(s.clock.recheck());
             tracing::debug!(?sleep, "waiting");
+            let timer = async {
+                match (&wall, next) {
+                    (Some(w), Some(t)) => {
+                        if let Err(e) = w.until(t).await {
+                            tracing::warn!("wall-clock timer: {e}");
+                            tokio::time::sleep(sleep).await;
+                        }
+                    }
+                    // Nothing is due, ever: nothing to wake for but events.
+                    (Some(_), None) => std::future::pending().await,
+                    (None, _) => tokio::time::sleep(sleep).await,
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(sleep) => {},
+                () = timer => {},
                 Some(()) = reload.recv() => break Some(Reason::Reload),
                 Some(w) = wake.recv() => match w {
                     Wake::File => break Some(Reason::FileChanged),
@@ -519,11 +572,13 @@ impl Backoff {
 
 /// Re-reads the file. Returns whether a reconcile is needed: the content changed (or a reload
 /// was asked for) and it is valid. An invalid or missing file keeps the last valid one.
-fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: bool) -> bool {
+fn reload_file(path: &Path, last_text: &mut String, shared: &Arc<Shared>, forced: bool) -> bool {
     let text = match crate::config::read_text(path) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!("{e}; the last valid configuration stays in force");
+            let e2 = crate::notify::Event::rejected(path, &e.to_string(), shared.clock.now());
+            shared.notify.emit(e2);
             *shared
                 .config_error
                 .write()
@@ -564,7 +619,12 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
                 sd_notify("READY=1");
                 return false;
             }
-            *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(cfg));
+            shared.notify.configure(&cfg);
+            // Storages added or changed (all of them on SIGHUP) are checked in the background.
+            let checks = storage_check::to_check(old.as_deref(), &cfg, forced);
+            let cfg = Arc::new(cfg);
+            *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Some(cfg.clone());
+            storage_check::start(shared, &cfg, checks);
             shared.metrics.config_loaded(shared.clock.now());
             *shared
                 .config_error
@@ -579,6 +639,8 @@ fn reload_file(path: &Path, last_text: &mut String, shared: &Shared, forced: boo
                 "{}: invalid, the last valid configuration stays in force:\n{rendered}",
                 path.display()
             );
+            let e = crate::notify::Event::rejected(path, &rendered, shared.clock.now());
+            shared.notify.emit(e);
             *shared
                 .config_error
                 .write()

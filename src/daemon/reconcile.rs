@@ -26,11 +26,13 @@ pub(super) fn reconcile(
     recover: bool,
     stop: Arc<AtomicBool>,
     metrics: &Arc<crate::metrics::Metrics>,
+    notify: &Arc<crate::notify::Notifier>,
 ) -> Outcome {
     let now_fn = || clock.now();
     let mut exec = Executor::new(cfg, store, engine, Arc::new(LogProgress), &now_fn);
     exec.stop = Some(stop);
     exec.metrics = Some(metrics.clone());
+    exec.notify = Some(notify.clone());
     let outcome = |summary: String, worked, failed| Outcome {
         summary,
         worked,
@@ -99,6 +101,27 @@ pub(super) fn reconcile(
         done > 0,
         exec.report.retriable_failures() > 0,
     )
+}
+
+/// Forgets tombstones and journal entries past their retention
+/// ([`planner::trimmable`]), so the state stops growing with time. Once a day; a failure is
+/// logged and left for the next day.
+pub(super) fn trim_state(cfg: &Config, store: &Store, now: DateTime<Utc>) {
+    let trim = match store.load() {
+        Ok(rec) => planner::trimmable(cfg, &rec, now),
+        Err(e) => return tracing::warn!("trimming the state: {e}"),
+    };
+    // The records are let go of before the write (a write while they are held copies them).
+    match store.trim(&trim.backups, trim.journal_before, &trim.keep_journal) {
+        Ok(t) if t.backups + t.journal > 0 => tracing::info!(
+            backups = t.backups,
+            journal = t.journal,
+            "state trimmed: tombstones and journal entries older than {} days forgotten",
+            planner::TOMBSTONE_RETENTION_DAYS
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("trimming the state: {e}"),
+    }
 }
 
 /// Progress of long operations as log lines.

@@ -95,22 +95,28 @@ impl Repo {
     }
 }
 
-/// What a snapshot is tagged with: `backplan`, `instance=<name>`, `backup=<uuid>`, `kind=<kind>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a snapshot is tagged with: `backplan`, `instance=<name>`, `backup=<uuid>`, `kind=<kind>`,
+/// and the rest of the backup's record (`meta`, see `catalogue`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotTags {
     pub instance: String,
     pub backup: Uuid,
     pub kind: String,
+    /// More `name=value` tags: what a new host needs to rebuild the backup's record (label,
+    /// notes, expiry, ...; `catalogue::snapshot_tags`). Each is one tag, commas included.
+    pub meta: Vec<String>,
 }
 
 impl SnapshotTags {
     pub fn to_tags(&self) -> Vec<String> {
-        vec![
+        let mut tags = vec![
             "backplan".to_string(),
             format!("instance={}", self.instance),
             format!("backup={}", self.backup),
             format!("kind={}", self.kind),
-        ]
+        ];
+        tags.extend(self.meta.iter().cloned());
+        tags
     }
 }
 
@@ -309,6 +315,17 @@ pub trait Engine: Send + Sync {
         dest: &Path,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<RestoreStats, EngineError>;
+    /// Rewrites a snapshot's metadata as `restic tag` does: a new snapshot file with the same
+    /// tree, time and paths carrying exactly `tags` (its `original` names the first one), and
+    /// returns its full id. The old file stays: the caller forgets it once its record names
+    /// the new one. A snapshot that already carries exactly `tags` is left as it is (its id is
+    /// returned).
+    fn retag(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        tags: &SnapshotTags,
+    ) -> Result<String, EngineError>;
     /// Removes snapshots (the data goes at the next [`Engine::prune`]).
     fn forget(&self, repo: &Repo, snapshots: &[String]) -> Result<(), EngineError>;
     /// Deletes data no snapshot uses any more, now.
@@ -318,6 +335,27 @@ pub trait Engine: Send + Sync {
     /// Tries the storage without touching the repository: credentials, the container or
     /// bucket, and a write / read / delete round trip of a test object beside it.
     fn check_storage(&self, repo: &Repo) -> Result<(), EngineError>;
+    /// Every entry of a snapshot's tree (reads trees only, no file contents). `snapshot` is a
+    /// full id.
+    fn listing(&self, repo: &Repo, snapshot: &str) -> Result<Vec<TreeEntry>, EngineError>;
+}
+
+/// One entry of a snapshot's tree: its path relative to the snapshot's root, its type, and
+/// for a file its size.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TreeEntry {
+    pub path: PathBuf,
+    pub kind: EntryKind,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    /// Devices, FIFOs, sockets.
+    Other,
 }
 
 /// The engine used by the program.

@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use super::*;
 
+mod listing;
+mod lock;
 mod remote;
 mod stream;
 
@@ -166,6 +168,41 @@ impl RusticEngine {
     }
 }
 
+impl RusticEngine {
+    /// A fresh handle on the repository, with restic's lock taken for the operation (see
+    /// `rustic/lock.rs`): held, and refreshed, until the returned guard is dropped.
+    fn open_locked(
+        &self,
+        repo: &Repo,
+        progress: Arc<dyn ProgressSink>,
+        mode: lock::Mode,
+    ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
+        let open = self.open(repo, progress)?;
+        let key = open.key();
+        let sealer =
+            lock::Sealer::new(&key.encrypt, &key.mac.k, &key.mac.r).map_err(|message| {
+                EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message,
+                }
+            })?;
+        let files: Arc<dyn lock::LockFiles> = match &repo.remote {
+            Some(remote) => remote::lock_files(remote)?,
+            None => Arc::new(lock::LocalLocks(repo.path.join("locks"))),
+        };
+        let held = lock::acquire(
+            files,
+            sealer,
+            mode,
+            &repo.path,
+            lock::wait_bound(),
+            lock::REFRESH,
+        )?;
+        lock::hold_for_tests(mode);
+        Ok((open, held))
+    }
+}
+
 fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>, EngineError> {
     let backends = match &repo.remote {
         Some(remote) => remote::backends(remote)?,
@@ -268,7 +305,7 @@ impl Engine for RusticEngine {
                 repo: repo.path.clone(),
                 message: format!("the source path {} is not UTF-8", source.display()),
             })?;
-            let open = self.open(repo, progress)?;
+            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
             let snap = new_snapshot(repo, tags)?;
             let opts = BackupOptions::default()
@@ -350,7 +387,7 @@ impl Engine for RusticEngine {
             {
                 return Ok(Vec::new());
             }
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) = self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Shared)?;
             let mut all: Vec<SnapshotInfo> = open
                 .get_all_snapshots()
                 .map_err(err(repo))?
@@ -391,7 +428,7 @@ impl Engine for RusticEngine {
                 .ok_or_else(|| EngineError::DestinationNotEmpty {
                     path: dest.to_path_buf(),
                 })?;
-            let open = self.open(repo, progress)?;
+            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed
@@ -421,12 +458,58 @@ impl Engine for RusticEngine {
         })
     }
 
+    fn retag(
+        &self,
+        repo: &Repo,
+        snapshot: &str,
+        tags: &SnapshotTags,
+    ) -> Result<String, EngineError> {
+        self.guarded(repo, "rewriting a snapshot's tags", || {
+            use rustic_core::repofile::SnapshotId;
+            // Exclusive, as `restic tag` takes it: no other snapshot may appear meanwhile.
+            let (open, _lock) =
+                self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
+            let mut snap = find_snapshot(&open, repo, snapshot)?;
+            let wanted: std::collections::BTreeSet<String> = tags.to_tags().into_iter().collect();
+            if snap.tags.iter().cloned().collect::<std::collections::BTreeSet<_>>() == wanted {
+                return Ok(snapshot.to_string());
+            }
+            let before: std::collections::HashSet<SnapshotId> =
+                open.list::<SnapshotId>().map_err(err(repo))?.collect();
+            // As `restic tag`: same tree, time and paths; `original` (set when it was read)
+            // names the first snapshot of the backup.
+            snap.tags = Default::default();
+            for tag in wanted {
+                snap.tags.add(tag);
+            }
+            open.save_snapshots(vec![snap]).map_err(err(repo))?;
+            sync_repository(repo)?;
+            // The new file's id is the hash of what was stored: the one not there before.
+            let new: Vec<SnapshotId> = open
+                .list::<SnapshotId>()
+                .map_err(err(repo))?
+                .filter(|id| !before.contains(id))
+                .collect();
+            match new.as_slice() {
+                [one] => Ok(one.to_hex().to_string()),
+                _ => Err(EngineError::Repository {
+                    repo: repo.path.clone(),
+                    message: format!(
+                        "after rewriting the tags of snapshot {snapshot}, {} new snapshots appeared (another writer?)",
+                        new.len()
+                    ),
+                }),
+            }
+        })
+    }
+
     fn forget(&self, repo: &Repo, snapshots: &[String]) -> Result<(), EngineError> {
         if snapshots.is_empty() {
             return Ok(());
         }
         self.guarded(repo, "forget", || {
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) =
+                self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             let ids = open_ids(&open, snapshots, repo)?;
             open.delete_snapshots(&ids).map_err(err(repo))?;
             sync_repository(repo)
@@ -435,7 +518,8 @@ impl Engine for RusticEngine {
 
     fn prune(&self, repo: &Repo) -> Result<(), EngineError> {
         self.guarded(repo, "prune", || {
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) =
+                self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             // Delete now (the default only marks packs for a day later) and repack partly
             // used packs without the default 10% cap.
             let opts = PruneOptions::default()
@@ -450,7 +534,7 @@ impl Engine for RusticEngine {
 
     fn verify(&self, repo: &Repo, read_share: f64) -> Result<VerifyReport, EngineError> {
         self.guarded(repo, "verify", || {
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) = self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Shared)?;
             let snapshots = open.get_all_snapshots().map_err(err(repo))?.len();
             let mut opts = CheckOptions::default();
             if read_share > 0.0 {
@@ -493,8 +577,37 @@ impl Engine for RusticEngine {
     }
 
     fn check_storage(&self, repo: &Repo) -> Result<(), EngineError> {
-        self.guarded(repo, "storage check", || remote::check(repo))
+        // Not under the repository's lock: the check touches no repository file (its test
+        // object lies beside them), and must not wait behind a long backup.
+        isolated("storage check", || remote::check(repo))
     }
+
+    fn listing(&self, repo: &Repo, snapshot: &str) -> Result<Vec<TreeEntry>, EngineError> {
+        RusticEngine::listing(self, repo, snapshot)
+    }
+}
+
+/// Runs `f` as [`RusticEngine::guarded`] does, but without the repository's lock: on a thread
+/// of its own, outside any async runtime, with a panic turned into an error.
+fn isolated<T: Send>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, EngineError> + Send,
+) -> Result<T, EngineError> {
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name(format!("engine {op}"))
+            .spawn_scoped(s, f)
+            .map_err(|source| EngineError::Io {
+                op: "starting an engine thread",
+                source,
+            })?;
+        worker.join().unwrap_or_else(|panic| {
+            Err(EngineError::Panicked {
+                op,
+                message: panic_message(&panic),
+            })
+        })
+    })
 }
 
 /// The pack ids (or their leading hex digits, as check messages print them) that a check
@@ -603,11 +716,14 @@ fn find_snapshot<S: rustic_core::Open>(
 fn new_snapshot(repo: &Repo, tags: &SnapshotTags) -> Result<SnapshotFile, EngineError> {
     let mut snap = SnapshotOptions::default()
         .label(format!("backplan:{}", tags.instance))
-        .command(format!("backplan backup {}", tags.instance));
+        .command(format!("backplan backup {}", tags.instance))
+        .to_snapshot()
+        .map_err(err(repo))?;
+    // One tag each, as given: `SnapshotOptions::add_tags` would split a label at its commas.
     for tag in tags.to_tags() {
-        snap = snap.add_tags(&tag).map_err(err(repo))?;
+        snap.tags.add(tag);
     }
-    snap.to_snapshot().map_err(err(repo))
+    Ok(snap)
 }
 
 fn open_ids<S: rustic_core::Open>(

@@ -76,6 +76,12 @@ pub trait Kind: Sync {
     fn discard_leftovers(&self, source: &Source) -> Vec<String>;
     /// The place on this host's filesystem the store occupies, if any.
     fn store_path(&self, source: &Source) -> Option<PathBuf>;
+    /// A restore drill's check of a backup restored (as a tree) into the scratch folder
+    /// `restored`, beyond the comparison with the snapshot's listing: what was checked, or
+    /// what is wrong. Reads only `restored`; never touches the store.
+    fn drill_check(&self, _source: &Source, _restored: &std::path::Path) -> Result<String, String> {
+        Ok(String::new())
+    }
 }
 
 /// A store opened for one restore (see [`Kind::open_target`]). `restore_key` names the

@@ -351,6 +351,10 @@ fn is_side_name(target: &str, name: &str) -> bool {
 }
 
 impl Kind for Postgres {
+    fn drill_check(&self, source: &Source, restored: &std::path::Path) -> Result<String, String> {
+        drill_list(source, &restored.join(DUMP_NAME))
+    }
+
     fn provision(&self, source: &Source) -> Result<&'static str, String> {
         let conn = Conn::of(source)?;
         let out = conn.psql(
@@ -704,6 +708,39 @@ impl Target for PgTarget {
             tracing::warn!("the staging database \"{staging}\" could not be dropped: {e}");
         }
     }
+}
+
+/// A restore drill's check: `pg_restore --list` reads the restored dump's table of contents
+/// (no server is involved: nothing is restored into a database).
+fn drill_list(source: &Source, dump: &std::path::Path) -> Result<String, String> {
+    let Source::Postgres { bin_dir, .. } = source else {
+        return Err(format!(
+            "{} is not a postgres instance's source",
+            source.describe()
+        ));
+    };
+    let tool = match bin_dir {
+        Some(dir) => dir.join("pg_restore").to_string_lossy().into_owned(),
+        None => "pg_restore".to_string(),
+    };
+    let out = Command::new(&tool)
+        .arg("--list")
+        .arg(dump)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| tool_missing(&tool, &e))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_restore --list refused the restored dump ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let entries = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
+        .count();
+    Ok(format!("pg_restore --list read {entries} entries"))
 }
 
 #[cfg(test)]

@@ -74,6 +74,10 @@ fn companion(db: &Path, suffix: &str) -> PathBuf {
 }
 
 impl Kind for Sqlite {
+    fn drill_check(&self, _source: &Source, restored: &Path) -> Result<String, String> {
+        drill_integrity_check(&restored.join(FILE_IN_SNAPSHOT))
+    }
+
     fn provision(&self, source: &Source) -> Result<&'static str, String> {
         provision(path_of(source)?)
     }
@@ -616,6 +620,35 @@ impl Target for SqliteTarget {
     }
 }
 
+/// A restore drill's check: `PRAGMA integrity_check` on the restored copy, opened read-only.
+fn drill_integrity_check(db: &Path) -> Result<String, String> {
+    let c = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("the restored database {} does not open: {e}", db.display()))?;
+    let mut stmt = c
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| format!("integrity_check cannot run: {e}"))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("integrity_check failed: {e}"))?;
+    match rows.as_slice() {
+        [ok] if ok == "ok" => Ok("SQLite integrity_check ok".into()),
+        problems => Err(format!(
+            "SQLite integrity_check found {} problem(s): {}",
+            problems.len(),
+            problems
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,19 +779,25 @@ mod tests {
         assert!(directory::leftover_staging(&db).is_empty());
     }
 
+    /// The `sqlite3` shell on `db` in another process, its stdin to write SQL to.
+    fn sqlite3_shell(db: &Path) -> (std::process::Child, std::process::ChildStdin) {
+        let mut child = std::process::Command::new("sqlite3")
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the sqlite3 shell is installed");
+        let stdin = child.stdin.take().unwrap();
+        (child, stdin)
+    }
+
     #[test]
     fn a_log_left_by_a_killed_writer_is_never_paired_with_the_restored_file() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("sandbox.db");
         db_with_rows(&db, 1);
         // A WAL writer killed with its commits still in the -wal (never checkpointed).
-        let mut child = std::process::Command::new("sqlite3")
-            .arg(&db)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the sqlite3 shell is installed");
-        let mut stdin = child.stdin.take().unwrap();
+        let (mut child, mut stdin) = sqlite3_shell(&db);
         writeln!(
             stdin,
             "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE big(x); INSERT INTO big SELECT randomblob(1000) FROM generate_series(1, 500); SELECT 'done';"
@@ -822,13 +861,7 @@ mod tests {
         let db = tmp.path().join("sandbox.db");
         db_with_rows(&db, 1);
         // A WAL connection in another process holds the database open.
-        let mut child = std::process::Command::new("sqlite3")
-            .arg(&db)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the sqlite3 shell is installed");
-        let mut stdin = child.stdin.take().unwrap();
+        let (mut child, mut stdin) = sqlite3_shell(&db);
         writeln!(stdin, "PRAGMA journal_mode=WAL; SELECT count(*) FROM t;").unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !companion(&db, "-shm").exists() && Instant::now() < deadline {

@@ -171,6 +171,8 @@ pub enum Work {
     Retry,
     Expire,
     Purge,
+    /// Last: a drill restores the newest backup, after this run's backups.
+    Drill,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -230,6 +232,17 @@ pub enum DueDetails {
         storage: String,
         delete_at: Option<DateTime<Utc>>,
         data: DataFate,
+    },
+    /// A restore drill: the backup restored into a scratch folder under `drill_dir` (never an
+    /// instance), checked, timed, and the scratch folder removed.
+    Drill {
+        instance: String,
+        backup: Uuid,
+        backup_address: String,
+        storage: String,
+        /// The drill interval of the instance, like `7d`.
+        every: crate::config::values::Dur,
+        last_drill_at: Option<DateTime<Utc>>,
     },
 }
 

@@ -195,15 +195,31 @@ fn text_unescaped(plan: &Plan) -> String {
                         }
                     ),
                 ),
+                DueDetails::Drill {
+                    backup_address,
+                    every,
+                    last_drill_at,
+                    ..
+                } => (
+                    '?',
+                    format!(
+                        "restore drill of {backup_address} into scratch, checked and timed (every {every}; {})",
+                        last_drill_at
+                            .as_ref()
+                            .map(|t| format!("last {}", time(t)))
+                            .unwrap_or_else(|| "never drilled".into())
+                    ),
+                ),
             };
             let _ = writeln!(w, "  {sym} {:width$}  {what}", d.address);
         }
         let n = |work: Work| plan.due.iter().filter(|d| d.work == work).count();
         let count = crate::views::count;
         let purge = n(Work::Purge);
+        let drills = n(Work::Drill);
         let _ = writeln!(
             w,
-            "\nDue: {}, {}, {}, {}{}.",
+            "\nDue: {}, {}, {}, {}{}{}.",
             count(n(Work::DailyBackup), "daily backup", "daily backups"),
             count(n(Work::Retry), "retry", "retries"),
             count(n(Work::Expire), "expiry", "expiries"),
@@ -213,6 +229,11 @@ fn text_unescaped(plan: &Plan) -> String {
                     ", {}",
                     count(purge, "deletion after grace", "deletions after grace")
                 )
+            } else {
+                String::new()
+            },
+            if drills > 0 {
+                format!(", {}", count(drills, "restore drill", "restore drills"))
             } else {
                 String::new()
             }

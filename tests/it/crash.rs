@@ -39,6 +39,8 @@ enum Scenario {
     Switch,
     /// After a first clean run: a version update with its pre-update backup and `on_update`.
     Update,
+    /// After a first clean run: an on-demand backup's label edited (its snapshot rewritten).
+    Edit,
 }
 
 /// One case: the point, the scenario that reaches it, and a point to crash at first (a run
@@ -119,6 +121,8 @@ cases! {
     update_before_hook: Update "update.before-hook";
     update_hook_ran: Update "update.hook-ran";
     update_recorded: Update "update.recorded";
+    // A label edit: the new snapshot recorded, the old one not forgotten yet.
+    edit_retag_recorded: Edit "retag.recorded";
     // Recovery itself, after a first crash left work to recover.
     recover_backup_resolved: Directory "recover.backup-resolved" after "backup.stored";
     recover_before_retake: Directory "recover.before-retake" after "backup.before-engine";
@@ -375,7 +379,9 @@ fn run_case(case: &Case) {
         Scenario::Directory | Scenario::Daemon => directory(case, &label),
         Scenario::Sqlite => sqlite(case, &label),
         Scenario::Postgres => postgres(case, &label),
-        Scenario::Expiry | Scenario::Switch | Scenario::Update => changes(case, &label),
+        Scenario::Expiry | Scenario::Switch | Scenario::Update | Scenario::Edit => {
+            changes(case, &label)
+        }
     }
 }
 
@@ -597,6 +603,7 @@ fn changes(case: &Case, label: &str) {
             "[instances.contoso-sandbox]\ntype = \"sandbox\"",
             "[instances.contoso-sandbox]\ntype = \"production\"",
         ),
+        Scenario::Edit => set_config(dir, "Before solution import", "Before import, edited"),
         _ => set_config(
             dir,
             "version = \"9.0\"\nsource = { kind = \"directory\", path = \"data/contoso\" }",
@@ -638,6 +645,24 @@ fn changes(case: &Case, label: &str) {
         }
         Scenario::Switch => {
             assert_eq!(instance("contoso-sandbox")["type"], "production", "{label}");
+        }
+        Scenario::Edit => {
+            assert_eq!(list[0]["label"], "Before import, edited", "{label}");
+            let snaps = restic_snapshots(dir);
+            assert_eq!(
+                snaps.len(),
+                1,
+                "{label}: the old snapshot forgotten: {snaps:#?}"
+            );
+            assert_eq!(snaps[0]["id"], list[0]["snapshot_id"], "{label}");
+            assert!(
+                snaps[0]["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t == "label=Before import, edited"),
+                "{label}: {snaps:#?}"
+            );
         }
         _ => {
             assert_eq!(instance("contoso")["version"], "9.1", "{label}");

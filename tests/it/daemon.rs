@@ -42,6 +42,10 @@ impl Daemon {
         d
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     pub(crate) fn running(&mut self) -> bool {
         self.child
             .as_mut()

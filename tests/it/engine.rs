@@ -47,6 +47,7 @@ fn tags(instance: &str) -> SnapshotTags {
                 .as_nanos(),
         ),
         kind: "on-demand".into(),
+        ..Default::default()
     }
 }
 

@@ -73,9 +73,14 @@ fn a_full_state_disk_fails_the_work_and_the_daemon_answers_and_recovers() {
     });
 
     fill(&dir.join("state/filler"));
+    // Records larger than a page: sled's writes need new pages whatever the layout of its
+    // file (a small one can land in a page the file already has).
+    let notes = "n".repeat(2000);
     append_config(
         dir,
-        "[instances.contoso.backups.on-a-full-disk]\nlabel = \"Taken on a full disk\"",
+        &format!(
+            "[instances.contoso.backups.on-a-full-disk]\nlabel = \"Taken on a full disk\"\nnotes = \"{notes}\"\n[instances.contoso.backups.on-a-full-disk-2]\nnotes = \"{notes}\""
+        ),
     );
     d.wait_for("the run on a full disk to fail", || {
         d.log().contains("No space left on device")

@@ -148,6 +148,7 @@ fn back_up<F: KindFixture>(engine: &RusticEngine, repo: &Repo, source: &Source) 
         instance: "contract".into(),
         backup: uuid::Uuid::from_u128(1),
         kind: "on-demand".into(),
+        ..Default::default()
     };
     let progress = Arc::new(NoProgress);
     let done = match kind::<F>().backup_source(source, "contract").unwrap() {

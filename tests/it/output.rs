@@ -15,7 +15,7 @@ fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 /// Text with what changes from run to run masked: times (`[TIME]`), UUIDs (`[UUID]`),
 /// snapshot hashes (`[HASH]`), and 8-character ids at the start of a table row (`[ID]`).
 /// Templates: `d` a digit, `h` a hexadecimal digit, anything else itself.
-fn masked(s: &str) -> String {
+pub(crate) fn masked(s: &str) -> String {
     const TEMPLATES: [(&str, &str); 5] = [
         (
             "hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh",

@@ -53,6 +53,7 @@ fn reader_keys_match_the_schema() {
         ("RawSource", RawSource::KEYS),
         ("RawBackup", RawBackup::KEYS),
         ("RawRestore", RawRestore::KEYS),
+        ("RawNotify", RawNotify::KEYS),
     ] {
         assert_eq!(properties(&schema, Some(def)), keys(known), "{def}");
         assert_eq!(

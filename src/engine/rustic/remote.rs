@@ -516,3 +516,53 @@ pub(super) fn backends(remote: &Remote) -> Result<rustic_core::RepositoryBackend
     let store: Arc<dyn WriteBackend> = Arc::new(ObjectStore::new(remote)?);
     Ok(rustic_core::RepositoryBackends::new(store, None))
 }
+
+/// The repository's `locks/` in the object store (rustic's backend has no file type for
+/// locks; restic's lock protocol is in `lock.rs`).
+pub(super) fn lock_files(remote: &Remote) -> Result<Arc<dyn super::lock::LockFiles>, EngineError> {
+    Ok(Arc::new(ObjectStore::new(remote)?))
+}
+
+impl super::lock::LockFiles for ObjectStore {
+    fn list(&self) -> Result<Vec<(String, u64)>, String> {
+        let entries = self
+            .op
+            .list_options(
+                "locks/",
+                ListOptions {
+                    recursive: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| describe(&self.container, "listing locks/", &e))?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| e.metadata().is_file() && super::lock::is_lock_name(e.name()))
+            .map(|e| (e.name().to_string(), e.metadata().content_length()))
+            .collect())
+    }
+
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = format!("locks/{name}");
+        match self.op.read(&path) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(describe(&self.container, &format!("reading {path}"), &e)),
+        }
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let path = format!("locks/{name}");
+        self.op
+            .write(&path, bytes.to_vec())
+            .map(|_| ())
+            .map_err(|e| describe(&self.container, &format!("writing {path}"), &e))
+    }
+
+    fn remove(&self, name: &str) -> Result<(), String> {
+        let path = format!("locks/{name}");
+        self.op
+            .delete(&path)
+            .map_err(|e| describe(&self.container, &format!("deleting {path}"), &e))
+    }
+}

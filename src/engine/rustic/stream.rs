@@ -33,7 +33,7 @@ impl RusticEngine {
         progress: Arc<dyn ProgressSink>,
     ) -> Result<SnapshotInfo, EngineError> {
         self.guarded(repo, "stream backup", || {
-            let open = self.open(repo, progress)?;
+            let (open, _lock) = self.open_locked(repo, progress, super::lock::Mode::Shared)?;
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
             let snap = new_snapshot(repo, tags)?;
             // No parent, ever: see the module's comment.
@@ -75,7 +75,8 @@ impl RusticEngine {
         sink: &mut (dyn Write + Send),
     ) -> Result<u64, EngineError> {
         self.guarded(repo, "stream restore", || {
-            let open = self.open(repo, Arc::new(NoProgress))?;
+            let (open, _lock) =
+                self.open_locked(repo, Arc::new(NoProgress), super::lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed

@@ -238,8 +238,66 @@ pub(super) fn due(
             });
         }
     }
+    out.extend(drills(cfg, rec, idx, now, expiring, forgotten));
     out.sort_by(|a, b| (a.work, &a.address).cmp(&(b.work, &b.address)));
     out
+}
+
+/// Restore drills due at `now`: for each managed instance with a drill interval, when the
+/// interval has passed since its last drill (or it never had one), on its newest completed
+/// backup in a storage drills may read (`drill = true`; external storage only when opted in).
+/// A drill that failed is tried again after the interval, like one that passed.
+fn drills(
+    cfg: &Config,
+    rec: &Recorded,
+    idx: &Index<'_>,
+    now: DateTime<Utc>,
+    expiring: &BTreeSet<Uuid>,
+    forgotten: &BTreeSet<&str>,
+) -> Vec<Due> {
+    let mut out = Vec::new();
+    for (name, inst) in &rec.instances {
+        let Some(every) = cfg.instances.get(name).and_then(|i| i.drill) else {
+            continue;
+        };
+        if forgotten.contains(name.as_str()) || inst.creation_failed {
+            continue;
+        }
+        let last = rec.drills.get(name).and_then(|d| d.last());
+        if last.is_some_and(|l| now < l.started_at + every.to_chrono()) {
+            continue;
+        }
+        let drillable = idx
+            .by_instance
+            .get(name.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|b| b.status == BackupStatus::Completed && b.snapshot_id.is_some())
+            .filter(|b| !expiring.contains(&b.id))
+            .filter(|b| cfg.storages.get(&b.storage).is_some_and(|s| s.drill));
+        let Some(b) = newest(drillable) else { continue };
+        out.push(Due {
+            work: Work::Drill,
+            address: format!("drill.{name}"),
+            details: DueDetails::Drill {
+                instance: name.clone(),
+                backup: b.id,
+                backup_address: backup_address(b),
+                storage: b.storage.clone(),
+                every,
+                last_drill_at: last.map(|l| l.started_at),
+            },
+        });
+    }
+    out
+}
+
+/// When the next restore drill of an instance falls due after its last one (`None`: no
+/// drills, or never drilled: due as soon as it has a backup to drill).
+pub fn next_drill(cfg: &Config, rec: &Recorded, instance: &str) -> Option<DateTime<Utc>> {
+    let every = cfg.instances.get(instance)?.drill?;
+    let last = rec.drills.get(instance)?.last()?;
+    Some(last.started_at + every.to_chrono())
 }
 
 /// The expiry of `b`; `after`: a backup of this run that must complete first.

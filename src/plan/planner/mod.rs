@@ -19,9 +19,12 @@ use crate::records::{BackupStatus, Recorded, RestoreStatus};
 mod due;
 mod rules;
 mod schedule;
+mod trim;
 
+pub use due::next_drill;
 use due::*;
 pub use schedule::*;
+pub use trim::*;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlanOptions {

@@ -67,8 +67,8 @@ pub fn retry_at(b: &BackupRecord) -> Option<DateTime<Utc>> {
     Some(b.failed_at.unwrap_or(b.created_at) + Duration::seconds(wait))
 }
 
-/// When time-driven work is next due after `now`: the next daily slot, the next expiry or the
-/// next retry, whichever comes first. The daemon sleeps until then.
+/// When time-driven work is next due after `now`: the next daily slot, the next expiry, the
+/// next retry or the next restore drill, whichever comes first. The daemon sleeps until then.
 pub fn next_deadline(cfg: &Config, rec: &Recorded, now: DateTime<Utc>) -> DateTime<Utc> {
     let mut next = next_slot(&cfg.schedule, now);
     for b in rec.backups.values() {
@@ -82,6 +82,14 @@ pub fn next_deadline(cfg: &Config, rec: &Recorded, now: DateTime<Utc>) -> DateTi
             if t > now && t < next {
                 next = t;
             }
+        }
+    }
+    for name in rec.drills.keys() {
+        if let Some(t) = next_drill(cfg, rec, name)
+            && t > now
+            && t < next
+        {
+            next = t;
         }
     }
     next

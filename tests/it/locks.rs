@@ -1,0 +1,480 @@
+//! restic's repository locks, with the real `restic` in both directions, on the local
+//! repository and on an S3 bucket (moto): backplan does not touch a repository restic holds
+//! exclusively (it waits within its bound, then fails naming the holder), restic reports the
+//! lock of a backplan that prunes, a killed backplan's lock is removed as stale by the next
+//! run, and restic's non-exclusive lock does not block a backup.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::storage::{create_bucket, emulator, unique, write_secret};
+
+/// Where a test's repository is, as restic addresses it, and how backplan's file names it.
+struct Target {
+    /// The folder of the quickstart copy.
+    tmp: tempfile::TempDir,
+    /// `-r` for restic.
+    repo: String,
+    password_file: PathBuf,
+    env: Vec<(&'static str, String)>,
+    /// The storage the file's backups name (`""` for the local one).
+    storage: &'static str,
+}
+
+impl Target {
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn restic(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("restic");
+        c.arg("-r")
+            .arg(&self.repo)
+            .arg("--password-file")
+            .arg(&self.password_file)
+            .arg("--no-cache")
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    /// Runs restic to the end: (success, stdout, stderr).
+    fn run_restic(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .restic(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("restic is installed (Debian package `restic`)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The ids of the lock files, as restic lists them (without a lock of its own).
+    fn locks(&self) -> Vec<String> {
+        let (ok, out, err) = self.run_restic(&["list", "locks", "--no-lock"]);
+        assert!(ok, "{err}");
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// A lock as restic reads it.
+    fn lock(&self, id: &str) -> serde_json::Value {
+        let (ok, out, err) = self.run_restic(&["cat", "lock", id, "--no-lock"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// The same, for a lock that may go while it is read (restic then retries for a while
+    /// and fails): `None` then. Polling with `restic list` first avoids most of those.
+    fn lock_if_there(&self, id: &str) -> Option<serde_json::Value> {
+        let (ok, out, _) = self.run_restic(&["cat", "lock", id, "--no-lock"]);
+        ok.then(|| serde_json::from_str(&out).unwrap())
+    }
+
+    /// Everything in the repository but its locks: snapshots, index and pack files.
+    fn contents(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for t in ["snapshots", "index", "packs", "keys"] {
+            let (ok, out, err) = self.run_restic(&["list", t, "--no-lock"]);
+            assert!(ok, "{err}");
+            all.extend(out.lines().map(|l| format!("{t}/{l}")));
+        }
+        all.sort();
+        all
+    }
+
+    /// Waits until restic lists a lock of `pid` (held: listed twice a second apart); returns
+    /// its id.
+    fn wait_for_lock_of(&self, pid: u32) -> String {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let now = self.locks();
+            for id in now.iter().filter(|id| seen.contains(*id)) {
+                if self.lock_if_there(id).is_some_and(|l| l["pid"] == pid) {
+                    return id.clone();
+                }
+            }
+            seen = now;
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no lock of pid {pid} appeared"
+            );
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+    }
+
+    fn apply(&self, env: &[(&str, &str)]) -> Run {
+        backplan_with_env(
+            self.dir(),
+            &["apply", "-c", "backplan.toml", "--auto-approve"],
+            env,
+        )
+    }
+
+    /// Declares a new on-demand backup of contoso on this target's storage.
+    fn declare(&self, key: &str, extra: &str) {
+        let storage = match self.storage {
+            "" => String::new(),
+            s => format!("storage = \"{s}\"\n"),
+        };
+        append_config(
+            self.dir(),
+            &format!("[instances.contoso.backups.{key}]\nlabel = \"{key}\"\n{storage}{extra}"),
+        );
+    }
+
+    fn status_of(&self, key: &str) -> Vec<String> {
+        backups_json(self.dir())
+            .iter()
+            .filter(|b| b["key"] == key)
+            .map(|b| b["status"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn check_read_data(&self) {
+        let (ok, out, err) = self.run_restic(&["check", "--read-data"]);
+        assert!(ok, "restic check: {out}{err}");
+    }
+}
+
+/// The quickstart with a filled contoso and its local repository, after a first apply.
+fn local() -> Target {
+    local_with_retention("3d")
+}
+
+/// The same with the schedule's `retention` (that of the quickstart's own backup).
+fn local_with_retention(retention: &str) -> Target {
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    let file = dir.join("backplan.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            "retention = \"3d\"",
+            &format!("retention = \"{retention}\""),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("data/contoso")).unwrap();
+    crate::trees::rich_tree(&dir.join("data/contoso"));
+    let t = Target {
+        repo: dir.join("state/repository").display().to_string(),
+        password_file: dir.join("state/keys/local.key"),
+        tmp,
+        env: Vec::new(),
+        storage: "",
+    };
+    let run = t.apply(&[]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    t
+}
+
+/// The same with the storage `archive` in a new moto bucket, holding a first backup.
+fn s3() -> Option<Target> {
+    s3_with("")
+}
+
+/// The same with more settings of the storage (`retention = "1s"`).
+fn s3_with(settings: &str) -> Option<Target> {
+    let endpoint = emulator("s3", "BACKPLAN_TEST_S3")?;
+    let bucket = unique("locks");
+    create_bucket(&endpoint, &bucket);
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("data/contoso")).unwrap();
+    crate::trees::rich_tree(&dir.join("data/contoso"));
+    write_secret(&dir.join("archive.key"), "archive repository password\n");
+    write_secret(&dir.join("s3.secret"), "testing-secret\n");
+    append_config(
+        dir,
+        &format!(
+            "[storage.archive]\nkind = \"s3\"\nbucket = \"{bucket}\"\npath = \"repo\"\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"testing\"\nsecret_access_key_file = \"s3.secret\"\npassword_file = \"archive.key\"\n{settings}"
+        ),
+    );
+    let t = Target {
+        repo: format!("s3:{endpoint}/{bucket}/repo"),
+        password_file: dir.join("archive.key"),
+        tmp,
+        env: vec![
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing-secret".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ],
+        storage: "archive",
+    };
+    t.declare("first", "");
+    let run = t.apply(&[]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_eq!(t.status_of("first"), ["completed"]);
+    Some(t)
+}
+
+/// A restic process holding a lock until its standard input closes.
+struct Holder {
+    child: Child,
+}
+
+impl Holder {
+    /// `restic key passwd` takes restic's exclusive lock, then waits for the new password on
+    /// its standard input.
+    fn exclusive(t: &Target) -> Holder {
+        Self::start(t, &["key", "passwd"])
+    }
+
+    /// `restic backup --stdin` takes restic's non-exclusive lock, then reads what it stores.
+    fn shared(t: &Target) -> Holder {
+        Self::start(
+            t,
+            &["backup", "--stdin", "--stdin-filename", "from-restic.txt"],
+        )
+    }
+
+    fn start(t: &Target, args: &[&str]) -> Holder {
+        let child = t
+            .restic(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restic is installed");
+        let pid = child.id();
+        let holder = Holder { child };
+        t.wait_for_lock_of(pid);
+        holder
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes its standard input (after writing `text`) and waits for it to end.
+    fn release(mut self, text: &str) {
+        let mut stdin = self.child.stdin.take().unwrap();
+        let _ = stdin.write_all(text.as_bytes());
+        drop(stdin);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (a) While restic holds an exclusive lock, backplan writes nothing and fails after its wait,
+/// naming the holder; when restic lets go within the wait, backplan goes on.
+fn restic_exclusive_lock_stops_backplan(t: &Target) {
+    let before = t.contents();
+    let holder = Holder::exclusive(t);
+    let pid = holder.pid();
+    t.declare("second", "");
+    let start = Instant::now();
+    let run = t.apply(&[("BACKPLAN_LOCK_WAIT", "2")]);
+    let took = start.elapsed();
+    assert_ne!(run.code, 0, "{}", run.transcript());
+    let text = run.transcript();
+    assert!(
+        text.contains("locked by an exclusive lock of") && text.contains(&format!("(pid {pid})")),
+        "{text}"
+    );
+    assert!(text.contains("waited 2s"), "{text}");
+    assert!(took >= Duration::from_secs(2), "it waited: {took:?}");
+    assert_eq!(t.status_of("second"), ["failed"]);
+    // Only restic's lock: backplan left nothing, not even a lock of its own.
+    assert_eq!(
+        t.contents(),
+        before,
+        "backplan wrote to a locked repository"
+    );
+    assert_eq!(t.locks().len(), 1);
+
+    // restic lets go while backplan waits: the backup goes through.
+    t.declare("third", "");
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        holder.release("");
+    });
+    let start = Instant::now();
+    let run = t.apply(&[("BACKPLAN_LOCK_WAIT", "60")]);
+    releaser.join().unwrap();
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    assert_eq!(t.status_of("third"), ["completed"]);
+    assert_eq!(
+        t.locks(),
+        Vec::<String>::new(),
+        "backplan released its lock"
+    );
+    t.check_read_data();
+}
+
+/// (b) and (c): while backplan expires a backup (forget and prune, held there by the test
+/// hook), `restic backup` reports backplan's exclusive lock; backplan killed there leaves it,
+/// restic lists and reads it, and the next run of backplan removes it as its own and stale.
+fn backplan_prune_lock_is_seen_by_restic_and_a_killed_ones_removed(t: &Target, expiring: &str) {
+    let dir = t.dir();
+    let old: Vec<String> = backups_json(dir)
+        .iter()
+        .filter(|b| b["key"] == expiring)
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(old.len(), 1);
+    assert!(
+        t.run_restic(&["snapshots", "--json"])
+            .1
+            .contains(&format!("backup={}", old[0]))
+    );
+    t.declare("newer", "");
+    std::thread::sleep(Duration::from_millis(1100));
+    let log = std::fs::File::create(dir.join("held.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .env_remove("BACKPLAN_CONFIG")
+        .env("BACKPLAN_TEST_LOCK_HOLD", "exclusive:120")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let id = t.wait_for_lock_of(child.id());
+    let lock = t.lock(&id);
+    assert_eq!(lock["exclusive"], true, "{lock}");
+    assert!(
+        lock["time"].is_string() && lock["hostname"].is_string(),
+        "{lock}"
+    );
+    assert!(lock["username"].is_string(), "{lock}");
+
+    let probe = dir.join("probe.txt");
+    std::fs::write(&probe, "from restic\n").unwrap();
+    let (ok, _, err) = t.run_restic(&["backup", probe.to_str().unwrap()]);
+    assert!(!ok, "restic backed up while backplan pruned");
+    assert!(
+        err.contains(&format!(
+            "repository is already locked exclusively by PID {}",
+            child.id()
+        )),
+        "{err}"
+    );
+
+    // Killed while holding it: the lock stays, and restic still honours it.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(t.locks(), vec![id.clone()]);
+    let (ok, _, _) = t.run_restic(&["backup", probe.to_str().unwrap()]);
+    assert!(!ok, "restic ignores the lock");
+
+    // The next run sees its own host and a dead pid: stale, removed; the expiry goes through.
+    let run = t.apply(&[("BACKPLAN_LOCK_WAIT", "0")]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        run.stderr
+            .contains(&format!("removing the stale lock locks/{id}")),
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(t.status_of("newer"), ["completed"]);
+    // Expired records are tombstones, which `backups` does not list.
+    assert!(
+        t.status_of(expiring).iter().all(|s| s == "expired"),
+        "{:?}",
+        t.status_of(expiring)
+    );
+    let (_, snapshots, _) = t.run_restic(&["snapshots", "--json"]);
+    assert!(
+        !snapshots.contains(&format!("backup={}", old[0])),
+        "not expired: {snapshots}"
+    );
+    assert_eq!(t.locks(), Vec::<String>::new());
+    let (ok, _, err) = t.run_restic(&["backup", probe.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    t.check_read_data();
+}
+
+/// (d) restic's non-exclusive lock (a backup under way) does not stop a backplan backup.
+fn restic_shared_lock_does_not_block_a_backup(t: &Target) {
+    let holder = Holder::shared(t);
+    t.declare("beside", "");
+    let start = Instant::now();
+    let run = t.apply(&[("BACKPLAN_LOCK_WAIT", "0")]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(start.elapsed() < Duration::from_secs(60));
+    assert_eq!(t.status_of("beside"), ["completed"]);
+    // Only restic's lock is left; then restic finishes its backup.
+    assert_eq!(t.locks().len(), 1);
+    holder.release("written by restic while backplan backed up\n");
+    assert_eq!(t.locks(), Vec::<String>::new());
+    let (ok, out, err) = t.run_restic(&["snapshots", "--json"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("from-restic.txt") || out.contains("\"paths\""),
+        "{out}"
+    );
+    t.check_read_data();
+}
+
+#[test]
+fn local_exclusive_restic_lock_stops_backplan() {
+    restic_exclusive_lock_stops_backplan(&local());
+}
+
+#[test]
+fn s3_exclusive_restic_lock_stops_backplan() {
+    if let Some(t) = s3() {
+        restic_exclusive_lock_stops_backplan(&t);
+    }
+}
+
+#[test]
+fn local_prune_lock_is_seen_by_restic_and_removed_after_a_kill() {
+    // The quickstart's backup expires a second after it was taken.
+    let t = local_with_retention("1s");
+    backplan_prune_lock_is_seen_by_restic_and_a_killed_ones_removed(&t, "before-import");
+    // restic's own `unlock` removes a killed backplan's lock too (this host, pid gone).
+    t.declare("last", "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(t.dir())
+        .env("BACKPLAN_TEST_LOCK_HOLD", "shared:120")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = t.wait_for_lock_of(child.id());
+    assert_eq!(t.lock(&id)["exclusive"], false);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (ok, out, err) = t.run_restic(&["unlock"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(t.locks(), Vec::<String>::new(), "{out}{err}");
+}
+
+#[test]
+fn s3_prune_lock_is_seen_by_restic_and_removed_after_a_kill() {
+    // `first` expires a second after it was taken.
+    let Some(t) = s3_with("retention = \"1s\"") else {
+        return;
+    };
+    backplan_prune_lock_is_seen_by_restic_and_a_killed_ones_removed(&t, "first");
+}
+
+#[test]
+fn local_shared_restic_lock_does_not_block_a_backup() {
+    restic_shared_lock_does_not_block_a_backup(&local());
+}
+
+#[test]
+fn s3_shared_restic_lock_does_not_block_a_backup() {
+    if let Some(t) = s3() {
+        restic_shared_lock_does_not_block_a_backup(&t);
+    }
+}
