@@ -327,6 +327,7 @@ fn recorded(cfg: &Config) -> Recorded {
             delete_at: None,
             status_before_delete: None,
             versions: Default::default(),
+            unreadable: None,
         };
         for &(date, slot) in &slots {
             let id = planner::daily_id(&n, date);

@@ -147,6 +147,7 @@ fn main() {
             delete_at: None,
             status_before_delete: None,
             versions: Default::default(),
+            unreadable: None,
         };
         // Today's slot is recorded even before it passes: nothing is due.
         for d in 0..DAILY_DAYS {

@@ -198,6 +198,7 @@ pub fn record_of(s: &SnapshotInfo, storage: &str) -> Found {
         delete_at: None,
         status_before_delete: None,
         versions,
+        unreadable: None,
     });
     match one.get("deleted") {
         Some(at) => Found::Deleted {
@@ -472,6 +473,7 @@ mod tests {
             delete_at: None,
             status_before_delete: None,
             versions: [("server_version_num".to_string(), "160004".to_string())].into(),
+            unreadable: None,
         }
     }
 

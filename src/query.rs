@@ -54,6 +54,9 @@ pub enum Query {
     /// daemon answers it: without one, the CLI verifies itself.
     Verify {
         subset: f64,
+        /// The report as JSON (`verify --json`).
+        #[serde(default)]
+        json: bool,
     },
 }
 
@@ -702,6 +705,17 @@ fn show(
     field(out, "tries", b.attempts.to_string());
     if let Some(e) = &b.error {
         field(out, "error", e.clone());
+    }
+    if let Some(u) = &b.unreadable {
+        let listed = if u.total > u.paths.len() {
+            format!("{} items, the first {}:", u.total, u.paths.len())
+        } else {
+            crate::views::count(u.total, "item:", "items:")
+        };
+        field(out, "unreadable", listed);
+        for p in &u.paths {
+            let _ = writeln!(out, "    {}", printable(p, false));
+        }
     }
     field(out, "actions", views::allowed_actions(b).join(", "));
     if let Some(d) = views::drills_of(rec, b).first() {

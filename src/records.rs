@@ -139,6 +139,22 @@ pub struct BackupRecord {
     /// a database server's, a dump tool's); a restore target may refuse by them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, String>,
+    /// A backup that failed because items of its source could not be read: which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<Unreadable>,
+}
+
+/// The items of a source a backup could not read: the first [`Unreadable::MAX_LISTED`] of
+/// them, and how many there were.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreadable {
+    pub total: usize,
+    pub paths: Vec<String>,
+}
+
+impl Unreadable {
+    /// A record stays small: more than this many paths are counted, not listed.
+    pub const MAX_LISTED: usize = 100;
 }
 
 impl BackupRecord {

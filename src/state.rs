@@ -828,6 +828,7 @@ mod tests {
             delete_at: None,
             status_before_delete: None,
             versions: Default::default(),
+            unreadable: None,
         }
     }
 

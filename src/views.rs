@@ -242,13 +242,14 @@ pub struct BackupView {
 
 /// Fields of a backup that are absent from some records; JSON output shows them as `null`
 /// (the records leave them out to stay small).
-const OPTIONAL_FIELDS: [&str; 6] = [
+const OPTIONAL_FIELDS: [&str; 7] = [
     "key",
     "failed_at",
     "date",
     "version",
     "delete_at",
     "status_before_delete",
+    "unreadable",
 ];
 
 /// The record's fields (`null` where it has no value), then `allowed_actions`.

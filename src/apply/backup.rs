@@ -143,6 +143,7 @@ impl Executor<'_> {
             delete_at: None,
             status_before_delete: None,
             versions: Default::default(),
+            unreadable: None,
         };
         fill(&mut b);
         Ok(b)
@@ -201,6 +202,8 @@ impl Executor<'_> {
         }
         // A failed `after_backup` after a backup that completed.
         let mut after_failed: Option<String> = None;
+        // Items of the source the engine could not read (the backup then failed).
+        let mut unreadable = None;
         // Err: why, and whether a retry can help (not for what this version lacks).
         let result = (|| -> Result<(crate::engine::SnapshotInfo, _), (String, bool)> {
             let source = self.source_of(&b.instance).ok_or_else(|| {
@@ -216,7 +219,7 @@ impl Executor<'_> {
             // follows once it succeeded, whatever the backup's outcome.
             self.instance_hook(&b.instance, "before_backup", |h| &h.before_backup)
                 .map_err(|e| (e, true))?;
-            let taken = self.backup_engine(&b, &source, kind);
+            let taken = self.backup_engine(&b, &source, kind, &mut unreadable);
             match (
                 taken,
                 self.instance_hook(&b.instance, "after_backup", |h| &h.after_backup),
@@ -233,6 +236,7 @@ impl Executor<'_> {
             Ok((s, versions)) => {
                 crate::failpoint!("backup.before-completed");
                 b.versions = versions;
+                b.unreadable = None;
                 b.status = BackupStatus::Completed;
                 b.completed_at = Some(self.now());
                 b.snapshot_id = Some(s.id);
@@ -267,6 +271,7 @@ impl Executor<'_> {
                 b.status = BackupStatus::Failed;
                 b.failed_at = Some(self.now());
                 b.error = Some(e.clone());
+                b.unreadable = unreadable;
                 if !retry {
                     // What this version lacks (or the file no longer declares) does not come
                     // with a retry.
@@ -296,6 +301,7 @@ impl Executor<'_> {
         b: &BackupRecord,
         source: &Source,
         kind: &dyn kinds::Kind,
+        unreadable: &mut Option<crate::records::Unreadable>,
     ) -> Result<(crate::engine::SnapshotInfo, BTreeMap<String, String>), (String, bool)> {
         let what = kind
             .backup_source(source, &b.instance)
@@ -321,7 +327,15 @@ impl Executor<'_> {
                 }
                 BackupSource::Stream(s) => self.engine.backup_stream(&repo, &s, &tags, progress),
             }
-            .map_err(|e: EngineError| e.to_string())
+            .map_err(|e: EngineError| {
+                if let EngineError::Unreadable { total, items, .. } = &e {
+                    *unreadable = Some(crate::records::Unreadable {
+                        total: *total,
+                        paths: items.clone(),
+                    });
+                }
+                e.to_string()
+            })
         })();
         crate::failpoint!("backup.stored");
         // A temporary copy the kind made goes, whatever the outcome.

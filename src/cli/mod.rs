@@ -148,6 +148,9 @@ enum Command {
         /// Share of the data to read back, like `5%` (default) or `100%`.
         #[arg(long, default_value = "5%", value_parser = parse_share)]
         subset: f64,
+        /// Print the report as JSON (damaged packs with the backups they affect).
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script generated from this command line.
     #[command(
@@ -291,9 +294,11 @@ pub fn main() -> Exit {
             },
             log_format,
         ),
-        Command::Verify { config, subset } => {
-            verify::run(&config.resolve(), subset, &mut out, &mut err)
-        }
+        Command::Verify {
+            config,
+            subset,
+            json,
+        } => verify::run(&config.resolve(), subset, json, &mut out, &mut err),
         Command::Completions { shell } => completions::run(shell, &mut out),
         Command::Man { out_dir } => man::run(out_dir.as_deref(), &mut out, &mut err),
     };

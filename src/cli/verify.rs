@@ -8,14 +8,20 @@ use std::path::Path;
 use super::{Exit, load_config};
 use crate::control::{AskError, ask};
 use crate::query::Query;
-use crate::verify::check;
+use crate::verify::{Verified, run as run_verify};
 
-pub fn run(config: &Path, subset: f64, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
+pub fn run(
+    config: &Path,
+    subset: f64,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Exit {
     let Some(loaded) = load_config(config, err) else {
         return Exit::Failure;
     };
     let cfg = &loaded.config;
-    match ask(&cfg.daemon.control_socket, &Query::Verify { subset }) {
+    match ask(&cfg.daemon.control_socket, &Query::Verify { subset, json }) {
         Ok(a) => {
             let _ = out.write_all(a.stdout.as_bytes());
             let _ = err.write_all(a.stderr.as_bytes());
@@ -35,7 +41,13 @@ pub fn run(config: &Path, subset: f64, out: &mut dyn Write, err: &mut dyn Write)
         }
     };
     let engine = crate::engine::RusticEngine::new();
-    if check(cfg, &rec, &engine, subset, out) > 0 {
+    let verified = run_verify(cfg, &rec, &engine, subset);
+    if json {
+        let _ = out.write_all(Verified::json(Some(&verified), "").as_bytes());
+    } else {
+        verified.write_text(subset, out);
+    }
+    if verified.problems > 0 {
         Exit::Failure
     } else {
         Exit::Ok

@@ -102,8 +102,11 @@ pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {
         return approve(shared, *allow_mass_removal, approved);
     }
     let cfg = super::read(&shared.config);
-    if let (Query::Verify { subset }, Some(cfg)) = (q, &cfg) {
-        let (report, problems) = shared.verify(cfg, *subset);
+    if let (Query::Verify { subset, json }, Some(cfg)) = (q, &cfg) {
+        let (mut report, problems, verified) = shared.verify_full(cfg, *subset);
+        if *json {
+            report = crate::verify::Verified::json(verified.as_ref(), &report);
+        }
         return Answer {
             exit: u8::from(problems),
             stdout: report,

@@ -118,14 +118,29 @@ impl Shared {
     /// Verifies the repositories against the records (blocking): the report, and whether it
     /// found problems. The outcome is kept for `status`.
     fn verify(&self, cfg: &Config, subset: f64) -> (String, bool) {
+        let (report, failed, _) = self.verify_full(cfg, subset);
+        (report, failed)
+    }
+
+    /// [`Shared::verify`] with what was found (`None` when the state could not be read).
+    fn verify_full(
+        &self,
+        cfg: &Config,
+        subset: f64,
+    ) -> (String, bool, Option<crate::verify::Verified>) {
         let started = std::time::Instant::now();
         tracing::info!(op = "verify", subset, "verify started");
         let mut out = Vec::new();
-        let problems = match self.store.load() {
-            Ok(rec) => crate::verify::check(cfg, &rec, self.engine.as_ref(), subset, &mut out),
+        let (verified, problems) = match self.store.load() {
+            Ok(rec) => {
+                let v = crate::verify::run(cfg, &rec, self.engine.as_ref(), subset);
+                v.write_text(subset, &mut out);
+                let n = v.problems;
+                (Some(v), n)
+            }
             Err(e) => {
                 out.extend(format!("cannot read the state: {e}\n").bytes());
-                1
+                (None, 1)
             }
         };
         let report = String::from_utf8_lossy(&out).into_owned();
@@ -154,7 +169,7 @@ impl Shared {
             "{}: {outcome}",
             crate::plan::fmt_time(&self.clock.now())
         ));
-        (report, problems > 0)
+        (report, problems > 0, verified)
     }
 }
 

@@ -179,6 +179,17 @@ pub struct VerifyReport {
     /// Problems found; empty means the repository is sound.
     pub problems: Vec<String>,
     pub snapshots: usize,
+    /// The packs the problems name, each with the snapshots that reference a blob in it.
+    pub damaged_packs: Vec<DamagedPack>,
+}
+
+/// A pack found damaged (or missing) by a check, and the snapshots it takes data from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DamagedPack {
+    /// The pack's full id.
+    pub pack: String,
+    /// Full ids of the snapshots with a file, folder or tree blob in the pack.
+    pub snapshots: Vec<String>,
 }
 
 /// Where progress of long operations goes (a terminal line, or log lines).
@@ -223,9 +234,35 @@ pub enum EngineError {
     NoSnapshot { repo: PathBuf, id: String },
     #[error("restore target {} must be an empty or absent folder", path.display())]
     DestinationNotEmpty { path: PathBuf },
+    /// Items of the source could not be read: the snapshot was incomplete and is discarded.
+    /// `items` holds the first [`crate::records::Unreadable::MAX_LISTED`] of `total`.
+    #[error(
+        "{total} item(s) of {} could not be read, so the backup is incomplete and was discarded: {}",
+        folder.display(),
+        first_items(items, *total)
+    )]
+    Unreadable {
+        folder: PathBuf,
+        total: usize,
+        items: Vec<String>,
+    },
     /// The producer of a stream backup failed; no snapshot was kept.
     #[error("{program} failed, so no backup was kept: {message}")]
     Producer { program: String, message: String },
+}
+
+/// The first three of a list of paths, and how many more (an error message stays one line;
+/// the backup's record lists more).
+fn first_items(items: &[String], total: usize) -> String {
+    let shown: Vec<&str> = items.iter().take(3).map(String::as_str).collect();
+    let mut text = shown.join(", ");
+    if total > shown.len() {
+        text += &format!(
+            " and {} more (`backplan show` lists them)",
+            total - shown.len()
+        );
+    }
+    text
 }
 
 /// The engine's operations. Every call blocks; call from a blocking thread.

@@ -420,14 +420,14 @@ impl Engine for RusticEngine {
                 let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
                 indexed.delete_snapshots(&ids).map_err(err(repo))?;
                 sync_repository(repo)?;
-                return Err(EngineError::Repository {
-                    repo: repo.path.clone(),
-                    message: format!(
-                        "{} item(s) of {} could not be read, so the backup is incomplete and was discarded; first: {}",
-                        skipped.len(),
-                        source.display(),
-                        skipped[0]
-                    ),
+                let paths = unreadable_paths(&skipped);
+                return Err(EngineError::Unreadable {
+                    folder: source.to_path_buf(),
+                    total: paths.len(),
+                    items: paths
+                        .into_iter()
+                        .take(crate::records::Unreadable::MAX_LISTED)
+                        .collect(),
                 });
             }
             sync_repository(repo)?;
@@ -637,14 +637,29 @@ impl Engine for RusticEngine {
             }
             let results = open.check(opts).map_err(err(repo))?;
             // `check` returns Ok even when it finds errors: read the findings.
-            let problems = results
+            let problems: Vec<String> = results
                 .0
                 .iter()
                 .map(|(level, e)| format!("{level:?}: {}", one_line(&e.to_string())))
                 .collect();
+            let damaged_packs = if problems.is_empty() {
+                Vec::new()
+            } else {
+                let named: Vec<String> = problems.iter().flat_map(|p| named_packs(p)).collect();
+                // What the damage touches is a help, not the verdict: an index that cannot be
+                // read leaves it out.
+                open.to_indexed_ids()
+                    .map_err(err(repo))
+                    .and_then(|indexed| affected_snapshots(&indexed, &named, repo))
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("verify: cannot tell which backups the damage affects: {e}");
+                        Vec::new()
+                    })
+            };
             Ok(VerifyReport {
                 problems,
                 snapshots,
+                damaged_packs,
             })
         })
     }
@@ -681,6 +696,89 @@ fn isolated<T: Send>(
             })
         })
     })
+}
+
+/// The pack ids (or their leading hex digits, as check messages print them) that a check
+/// finding names: `pack <hex>`.
+fn named_packs(problem: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = problem;
+    while let Some(at) = rest.find("pack ") {
+        rest = &rest[at + 5..];
+        let hex: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if hex.len() >= 8 && !out.contains(&hex) {
+            out.push(hex);
+        }
+    }
+    out
+}
+
+/// For each named pack (matched by the start of its id in the index), the snapshots that
+/// reference a blob in it. Each tree is read at most once (a subtree's answer is kept); a tree
+/// that cannot be read counts as affected.
+fn affected_snapshots<S: rustic_core::Open + rustic_core::IndexedTree>(
+    open: &Repository<S>,
+    named: &[String],
+    repo: &Repo,
+) -> Result<Vec<DamagedPack>, EngineError> {
+    use rustic_core::repofile::IndexFile;
+    use std::collections::HashSet;
+    // The blobs of each named pack, from the index.
+    let mut packs: Vec<(String, HashSet<rustic_core::Id>)> = Vec::new();
+    for file in open.stream_files::<IndexFile>().map_err(err(repo))? {
+        let (_, index) = file.map_err(err(repo))?;
+        for p in index.packs.iter().chain(&index.packs_to_delete) {
+            let hex = p.id.to_hex().to_string();
+            if named.iter().any(|n| hex.starts_with(n.as_str())) {
+                let blobs = p.blobs.iter().map(|b| *b.id);
+                match packs.iter_mut().find(|(h, _)| *h == hex) {
+                    Some((_, set)) => set.extend(blobs),
+                    None => packs.push((hex, blobs.collect())),
+                }
+            }
+        }
+    }
+    let snapshots = open.get_all_snapshots().map_err(err(repo))?;
+    let mut out = Vec::new();
+    for (pack, blobs) in packs {
+        let mut known: HashMap<rustic_core::Id, bool> = HashMap::new();
+        let affected = snapshots
+            .iter()
+            .filter(|s| tree_uses(open, *s.tree, &blobs, &mut known))
+            .map(|s| s.id.to_hex().to_string())
+            .collect();
+        out.push(DamagedPack {
+            pack,
+            snapshots: affected,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether the tree `id` (or anything below it) has a blob in `blobs`.
+fn tree_uses<S: rustic_core::Open + rustic_core::IndexedTree>(
+    open: &Repository<S>,
+    id: rustic_core::Id,
+    blobs: &std::collections::HashSet<rustic_core::Id>,
+    known: &mut HashMap<rustic_core::Id, bool>,
+) -> bool {
+    if let Some(k) = known.get(&id) {
+        return *k;
+    }
+    let uses = blobs.contains(&id)
+        || match open.get_tree(&id.into()) {
+            Err(_) => true,
+            Ok(tree) => tree.nodes.iter().any(|n| {
+                n.content.iter().flatten().any(|c| blobs.contains(&**c))
+                    || n.subtree.is_some_and(|t| tree_uses(open, *t, blobs, known))
+            }),
+        };
+    known.insert(id, uses);
+    uses
 }
 
 /// The snapshot named by its full id. A full id only: the library reads a shorter one (even an
@@ -1027,6 +1125,33 @@ impl log::Log for LogBridge {
     fn flush(&self) {}
 }
 
+/// The paths in rustic's "ignoring error" warnings, each once, in the order seen (the size
+/// scan and the walk both report an unreadable folder). A warning whose path cannot be found
+/// stays whole.
+fn unreadable_paths(warnings: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    warnings
+        .iter()
+        .map(|w| unreadable_path(w).unwrap_or(w).to_string())
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
+}
+
+/// The path in one warning: `... at `PATH` ...` (a file that cannot be opened), or the walk's
+/// `PATH: <os error>` (after `caused by: ` or right after `ignoring error `).
+fn unreadable_path(warning: &str) -> Option<&str> {
+    if let Some((_, rest)) = warning.split_once(" at `") {
+        return rest.split_once('`').map(|(p, _)| p);
+    }
+    let rest = match warning.split_once("caused by: ") {
+        Some((_, rest)) => rest,
+        None => warning.strip_prefix("ignoring error ")?,
+    };
+    rest.split_once(": ")
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with('/'))
+}
+
 /// Sends `log` records (rustic's, sled's) to tracing, and lets backups see skipped files.
 /// Installed by the engine; idempotent.
 pub fn install_log_bridge() {
@@ -1088,5 +1213,28 @@ mod tests {
             }) => assert_eq!(message, "boom"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn unreadable_paths_are_found_in_rustic_warnings_once_each() {
+        let w = |s: &str| s.to_string();
+        let warnings = [
+            w(
+                "ignoring error: Error: Failed to open ReadSourceOpen at `/d/a b`\nFailed to open file at `/d/a b`. Please make sure the file exists and is accessible. (kind: related to input/output operations): caused by: Permission denied (os error 13)",
+            ),
+            w("ignoring error /d/locked: Permission denied (os error 13)"),
+            w(
+                "ignoring error: Error: Failed to get next entry from walk iterator. (kind: internal): caused by: /d/locked: Permission denied (os error 13)",
+            ),
+            w("ignoring error reading parent snapshot: something else"),
+        ];
+        assert_eq!(
+            unreadable_paths(&warnings),
+            [
+                "/d/a b",
+                "/d/locked",
+                "ignoring error reading parent snapshot: something else"
+            ]
+        );
     }
 }

@@ -248,6 +248,7 @@ fn recorded(instances: &[(usize, bool, usize, bool)], backups: &[RecBackup]) -> 
                 delete_at: None,
                 status_before_delete: None,
                 versions: Default::default(),
+                unreadable: None,
             },
         );
     }

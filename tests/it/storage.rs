@@ -124,7 +124,7 @@ pub(crate) fn create_container(endpoint: &str, name: &str) {
 }
 
 /// The names of the blobs in a container.
-fn blobs(endpoint: &str, container: &str) -> Vec<String> {
+pub(crate) fn blobs(endpoint: &str, container: &str) -> Vec<String> {
     let (code, body) = azure_request(
         endpoint,
         "GET",
@@ -143,7 +143,7 @@ pub(crate) fn create_bucket(endpoint: &str, name: &str) {
     assert_eq!(code, 200, "creating bucket {name}: {body}");
 }
 
-fn apply(dir: &Path) -> Run {
+pub(crate) fn apply(dir: &Path) -> Run {
     backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
 }
 

@@ -13,8 +13,10 @@
 //!   for, before any request.
 //! - The S3 service reads no AWS profile, environment or instance metadata: only what the
 //!   file names.
-//! - Requests time out (connect 15 s, no byte for 120 s) and temporary failures are retried
-//!   (4 times, with back-off): a dead endpoint fails an operation, it does not hang it.
+//! - Requests time out (connect 15 s, no byte of the answer for 120 s, 10 minutes in all) and
+//!   temporary failures are retried (4 times, with back-off of 1, 2, 4, 8 s): a dead or
+//!   stalled endpoint fails an operation within about 11 minutes (a trickling one within 51),
+//!   it does not hang it.
 //! - Object stores need no folders: creating a repository writes no placeholder objects.
 
 use std::sync::{Arc, OnceLock};
@@ -57,9 +59,11 @@ fn transport() -> Result<HttpTransporter, EngineError> {
         ));
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let (connect, read, whole) = timeouts();
     let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(120))
+        .connect_timeout(connect)
+        .read_timeout(read)
+        .timeout(whole)
         .build()
         .map_err(|e| EngineError::Remote {
             repo: "object store".into(),
@@ -70,6 +74,29 @@ fn transport() -> Result<HttpTransporter, EngineError> {
         opendal_http_transport_reqwest::ReqwestTransport::new(client),
     ))
 }
+
+/// The bounds of one request: to connect, without a byte of the answer, and in all (a pack
+/// upload to an endpoint that takes the bytes ever more slowly has no other bound). Debug
+/// builds only: `BACKPLAN_TEST_STORAGE_TIMEOUT` (seconds) sets the first two and thrice it
+/// the third, so that tests of a hung storage take seconds, not minutes.
+fn timeouts() -> (Duration, Duration, Duration) {
+    #[cfg(debug_assertions)]
+    if let Some(s) = std::env::var("BACKPLAN_TEST_STORAGE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let s = Duration::from_secs(s);
+        return (s, s, 3 * s);
+    }
+    (
+        Duration::from_secs(15),
+        Duration::from_secs(120),
+        REQUEST_TIMEOUT,
+    )
+}
+
+/// A request that takes longer is stuck: a 100 MiB pack at 170 KiB/s.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Reads a credential from where the file says it is.
 pub(super) fn read_secret(source: &SecretSource, what: &str) -> Result<String, EngineError> {
@@ -275,6 +302,7 @@ fn log_retry(event: opendal::layers::RetryEvent<'_>) {
 fn describe(container: &str, doing: &str, e: &opendal::Error) -> String {
     let text = e.to_string();
     let has = |code: &str| text.contains(code);
+    let cause = causes(e);
     let meaning = if has("AuthenticationFailed")
         || has("SignatureDoesNotMatch")
         || has("InvalidAccessKeyId")
@@ -296,13 +324,53 @@ fn describe(container: &str, doing: &str, e: &opendal::Error) -> String {
         "no such account at this endpoint".to_string()
     } else if e.kind() == opendal::ErrorKind::NotFound {
         "not found".to_string()
+    } else if cause.contains("timed out") || cause.contains("deadline") {
+        "the endpoint did not answer in time (stalled or too slow; each request is bounded)"
+            .to_string()
+    } else if cause.contains("closed before message completed")
+        || cause.contains("reset")
+        || cause.contains("broken pipe")
+        || cause.contains("unexpected end")
+        || cause.contains("unexpected eof")
+    {
+        "the connection was cut off during the request (network or endpoint failure); what it was writing is not in the storage".to_string()
     } else if has("error sending request") || has("connect") || has("dns") || has("timed out") {
         "the endpoint cannot be reached (address, port, network or TLS)".to_string()
     } else {
         format!("{:?}", e.kind())
     };
-    let detail = e.message().lines().next().unwrap_or_default();
+    let mut detail = e.message().lines().next().unwrap_or_default().to_string();
+    if let Some(inner) = innermost(e) {
+        detail += &format!(": {inner}");
+    }
     format!("{doing} in {container}: {meaning} ({detail})")
+}
+
+/// The innermost cause of an error that has one (`connection reset by peer (os error 104)`).
+fn innermost(e: &opendal::Error) -> Option<String> {
+    let mut last = std::error::Error::source(e)?;
+    while let Some(c) = last.source() {
+        last = c;
+    }
+    Some(
+        last.to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// The error's causes, innermost last, in lower case: what the network said (`connection
+/// reset`, `operation timed out`, ...) lies under OpenDAL's `send http request`.
+fn causes(e: &opendal::Error) -> String {
+    let mut text = String::new();
+    let mut next: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = next {
+        text += &format!("{c}; ").to_lowercase();
+        next = c.source();
+    }
+    text
 }
 
 impl ReadBackend for ObjectStore {

@@ -103,6 +103,7 @@ label = "still in the file"
                 .then(|| t + Duration::days(1)),
             status_before_delete: None,
             versions: Default::default(),
+            unreadable: None,
         }
     }
 
