@@ -390,3 +390,48 @@ fn compare_tree(root: &Path, listing: &[TreeEntry]) -> Result<usize, String> {
         problems.join("; ")
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: EntryKind, size: u64) -> TreeEntry {
+        TreeEntry {
+            path: path.into(),
+            kind,
+            size,
+        }
+    }
+
+    #[test]
+    fn the_tree_comparison_finds_every_kind_of_difference() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/a"), "abc").unwrap();
+        std::os::unix::fs::symlink("d/a", root.join("l")).unwrap();
+        let listing = vec![
+            entry("", EntryKind::Dir, 0),
+            entry("d", EntryKind::Dir, 0),
+            entry("d/a", EntryKind::File, 3),
+            entry("l", EntryKind::Symlink, 0),
+        ];
+        assert_eq!(compare_tree(root, &listing), Ok(3));
+
+        // A file of another size, a missing entry, an extra one, another type.
+        std::fs::write(root.join("d/a"), "abcd").unwrap();
+        let e = compare_tree(root, &listing).unwrap_err();
+        assert!(e.contains("d/a has 4 bytes, the snapshot 3"), "{e}");
+        std::fs::remove_file(root.join("l")).unwrap();
+        std::fs::write(root.join("extra"), "").unwrap();
+        let e = compare_tree(root, &listing).unwrap_err();
+        assert!(e.contains("l is missing"), "{e}");
+        assert!(e.contains("extra is not in the snapshot"), "{e}");
+        assert!(e.contains("in 3 place(s)"), "{e}");
+        std::fs::write(root.join("d/a"), "abc").unwrap();
+        std::fs::remove_file(root.join("extra")).unwrap();
+        std::fs::create_dir(root.join("l")).unwrap();
+        let e = compare_tree(root, &listing).unwrap_err();
+        assert!(e.contains("l is a Dir, the snapshot has a Symlink"), "{e}");
+    }
+}
