@@ -466,3 +466,94 @@ fn storage_check_tries_credentials_container_and_a_round_trip() {
         assert!(run.stderr.contains(says), "{bad}: {}", run.transcript());
     }
 }
+
+/// Issue 10's done-when: a backup kept in Azure outlives the expiry of the local backups,
+/// restores into a sandbox, and once removed from the file it leaves backplan's catalogue
+/// while its data stays in the container (`purge_on_delete` is off by default).
+#[test]
+fn an_azure_backup_outlives_local_expiry_and_stays_in_the_container_after_removal() {
+    let Some(endpoint) = emulator("azurite", "BACKPLAN_TEST_AZURITE") else {
+        return;
+    };
+    let container = unique("bp");
+    create_container(&endpoint, &container);
+    let tmp = quickstart_with(&format!(
+        "[storage.archive]\nkind = \"azure\"\naccount = \"{AZ_ACCOUNT}\"\ncontainer = \"{container}\"\nendpoint = \"{endpoint}\"\naccess_key_env = \"BACKPLAN_TEST_AZ_KEY\"\npassword_file = \"archive.key\""
+    ));
+    let dir = tmp.path();
+    // SAFETY: tests in this process read no other variable of this name.
+    unsafe { std::env::set_var("BACKPLAN_TEST_AZ_KEY", AZ_KEY) };
+    // Local backups expire after a second, and none is kept as the last good one.
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let text = text
+        .replace(
+            "retention = \"3d\"",
+            "retention = \"1s\"\ndeletion_grace = \"1s\"",
+        )
+        .replace("keep_last_good = 1", "keep_last_good = 0");
+    std::fs::write(dir.join("backplan.toml"), text).unwrap();
+    backup_and_restore(dir);
+    let snapshots_in_container =
+        |names: &[String]| names.iter().filter(|n| n.starts_with("snapshots/")).count();
+    assert_eq!(snapshots_in_container(&blobs(&endpoint, &container)), 1);
+
+    // The local backups (the quickstart's own and the restore's safety backup) expire; the
+    // archive's backup stays completed and restorable.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let list = backups_json(dir);
+    let local_left: Vec<_> = list
+        .iter()
+        .filter(|b| b["storage"] == "local" && b["status"] == "completed")
+        .collect();
+    assert!(local_left.is_empty(), "local backups expired: {list:?}");
+    assert!(
+        restic_snapshots(dir).is_empty(),
+        "the local repository holds no snapshot any more"
+    );
+    let offsite: Vec<_> = list.iter().filter(|b| b["key"] == "offsite").collect();
+    assert_eq!(offsite.len(), 1, "{list:?}");
+    assert_eq!(offsite[0]["status"], "completed", "{list:?}");
+
+    // Restored again after the expiry, into the sandbox.
+    std::fs::remove_dir_all(dir.join("data/contoso-sandbox")).unwrap();
+    std::fs::create_dir(dir.join("data/contoso-sandbox")).unwrap();
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let text = text.replace("[restores.from-archive]", "[restores.again-from-archive]");
+    std::fs::write(dir.join("backplan.toml"), text).unwrap();
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_same_tree(&dir.join("expected"), &dir.join("data/contoso-sandbox"));
+
+    // Removed from the file: the plan says the data stays; after the grace the backup leaves
+    // the catalogue, and its snapshot is still in the container.
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let text = text
+        .replace(
+            "[instances.contoso.backups.offsite]\nlabel = \"Off the host\"\nstorage = \"archive\"",
+            "",
+        )
+        .replace(
+            "[restores.again-from-archive]\nfrom = \"contoso/offsite\"\nto = \"contoso-sandbox\"",
+            "",
+        );
+    assert!(!text.contains("offsite"), "{text}");
+    std::fs::write(dir.join("backplan.toml"), text).unwrap();
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let list = backups_json(dir);
+    let offsite: Vec<_> = list.iter().filter(|b| b["key"] == "offsite").collect();
+    assert!(
+        offsite.iter().all(|b| b["status"] != "completed"),
+        "left the catalogue: {list:?}"
+    );
+    assert_eq!(
+        snapshots_in_container(&blobs(&endpoint, &container)),
+        1,
+        "its data stays in the container"
+    );
+}
