@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::plan::{Plan, fmt_time};
-use crate::records::{BackupRecord, BackupStatus, CreatedBy, Recorded};
+use crate::records::{BackupRecord, BackupStatus, CreatedBy, DrillOutcome, Recorded};
 use crate::views::{self, human_bytes};
 
 /// Backups listed per instance (and restores listed); the rest are counted, with the command
@@ -95,6 +95,7 @@ fn instances(o: &mut String, p: &Page) {
         "Version",
         "State",
         "Last good backup",
+        "Last drill",
         "Next daily",
     ];
     table_head(o, &heads);
@@ -118,6 +119,13 @@ fn instances(o: &mut String, p: &Page) {
                 )
             })
             .unwrap_or_else(|| "<span class=\"bad\">none</span>".into());
+        let last_drill = match &s.last_drill {
+            Some(d) if d.outcome == DrillOutcome::Passed => {
+                format!("<span class=\"ok\">{}</span>", esc(&d.text()))
+            }
+            Some(d) => format!("<span class=\"bad\">{}</span>", esc(&d.text())),
+            None => "-".into(),
+        };
         row(
             o,
             &heads,
@@ -127,6 +135,7 @@ fn instances(o: &mut String, p: &Page) {
                 esc(&s.version),
                 state,
                 last_good,
+                last_drill,
                 s.next_daily
                     .as_ref()
                     .map(fmt_time)
@@ -383,6 +392,68 @@ mod tests {
             page.contains("10 older backups are not shown: <code>backplan backups contoso</code>")
         );
         assert!(page.contains("No restores recorded."));
+    }
+
+    #[test]
+    fn the_last_drill_of_each_instance_is_shown_escaped() {
+        let text = "[daemon]\nstate_dir = \"state\"\n\n\
+            [instances.a]\ntype = \"production\"\nversion = \"1\"\nsource = { kind = \"directory\", path = \"a\" }\n\n\
+            [instances.b]\ntype = \"production\"\nversion = \"1\"\nsource = { kind = \"directory\", path = \"b\" }\n\n\
+            [instances.c]\ntype = \"production\"\nversion = \"1\"\nsource = { kind = \"directory\", path = \"c\" }\n";
+        let (cfg, _) =
+            crate::config::parse(std::path::Path::new("/srv/backplan.toml"), text).unwrap();
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        let run = |outcome, rto, detail: &str| crate::records::DrillRun {
+            backup_id: uuid::Uuid::nil(),
+            started_at: at("2026-11-27T02:05:00Z"),
+            outcome,
+            rto_seconds: rto,
+            duration_seconds: 2.0,
+            detail: detail.into(),
+        };
+        let mut rec = Recorded::default();
+        let passed = run(DrillOutcome::Passed, Some(1.3), "12 entries match");
+        rec.drills.insert(
+            "a".into(),
+            crate::records::DrillRecord::with_run(None, "a", passed),
+        );
+        let failed = run(DrillOutcome::Failed, None, "<b>bad</b> pack & more");
+        rec.drills.insert(
+            "b".into(),
+            crate::records::DrillRecord::with_run(None, "b", failed),
+        );
+        let page = render(&Page {
+            config: Some(&cfg),
+            config_error: None,
+            recorded: &rec,
+            plan: None,
+            activity: "waiting",
+            last_verify: None,
+            now: at("2026-11-27T03:00:00Z"),
+        });
+        assert!(page.contains("<th>Last drill</th>"), "{page}");
+        let cell = |name: &str| {
+            let row = page
+                .split("<tr>")
+                .find(|r| r.contains(&format!(">{name}<")))
+                .unwrap();
+            row.split("<td data-label=\"Last drill\">")
+                .nth(1)
+                .unwrap()
+                .split("</td>")
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            cell("a"),
+            "<span class=\"ok\">passed 2026-11-27 02:05Z, restore took 1.3 s</span>"
+        );
+        assert_eq!(
+            cell("b"),
+            "<span class=\"bad\">FAILED 2026-11-27 02:05Z: &lt;b&gt;bad&lt;/b&gt; pack &amp; more</span>"
+        );
+        assert_eq!(cell("c"), "-");
     }
 
     #[test]
