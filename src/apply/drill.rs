@@ -233,7 +233,7 @@ impl Executor<'_> {
     /// Checked again before anything is written: the drill folder is not, does not hold and
     /// is not inside any instance's store (file or recorded).
     fn drill_dir_apart(&self, dir: &Path) -> Result<(), String> {
-        let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let real = crate::config::validate::resolved;
         let drill = real(dir);
         let recorded = self.store.load().map_err(|e| e.to_string())?;
         let sources = self

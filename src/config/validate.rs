@@ -1383,24 +1383,47 @@ pub fn lexical(p: &std::path::Path) -> PathBuf {
     out
 }
 
-/// `p` as the system resolves it: its deepest existing ancestor with symbolic links
-/// followed, then the rest by name. Creates nothing.
-fn resolved(p: &std::path::Path) -> PathBuf {
-    let p = lexical(p);
-    let mut rest = Vec::new();
-    let mut existing = p.as_path();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return lexical(&rest.iter().rev().fold(real, |acc: PathBuf, c| acc.join(c)));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
+/// `p` as the system resolves it: symbolic links followed one component at a time (a
+/// dangling one too, to where it points: the folder may appear later), `..` taken after the
+/// link before it, and what does not exist by name. Creates nothing.
+pub fn resolved(p: &std::path::Path) -> PathBuf {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    resolved_from(&p, 0)
+}
+
+fn resolved_from(p: &std::path::Path, links: u32) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    // Under a missing folder nothing exists: no more look-ups.
+    let mut missing = false;
+    let mut parts = p.components();
+    while let Some(c) = parts.next() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
             }
-            _ => return p,
+            c => {
+                let next = out.join(c);
+                // 40 links, as the kernel allows; past that, names.
+                if !missing && links < 40 {
+                    match std::fs::read_link(&next) {
+                        // A relative target is read from the link's folder.
+                        Ok(target) => {
+                            return resolved_from(
+                                &out.join(target).join(parts.as_path()),
+                                links + 1,
+                            );
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing = true,
+                        Err(_) => {}
+                    }
+                }
+                out = next;
+            }
         }
     }
+    out
 }
 
 /// `metrics_listen`: an IP address and a port, or a port alone (`9464`, `:9464`) for the

@@ -10,8 +10,13 @@ use crate::output::masked;
 use crate::storage::*;
 use crate::trees::*;
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
+/// `backplan storage adopt STORAGE`, with `--auto-approve` when `approve`.
+fn adopt(dir: &Path, storage: &str, approve: bool) -> Run {
+    let mut args = vec!["storage", "adopt", storage, "-c", "backplan.toml"];
+    if approve {
+        args.push("--auto-approve");
+    }
+    backplan(dir, &args)
 }
 
 fn set_config(dir: &Path, from: &str, to: &str) {
@@ -203,7 +208,7 @@ fn a_new_host_adopts_the_azure_storage_and_restores_from_it() {
     std::fs::write(dir.join("data/contoso/a.txt"), "changed after the backup\n").unwrap();
 
     // The plan first; off a terminal without --auto-approve nothing is written.
-    let shown = backplan(dir, &["storage", "adopt", "archive", "-c", "backplan.toml"]);
+    let shown = adopt(dir, "archive", false);
     assert_eq!(shown.code, 1, "{}", shown.transcript());
     assert!(backups_json(dir).is_empty());
     insta::assert_snapshot!(
@@ -211,17 +216,7 @@ fn a_new_host_adopts_the_azure_storage_and_restores_from_it() {
         mask(&shown.transcript().replace(&container, "[CONTAINER]"))
     );
 
-    let run = backplan(
-        dir,
-        &[
-            "storage",
-            "adopt",
-            "archive",
-            "-c",
-            "backplan.toml",
-            "--auto-approve",
-        ],
-    );
+    let run = adopt(dir, "archive", true);
     assert_eq!(run.code, 0, "{}", run.transcript());
     assert_eq!(
         in_storage(dir, "archive"),
@@ -230,17 +225,7 @@ fn a_new_host_adopts_the_azure_storage_and_restores_from_it() {
     );
 
     // Again: everything is in the catalogue already.
-    let again = backplan(
-        dir,
-        &[
-            "storage",
-            "adopt",
-            "archive",
-            "-c",
-            "backplan.toml",
-            "--auto-approve",
-        ],
-    );
+    let again = adopt(dir, "archive", true);
     assert_eq!(again.code, 0, "{}", again.transcript());
     assert!(
         again.stdout.starts_with("Nothing to adopt"),
@@ -291,17 +276,7 @@ fn adopt_on_a_local_storage_refuses_a_key_this_host_took_again_and_needs_no_daem
     let second = in_storage(dir, "disk");
     assert_eq!(second.len(), 1);
     assert_ne!(second[0]["id"], first[0]["id"]);
-    let run = backplan(
-        dir,
-        &[
-            "storage",
-            "adopt",
-            "disk",
-            "-c",
-            "backplan.toml",
-            "--auto-approve",
-        ],
-    );
+    let run = adopt(dir, "disk", true);
     assert_eq!(run.code, 1, "{}", run.transcript());
     assert!(
         run.stdout.contains("x backup.contoso/k [adopt-collision]"),
@@ -324,17 +299,7 @@ fn adopt_on_a_local_storage_refuses_a_key_this_host_took_again_and_needs_no_daem
     // With the key free (the state lost again before any apply), the first one comes back
     // with its label and notes.
     std::fs::remove_dir_all(dir.join("state")).unwrap();
-    let run = backplan(
-        dir,
-        &[
-            "storage",
-            "adopt",
-            "disk",
-            "-c",
-            "backplan.toml",
-            "--auto-approve",
-        ],
-    );
+    let run = adopt(dir, "disk", true);
     assert_eq!(
         run.code,
         1,
@@ -348,7 +313,7 @@ fn adopt_on_a_local_storage_refuses_a_key_this_host_took_again_and_needs_no_daem
 
     // A running daemon holds the state: adopt refuses and says how to go on.
     let d = crate::daemon::Daemon::start(dir, &[], &[]);
-    let run = backplan(dir, &["storage", "adopt", "disk", "-c", "backplan.toml"]);
+    let run = adopt(dir, "disk", false);
     assert_eq!(run.code, 1, "{}", run.transcript());
     assert!(run.stderr.contains("a daemon is running"), "{}", run.stderr);
     let (code, _) = d.stop();

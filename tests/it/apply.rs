@@ -6,10 +6,6 @@ use std::process::Command;
 use crate::helpers::*;
 use crate::trees::*;
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
-}
-
 fn copy_tree(from: &Path, to: &Path) {
     let ok = Command::new("cp")
         .arg("-a")
@@ -332,33 +328,7 @@ fn a_backup_missing_files_fails_rather_than_hiding_the_gap() {
         std::fs::Permissions::from_mode(0o000),
     )
     .unwrap();
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = if root {
-        let ok = Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(
-            tmp.path().parent().unwrap(),
-            std::fs::Permissions::from_mode(0o1777),
-        )
-        .ok();
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_backplan"));
-        c
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_backplan"))
-    };
-    let out = cmd
-        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let out = as_nobody(dir, &["apply", "-c", "backplan.toml", "--auto-approve"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -384,20 +354,7 @@ fn verify_finds_a_damaged_repository() {
     assert_eq!(run.code, 0, "{}", run.transcript());
     assert!(run.stdout.contains("storage local: OK"), "{}", run.stdout);
     // Flip bytes in the middle of the largest pack.
-    let mut packs: Vec<(u64, std::path::PathBuf)> = Vec::new();
-    for sub in std::fs::read_dir(dir.join("state/repository/data")).unwrap() {
-        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            let p = p.unwrap().path();
-            packs.push((std::fs::metadata(&p).unwrap().len(), p));
-        }
-    }
-    packs.sort();
-    let (len, pack) = packs.last().unwrap();
-    let mut bytes = std::fs::read(pack).unwrap();
-    for b in &mut bytes[(*len as usize / 2)..(*len as usize / 2 + 64)] {
-        *b ^= 0xff;
-    }
-    std::fs::write(pack, bytes).unwrap();
+    damage_largest_pack(dir);
     let run = backplan(dir, &["verify", "-c", "backplan.toml", "--subset", "100%"]);
     assert_eq!(run.code, 1, "{}", run.transcript());
     assert!(

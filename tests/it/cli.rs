@@ -1,17 +1,12 @@
 //! The command line as a newcomer meets it: the quickstart, exit statuses, files on disk.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use crate::helpers::*;
 
-fn quickstart() -> tempfile::TempDir {
-    scratch_copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart"))
-}
-
 #[test]
 fn quickstart_is_valid() {
-    let tmp = quickstart();
+    let tmp = quickstart_copy();
     let run = backplan(tmp.path(), &["validate", "-c", "backplan.toml"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
     assert!(
@@ -25,7 +20,7 @@ fn quickstart_is_valid() {
 
 #[test]
 fn quickstart_plan_json_has_the_spec_shape_and_creates_nothing() {
-    let tmp = quickstart();
+    let tmp = quickstart_copy();
     let run = backplan(
         tmp.path(),
         &[
@@ -74,7 +69,7 @@ fn quickstart_plan_json_has_the_spec_shape_and_creates_nothing() {
 
 #[test]
 fn plan_exit_statuses() {
-    let tmp = quickstart();
+    let tmp = quickstart_copy();
     let plain = backplan(tmp.path(), &["plan", "-c", "backplan.toml"]);
     assert_eq!(
         plain.code, 0,
@@ -109,7 +104,7 @@ fn plan_exit_statuses() {
 
 #[test]
 fn config_path_defaults_to_the_environment() {
-    let tmp = quickstart();
+    let tmp = quickstart_copy();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_backplan"))
         .arg("validate")
         .env("BACKPLAN_CONFIG", tmp.path().join("backplan.toml"))
@@ -161,7 +156,7 @@ fn secret_files_readable_by_others_warn_and_missing_ones_fail() {
 
 #[test]
 fn plan_reads_recorded_state_from_the_state_dir() {
-    let tmp = quickstart();
+    let tmp = quickstart_copy();
     let text = std::fs::read_to_string(tmp.path().join("backplan.toml")).unwrap();
     let (cfg, _) = backplan::config::parse(&tmp.path().join("backplan.toml"), &text).unwrap();
     // Record both instances as `apply` would, then plan again: only the backup is left.
@@ -245,7 +240,7 @@ fn status_shows_a_failing_or_skipped_daily_as_not_ok() {
 
 #[test]
 fn queries_with_an_unreadable_daemon_section_fail_instead_of_showing_another_state() {
-    let tmp = quickstart();
+    let tmp = quickstart_copy();
     let dir = tmp.path();
     let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
     let (cfg, _) = backplan::config::parse(&dir.join("backplan.toml"), &text).unwrap();

@@ -1,35 +1,10 @@
 //! Damage that must be named precisely: the files a backup could not read (every one, up to a
 //! bound, in the record and `show`), and a damaged pack with the backups it affects (`verify`).
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::helpers::*;
 use crate::trees::*;
-
-/// Runs `backplan ARGS` in `dir` as a user who cannot read what is mode 000 (as root: `nobody`,
-/// through setpriv, with the folder handed over, since root reads everything).
-fn as_a_user(dir: &Path, args: &[&str]) -> std::process::Output {
-    use std::os::unix::fs::PermissionsExt;
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = if root {
-        let ok = Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_backplan"));
-        c
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_backplan"))
-    };
-    cmd.args(args).current_dir(dir).output().unwrap()
-}
 
 #[test]
 fn a_backup_fails_with_the_list_of_what_it_could_not_read() {
@@ -53,7 +28,7 @@ fn a_backup_fails_with_the_list_of_what_it_could_not_read() {
     std::fs::set_permissions(prod.join("locked-folder"), none.clone()).unwrap();
     expected.push(prod.join("locked-folder"));
 
-    let out = as_a_user(dir, &["apply", "-c", "backplan.toml", "--auto-approve"]);
+    let out = as_nobody(dir, &["apply", "-c", "backplan.toml", "--auto-approve"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -65,10 +40,7 @@ fn a_backup_fails_with_the_list_of_what_it_could_not_read() {
         "{stdout}"
     );
 
-    let b = backups_json(dir)
-        .into_iter()
-        .find(|b| b["key"] == "before-import")
-        .unwrap();
+    let b = backup_by_key(dir, "before-import");
     assert_eq!(b["status"], "failed");
     assert_eq!(b["snapshot_id"], serde_json::Value::Null);
     assert_eq!(b["unreadable"]["total"], 131, "{b}");
@@ -128,40 +100,17 @@ fn a_backup_fails_with_the_list_of_what_it_could_not_read() {
         .unwrap()
         .success();
     assert!(ok);
-    let store = backplan::state::Store::open(&dir.join("state")).unwrap();
-    let mut r = store
-        .get_backup(b["id"].as_str().unwrap().parse().unwrap())
-        .unwrap()
-        .unwrap();
-    r.failed_at = Some(chrono::Utc::now() - chrono::Duration::hours(1));
-    store.put_backup(&r).unwrap();
-    drop(store);
-    let out = as_a_user(dir, &["apply", "-c", "backplan.toml", "--auto-approve"]);
+    retry_due(dir, b["id"].as_str().unwrap());
+    let out = as_nobody(dir, &["apply", "-c", "backplan.toml", "--auto-approve"]);
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let b = backups_json(dir)
-        .into_iter()
-        .find(|b| b["key"] == "before-import")
-        .unwrap();
+    let b = backup_by_key(dir, "before-import");
     assert_eq!(b["status"], "completed", "{b}");
     assert!(b["unreadable"].is_null(), "{b}");
-}
-
-/// The data packs of the local repository in `dir`, largest last.
-fn packs(dir: &Path) -> Vec<(u64, std::path::PathBuf)> {
-    let mut packs = Vec::new();
-    for sub in std::fs::read_dir(dir.join("state/repository/data")).unwrap() {
-        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            let p = p.unwrap().path();
-            packs.push((std::fs::metadata(&p).unwrap().len(), p));
-        }
-    }
-    packs.sort();
-    packs
 }
 
 #[test]
@@ -188,13 +137,8 @@ fn verify_names_the_backups_a_damaged_pack_affects_and_only_those() {
     assert_eq!(run.code, 0, "{}", run.transcript());
 
     // Damage the middle of the largest pack: contoso's file.
-    let (len, pack) = packs(dir).pop().unwrap();
+    let (len, pack) = damage_largest_pack(dir);
     assert!(len > 2 << 20, "{len}");
-    let mut bytes = std::fs::read(&pack).unwrap();
-    for b in &mut bytes[(len as usize / 2)..(len as usize / 2 + 64)] {
-        *b ^= 0xff;
-    }
-    std::fs::write(&pack, bytes).unwrap();
     let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
 
     let run = backplan(dir, &["verify", "-c", "backplan.toml", "--subset", "100%"]);
@@ -258,4 +202,102 @@ fn verify_names_the_backups_a_damaged_pack_affects_and_only_those() {
         damaged[0]["backups"][0]["id"],
         id_of("before-import").as_str()
     );
+}
+
+#[test]
+fn verify_json_through_the_daemon_is_the_json_of_the_command() {
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("data/contoso")).unwrap();
+    // contoso's data is one large incompressible file: a data pack of its own.
+    std::fs::write(dir.join("data/contoso/f.bin"), random_bytes(3 << 20)).unwrap();
+    append_config(
+        dir,
+        "[instances.contoso.backups.second]\nlabel = \"Second of contoso\"",
+    );
+    // The daemon takes the backups (and whatever else is due today), then waits.
+    let d = crate::daemon::Daemon::start(dir, &[], &[]);
+    let idle = || {
+        let run = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&run.stdout).is_ok_and(|v| {
+            v["daemon"]["activity"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("waiting"))
+        })
+    };
+    d.wait_for("the backups, then waiting", || {
+        crate::daemon::has(dir, "second", "completed") && idle()
+    });
+    let verify = || {
+        backplan(
+            dir,
+            &[
+                "verify",
+                "-c",
+                "backplan.toml",
+                "--subset",
+                "100%",
+                "--json",
+            ],
+        )
+    };
+    // (The daemon may have run its own daily verify already.)
+    let verifies = || d.log().matches("verify started").count();
+    let before = verifies();
+    let run = verify();
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let sound: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(sound["problems"], 0, "{sound}");
+
+    let (len, pack) = damage_largest_pack(dir);
+    assert!(len > 2 << 20, "{len}");
+    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    let run = verify();
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let by_daemon: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    // The daemon answered (it logs its verify runs), and nothing changed meanwhile.
+    assert_eq!(verifies(), before + 2, "{}", d.log());
+    assert!(idle());
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+
+    // Without a daemon the command verifies itself: the same JSON, value for value.
+    let run = verify();
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let by_command: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(by_daemon, by_command);
+
+    // The damaged pack with the backups it affects: both of contoso's, and only those.
+    assert!(by_daemon["format_version"].is_number(), "{by_daemon}");
+    let local = by_daemon["storages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["storage"] == "local")
+        .unwrap();
+    assert_eq!(local["outcome"], "problems", "{local}");
+    let damaged = local["damaged_packs"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{local}");
+    assert_eq!(damaged[0]["pack"], pack_id.as_str());
+    let named: Vec<&str> = damaged[0]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap())
+        .collect();
+    assert!(named.contains(&"backup.contoso/before-import"), "{named:?}");
+    assert!(named.contains(&"backup.contoso/second"), "{named:?}");
+    assert!(
+        named.iter().all(|a| a.starts_with("backup.contoso/")),
+        "only contoso's data is in the pack: {named:?}"
+    );
+    for b in damaged[0]["backups"].as_array().unwrap() {
+        let id = b["id"].as_str().unwrap();
+        let recorded = backups_json(dir)
+            .into_iter()
+            .find(|r| r["id"] == id)
+            .unwrap();
+        assert_eq!(b["snapshot_id"], recorded["snapshot_id"], "{b}");
+        assert_eq!(b["label"], recorded["label"], "{b}");
+    }
 }

@@ -6,10 +6,6 @@ use std::path::Path;
 
 use crate::helpers::*;
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
-}
-
 fn config(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("backplan.toml")).unwrap()
 }

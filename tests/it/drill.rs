@@ -10,10 +10,6 @@ use crate::full_disk::Tmpfs;
 use crate::helpers::*;
 use crate::trees::*;
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
-}
-
 fn status_json(dir: &Path) -> serde_json::Value {
     let run = backplan(dir, &["status", "-c", "backplan.toml", "--json"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
@@ -55,27 +51,39 @@ fn leftovers(drills: &Path) -> Vec<String> {
     }
 }
 
-/// A directory instance `site` with a rich tree, daily drills and an on-demand backup.
+/// `backplan.toml` with one production instance `name` on `source` (a TOML inline table)
+/// and its on-demand backup `first`; `schedule` holds the lines of `[schedule]` (line 5 on),
+/// `instance` more lines of the instance's table.
+fn drill_config(name: &str, schedule: &str, source: &str, instance: &str) -> String {
+    format!(
+        r#"[daemon]
+state_dir = "state"
+
+[schedule]
+{schedule}
+[instances.{name}]
+type = "production"
+version = "1.0"
+source = {source}
+{instance}
+[instances.{name}.backups.first]
+label = "First"
+"#
+    )
+}
+
+/// A directory instance `site` with a rich tree, daily drills and an on-demand backup;
+/// `extra` goes into `[schedule]` (at line 6).
 fn site(extra: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(
         dir.join("backplan.toml"),
-        format!(
-            r#"[daemon]
-state_dir = "state"
-
-[schedule]
-drill = "daily"
-{extra}
-[instances.site]
-type = "production"
-version = "1.0"
-source = {{ kind = "directory", path = "data/site" }}
-
-[instances.site.backups.first]
-label = "First"
-"#
+        drill_config(
+            "site",
+            &format!("drill = \"daily\"\n{extra}"),
+            r#"{ kind = "directory", path = "data/site" }"#,
+            "",
         ),
     )
     .unwrap();
@@ -85,13 +93,19 @@ label = "First"
     tmp
 }
 
+/// [`site`] with its backup `first` taken (the drill is due next).
+fn site_backed_up(extra: &str) -> tempfile::TempDir {
+    let tmp = site(extra);
+    let run = apply(tmp.path());
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    tmp
+}
+
 #[test]
 fn a_directory_drill_passes_and_is_shown() {
-    let tmp = site("");
+    let tmp = site_backed_up("");
     let dir = tmp.path();
     let prod = dir.join("data/site");
-    let run = apply(dir);
-    assert_eq!(run.code, 0, "{}", run.transcript());
     // The plan shows the drill due, on the backup just taken.
     let plan = backplan(dir, &["plan", "-c", "backplan.toml"]);
     assert!(
@@ -197,11 +211,9 @@ fn corrupt_packs(repo: &Path) -> usize {
 
 #[test]
 fn a_drill_of_a_corrupted_repository_fails_is_shown_and_touches_no_instance() {
-    let tmp = site("");
+    let tmp = site_backed_up("");
     let dir = tmp.path();
     let prod = dir.join("data/site");
-    let run = apply(dir);
-    assert_eq!(run.code, 0, "{}", run.transcript());
     assert!(corrupt_packs(&dir.join("state/repository")) > 0);
     let before = snapshot(&prod);
 
@@ -266,18 +278,12 @@ fn a_sqlite_drill_runs_integrity_check() {
     drop(c);
     std::fs::write(
         dir.join("backplan.toml"),
-        r#"[daemon]
-state_dir = "state"
-
-[instances.shop]
-type = "production"
-version = "1.0"
-source = { kind = "sqlite", path = "data/shop.db" }
-drill = "weekly"
-
-[instances.shop.backups.first]
-label = "First"
-"#,
+        drill_config(
+            "shop",
+            "",
+            r#"{ kind = "sqlite", path = "data/shop.db" }"#,
+            "drill = \"weekly\"\n",
+        ),
     )
     .unwrap();
     let run = apply(dir);
@@ -297,47 +303,18 @@ fn a_postgres_drill_lists_the_restored_dump() {
     let Some(pg) = crate::postgres::server() else {
         return;
     };
-    let db = format!("drill_{}", std::process::id());
-    struct Drop_<'a>(&'a crate::postgres::Pg, String);
-    impl Drop for Drop_<'_> {
-        fn drop(&mut self) {
-            self.0.drop_db(&self.1);
-        }
-    }
-    let _cleanup = Drop_(&pg, db.clone());
-    pg.drop_db(&db);
-    pg.must(
-        "postgres",
-        &format!("CREATE DATABASE {}", crate::postgres::ident(&db)),
+    let db = crate::postgres::unique("drill");
+    let _cleanup = crate::postgres::cleanup(&pg, &[&db]);
+    crate::postgres::shop(&pg, &db, 2);
+    let source = format!(
+        "{{ kind = \"postgres\", url = \"{}\", password_file = \"pg.password\" }}",
+        pg.url(&db)
     );
-    pg.must(
-        &db,
-        "CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
+    let tmp = crate::postgres::with_password(
+        &pg,
+        &drill_config("shop", "drill = \"weekly\"\n", &source, ""),
     );
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::copy(&pg.password_file, dir.join("pg.password")).unwrap();
-    std::fs::write(
-        dir.join("backplan.toml"),
-        format!(
-            r#"[daemon]
-state_dir = "state"
-
-[schedule]
-drill = "weekly"
-
-[instances.shop]
-type = "production"
-version = "1.0"
-source = {{ kind = "postgres", url = "{}", password_file = "pg.password" }}
-
-[instances.shop.backups.first]
-label = "First"
-"#,
-            pg.url(&db)
-        ),
-    )
-    .unwrap();
     let run = apply(dir);
     assert_eq!(run.code, 0, "{}", run.transcript());
     let run = apply(dir);
@@ -414,10 +391,8 @@ fn a_drill_dir_inside_an_instance_is_refused() {
 
 #[test]
 fn a_scratch_folder_left_by_a_crash_is_removed_at_the_next_start() {
-    let tmp = site("");
+    let tmp = site_backed_up("");
     let dir = tmp.path();
-    let run = apply(dir);
-    assert_eq!(run.code, 0, "{}", run.transcript());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_backplan"))
         .args(["apply", "-c", "backplan.toml", "--auto-approve"])
         .current_dir(dir)
@@ -480,4 +455,113 @@ fn the_daemon_wakes_for_the_next_drill() {
     );
     let next = backplan::plan::planner::next_deadline(&cfg, &rec, at("2026-11-27T01:00:00Z"));
     assert_eq!(next, at("2026-11-27T06:30:00Z"), "6 h after the last drill");
+}
+
+#[test]
+fn a_drill_dir_under_a_link_into_an_instance_is_refused_and_nothing_is_written_there() {
+    // The folder above `drill_dir` is a link: into the instance (relative), to a folder inside
+    // it (absolute), to a folder of it not made yet (dangling: the drill would make it), and
+    // through a second link. Paths are compared as the system resolves them.
+    type Links = fn(&Path);
+    let cases: [(&str, Links); 4] = [
+        ("into the instance", |d| {
+            std::os::unix::fs::symlink("data/site", d.join("shortcut")).unwrap()
+        }),
+        ("inside the instance, absolute", |d| {
+            std::os::unix::fs::symlink(d.join("data/site/sub"), d.join("shortcut")).unwrap()
+        }),
+        ("dangling, into the instance", |d| {
+            std::os::unix::fs::symlink("data/site/later", d.join("shortcut")).unwrap()
+        }),
+        ("through a second link", |d| {
+            std::os::unix::fs::symlink("data/site", d.join("hop")).unwrap();
+            std::os::unix::fs::symlink("hop", d.join("shortcut")).unwrap()
+        }),
+    ];
+    for (what, links) in cases {
+        let tmp = site("drill_dir = \"shortcut/drills\"\n");
+        let dir = tmp.path();
+        let prod = dir.join("data/site");
+        links(dir);
+        let before = snapshot(&prod);
+        let run = backplan(dir, &["validate", "-c", "backplan.toml"]);
+        assert_eq!(run.code, 1, "{what}: {}", run.transcript());
+        assert!(
+            run.stderr.contains("drill-dir-overlaps-instance")
+                && run.stderr.contains("is inside the data of instance `site`"),
+            "{what}: {}",
+            run.stderr
+        );
+        // Located at the setting's value (line 6, column 13).
+        assert!(
+            run.stderr.contains("backplan.toml:6:13"),
+            "{what}: {}",
+            run.stderr
+        );
+        // Twice `apply`: no backup, no drill, nothing written into the instance.
+        for _ in 0..2 {
+            let run = apply(dir);
+            assert_eq!(run.code, 1, "{what}: {}", run.transcript());
+        }
+        assert_eq!(snapshot(&prod), before, "{what}");
+        assert!(!prod.join("later").exists(), "{what}");
+        assert!(!prod.join("drills").exists(), "{what}");
+    }
+    // The same link pointing out of every instance is accepted.
+    let tmp = site("drill_dir = \"shortcut/drills\"\n");
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("scratch")).unwrap();
+    std::os::unix::fs::symlink("scratch", dir.join("shortcut")).unwrap();
+    let run = backplan(dir, &["validate", "-c", "backplan.toml"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+}
+
+#[test]
+fn a_link_turned_into_an_instance_after_the_file_was_read_gets_no_drill_written_there() {
+    // The daemon read the file while the link pointed elsewhere; it now points into the
+    // instance, and the file is unchanged (not read again): the drill checks again before
+    // it makes anything. The link lives outside the watched folder.
+    let away = tempfile::tempdir().unwrap();
+    let link = away.path().join("shortcut");
+    std::fs::create_dir(away.path().join("scratch")).unwrap();
+    std::os::unix::fs::symlink(away.path().join("scratch"), &link).unwrap();
+    let tmp = site(&format!(
+        "drill_dir = \"{}\"\n",
+        link.join("drills").display()
+    ));
+    let dir = tmp.path();
+    let prod = dir.join("data/site");
+    let set_clock = |t: &str| {
+        std::fs::write(dir.join("clock.new"), t).unwrap();
+        std::fs::rename(dir.join("clock.new"), dir.join("clock")).unwrap();
+    };
+    set_clock("2026-11-27T01:00:00Z");
+    let d = crate::daemon::Daemon::start(dir, &["--clock-file", "clock"], &[]);
+    let last_drill = || instance(&status_json(dir), "site")["last_drill"].clone();
+    d.wait_for("the first drill", || last_drill()["outcome"] == "passed");
+    assert_eq!(
+        leftovers(&away.path().join("scratch/drills")),
+        Vec::<String>::new()
+    );
+
+    let before = snapshot(&prod);
+    std::os::unix::fs::symlink(&prod, away.path().join("shortcut.new")).unwrap();
+    std::fs::rename(away.path().join("shortcut.new"), &link).unwrap();
+    // A day later the next drill is due.
+    set_clock("2026-11-28T02:00:00Z");
+    d.wait_for("the second drill", || last_drill()["outcome"] == "failed");
+    let last = last_drill();
+    let detail = last["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("overlaps the data of instance `site`")
+            && detail.contains("nothing was restored"),
+        "{last}"
+    );
+    assert!(
+        !prod.join("drills").exists(),
+        "a folder made in the instance"
+    );
+    assert_eq!(snapshot(&prod), before, "the instance was written to");
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
 }

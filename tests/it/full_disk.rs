@@ -111,10 +111,6 @@ fn a_full_state_disk_fails_the_work_and_the_daemon_answers_and_recovers() {
     assert!(d.running());
 }
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
-}
-
 fn restic(dir: &Path, repo: &Path) -> std::process::Command {
     let mut c = std::process::Command::new("restic");
     c.arg("-r")

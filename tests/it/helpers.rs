@@ -137,3 +137,88 @@ pub fn restic_snapshots(dir: &Path) -> Vec<serde_json::Value> {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// `backplan apply --auto-approve` of the config in `dir`.
+pub fn apply(dir: &Path) -> Run {
+    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
+}
+
+/// Runs backplan as nobody: `backplan ARGS` in `dir` as a user who cannot read what is mode
+/// 000. As root (who reads everything) that is `nobody` through setpriv, with `dir` handed
+/// over to it and its parent made passable; otherwise the current user.
+pub fn as_nobody(dir: &Path, args: &[&str]) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let ok = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if let Some(parent) = dir.parent()
+            && let Ok(m) = std::fs::metadata(parent)
+        {
+            let mode = m.permissions().mode() | 0o001;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode)).ok();
+        }
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_backplan"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_backplan"))
+    };
+    cmd.args(args).current_dir(dir).output().unwrap()
+}
+
+/// The recorded backup with the key `key` (`backplan backups --json`).
+pub fn backup_by_key(dir: &Path, key: &str) -> serde_json::Value {
+    backups_json(dir)
+        .into_iter()
+        .find(|b| b["key"] == key)
+        .unwrap_or_else(|| panic!("no backup {key}"))
+}
+
+/// The id of the recorded backup with the key `key`.
+pub fn backup_id(dir: &Path, key: &str) -> String {
+    backup_by_key(dir, key)["id"].as_str().unwrap().to_string()
+}
+
+/// Moves a failed backup's last try back in time, as if its retry's back-off had passed.
+pub fn retry_due(dir: &Path, id: &str) {
+    let store = backplan::state::Store::open(&dir.join("state")).unwrap();
+    let mut b = store
+        .get_backup(id.parse().unwrap())
+        .unwrap()
+        .expect("recorded");
+    b.failed_at = Some(chrono::Utc::now() - chrono::Duration::hours(2));
+    store.put_backup(&b).unwrap();
+}
+
+/// The data packs of the local repository of the quickstart in `dir`, largest last.
+pub fn packs(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(dir.join("state/repository/data")).unwrap() {
+        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = p.unwrap().path();
+            packs.push((std::fs::metadata(&p).unwrap().len(), p));
+        }
+    }
+    packs.sort();
+    packs
+}
+
+/// Flips 64 bytes in the middle of the largest pack of the local repository in `dir`;
+/// returns its size and path.
+pub fn damage_largest_pack(dir: &Path) -> (u64, PathBuf) {
+    let (len, pack) = packs(dir).pop().expect("a data pack");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    for b in &mut bytes[(len as usize / 2)..(len as usize / 2 + 64)] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&pack, bytes).unwrap();
+    (len, pack)
+}

@@ -7,10 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
-}
-
 /// A shell command as a TOML array; the hooks run in the test's folder.
 fn sh(script: &str) -> String {
     format!("[\"/bin/sh\", \"-c\", {}]", toml_string(script))

@@ -196,11 +196,7 @@ fn a_real_scrape_passes_promtool_and_follows_backups_failures_and_the_file() {
 
     // The log tells the story: one line at the start and one at the end of each operation,
     // with the instance, the backup id, the duration and the bytes.
-    let id = backups_json(dir)
-        .iter()
-        .find(|b| b["key"] == "before-import")
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .unwrap();
+    let id = backup_id(dir, "before-import");
     let log = d.log();
     let line = |what: &str| {
         log.lines()

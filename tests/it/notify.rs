@@ -201,11 +201,7 @@ fn every_terminal_event_reaches_the_command_the_webhook_and_the_pings() {
         .into_iter()
         .find(|e| e["event"] == "backup_completed")
         .unwrap();
-    let id = backups_json(dir)
-        .iter()
-        .find(|b| b["key"] == "before-import")
-        .unwrap()["id"]
-        .clone();
+    let id = backup_by_key(dir, "before-import")["id"].clone();
     assert_eq!(e["format_version"], 1);
     assert_eq!(e["outcome"], "success");
     assert_eq!(e["instance"], "contoso");
@@ -406,11 +402,7 @@ fn a_backup_killed_midway_is_one_failure_then_one_success_in_notifications_and_m
     // Restarted: recovery finds it interrupted (failed, notified), then takes it again.
     let d = Daemon::start(dir, &[], &[]);
     d.wait_for("the retry", || has(dir, "before-import", "completed"));
-    let id = backups_json(dir)
-        .iter()
-        .find(|b| b["key"] == "before-import")
-        .unwrap()["id"]
-        .clone();
+    let id = backup_by_key(dir, "before-import")["id"].clone();
     let of_it = |events: Vec<Value>| -> Vec<(String, String)> {
         events
             .iter()
@@ -493,13 +485,6 @@ fn backup_seconds(log: &str, id: &str) -> f64 {
         .unwrap_or_else(|| panic!("no `backup finished` line for {id}:\n{log}"))
 }
 
-fn id_of(dir: &Path, key: &str) -> String {
-    backups_json(dir).iter().find(|b| b["key"] == key).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn a_hanging_receiver_never_delays_a_backup_nor_the_control_socket() {
     let tmp = prepared();
@@ -511,7 +496,7 @@ fn a_hanging_receiver_never_delays_a_backup_nor_the_control_socket() {
     d.wait_for("the first backup", || {
         has(dir, "before-import", "completed")
     });
-    let first = backup_seconds(&d.log(), &id_of(dir, "before-import"));
+    let first = backup_seconds(&d.log(), &backup_id(dir, "before-import"));
     d.wait_for("the webhook to hang", || !rx.requests().is_empty());
 
     // Delivery is stuck (the webhook's answer never comes): more backups are taken as fast,
@@ -532,7 +517,7 @@ fn a_hanging_receiver_never_delays_a_backup_nor_the_control_socket() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let took = backup_seconds(&d.log(), &id_of(dir, key));
+        let took = backup_seconds(&d.log(), &backup_id(dir, key));
         assert!(
             took < first + 5.0 && asked.elapsed() < Duration::from_secs(30),
             "{key} took {took:.1}s (the first {first:.1}s), {:?} after the edit",
@@ -549,7 +534,7 @@ fn a_hanging_receiver_never_delays_a_backup_nor_the_control_socket() {
     );
     // Meanwhile delivery was stuck on the first event: the webhook and the command saw no
     // other.
-    let first_id = id_of(dir, "before-import");
+    let first_id = backup_id(dir, "before-import");
     let hook = rx.events();
     assert!(
         !hook.is_empty() && hook.iter().all(|e| e["backup_id"] == first_id.as_str()),
@@ -579,7 +564,7 @@ fn a_closed_port_is_tried_again_then_logged_once_without_the_secret() {
     d.wait_for("the first backup", || {
         has(dir, "before-import", "completed")
     });
-    let first = backup_seconds(&d.log(), &id_of(dir, "before-import"));
+    let first = backup_seconds(&d.log(), &backup_id(dir, "before-import"));
     assert!(first < 30.0, "{first}");
     // 1 + 2 + 4 s of back-off between the four tries.
     let start = Instant::now();

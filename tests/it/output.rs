@@ -337,16 +337,6 @@ fn plan_then_apply_show_the_ids_apply_records_or_known_after_apply() {
     }
 }
 
-fn backup_id(dir: &Path, key: &str) -> String {
-    backups_json(dir)
-        .iter()
-        .find(|b| b["key"] == key)
-        .unwrap_or_else(|| panic!("no backup {key}"))["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// Every command on the quickstart, as a newcomer runs them, text and JSON: one snapshot.
 #[test]
 fn every_command_text_and_json() {

@@ -15,10 +15,6 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::helpers::*;
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
-}
-
 const HEAD: &str = "[daemon]\nstate_dir = \"state\"\n\n[schedule]\ndaily_at = \"02:00\"\ntimezone = \"UTC\"\nretention = \"3d\"\n\n[instances.prod]\ntype = \"production\"\nversion = \"1.0\"\nsource = { kind = \"directory\", path = \"srv/app\" }\n\n[instances.prod.backups.b1]\nlabel = \"one\"\n";
 
 fn sandbox_at(path: &str) -> String {

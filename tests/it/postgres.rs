@@ -110,7 +110,7 @@ impl Pg {
 }
 
 /// Drops the test's databases and roles at the end, failed or not.
-struct Cleanup<'a> {
+pub(crate) struct Cleanup<'a> {
     pg: &'a Pg,
     dbs: Vec<String>,
     roles: Vec<String>,
@@ -132,7 +132,7 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn cleanup<'a>(pg: &'a Pg, dbs: &[&String]) -> Cleanup<'a> {
+pub(crate) fn cleanup<'a>(pg: &'a Pg, dbs: &[&String]) -> Cleanup<'a> {
     Cleanup {
         pg,
         dbs: dbs.iter().map(|d| d.to_string()).collect(),
@@ -145,7 +145,7 @@ pub(crate) fn ident(s: &str) -> String {
 }
 
 /// A database name unique to this test run, with `stem` in it.
-fn unique(stem: &str) -> String {
+pub(crate) fn unique(stem: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
         "{stem}_{}_{}",
@@ -157,12 +157,9 @@ fn unique(stem: &str) -> String {
 /// A folder with `backplan.toml`: production `shop` on `prod`, sandbox `shop-sandbox` on
 /// `sandbox`, both through the test server's password file (copied).
 fn setup(pg: &Pg, prod: &str, sandbox: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    std::fs::copy(&pg.password_file, dir.join("pg.password")).unwrap();
-    std::fs::write(
-        dir.join("backplan.toml"),
-        format!(
+    with_password(
+        pg,
+        &format!(
             r#"[daemon]
 state_dir = "state"
 
@@ -186,12 +183,15 @@ source = {{ kind = "postgres", url = "{}", password_file = "pg.password" }}
             pg.url(sandbox)
         ),
     )
-    .unwrap();
-    tmp
 }
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
+/// A folder with `backplan.toml` holding `config`, and the test server's password file
+/// copied to `pg.password` for its instances' `password_file`.
+pub(crate) fn with_password(pg: &Pg, config: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(&pg.password_file, tmp.path().join("pg.password")).unwrap();
+    std::fs::write(tmp.path().join("backplan.toml"), config).unwrap();
+    tmp
 }
 
 /// The shop's schema: each order has exactly three lines, written in one transaction.
@@ -200,7 +200,7 @@ CREATE TABLE lines (id bigserial PRIMARY KEY, order_id bigint NOT NULL REFERENCE
 
 const ONE_ORDER: &str = "BEGIN; WITH o AS (INSERT INTO orders(total) VALUES (3) RETURNING id) INSERT INTO lines(order_id, n) SELECT o.id, g FROM o, generate_series(1,3) g; COMMIT;";
 
-fn shop(pg: &Pg, db: &str, orders: usize) {
+pub(crate) fn shop(pg: &Pg, db: &str, orders: usize) {
     pg.must("postgres", &format!("CREATE DATABASE {}", ident(db)));
     pg.must(db, SCHEMA);
     pg.must(db, &ONE_ORDER.repeat(orders));
@@ -398,10 +398,7 @@ fn postgres_backup_during_writes_restores_into_a_connected_sandbox() {
 
 /// The error recorded for backup `key` of `shop`.
 fn backup_error(dir: &Path, key: &str) -> String {
-    let b = backups_json(dir)
-        .into_iter()
-        .find(|b| b["key"] == key)
-        .unwrap_or_else(|| panic!("backup {key} is listed"));
+    let b = backup_by_key(dir, key);
     assert_eq!(b["status"], "failed", "{b}");
     b["error"].as_str().unwrap_or_default().to_string()
 }
@@ -849,10 +846,7 @@ fn postgres_tools_are_taken_from_bin_dir_when_set() {
     append_config(dir, "[instances.shop.backups.real]\nlabel = \"real\"");
     let run = apply(dir);
     assert_eq!(run.code, 0, "{}", run.transcript());
-    let b = backups_json(dir)
-        .into_iter()
-        .find(|b| b["key"] == "real")
-        .unwrap();
+    let b = backup_by_key(dir, "real");
     assert_eq!(b["status"], "completed", "{b}");
     assert_eq!(restic_snapshots(dir).len(), 1, "one snapshot, of `real`");
 }

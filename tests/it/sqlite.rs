@@ -37,10 +37,6 @@ source = { kind = "sqlite", path = "data/shop-sandbox.db" }
 
 const RESTORE: &str = "[restores.refresh]\nfrom = \"shop/during-writes\"\nto = \"shop-sandbox\"";
 
-fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
-}
-
 /// A ledger whose every row carries the running total of `amount` up to it: a copy that
 /// mixes two moments of the database breaks it.
 fn ledger(db: &Path, journal_mode: &str, rows: i64) {

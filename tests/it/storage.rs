@@ -143,10 +143,6 @@ pub(crate) fn create_bucket(endpoint: &str, name: &str) {
     assert_eq!(code, 200, "creating bucket {name}: {body}");
 }
 
-pub(crate) fn apply(dir: &Path) -> Run {
-    backplan(dir, &["apply", "-c", "backplan.toml", "--auto-approve"])
-}
-
 /// A quickstart with a filled `contoso`, the storage `archive` declared as `storage`, and
 /// its repository key in `archive.key`.
 pub(crate) fn quickstart_with(storage: &str) -> tempfile::TempDir {

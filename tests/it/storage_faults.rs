@@ -218,37 +218,52 @@ fn behind_proxy(bucket: &str, proxy: &Proxy) -> tempfile::TempDir {
     tmp
 }
 
-fn backup(dir: &Path, key: &str) -> serde_json::Value {
-    backups_json(dir)
-        .into_iter()
-        .find(|b| b["key"] == key)
-        .unwrap_or_else(|| panic!("no backup {key}"))
+/// The S3 emulator, a fresh bucket named after `stem`, a [`Proxy`] in front of it and a
+/// quickstart whose storage `archive` is that bucket behind the proxy ([`behind_proxy`]);
+/// `None` when there is no emulator (the test is skipped).
+struct Proxied {
+    s3: String,
+    bucket: String,
+    proxy: Proxy,
+    tmp: tempfile::TempDir,
 }
 
-/// Moves a failed backup's last try back in time, as if its retry's back-off had passed.
-fn retry_due(dir: &Path, id: &str) {
-    let store = backplan::state::Store::open(&dir.join("state")).unwrap();
-    let mut b = store
-        .get_backup(id.parse().unwrap())
-        .unwrap()
-        .expect("recorded");
-    b.failed_at = Some(chrono::Utc::now() - chrono::Duration::hours(2));
-    store.put_backup(&b).unwrap();
+fn proxied(stem: &str) -> Option<Proxied> {
+    let s3 = emulator("s3", "BACKPLAN_TEST_S3")?;
+    let bucket = unique(stem);
+    create_bucket(&s3, &bucket);
+    let proxy = Proxy::start(&s3);
+    let tmp = behind_proxy(&bucket, &proxy);
+    Some(Proxied {
+        s3,
+        bucket,
+        proxy,
+        tmp,
+    })
+}
+
+/// [`proxied`], then a first `apply` with everything passing (the instances and the local
+/// backup).
+fn proxied_and_applied(stem: &str) -> Option<Proxied> {
+    let p = proxied(stem)?;
+    let run = apply(p.tmp.path());
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    Some(p)
 }
 
 #[test]
 fn an_upload_cut_off_half_way_fails_leaves_the_repository_sound_and_the_retry_succeeds() {
-    let Some(s3) = emulator("s3", "BACKPLAN_TEST_S3") else {
+    // The instances and the local backup first, everything passing.
+    let Some(Proxied {
+        s3,
+        bucket,
+        proxy,
+        tmp,
+    }) = proxied_and_applied("cut")
+    else {
         return;
     };
-    let bucket = unique("cut");
-    create_bucket(&s3, &bucket);
-    let proxy = Proxy::start(&s3);
-    let tmp = behind_proxy(&bucket, &proxy);
     let dir = tmp.path();
-    // The instances and the local backup first, everything passing.
-    let run = apply(dir);
-    assert_eq!(run.code, 0, "{}", run.transcript());
 
     // Room for the repository's config and key and a part of the first pack, no more.
     proxy.cut_after(2 << 20);
@@ -268,7 +283,7 @@ fn an_upload_cut_off_half_way_fails_leaves_the_repository_sound_and_the_retry_su
             && out.contains("the connection was cut off during the request"),
         "the message names the storage and what happened: {out}"
     );
-    let failed = backup(dir, "offsite");
+    let failed = backup_by_key(dir, "offsite");
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["snapshot_id"], serde_json::Value::Null);
     // The repository is there, consistent, and holds no snapshot.
@@ -287,7 +302,7 @@ fn an_upload_cut_off_half_way_fails_leaves_the_repository_sound_and_the_retry_su
     retry_due(dir, failed["id"].as_str().unwrap());
     let run = apply(dir);
     assert_eq!(run.code, 0, "{}", run.transcript());
-    let done = backup(dir, "offsite");
+    let done = backup_by_key(dir, "offsite");
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["id"], failed["id"], "the same backup, tried again");
     let expected = tempfile::tempdir().unwrap();
@@ -312,13 +327,15 @@ fn an_upload_cut_off_half_way_fails_leaves_the_repository_sound_and_the_retry_su
 
 #[test]
 fn a_missing_credential_is_refused_before_any_request() {
-    let Some(s3) = emulator("s3", "BACKPLAN_TEST_S3") else {
+    let Some(Proxied {
+        s3,
+        bucket,
+        proxy,
+        tmp,
+    }) = proxied("nocred")
+    else {
         return;
     };
-    let bucket = unique("nocred");
-    create_bucket(&s3, &bucket);
-    let proxy = Proxy::start(&s3);
-    let tmp = behind_proxy(&bucket, &proxy);
     let dir = tmp.path();
     std::fs::remove_file(dir.join("s3.secret")).unwrap();
     append_config(
@@ -374,8 +391,8 @@ fn wrong_credentials_on_a_used_storage_fail_clearly_and_write_nothing() {
         "the key is not shown: {out}"
     );
     assert_eq!(blobs(&az, &container), before, "nothing was written");
-    assert_eq!(backup(dir, "second")["status"], "failed");
-    assert_eq!(backup(dir, "first")["status"], "completed");
+    assert_eq!(backup_by_key(dir, "second")["status"], "failed");
+    assert_eq!(backup_by_key(dir, "first")["status"], "completed");
 }
 
 /// `apply` with a bound: a hung run is a failure of the test, not a hung test.
@@ -414,16 +431,13 @@ fn apply_within(dir: &Path, limit: Duration, env: &[(&str, &str)]) -> (i32, Stri
 
 #[test]
 fn a_trickling_endpoint_fails_the_backup_within_the_request_bound() {
-    let Some(s3) = emulator("s3", "BACKPLAN_TEST_S3") else {
+    let Some(Proxied {
+        bucket, proxy, tmp, ..
+    }) = proxied_and_applied("slow")
+    else {
         return;
     };
-    let bucket = unique("slow");
-    create_bucket(&s3, &bucket);
-    let proxy = Proxy::start(&s3);
-    let tmp = behind_proxy(&bucket, &proxy);
     let dir = tmp.path();
-    let run = apply(dir);
-    assert_eq!(run.code, 0, "{}", run.transcript());
     // Every byte arrives, 20 a second: the whole upload would take days. The client's read
     // bound (counted from the request's start while nothing of the answer came: here 2 s a
     // try, 5 tries) ends it; the whole-request bound (6 s here) backs it up.
@@ -448,16 +462,13 @@ fn a_trickling_endpoint_fails_the_backup_within_the_request_bound() {
 
 #[test]
 fn a_stalled_endpoint_never_blocks_the_control_socket_and_the_queue_moves_on() {
-    let Some(s3) = emulator("s3", "BACKPLAN_TEST_S3") else {
+    let Some(Proxied {
+        bucket, proxy, tmp, ..
+    }) = proxied_and_applied("stall")
+    else {
         return;
     };
-    let bucket = unique("stall");
-    create_bucket(&s3, &bucket);
-    let proxy = Proxy::start(&s3);
-    let tmp = behind_proxy(&bucket, &proxy);
     let dir = tmp.path();
-    let run = apply(dir);
-    assert_eq!(run.code, 0, "{}", run.transcript());
 
     // The storage takes every request in and never answers.
     proxy.set(Mode::Stall);
@@ -501,9 +512,9 @@ fn a_stalled_endpoint_never_blocks_the_control_socket_and_the_queue_moves_on() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let here = backup(dir, "here");
+    let here = backup_by_key(dir, "here");
     assert_eq!(here["status"], "completed", "{here}\n{}", d.log());
-    let offsite = backup(dir, "offsite");
+    let offsite = backup_by_key(dir, "offsite");
     assert_eq!(offsite["status"], "failed", "{offsite}");
     assert!(
         offsite["error"]
