@@ -89,14 +89,17 @@ impl Target {
     }
 
     /// Waits until restic lists a lock of `pid` (held: listed twice a second apart); returns
-    /// its id.
-    fn wait_for_lock_of(&self, pid: u32) -> String {
+    /// its id. With `exclusive`, only a lock of that kind (a run's other locks may come first
+    /// and last a while under load).
+    fn wait_for_lock_of(&self, pid: u32, exclusive: Option<bool>) -> String {
         let start = Instant::now();
         let mut seen = Vec::new();
         loop {
             let now = self.locks();
             for id in now.iter().filter(|id| seen.contains(*id)) {
-                if self.lock_if_there(id).is_some_and(|l| l["pid"] == pid) {
+                if self.lock_if_there(id).is_some_and(|l| {
+                    l["pid"] == pid && exclusive.is_none_or(|e| l["exclusive"] == e)
+                }) {
                     return id.clone();
                 }
             }
@@ -246,7 +249,7 @@ impl Holder {
             .expect("restic is installed");
         let pid = child.id();
         let holder = Holder { child };
-        t.wait_for_lock_of(pid);
+        t.wait_for_lock_of(pid, None);
         holder
     }
 
@@ -345,7 +348,7 @@ fn backplan_prune_lock_is_seen_by_restic_and_a_killed_ones_removed(t: &Target, e
         .stderr(log)
         .spawn()
         .unwrap();
-    let id = t.wait_for_lock_of(child.id());
+    let id = t.wait_for_lock_of(child.id(), Some(true));
     let lock = t.lock(&id);
     assert_eq!(lock["exclusive"], true, "{lock}");
     assert!(
@@ -449,7 +452,7 @@ fn local_prune_lock_is_seen_by_restic_and_removed_after_a_kill() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let id = t.wait_for_lock_of(child.id());
+    let id = t.wait_for_lock_of(child.id(), None);
     assert_eq!(t.lock(&id)["exclusive"], false);
     child.kill().unwrap();
     child.wait().unwrap();
