@@ -44,13 +44,16 @@ impl Executor<'_> {
         };
         let detail = format!("{} {old}", b.id);
         self.journal("retag", address, Phase::Started, &detail)?;
-        if let Err(e) = self.rewrite(b, tags)? {
-            self.journal("retag", address, Phase::Failed, &format!("{detail}: {e}"))?;
-            return Ok(Err(format!(
-                "the snapshot's metadata could not be rewritten, so nothing was changed (tried again later): {e}"
-            )));
+        match self.rewrite(b, tags)? {
+            Ok(None) => self.journal("retag", address, Phase::Finished, &detail)?,
+            Ok(Some(e)) => self.old_left(address, &old, &format!("{detail}: {e}"))?,
+            Err(e) => {
+                self.journal("retag", address, Phase::Failed, &format!("{detail}: {e}"))?;
+                return Ok(Err(format!(
+                    "the snapshot's metadata could not be rewritten, so nothing was changed (tried again later): {e}"
+                )));
+            }
         }
-        self.journal("retag", address, Phase::Finished, &detail)?;
         Ok(Ok(()))
     }
 
@@ -76,21 +79,35 @@ impl Executor<'_> {
     /// those a failed rewrite left open. A failure is reported; it is tried again at the next
     /// run that applies something, and at start.
     pub(super) fn rewrite_pending_tags(&mut self) -> Result<(), ApplyError> {
-        for (address, id) in self.open_retags(true)? {
+        for (address, id, phase) in self.open_retags(true)? {
             let Some(mut b) = self.store.get_backup(id)? else {
                 continue;
             };
             if b.status == BackupStatus::Deleted {
                 continue; // a backup leaving the catalogue: its rewrite was done in one step
             }
-            let tags = crate::catalogue::snapshot_tags(&b);
-            let detail = format!("{id}: snapshot tags rewritten");
-            match self.rewrite(&mut b, &tags)? {
-                Ok(()) => {
-                    tracing::info!(address, "snapshot tags rewritten");
-                    self.journal("retag", &address, Phase::Finished, &detail)?;
+            let failed = if phase == Phase::Failed {
+                // Tried before: it may have left a snapshot behind, so recovery's way.
+                self.recover_one(&address, id)?.err()
+            } else {
+                let tags = crate::catalogue::snapshot_tags(&b);
+                let old = b.snapshot_id.clone().unwrap_or_default();
+                match self.rewrite(&mut b, &tags)? {
+                    Ok(None) => {
+                        let detail = format!("{id}: snapshot tags rewritten");
+                        self.journal("retag", &address, Phase::Finished, &detail)?;
+                        None
+                    }
+                    Ok(Some(e)) => {
+                        self.old_left(&address, &old, &format!("{id} {old}: {e}"))?;
+                        None
+                    }
+                    Err(e) => Some(e),
                 }
-                Err(e) => {
+            };
+            match failed {
+                None => tracing::info!(address, "snapshot tags rewritten"),
+                Some(e) => {
                     self.journal(
                         "retag",
                         &address,
@@ -108,16 +125,17 @@ impl Executor<'_> {
     }
 
     /// Under one exclusive lock: the snapshot `b` names gets `tags` (a new file), `b` is
-    /// recorded with the new id, the old file is forgotten. Err: why (`b` unchanged in the
-    /// store when the snapshot could not be written).
+    /// recorded with the new id, the old file is forgotten. Ok(None): done; Ok(Some(why)):
+    /// recorded, but the old file could not be forgotten (the caller leaves the journal entry
+    /// open: recovery forgets it); Err: why nothing was recorded (`b` unchanged).
     fn rewrite(
         &mut self,
         b: &mut BackupRecord,
         tags: &SnapshotTags,
-    ) -> Result<Result<(), String>, ApplyError> {
+    ) -> Result<Result<Option<String>, String>, ApplyError> {
         let Some(old) = b.snapshot_id.clone() else {
             self.put_backup(b)?;
-            return Ok(Ok(()));
+            return Ok(Ok(None));
         };
         let repo = match self.repo(&b.storage) {
             Ok((repo, _)) => repo,
@@ -126,6 +144,7 @@ impl Executor<'_> {
         let store = self.store;
         let mut record = b.clone();
         let mut unrecorded: Option<StateError> = None;
+        let mut recorded = false;
         let done = self.engine.retag(&repo, &old, tags, &mut |new: &str| {
             record.snapshot_id = Some(new.to_string());
             if let Err(e) = store.put_backup(&record) {
@@ -133,25 +152,37 @@ impl Executor<'_> {
                 unrecorded = Some(e);
                 return Err(message);
             }
+            recorded = true;
             crate::failpoint!("retag.recorded");
             Ok(())
         });
         if let Some(e) = unrecorded {
             return Err(e.into());
         }
-        match done {
-            Ok(_) => {
-                *b = record;
-                self.remember_good(b);
-                Ok(Ok(()))
-            }
-            Err(e) => Ok(Err(e.to_string())),
+        if recorded {
+            *b = record;
+            self.remember_good(b);
         }
+        Ok(match done {
+            Ok(_) => Ok(None),
+            Err(e) if recorded => Ok(Some(e.to_string())),
+            Err(e) => Err(e.to_string()),
+        })
     }
 
-    /// The `retag` entries left open: address and backup id. `pending_only`: only the edits
+    /// The record names the rewritten snapshot but the old one could not be forgotten: the
+    /// journal entry stays open (not pending) and the next start forgets it.
+    fn old_left(&self, address: &str, old: &str, detail: &str) -> Result<(), ApplyError> {
+        tracing::warn!(
+            address,
+            "the snapshot before the edit ({old}) could not be forgotten yet (at the next start): {detail}"
+        );
+        self.journal("retag", address, Phase::Failed, detail)
+    }
+
+    /// The `retag` entries left open: address, backup id and the last phase. `pending_only`: only the edits
     /// whose tags are pending (the others are tidied at start).
-    fn open_retags(&self, pending_only: bool) -> Result<Vec<(String, Uuid)>, ApplyError> {
+    fn open_retags(&self, pending_only: bool) -> Result<Vec<(String, Uuid, Phase)>, ApplyError> {
         let mut out = Vec::new();
         // Only the rewrites left open (the index of open operations), not the whole journal.
         for address in self.store.journal_open("retag")? {
@@ -168,7 +199,7 @@ impl Executor<'_> {
                 .next()
                 .and_then(|w| Uuid::parse_str(w.trim_end_matches(':')).ok())
             {
-                out.push((address, id));
+                out.push((address, id, e.phase));
             }
         }
         Ok(out)
@@ -178,48 +209,54 @@ impl Executor<'_> {
     /// pending, or two snapshots of one backup. The snapshot its record names gets the
     /// record's tags, and every other snapshot of the backup is forgotten.
     pub(super) fn recover_retags(&mut self) -> Result<(), ApplyError> {
-        for (address, id) in self.open_retags(false)? {
-            let address = address.as_str();
-            let Some(mut b) = self.store.get_backup(id)? else {
-                continue;
-            };
-            // A backup leaving the catalogue carries dated tags: its record was written with
-            // its rewrite, in one step, so only the leftover goes.
-            if b.status != BackupStatus::Deleted {
-                let tags = crate::catalogue::snapshot_tags(&b);
-                if let Err(e) = self.rewrite(&mut b, &tags)? {
-                    tracing::warn!(
-                        address,
-                        "an interrupted metadata rewrite could not be finished yet (tried at the next run): {e}"
-                    );
-                    continue;
-                }
+        for (address, id, _) in self.open_retags(false)? {
+            if let Err(e) = self.recover_one(&address, id)? {
+                tracing::warn!(
+                    address,
+                    "an interrupted metadata rewrite could not be finished yet (tried again later): {e}"
+                );
             }
-            let cleaned = self.repo(&b.storage).and_then(|(repo, _)| {
-                let extra: Vec<String> =
-                    (self.engine.find(&repo, id).map_err(|e| e.to_string())?)
-                        .into_iter()
-                        .map(|s| s.id)
-                        .filter(|s| b.snapshot_id.as_ref() != Some(s))
-                        .collect();
-                self.engine
-                    .forget(&repo, &extra)
-                    .map_err(|e| e.to_string())?;
-                Ok(extra.len())
-            });
-            match cleaned {
-                Ok(n) => self.journal(
+        }
+        Ok(())
+    }
+
+    /// [`Self::recover_retags`] for one backup. Err: why it is not finished (the journal
+    /// entry stays open).
+    fn recover_one(&mut self, address: &str, id: Uuid) -> Result<Result<(), String>, ApplyError> {
+        let Some(mut b) = self.store.get_backup(id)? else {
+            return Ok(Ok(()));
+        };
+        // A backup leaving the catalogue carries dated tags: its record was written with its
+        // rewrite, in one step, so only the leftover goes.
+        if b.status != BackupStatus::Deleted {
+            let tags = crate::catalogue::snapshot_tags(&b);
+            // Recorded with the old file left: forgotten just below with the other leftovers.
+            if let Err(e) = self.rewrite(&mut b, &tags)? {
+                return Ok(Err(e));
+            }
+        }
+        let cleaned = self.repo(&b.storage).and_then(|(repo, _)| {
+            let extra: Vec<String> = (self.engine.find(&repo, id).map_err(|e| e.to_string())?)
+                .into_iter()
+                .map(|s| s.id)
+                .filter(|s| b.snapshot_id.as_ref() != Some(s))
+                .collect();
+            self.engine
+                .forget(&repo, &extra)
+                .map_err(|e| e.to_string())?;
+            Ok(extra.len())
+        });
+        Ok(match cleaned {
+            Ok(n) => {
+                self.journal(
                     "retag",
                     address,
                     Phase::Finished,
                     &format!("{id}: recovered, {n} leftover snapshot(s) forgotten"),
-                )?,
-                Err(e) => tracing::warn!(
-                    address,
-                    "an interrupted metadata rewrite could not be tidied yet (tried at the next start): {e}"
-                ),
+                )?;
+                Ok(())
             }
-        }
-        Ok(())
+            Err(e) => Err(e),
+        })
     }
 }
