@@ -4,12 +4,15 @@
 #   bash benches/daemon-scale.sh [WORKDIR]      (default WORKDIR: /tmp/backplan-scale-bench)
 #
 #  1. save -> applied on 1,000 instances and 100,000 recorded backups: `cargo bench --bench
-#     scale_host` writes the file and fills the state through the real store code; `backplan
-#     run` starts on it (system clock: nothing is due); BENCH_ROUNDS (default 20) times the
-#     label of one on-demand backup is changed by rename into place, timed from just before the
-#     `mv` to the timestamp of the daemon's `label and notes updated` log line, with the
-#     daemon's `reloaded` line splitting it into save -> file read and valid (inotify, the 150
-#     ms debounce, parse + validate) and -> applied (plan + one record written and flushed);
+#     scale_host` writes the file and fills the state through the real store code (the edited
+#     backup is a real one: `backplan apply` takes it first, into a local repository);
+#     `backplan run` starts on it (system clock: nothing is due); BENCH_ROUNDS (default 20)
+#     times the label of that on-demand backup is changed by rename into place, timed from just
+#     before the `mv` to the timestamp of the daemon's `label and notes updated` log line (the
+#     record changed: what `show` reports), with the daemon's `reloaded` line splitting it into
+#     save -> file read and valid (inotify, the 150 ms debounce, parse + validate) and ->
+#     applied (plan + one record written and flushed), and to its `snapshot tags rewritten` line
+#     (the snapshot's tags rewritten under one exclusive repository lock);
 #     BENCH_CLI_ROUNDS (default 5) more as a client sees them, polling `backplan show` (over the
 #     control socket) every ~10 ms; `backplan status` through the socket and `backplan plan`
 #     with the daemon running (3 runs each);
@@ -72,7 +75,7 @@ if [ "${BENCH_BUILD:-1}" = 1 ]; then
   cargo bench --locked --profile "$PROFILE" --bench scale_host --bench plan --no-run 2> "$WORK/build-benches.log"
 fi
 bench_bin() { ls -t "$TARGET/$DIR"/deps/"$1"-* 2>/dev/null | grep -v '\.d$' | head -n 1; }
-BACKPLAN_SCALE_WRITE=$HOST "$(bench_bin scale_host)" 2> "$WORK/generate.log" \
+BACKPLAN_SCALE_WRITE=$HOST BACKPLAN_SCALE_BIN=$BIN "$(bench_bin scale_host)" 2> "$WORK/generate.log" \
   || { cat "$WORK/generate.log" >&2; die "the generator failed"; }
 GEN_S=$(awk -v a="$T0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
 grep scale_host: "$WORK/generate.log" >&2
@@ -97,6 +100,7 @@ wait_idle() {
 }
 wait_idle 300
 STARTUP_S=$(awk -v a="$START_T" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+RSS_START=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DPID/status")
 say "   started and idle after ${STARTUP_S} s"
 
 # ------------------------------------------------------------------------------------------
@@ -109,25 +113,36 @@ save() {
   local t; t=$(now); mv -f "$HOST/new.toml" "$CONF"; printf '%s' "$t"
 }
 PATTERN=" INFO label and notes updated address=\"backup.$INST/b05\""
+TAGGED=" INFO snapshot tags rewritten address=\"backup.$INST/b05\""
 updated() { grep -c "$PATTERN" "$LOG" || true; }
+tagged() { grep -c "$TAGGED" "$LOG" || true; }
+failures() { grep -c " ERROR .*backup.$INST/b05" "$LOG" || true; }
 SAMPLES=$WORK/latency.tsv
 : > "$SAMPLES"
+# The daemon's CPU seconds (user + system, all threads) from /proc/PID/stat.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$DPID/stat"; }
+CPU0=$(cpu_s); EDIT_T0=$(now)
 say "== save -> applied, $ROUNDS rounds"
 for i in $(seq 1 "$ROUNDS"); do
-  before=$(updated)
+  before=$(updated); before_tags=$(tagged); before_failed=$(failures)
   t0=$(save "Benchmark round $i")
   deadline=$((SECONDS + 30))
-  until [ "$(updated)" -gt "$before" ]; do
+  until [ "$(updated)" -gt "$before" ] && [ "$(tagged)" -gt "$before_tags" ]; do
+    [ "$(failures)" -eq "$before_failed" ] || die "round $i: the edit failed; see $LOG"
     [ "$SECONDS" -lt "$deadline" ] || die "round $i: not applied after 30 s; see $LOG"
     sleep 0.005
   done
   wait_idle 60
   applied=$(grep "$PATTERN" "$LOG" | tail -n 1)
+  retagged=$(grep "$TAGGED" "$LOG" | tail -n 1)
   reloaded=$(grep -F ': reloaded' "$LOG" | tail -n 1)
-  ta=$(epoch_of "${applied%% *}"); tr=$(epoch_of "${reloaded%% *}")
-  printf '%s\t%s\t%s\n' "$(ms "$t0" "$ta")" "$(ms "$t0" "$tr")" "$(ms "$tr" "$ta")" >> "$SAMPLES"
+  ta=$(epoch_of "${applied%% *}"); tr=$(epoch_of "${reloaded%% *}"); tt=$(epoch_of "${retagged%% *}")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$(ms "$t0" "$ta")" "$(ms "$t0" "$tr")" "$(ms "$tr" "$ta")" \
+    "$(ms "$t0" "$tt")" "$(ms "$ta" "$tt")" >> "$SAMPLES"
   sleep "0.$((100 + RANDOM % 201))"
 done
+EDIT_CPU=$(awk -v a="$CPU0" -v b="$(cpu_s)" 'BEGIN { printf "%.2f", b - a }')
+EDIT_WALL=$(awk -v a="$EDIT_T0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
 CLI=$WORK/latency-cli.tsv
 : > "$CLI"
 say "== as a client sees it, $CLI_ROUNDS rounds"
@@ -136,6 +151,11 @@ for i in $(seq 1 "$CLI_ROUNDS"); do
   t0=$(save "$label")
   until "$BIN" show -c "$CONF" "$INST/b05" --json 2>/dev/null | grep -qF "\"$label\""; do sleep 0.01; done
   ms "$t0" "$(now)" >> "$CLI"; echo >> "$CLI"
+  deadline=$((SECONDS + 30))
+  until [ "$(grep -c "$TAGGED" "$LOG")" -ge "$((ROUNDS + i))" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "client round $i: the tags not rewritten after 30 s; see $LOG"
+    sleep 0.01
+  done
   wait_idle 60
 done
 STATUS=$WORK/status.tsv
@@ -152,6 +172,8 @@ read -r N Q M S < <(cut -f1 "$SAMPLES" | stats)
 read -r PDN PDQ PDM PDS < <(grep . "$PLAND" | stats)
 read -r _ RQ RM RS < <(cut -f2 "$SAMPLES" | stats)
 read -r _ AQ AM AS < <(cut -f3 "$SAMPLES" | stats)
+read -r _ TQ TM TS < <(cut -f4 "$SAMPLES" | stats)
+read -r _ GQ GM GS < <(cut -f5 "$SAMPLES" | stats)
 read -r CN CQ CM CS < <(grep . "$CLI" | stats)
 read -r SN SQ SM SS < <(grep . "$STATUS" | stats)
 
@@ -209,13 +231,16 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ), commit $COMMIT, profile $PROFILE; $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); $(rustc --version)."
   echo "Load average at the start / end: $LOAD_START / $LOAD_END."
-  echo "Host: $FILE_BYTES bytes of TOML, state $((STATE_BYTES / 1048576)) MiB on disk; written in ${GEN_S} s; daemon start to idle: ${STARTUP_S} s."
+  echo "Host: $FILE_BYTES bytes of TOML, state $((STATE_BYTES / 1048576)) MiB on disk; written in ${GEN_S} s; daemon start to idle: ${STARTUP_S} s, VmRSS then $((RSS_START / 1024)) MiB."
   echo
   echo "| 1,000 instances, 100,000 backups | quietest | median | slowest | n |"
   echo "| --- | ---: | ---: | ---: | ---: |"
   echo "| **save -> applied** (label edit, \`mv\` -> \`label and notes updated\`) | **$Q ms** | **$M ms** | $S ms | $N |"
   echo "| of which save -> file read and valid (inotify, 150 ms debounce, parse, validate) | $RQ ms | $RM ms | $RS ms | $N |"
   echo "| of which -> applied (plan, one record written and flushed) | $AQ ms | $AM ms | $AS ms | $N |"
+  echo "| **save -> snapshot tags rewritten** (\`mv\` -> \`snapshot tags rewritten\`) | **$TQ ms** | **$TM ms** | $TS ms | $N |"
+  echo "| of which applied -> tags rewritten (one exclusive lock: new snapshot, record, old one forgotten) | $GQ ms | $GM ms | $GS ms | $N |"
+  echo "| daemon CPU over the $N rounds (user + system; wall ${EDIT_WALL} s with the pauses) | $EDIT_CPU s | | | |"
   echo "| save -> seen by \`backplan show\` polled every ~10 ms | $CQ ms | $CM ms | $CS ms | $CN |"
   echo "| \`backplan status\` through the socket (process included) | $SQ ms | $SM ms | $SS ms | $SN |"
   echo "| \`backplan plan\` with the daemon running (CLI parses, asks the daemon for the records) | $PDQ ms | $PDM ms | $PDS ms | $PDN |"

@@ -6,7 +6,15 @@
 //! time, so a daemon started on the host with the system clock finds nothing to do (no slot
 //! missed, nothing expiring for 30 days): what it then does is what the file's edits ask.
 //!
+//! The backup the benchmark edits (`i00500/b05`, [`EDITED`]) is real: an edit of its label
+//! rewrites its snapshot's tags, so it needs a snapshot in a repository. Before the records
+//! are written, `backplan apply` (the binary `BACKPLAN_SCALE_BIN`, by default the `backplan`
+//! built beside this benchmark) runs on a file of that one instance and backup, with the same
+//! state folder and a small source folder under the host (`data/i00500`); its records are
+//! kept as written. The other 99,999 backups have made-up snapshot ids and are never edited.
+//!
 //! ```sh
+//! cargo build --bin backplan
 //! BACKPLAN_SCALE_WRITE=/tmp/host cargo bench --bench scale_host
 //! BACKPLAN_SCALE_INSTANCES=10000 BACKPLAN_SCALE_WRITE=/tmp/host10k cargo bench --bench scale_host
 //! ```
@@ -26,6 +34,9 @@ use uuid::Uuid;
 
 const ON_DEMAND: usize = 10;
 const DAILY_DAYS: i64 = 90;
+/// The instance and on-demand backup the benchmark edits (the instance is the last one when
+/// there are fewer).
+const EDITED: (usize, usize) = (500, 5);
 
 fn name(i: usize) -> String {
     format!("i{i:05}")
@@ -43,7 +54,25 @@ fn is_production(i: usize) -> bool {
     i % 10 < 3
 }
 
-fn config_text(instances: usize, state_dir: &Path) -> String {
+/// The source folder of instance `i`: a real one under the host for the edited instance.
+fn source_path(dir: &Path, edited: usize, i: usize) -> PathBuf {
+    if i == edited {
+        dir.join("data").join(name(i))
+    } else {
+        PathBuf::from(format!("/srv/{}", name(i)))
+    }
+}
+
+/// The file: `instances` (all of them, `1..=instances`) and their on-demand backups, or with
+/// `only = Some((i, k))` instance `i` with backup `k` alone (the file the real backup is taken
+/// with).
+fn config_text(
+    instances: usize,
+    dir: &Path,
+    state_dir: &Path,
+    edited: usize,
+    only: Option<(usize, usize)>,
+) -> String {
     let mut s = String::with_capacity(instances * 1300);
     let _ = write!(
         s,
@@ -51,6 +80,9 @@ fn config_text(instances: usize, state_dir: &Path) -> String {
         state_dir.display()
     );
     for i in 1..=instances {
+        if only.is_some_and(|(o, _)| o != i) {
+            continue;
+        }
         let n = name(i);
         let kind = if is_production(i) {
             "production"
@@ -59,9 +91,13 @@ fn config_text(instances: usize, state_dir: &Path) -> String {
         };
         let _ = write!(
             s,
-            "\n[instances.{n}]\ntype = \"{kind}\"\nversion = \"9.0\"\nsource = {{ kind = \"directory\", path = \"/srv/{n}\" }}\n"
+            "\n[instances.{n}]\ntype = \"{kind}\"\nversion = \"9.0\"\nsource = {{ kind = \"directory\", path = \"{}\" }}\n",
+            source_path(dir, edited, i).display()
         );
         for k in 1..=ON_DEMAND {
+            if only.is_some_and(|(_, o)| o != k) {
+                continue;
+            }
             let _ = write!(
                 s,
                 "\n[instances.{n}.backups.b{k:02}]\nlabel = \"{}\"\nnotes = \"{}\"\n",
@@ -88,7 +124,9 @@ fn main() {
     let dir = std::fs::canonicalize(&dir).expect("the host folder");
     let state_dir = dir.join("state");
     let file = dir.join("backplan.toml");
-    let text = config_text(instances, &state_dir);
+    let edited = EDITED.0.min(instances);
+    let real = real_backup(&dir, &state_dir, instances, edited);
+    let text = config_text(instances, &dir, &state_dir, edited, None);
     std::fs::write(&file, &text).expect("the file");
     let (cfg, _) = config::parse(&file, &text).unwrap_or_else(|d| panic!("invalid: {:?}", &d[..1]));
 
@@ -112,7 +150,7 @@ fn main() {
                 },
                 version: Version::parse("9.0").expect("a version"),
                 source: Source::Directory {
-                    path: format!("/srv/{n}").into(),
+                    path: source_path(&dir, edited, i),
                 },
                 created_at: created,
                 updated_at: created,
@@ -159,6 +197,9 @@ fn main() {
             rec.backups.insert(id, b);
         }
         for k in 1..=ON_DEMAND {
+            if (i, k) == (edited, EDITED.1) {
+                continue; // the real one, as `backplan apply` recorded it
+            }
             let id = Uuid::new_v5(&ns, format!("{n}/b{k:02}").as_bytes());
             let mut b = base(id, BackupKind::OnDemand, now - Duration::days(k as i64));
             b.key = Some(format!("b{k:02}"));
@@ -169,14 +210,76 @@ fn main() {
     }
     let store = state::Store::open(&state_dir).expect("the state store");
     store.put_all(&rec).expect("the records");
+    let all = store.load().expect("the records");
     drop(store);
     eprintln!(
-        "scale_host: {} ({} instances, {} bytes) and {} ({} instance and {} backup records)",
+        "scale_host: {} ({} instances, {} bytes) and {} ({} instance and {} backup records; {}/b{:02} is backup {} with snapshot {})",
         file.display(),
         instances,
         text.len(),
         state_dir.display(),
-        rec.instances.len(),
-        rec.backups.len()
+        all.instances.len(),
+        all.backups.len(),
+        name(edited),
+        EDITED.1,
+        real.id,
+        real.snapshot_id.as_deref().unwrap_or("-"),
     );
+}
+
+/// Takes the edited backup for real: `backplan apply` on a file of that instance and backup
+/// alone, over a small source folder, into the host's state folder and local repository.
+/// Returns its record.
+fn real_backup(dir: &Path, state_dir: &Path, instances: usize, edited: usize) -> BackupRecord {
+    let source = source_path(dir, edited, edited);
+    std::fs::create_dir_all(source.join("conf")).expect("the source folder");
+    for f in 0..20 {
+        std::fs::write(
+            source.join("conf").join(format!("file{f:02}.txt")),
+            format!("setting {f} of {}\n", name(edited)).repeat(50),
+        )
+        .expect("a source file");
+    }
+    let seed = dir.join("seed.toml");
+    let text = config_text(instances, dir, state_dir, edited, Some((edited, EDITED.1)));
+    std::fs::write(&seed, text).expect("the seed file");
+    let bin = std::env::var_os("BACKPLAN_SCALE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/<profile>/deps/scale_host-<hash> -> target/<profile>/backplan
+            let exe = std::env::current_exe().expect("this benchmark's path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("the target folder")
+                .join("backplan")
+        });
+    let out = std::process::Command::new(&bin)
+        .args(["apply", "--auto-approve", "-c"])
+        .arg(&seed)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e} (set BACKPLAN_SCALE_BIN)", bin.display()));
+    assert!(
+        out.status.success(),
+        "{} apply failed:\n{}{}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&seed).expect("the seed file");
+    let store = state::Store::open(state_dir).expect("the state store");
+    let rec = store.load().expect("the records");
+    let key = format!("b{:02}", EDITED.1);
+    let b = rec
+        .backups
+        .values()
+        .find(|b| b.instance == name(edited) && b.key.as_deref() == Some(&key))
+        .cloned()
+        .expect("the backup `backplan apply` took");
+    assert!(
+        b.status == BackupStatus::Completed && b.snapshot_id.is_some(),
+        "the real backup did not complete: {b:?}"
+    );
+    b
 }

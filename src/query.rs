@@ -701,6 +701,22 @@ fn show(
     }
     if let Some(s) = &b.snapshot_id {
         field(out, "snapshot", s.clone());
+        // A label or notes edit is recorded before the snapshot's tags are rewritten.
+        if history
+            .iter()
+            .rev()
+            .find(|e| e.op == "retag")
+            .is_some_and(|e| {
+                e.phase != crate::records::Phase::Finished
+                    && e.detail.contains("snapshot tags pending")
+            })
+        {
+            field(
+                out,
+                "snapshot tags",
+                "pending: the snapshot does not carry this label and notes yet".into(),
+            );
+        }
     }
     field(out, "tries", b.attempts.to_string());
     if let Some(e) = &b.error {

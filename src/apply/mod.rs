@@ -221,6 +221,7 @@ impl<'a> Executor<'a> {
             }
             self.action(a)?;
         }
+        self.rewrite_pending_tags()?;
         for d in &plan.due {
             if self.stopping() {
                 return Ok(());
@@ -385,13 +386,9 @@ impl<'a> Executor<'a> {
                     if let Some(c) = notes {
                         b.notes = c.to.clone();
                     }
-                    // The snapshot carries the record (a lost host rebuilds it from there).
-                    let tags = crate::catalogue::snapshot_tags(&b);
-                    if let Err(e) = self.put_retagged(&mut b, &a.address, &tags)? {
-                        self.journal("update", &a.address, Phase::Failed, &e)?;
-                        self.report.failed(&a.address, e);
-                        return Ok(());
-                    }
+                    // The record first; the snapshot's tags (a lost host rebuilds the record
+                    // from there) right after the plan's actions (see `retag.rs`).
+                    self.put_tags_pending(&b, &a.address)?;
                     self.journal("update", &a.address, Phase::Finished, "metadata")?;
                     self.report.done(&a.address, "label and notes updated");
                 }
@@ -709,6 +706,12 @@ impl<'a> Executor<'a> {
     /// index used by [`Self::among_last_good`] stays in step with the store.
     fn put_backup(&self, b: &BackupRecord) -> Result<(), ApplyError> {
         self.store.put_backup(b)?;
+        self.remember_good(b);
+        Ok(())
+    }
+
+    /// Keeps the completed backups of [`Self::good`] in step with a record just written.
+    fn remember_good(&self, b: &BackupRecord) {
         if let Some(map) = self.good.borrow_mut().as_mut() {
             let entry = map.entry(b.instance.clone()).or_default();
             if b.status == BackupStatus::Completed {
@@ -717,7 +720,6 @@ impl<'a> Executor<'a> {
                 entry.remove(&b.id);
             }
         }
-        Ok(())
     }
 
     fn remove_backup(&self, id: Uuid) -> Result<(), ApplyError> {

@@ -315,16 +315,18 @@ pub trait Engine: Send + Sync {
         dest: &Path,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<RestoreStats, EngineError>;
-    /// Rewrites a snapshot's metadata as `restic tag` does: a new snapshot file with the same
-    /// tree, time and paths carrying exactly `tags` (its `original` names the first one), and
-    /// returns its full id. The old file stays: the caller forgets it once its record names
-    /// the new one. A snapshot that already carries exactly `tags` is left as it is (its id is
-    /// returned).
+    /// Rewrites a snapshot's metadata as `restic tag` does, under one exclusive lock: a new
+    /// snapshot file with the same tree, time and paths carrying exactly `tags` (its
+    /// `original` names the first one); then `recorded` with the new full id (the caller
+    /// records it); then the old file is forgotten. Returns the new id. A snapshot that
+    /// already carries exactly `tags` is left as it is (`recorded` gets its own id). When
+    /// `recorded` fails, the old file stays beside the new one (an error is returned).
     fn retag(
         &self,
         repo: &Repo,
         snapshot: &str,
         tags: &SnapshotTags,
+        recorded: &mut (dyn FnMut(&str) -> Result<(), String> + Send),
     ) -> Result<String, EngineError>;
     /// Removes snapshots (the data goes at the next [`Engine::prune`]).
     fn forget(&self, repo: &Repo, snapshots: &[String]) -> Result<(), EngineError>;

@@ -551,15 +551,22 @@ impl Engine for RusticEngine {
         repo: &Repo,
         snapshot: &str,
         tags: &SnapshotTags,
+        recorded: &mut (dyn FnMut(&str) -> Result<(), String> + Send),
     ) -> Result<String, EngineError> {
         self.guarded(repo, "rewriting a snapshot's tags", || {
             use rustic_core::repofile::SnapshotId;
-            // Exclusive, as `restic tag` takes it: no other snapshot may appear meanwhile.
+            // Exclusive, as `restic tag` takes it: no other snapshot may appear meanwhile. One
+            // lock (one 200 ms settle) for the write, the record and the forget.
             let (open, _lock) =
                 self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
+            let failed = |message: String| EngineError::Repository {
+                repo: repo.path.clone(),
+                message,
+            };
             let mut snap = find_snapshot(&open, repo, snapshot)?;
             let wanted: std::collections::BTreeSet<String> = tags.to_tags().into_iter().collect();
             if snap.tags.iter().cloned().collect::<std::collections::BTreeSet<_>>() == wanted {
+                recorded(snapshot).map_err(failed)?;
                 return Ok(snapshot.to_string());
             }
             let before: std::collections::HashSet<SnapshotId> =
@@ -570,24 +577,29 @@ impl Engine for RusticEngine {
             for tag in wanted {
                 snap.tags.add(tag);
             }
+            let old = snap.id;
             open.save_snapshots(vec![snap]).map_err(err(repo))?;
-            sync_repository(repo)?;
+            sync_snapshots(repo)?;
             // The new file's id is the hash of what was stored: the one not there before.
             let new: Vec<SnapshotId> = open
                 .list::<SnapshotId>()
                 .map_err(err(repo))?
                 .filter(|id| !before.contains(id))
                 .collect();
-            match new.as_slice() {
-                [one] => Ok(one.to_hex().to_string()),
-                _ => Err(EngineError::Repository {
-                    repo: repo.path.clone(),
-                    message: format!(
+            let new = match new.as_slice() {
+                [one] => one.to_hex().to_string(),
+                _ => {
+                    return Err(failed(format!(
                         "after rewriting the tags of snapshot {snapshot}, {} new snapshots appeared (another writer?)",
                         new.len()
-                    ),
-                }),
-            }
+                    )));
+                }
+            };
+            recorded(&new).map_err(failed)?;
+            // The record names the new file: the old one goes, under the same lock.
+            open.delete_snapshots(&[old]).map_err(err(repo))?;
+            sync_snapshots(repo)?;
+            Ok(new)
         })
     }
 
@@ -963,6 +975,15 @@ fn sync_repository(repo: &Repo) -> Result<(), EngineError> {
         }
     }
     sync_dir(root)
+}
+
+/// [`sync_repository`] for a change of snapshot files alone (a tag rewrite): only the
+/// `snapshots` folder changed, its file synced by the backend before its rename.
+fn sync_snapshots(repo: &Repo) -> Result<(), EngineError> {
+    if repo.remote.is_some() {
+        return Ok(());
+    }
+    sync_dir(&repo.path.join("snapshots"))
 }
 
 /// Flushes the filesystem holding `path` (a restored tree: rustic syncs none of its files).

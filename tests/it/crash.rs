@@ -122,6 +122,7 @@ cases! {
     update_hook_ran: Update "update.hook-ran";
     update_recorded: Update "update.recorded";
     // A label edit: the new snapshot recorded, the old one not forgotten yet.
+    edit_retag_pending: Edit "retag.pending";
     edit_retag_recorded: Edit "retag.recorded";
     // Recovery itself, after a first crash left work to recover.
     recover_backup_resolved: Directory "recover.backup-resolved" after "backup.stored";

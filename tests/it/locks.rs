@@ -481,3 +481,92 @@ fn s3_shared_restic_lock_does_not_block_a_backup() {
         restic_shared_lock_does_not_block_a_backup(&t);
     }
 }
+
+/// A label edit while restic holds the repository exclusively: the edit is recorded (what
+/// `show` reports) and `show` says the snapshot's tags are pending; the rewrite fails after
+/// the wait, naming the holder, and writes nothing. Once restic lets go, the next run rewrites
+/// the tags (one snapshot of the backup, the new label) and `show` no longer says pending.
+#[test]
+fn a_label_edit_under_a_restic_lock_is_recorded_and_its_tags_follow_once_free() {
+    let t = local();
+    let dir = t.dir();
+    let file = dir.join("backplan.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("Before solution import"));
+    std::fs::write(
+        &file,
+        text.replace("Before solution import", "Edited while locked"),
+    )
+    .unwrap();
+    let before = t.contents();
+    let holder = Holder::exclusive(&t);
+    let run = t.apply(&[("BACKPLAN_LOCK_WAIT", "1")]);
+    assert_ne!(run.code, 0, "{}", run.transcript());
+    let text = run.transcript();
+    assert!(text.contains("label and notes updated"), "{text}");
+    assert!(
+        text.contains("the snapshot's tags could not be rewritten yet")
+            && text.contains("locked by an exclusive lock of"),
+        "{text}"
+    );
+    assert_eq!(
+        t.contents(),
+        before,
+        "backplan wrote to a locked repository"
+    );
+    let recorded = backups_json(dir);
+    let b = recorded
+        .iter()
+        .find(|b| b["key"] == "before-import")
+        .unwrap();
+    assert_eq!(b["label"], "Edited while locked");
+    let show = backplan(
+        dir,
+        &["show", "-c", "backplan.toml", "contoso/before-import"],
+    );
+    let pending = |out: &str| {
+        out.lines()
+            .any(|l| l.trim_start().starts_with("snapshot tags") && l.contains("pending"))
+    };
+    assert!(pending(&show.stdout), "{}", show.transcript());
+
+    holder.release("");
+    let run = t.apply(&[]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let snaps = restic_snapshots(dir);
+    let edited: Vec<_> = snaps
+        .iter()
+        .filter(|s| {
+            s["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "key=before-import")
+        })
+        .collect();
+    assert_eq!(edited.len(), 1, "{snaps:#?}");
+    assert!(
+        edited[0]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "label=Edited while locked"),
+        "{snaps:#?}"
+    );
+    let recorded = backups_json(dir);
+    let b = recorded
+        .iter()
+        .find(|b| b["key"] == "before-import")
+        .unwrap();
+    assert_eq!(b["snapshot_id"], edited[0]["id"]);
+    let show = backplan(
+        dir,
+        &["show", "-c", "backplan.toml", "contoso/before-import"],
+    );
+    assert!(
+        show.code == 0 && !pending(&show.stdout),
+        "{}",
+        show.transcript()
+    );
+    t.check_read_data();
+}
