@@ -894,6 +894,53 @@ mod tests {
         rec
     }
 
+    /// What the daemon's incremental plan is told: every write to the records in memory,
+    /// by instance and backup id; everything at the first load and after sled is read again.
+    #[test]
+    fn load_changes_names_every_write_since_the_last_call() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        store.put_backup(&backup("a", 1)).unwrap();
+        let (rec, changed) = store.load_changes().unwrap();
+        assert!(changed.everything && rec.backups.len() == 1);
+        let (_, changed) = store.load_changes().unwrap();
+        assert!(changed.is_empty(), "{changed:?}");
+        store.put_backup(&backup("a", 2)).unwrap();
+        store.remove_backup(Uuid::from_u128(1)).unwrap();
+        store.put_instance(&instance("b")).unwrap();
+        store
+            .put_drill(&DrillRecord {
+                instance: "c".into(),
+                runs: Vec::new(),
+                last_success_at: None,
+                failures_total: 0,
+            })
+            .unwrap();
+        store.put_backup(&backup("d", 3)).unwrap();
+        store
+            .trim(
+                &[Uuid::from_u128(3)],
+                Utc::now() - chrono::Duration::days(1),
+                &Default::default(),
+            )
+            .unwrap();
+        store.put_restore(&restore("r")).unwrap();
+        let (rec, changed) = store.load_changes().unwrap();
+        assert!(!changed.everything);
+        assert_eq!(changed.instances, ["b".to_string(), "c".to_string()].into());
+        assert_eq!(
+            changed.backups,
+            [(1, "a"), (2, "a"), (3, "d")]
+                .map(|(n, i)| (Uuid::from_u128(n), i.to_string()))
+                .into()
+        );
+        assert_eq!(rec.backups.len(), 1);
+        // A failed call: sled is read again at the next load, which says so.
+        store.memory_stale.store(true, SeqCst);
+        let (_, changed) = store.load_changes().unwrap();
+        assert!(changed.everything);
+    }
+
     #[test]
     fn the_records_in_memory_follow_every_write() {
         let tmp = tempfile::tempdir().unwrap();

@@ -147,18 +147,34 @@ impl PlanCache {
             }
         }
         if !Arc::ptr_eq(&prev, cfg) {
-            for (name, inst) in &cfg.instances {
-                if !prev
-                    .instances
-                    .get(name)
-                    .is_some_and(|p| same_instance(p, inst))
-                {
-                    dirty.insert(name);
-                }
-            }
-            for name in prev.instances.keys() {
-                if !cfg.instances.contains_key(name) {
-                    dirty.insert(name);
+            // Both in name order: side by side while the names match, lookups after.
+            let mut old = prev.instances.iter();
+            let mut new = cfg.instances.iter();
+            loop {
+                match (old.next(), new.next()) {
+                    (Some((a, x)), Some((b, y))) if a == b => {
+                        if !same_instance(x, y) {
+                            dirty.insert(b);
+                        }
+                    }
+                    (None, None) => break,
+                    _ => {
+                        for (name, inst) in &cfg.instances {
+                            if !prev
+                                .instances
+                                .get(name)
+                                .is_some_and(|p| same_instance(p, inst))
+                            {
+                                dirty.insert(name);
+                            }
+                        }
+                        for name in prev.instances.keys() {
+                            if !cfg.instances.contains_key(name) {
+                                dirty.insert(name);
+                            }
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -540,9 +556,7 @@ fn same_instance(a: &Instance, b: &Instance) -> bool {
         && name == &b.name
         && kind == &b.kind
         && version.as_str() == b.version.as_str()
-        // `==` on paths ignores a trailing `/`, which the plan prints.
-        && source == &b.source
-        && format!("{source:?}") == format!("{:?}", b.source)
+        && same_source(source, &b.source)
         && on_update == &b.on_update
         && before_restore == &b.hooks.before_restore
         && after_restore == &b.hooks.after_restore
@@ -667,5 +681,31 @@ source = { kind = "directory", path = "/srv/b" }
             );
         }
         assert!(reused > 0, "the cache was used");
+    }
+}
+
+/// Sources compared as written (`==` on paths ignores a trailing `/`, which the plan prints).
+fn same_source(a: &Source, b: &Source) -> bool {
+    let path = |x: &std::path::Path, y: &std::path::Path| x.as_os_str() == y.as_os_str();
+    let opt = |x: &Option<std::path::PathBuf>, y: &Option<std::path::PathBuf>| match (x, y) {
+        (Some(x), Some(y)) => path(x, y),
+        (x, y) => x.is_none() && y.is_none(),
+    };
+    match (a, b) {
+        (Source::Directory { path: x }, Source::Directory { path: y })
+        | (Source::Sqlite { path: x }, Source::Sqlite { path: y }) => path(x, y),
+        (
+            Source::Postgres {
+                url,
+                password_file,
+                bin_dir,
+            },
+            Source::Postgres {
+                url: u,
+                password_file: p,
+                bin_dir: d,
+            },
+        ) => url == u && opt(password_file, p) && opt(bin_dir, d),
+        (Source::Directory { .. } | Source::Sqlite { .. } | Source::Postgres { .. }, _) => false,
     }
 }
