@@ -570,6 +570,32 @@ fn same_instance(a: &Instance, b: &Instance) -> bool {
         && source_loc == &b.source_loc
 }
 
+/// Sources compared as written (`==` on paths ignores a trailing `/`, which the plan prints).
+fn same_source(a: &Source, b: &Source) -> bool {
+    let path = |x: &std::path::Path, y: &std::path::Path| x.as_os_str() == y.as_os_str();
+    let opt = |x: &Option<std::path::PathBuf>, y: &Option<std::path::PathBuf>| match (x, y) {
+        (Some(x), Some(y)) => path(x, y),
+        (x, y) => x.is_none() && y.is_none(),
+    };
+    match (a, b) {
+        (Source::Directory { path: x }, Source::Directory { path: y })
+        | (Source::Sqlite { path: x }, Source::Sqlite { path: y }) => path(x, y),
+        (
+            Source::Postgres {
+                url,
+                password_file,
+                bin_dir,
+            },
+            Source::Postgres {
+                url: u,
+                password_file: p,
+                bin_dir: d,
+            },
+        ) => url == u && opt(password_file, p) && opt(bin_dir, d),
+        (Source::Directory { .. } | Source::Sqlite { .. } | Source::Postgres { .. }, _) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,31 +707,5 @@ source = { kind = "directory", path = "/srv/b" }
             );
         }
         assert!(reused > 0, "the cache was used");
-    }
-}
-
-/// Sources compared as written (`==` on paths ignores a trailing `/`, which the plan prints).
-fn same_source(a: &Source, b: &Source) -> bool {
-    let path = |x: &std::path::Path, y: &std::path::Path| x.as_os_str() == y.as_os_str();
-    let opt = |x: &Option<std::path::PathBuf>, y: &Option<std::path::PathBuf>| match (x, y) {
-        (Some(x), Some(y)) => path(x, y),
-        (x, y) => x.is_none() && y.is_none(),
-    };
-    match (a, b) {
-        (Source::Directory { path: x }, Source::Directory { path: y })
-        | (Source::Sqlite { path: x }, Source::Sqlite { path: y }) => path(x, y),
-        (
-            Source::Postgres {
-                url,
-                password_file,
-                bin_dir,
-            },
-            Source::Postgres {
-                url: u,
-                password_file: p,
-                bin_dir: d,
-            },
-        ) => url == u && opt(password_file, p) && opt(bin_dir, d),
-        (Source::Directory { .. } | Source::Sqlite { .. } | Source::Postgres { .. }, _) => false,
     }
 }
