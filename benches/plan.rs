@@ -24,7 +24,8 @@
 //! tick is applied (the 10,000 dailies recorded: nothing embeds `now` any more): (d) after a
 //! one-line edit of the file (one backup label), `config::parse` of the edited file then the
 //! plan from the cache of the plan before the edit, a second later, as the daemon does on a
-//! file change; (d1) that plan alone; (d2) the first plan through an empty cache (the
+//! file change; (d3) the same with the file before the edit freed outside the timing; (d1)
+//! that plan alone; (d2) the first plan through an empty cache (the
 //! daemon's start); (c2) `plan::plan` of the same state, for comparison; (e) a daemon wake's
 //! next deadline from the cache (`wake_cache`).
 //!
@@ -753,6 +754,27 @@ fn d_daemon_edit_parse_validate_incremental_plan(b: Bencher) {
         let text = if k % 2 == 1 { &d.edited } else { &f.text };
         let cfg = Arc::new(parse(divan::black_box(text)));
         cache.update(&cfg, &d.ticked, &RecordChanges::default());
+        let at = f.now + Duration::seconds(k);
+        cache.plan(&cfg, &d.ticked, at, PlanOptions::default())
+    });
+}
+
+/// (d3) As (d), the file before the edit let go of outside the timing (the daemon can free
+/// it after the plan is applied): what the plan path itself costs after the parse.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn d3_daemon_edit_without_freeing_the_old_file(b: Bencher) {
+    let (f, d) = (&*FIXTURE, &*DAEMON);
+    let mut cache = PlanCache::default();
+    cache.update(&d.configs[0], &d.ticked, &RecordChanges::everything());
+    cache.plan(&d.configs[0], &d.ticked, f.now, PlanOptions::default());
+    let mut k = 0;
+    let mut kept = Vec::new();
+    b.bench_local(|| {
+        k += 1;
+        let text = if k % 2 == 1 { &d.edited } else { &f.text };
+        let cfg = Arc::new(parse(divan::black_box(text)));
+        cache.update(&cfg, &d.ticked, &RecordChanges::default());
+        kept.push(cfg.clone());
         let at = f.now + Duration::seconds(k);
         cache.plan(&cfg, &d.ticked, at, PlanOptions::default())
     });
