@@ -365,6 +365,8 @@ enum Edit {
     CreationFailed(usize),
     /// The daemon takes what the plan says is due: its daily backups recorded as completed.
     TakeDailies,
+    /// The file's restores recorded as run (failed or completed), or as run from elsewhere.
+    RecordRestores(u8),
     /// Time moves on, by minutes; to the next deadline (and a minute past it), as the daemon
     /// wakes.
     Advance(i64),
@@ -387,6 +389,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         1 => (0..NAMES.len()).prop_map(Edit::RemoveRecInstance),
         1 => (0..NAMES.len()).prop_map(Edit::CreationFailed),
         2 => Just(Edit::TakeDailies),
+        3 => (0..3u8).prop_map(Edit::RecordRestores),
         4 => prop_oneof![0..120i64, 0..(60 * 72i64)].prop_map(Edit::Advance),
         4 => any::<bool>().prop_map(Edit::ToDeadline),
         1 => Just(Edit::Reload),
@@ -518,6 +521,21 @@ proptest! {
                             b.expires_at = expires_at;
                             put_backup(&mut rec, &mut changes, b);
                         }
+                    }
+                }
+                Some(Edit::RecordRestores(how)) => {
+                    for (key, r) in cfg.iter().flat_map(|c| c.restores.iter()) {
+                        rec.restores.insert(key.clone(), RestoreRecord {
+                            key: key.clone(),
+                            from: if how == 2 { "elsewhere/k1".into() } else { r.from.to_string() },
+                            backup_id: None,
+                            to: r.to.clone(),
+                            status: if how == 0 { RestoreStatus::Failed } else { RestoreStatus::Completed },
+                            requested_at: now,
+                            completed_at: Some(now),
+                            safety_backup: None,
+                            error: (how == 0).then(|| "no space".into()),
+                        });
                     }
                 }
                 Some(Edit::Advance(m)) => now += Duration::minutes(m),
