@@ -20,6 +20,15 @@
 //! kept the records in memory) and from memory (`wake_memory`); and one bare pass over the
 //! loaded backups for reference.
 //!
+//! The daemon's incremental plan (`planner::PlanCache`), on the same host once today's daily
+//! tick is applied (the 10,000 dailies recorded: nothing embeds `now` any more): (d) after a
+//! one-line edit of the file (one backup label), `config::parse` of the edited file then the
+//! plan from the cache of the plan before the edit, a second later, as the daemon does on a
+//! file change; (d3) the same with the file before the edit freed outside the timing; (d1)
+//! that plan alone; (d2) the first plan through an empty cache (the
+//! daemon's start); (c2) `plan::plan` of the same state, for comparison; (e) a daemon wake's
+//! next deadline from the cache (`wake_cache`).
+//!
 //! Memory: a counting global allocator tracks current and peak heap bytes. Before the timed
 //! runs, each step is run once under it and its peak printed.
 //!
@@ -31,12 +40,13 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use backplan::config::values::Version;
 use backplan::config::{self, Config, InstanceType, Source, SourceKind};
+use backplan::plan::planner::{PlanCache, RecordChanges};
 use backplan::plan::{self, PlanOptions, planner};
 use backplan::records::{BackupKind, BackupRecord, BackupStatus, InstanceRecord, Recorded, Size};
 use backplan::state;
@@ -441,6 +451,70 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
     State { dir, recorded }
 });
 
+/// The daemon's side: the state once today's daily tick is applied (every instance's daily
+/// of today recorded as completed), and the file with one backup label edited.
+struct Daemon {
+    ticked: Recorded,
+    /// The fixture's file with the label of `i05000/b03` changed (one line).
+    edited: String,
+    /// The two files, validated.
+    configs: [Arc<Config>; 2],
+}
+
+static DAEMON: LazyLock<Daemon> = LazyLock::new(|| {
+    let (f, s) = (&*FIXTURE, &*STATE);
+    let mut ticked = s.recorded.clone();
+    let date = today();
+    let slot = planner::slot_at(&f.config.schedule, date);
+    for name in s.recorded.instances.keys() {
+        let id = planner::daily_id(name, date);
+        let mut b = s.recorded.backups.values().next().expect("records").clone();
+        b.id = id;
+        b.instance = name.clone();
+        b.kind = BackupKind::Daily;
+        b.key = None;
+        b.created_by = BackupKind::Daily.created_by();
+        b.label = format!("Daily backup {date}");
+        b.notes = String::new();
+        b.storage = "local".into();
+        b.date = Some(date);
+        b.created_at = slot;
+        b.completed_at = Some(slot + Duration::seconds(90));
+        b.expires_at = Some(slot + Duration::days(DAILY_DAYS));
+        b.snapshot_id = Some(snapshot_id(id));
+        ticked.backups.insert(id, b);
+    }
+    let old = format!("label = \"{}\"\n", label(5000, 3));
+    assert_eq!(f.text.matches(&old).count(), 1, "one line to edit");
+    let edited = f
+        .text
+        .replace(&old, &format!("label = \"{} (edited)\"\n", label(5000, 3)));
+    let configs = [Arc::new(parse(&f.text)), Arc::new(parse(&edited))];
+    // The incremental plan after the edit is the full plan.
+    let mut cache = PlanCache::default();
+    cache.update(&configs[0], &ticked, &RecordChanges::everything());
+    cache.plan(&configs[0], &ticked, f.now, PlanOptions::default());
+    cache.update(&configs[1], &ticked, &RecordChanges::default());
+    let at = f.now + Duration::seconds(1);
+    let incremental = cache.plan(&configs[1], &ticked, at, PlanOptions::default());
+    let full = plan::plan(&configs[1], &ticked, at, PlanOptions::default());
+    assert!(
+        incremental == full,
+        "the incremental plan differs from the full plan"
+    );
+    eprintln!(
+        "fixture: today's tick applied ({} backup records); the plan after the edit: {} actions, {} due",
+        ticked.backups.len(),
+        full.actions.len(),
+        full.due.len()
+    );
+    Daemon {
+        ticked,
+        edited,
+        configs,
+    }
+});
+
 fn dir_size(p: &Path) -> u64 {
     std::fs::read_dir(p)
         .map(|rd| {
@@ -662,6 +736,102 @@ fn wake_memory(b: Bencher) {
     b.bench(|| {
         let rec = divan::black_box(&store).load().expect("the state loads");
         planner::next_deadline(&f.config, &rec, f.now)
+    });
+}
+
+/// (d) The daemon on a file change of one line: `config::parse` of the edited file, then the
+/// plan from the cache of the plan before the edit, a second later. The file alternates
+/// between the two versions, so every sample is a one-line edit.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn d_daemon_edit_parse_validate_incremental_plan(b: Bencher) {
+    let (f, d) = (&*FIXTURE, &*DAEMON);
+    let mut cache = PlanCache::default();
+    cache.update(&d.configs[0], &d.ticked, &RecordChanges::everything());
+    cache.plan(&d.configs[0], &d.ticked, f.now, PlanOptions::default());
+    let mut k = 0;
+    b.bench_local(|| {
+        k += 1;
+        let text = if k % 2 == 1 { &d.edited } else { &f.text };
+        let cfg = Arc::new(parse(divan::black_box(text)));
+        cache.update(&cfg, &d.ticked, &RecordChanges::default());
+        let at = f.now + Duration::seconds(k);
+        cache.plan(&cfg, &d.ticked, at, PlanOptions::default())
+    });
+}
+
+/// (d3) As (d), the file before the edit let go of outside the timing (the daemon can free
+/// it after the plan is applied): what the plan path itself costs after the parse.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn d3_daemon_edit_without_freeing_the_old_file(b: Bencher) {
+    let (f, d) = (&*FIXTURE, &*DAEMON);
+    let mut cache = PlanCache::default();
+    cache.update(&d.configs[0], &d.ticked, &RecordChanges::everything());
+    cache.plan(&d.configs[0], &d.ticked, f.now, PlanOptions::default());
+    let mut k = 0;
+    let mut kept = Vec::new();
+    b.bench_local(|| {
+        k += 1;
+        let text = if k % 2 == 1 { &d.edited } else { &f.text };
+        let cfg = Arc::new(parse(divan::black_box(text)));
+        cache.update(&cfg, &d.ticked, &RecordChanges::default());
+        kept.push(cfg.clone());
+        let at = f.now + Duration::seconds(k);
+        cache.plan(&cfg, &d.ticked, at, PlanOptions::default())
+    });
+}
+
+/// (d1) The incremental plan alone after a one-line edit (both files validated beforehand).
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn d1_incremental_plan(b: Bencher) {
+    let (f, d) = (&*FIXTURE, &*DAEMON);
+    let mut cache = PlanCache::default();
+    cache.update(&d.configs[0], &d.ticked, &RecordChanges::everything());
+    cache.plan(&d.configs[0], &d.ticked, f.now, PlanOptions::default());
+    let mut k = 0;
+    b.bench_local(|| {
+        k += 1;
+        let cfg = &d.configs[k as usize % 2];
+        cache.update(cfg, &d.ticked, &RecordChanges::default());
+        let at = f.now + Duration::seconds(k);
+        cache.plan(cfg, &d.ticked, at, PlanOptions::default())
+    });
+}
+
+/// (d2) The first plan through an empty cache (the daemon's start, or after the records
+/// were read again): everything computed, instance by instance.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn d2_first_plan_through_the_cache(b: Bencher) {
+    let (f, d) = (&*FIXTURE, &*DAEMON);
+    b.bench(|| {
+        let mut cache = PlanCache::default();
+        cache.update(&d.configs[0], &d.ticked, &RecordChanges::everything());
+        cache.plan(&d.configs[0], &d.ticked, f.now, PlanOptions::default())
+    });
+}
+
+/// (c2) `plan::plan` of the state with today's tick applied.
+#[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
+fn c2_plan_ticked(b: Bencher) {
+    let (f, d) = (&*FIXTURE, &*DAEMON);
+    b.bench(|| {
+        plan::plan(
+            divan::black_box(&d.configs[1]),
+            &d.ticked,
+            f.now + Duration::seconds(1),
+            PlanOptions::default(),
+        )
+    });
+}
+
+/// (e) A daemon wake now: the next deadline from the cache (no record changed).
+#[divan::bench(sample_count = 10)]
+fn wake_cache(b: Bencher) {
+    let (f, d) = (&*FIXTURE, &*DAEMON);
+    let mut cache = PlanCache::default();
+    cache.update(&d.configs[0], &d.ticked, &RecordChanges::everything());
+    b.bench_local(|| {
+        cache.update(&d.configs[0], &d.ticked, &RecordChanges::default());
+        cache.next_deadline(&d.configs[0], f.now)
     });
 }
 

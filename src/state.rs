@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::plan::planner::RecordChanges;
 use crate::records::*;
 
 /// The layout this build reads and writes.
@@ -104,6 +105,9 @@ pub struct Store {
     /// cannot be read. Held during each write, so a `load` that reads sled again never
     /// misses a write made meanwhile.
     memory: Mutex<Option<Arc<Recorded>>>,
+    /// What the writes changed in `memory` since [`Store::take_changes`] (for the daemon's
+    /// incremental plan); everything once `memory` is read from sled.
+    changes: Mutex<RecordChanges>,
     /// Set by every call that failed: a write may or may not have reached sled, so `memory`
     /// is read from sled again at the next `load`.
     memory_stale: AtomicBool,
@@ -201,6 +205,7 @@ impl Store {
             dir: dir.to_path_buf(),
             handles: RwLock::new(Some(Arc::new(Handles::open(dir)?))),
             memory: Mutex::new(None),
+            changes: Mutex::new(RecordChanges::everything()),
             memory_stale: AtomicBool::new(false),
             reopened: AtomicBool::new(false),
         };
@@ -310,9 +315,27 @@ impl Store {
     /// Sled is read at the first call and after any failed call; otherwise this costs nothing.
     pub fn load(&self) -> Result<Arc<Recorded>, StateError> {
         let mut memory = self.memory();
+        self.loaded(&mut memory)
+    }
+
+    /// [`Store::load`], and what was written since the last call (a first call, and one
+    /// after the records were read from sled again: everything), taken together so that the
+    /// records returned hold exactly those writes. One caller: the daemon's loop (its
+    /// incremental plan, `plan::planner::PlanCache`).
+    pub fn load_changes(&self) -> Result<(Arc<Recorded>, RecordChanges), StateError> {
+        let mut memory = self.memory();
+        let rec = self.loaded(&mut memory)?;
+        Ok((rec, std::mem::take(&mut *self.changes())))
+    }
+
+    fn loaded(
+        &self,
+        memory: &mut MutexGuard<'_, Option<Arc<Recorded>>>,
+    ) -> Result<Arc<Recorded>, StateError> {
         if memory.is_none() || self.memory_stale.swap(false, SeqCst) {
             // A failure sets `memory_stale` again (in `with`): the next call reads again.
-            *memory = Some(Arc::new(self.read_all()?));
+            **memory = Some(Arc::new(self.read_all()?));
+            self.changes().everything = true;
         }
         Ok(memory.clone().expect("read above"))
     }
@@ -354,6 +377,10 @@ impl Store {
 
     fn memory(&self) -> MutexGuard<'_, Option<Arc<Recorded>>> {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changes(&self) -> MutexGuard<'_, RecordChanges> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A write of records: to sled, flushed, then (only once that succeeded) the same change
@@ -438,6 +465,7 @@ impl Store {
             },
             |rec| {
                 rec.instances.insert(r.name.clone(), r.clone());
+                self.changes().instances.insert(r.name.clone());
             },
         )
     }
@@ -450,6 +478,7 @@ impl Store {
             },
             |rec| {
                 rec.instances.remove(name);
+                self.changes().instances.insert(name.to_string());
             },
         )
     }
@@ -461,7 +490,12 @@ impl Store {
                 Ok(())
             },
             |rec| {
-                rec.backups.insert(r.id, r.clone());
+                let old = rec.backups.insert(r.id, r.clone());
+                let mut changes = self.changes();
+                changes.backups.insert(r.id, r.instance.clone());
+                if let Some(old) = old.filter(|o| o.instance != r.instance) {
+                    changes.instances.insert(old.instance);
+                }
             },
         )
     }
@@ -473,7 +507,9 @@ impl Store {
                 Ok(())
             },
             |rec| {
-                rec.backups.remove(&id);
+                if let Some(old) = rec.backups.remove(&id) {
+                    self.changes().backups.insert(id, old.instance);
+                }
             },
         )
     }
@@ -508,6 +544,7 @@ impl Store {
             },
             |rec| {
                 rec.drills.insert(r.instance.clone(), r.clone());
+                self.changes().instances.insert(r.instance.clone());
             },
         )
     }
@@ -531,6 +568,7 @@ impl Store {
                 Ok(())
             },
             |rec| {
+                self.changes().everything = true;
                 rec.instances.extend(all.instances.clone());
                 rec.backups.extend(all.backups.clone());
                 rec.restores.extend(all.restores.clone());
@@ -646,8 +684,11 @@ impl Store {
                 Ok(())
             },
             |rec| {
+                let mut changes = self.changes();
                 for id in backups {
-                    rec.backups.remove(id);
+                    if let Some(old) = rec.backups.remove(id) {
+                        changes.backups.insert(*id, old.instance);
+                    }
                 }
             },
         )?;
@@ -851,6 +892,53 @@ mod tests {
         let rec = store.load().unwrap();
         assert_eq!(*rec, store.read_all().unwrap(), "memory and sled agree");
         rec
+    }
+
+    /// What the daemon's incremental plan is told: every write to the records in memory,
+    /// by instance and backup id; everything at the first load and after sled is read again.
+    #[test]
+    fn load_changes_names_every_write_since_the_last_call() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        store.put_backup(&backup("a", 1)).unwrap();
+        let (rec, changed) = store.load_changes().unwrap();
+        assert!(changed.everything && rec.backups.len() == 1);
+        let (_, changed) = store.load_changes().unwrap();
+        assert!(changed.is_empty(), "{changed:?}");
+        store.put_backup(&backup("a", 2)).unwrap();
+        store.remove_backup(Uuid::from_u128(1)).unwrap();
+        store.put_instance(&instance("b")).unwrap();
+        store
+            .put_drill(&DrillRecord {
+                instance: "c".into(),
+                runs: Vec::new(),
+                last_success_at: None,
+                failures_total: 0,
+            })
+            .unwrap();
+        store.put_backup(&backup("d", 3)).unwrap();
+        store
+            .trim(
+                &[Uuid::from_u128(3)],
+                Utc::now() - chrono::Duration::days(1),
+                &Default::default(),
+            )
+            .unwrap();
+        store.put_restore(&restore("r")).unwrap();
+        let (rec, changed) = store.load_changes().unwrap();
+        assert!(!changed.everything);
+        assert_eq!(changed.instances, ["b".to_string(), "c".to_string()].into());
+        assert_eq!(
+            changed.backups,
+            [(1, "a"), (2, "a"), (3, "d")]
+                .map(|(n, i)| (Uuid::from_u128(n), i.to_string()))
+                .into()
+        );
+        assert_eq!(rec.backups.len(), 1);
+        // A failed call: sled is read again at the next load, which says so.
+        store.memory_stale.store(true, SeqCst);
+        let (_, changed) = store.load_changes().unwrap();
+        assert!(changed.everything);
     }
 
     #[test]

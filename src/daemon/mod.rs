@@ -286,6 +286,8 @@ pub async fn run(
     sd_notify("READY=1\nSTATUS=starting: resolving interrupted work, then reconciling");
     let stop = Arc::new(AtomicBool::new(false));
     let mut last_text = crate::config::read_text(&s.config).unwrap_or_default();
+    // What the last plans computed per instance: reconciles and deadlines use it.
+    let plan_cache = Arc::new(std::sync::Mutex::new(planner::PlanCache::default()));
     tokio::pin!(shutdown);
 
     let mut reason = Some(Reason::Start);
@@ -345,11 +347,12 @@ pub async fn run(
             let work = tokio::task::spawn_blocking({
                 let (store, engine, clock, stop) =
                     (store.clone(), engine.clone(), s.clock.clone(), stop.clone());
-                let (cfg, shared) = (cfg.clone(), shared.clone());
+                let (cfg, shared, plan_cache) = (cfg.clone(), shared.clone(), plan_cache.clone());
                 move || {
                     let _work = shared.work.lock().unwrap_or_else(|p| p.into_inner());
                     let out = reconcile(
                         &cfg,
+                        &plan_cache,
                         &store,
                         engine.as_ref(),
                         clock.as_ref(),
@@ -437,13 +440,30 @@ pub async fn run(
         // The records are in memory, but read from the store again after an error (blocking
         // I/O): not on the async workers, which serve the control socket meanwhile.
         let (deadline, instances) = tokio::task::spawn_blocking({
-            let (store, clock) = (store.clone(), s.clock.clone());
+            let (store, clock, plan_cache) = (store.clone(), s.clock.clone(), plan_cache.clone());
             move || {
-                let rec = store.load().unwrap_or_default();
                 // Deadlines after the start of the last run: one that passed while it ran (a
                 // slot, an expiry) is due at once, not at the next one after now.
                 let since = last_run.unwrap_or_else(|| clock.now());
-                let next = cfg.as_ref().map(|c| planner::next_deadline(c, &rec, since));
+                let Ok((rec, changed)) = store.load_changes() else {
+                    let next = cfg
+                        .as_ref()
+                        .map(|c| planner::next_deadline(c, &Default::default(), since));
+                    return (next, 0);
+                };
+                // From the cache, brought up to date with what the last run wrote.
+                let mut cache = plan_cache.lock().unwrap_or_else(|p| p.into_inner());
+                let next = match &cfg {
+                    Some(c) => {
+                        cache.update(c, &rec, &changed);
+                        Some(cache.next_deadline(c, since))
+                    }
+                    // The changes taken are not known to it any more.
+                    None => {
+                        *cache = planner::PlanCache::default();
+                        None
+                    }
+                };
                 (next, rec.instances.len())
             }
         })

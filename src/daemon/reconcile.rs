@@ -18,7 +18,8 @@ pub(super) struct Outcome {
 /// a changed file, a reload): one that failed is never run again on its own.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn reconcile(
-    cfg: &Config,
+    cfg: &Arc<Config>,
+    cache: &std::sync::Mutex<planner::PlanCache>,
     store: &Store,
     engine: &dyn Engine,
     clock: &dyn Clock,
@@ -51,11 +52,17 @@ pub(super) fn reconcile(
         };
     }
     crate::failpoint!("daemon.recovered");
-    let rec = match store.load() {
+    let (rec, changed) = match store.load_changes() {
         Ok(r) => r,
         Err(e) => return outcome(format!("cannot read the state: {e}"), false, true),
     };
-    let mut plan = crate::plan::plan(cfg, &rec, clock.now(), PlanOptions::default());
+    // Only the instances the file's edit, the records written since and the time touched
+    // are planned again (`plan::planner::incremental`).
+    let mut plan = {
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.update(cfg, &rec, &changed);
+        cache.plan(cfg, &rec, clock.now(), PlanOptions::default())
+    };
     // Let go of the records before writing: a write while they are held copies them.
     drop(rec);
     if !reason.operator_caused() {

@@ -3,14 +3,17 @@
 //! - a plan never does what SPEC forbids: no forget of a production instance, no restore
 //!   into an instance that is production after the plan, no action at all beside a refusal,
 //!   no deletion of a system backup from the file, no expiry of the newest `keep_last_good`
-//!   completed backups, no restore from a backup that is not completed.
+//!   completed backups, no restore from a backup that is not completed;
+//! - the daemon's incremental plan is the full plan, after every edit of a random series.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use backplan::config::values::Version;
 use backplan::config::{InstanceType, Source, SourceKind};
+use backplan::plan::planner::{PlanCache, RecordChanges, next_deadline, plan_incremental};
 use backplan::plan::{Details, DueDetails, PlanOptions, plan};
 use backplan::records::*;
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -336,6 +339,239 @@ proptest! {
                 });
                 prop_assert!(taken_by_run || newest.get(b.instance.as_str()).is_none_or(|n| n.id != *id), "expired the last good backup");
             }
+        }
+    }
+}
+
+/// One random change between two plans of the daemon.
+#[derive(Debug, Clone)]
+enum Edit {
+    /// The file: an instance added or changed (same name: replaced), or removed.
+    PutInstance(FileInstance),
+    RemoveInstance(usize),
+    /// A backup's label edited in the file (instance, key).
+    Label(usize, usize),
+    /// The file's restores replaced.
+    Restores(Vec<FileRestore>),
+    /// Records: a backup written (new, or over an existing one: index into the ids), removed,
+    /// its status changed, its label changed.
+    PutBackup(RecBackup),
+    RemoveBackup(usize),
+    Status(usize, u8),
+    RecLabel(usize),
+    /// An instance record written (or replaced), removed; a failed creation.
+    PutRecInstance((usize, bool, usize, bool)),
+    RemoveRecInstance(usize),
+    CreationFailed(usize),
+    /// The daemon takes what the plan says is due: its daily backups recorded as completed.
+    TakeDailies,
+    /// The file's restores recorded as run (failed or completed), or as run from elsewhere.
+    RecordRestores(u8),
+    /// Time moves on, by minutes; to the next deadline (and a minute past it), as the daemon
+    /// wakes.
+    Advance(i64),
+    ToDeadline(bool),
+    /// The records were read again (the cache cannot know what changed).
+    Reload,
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        2 => file_instance().prop_map(Edit::PutInstance),
+        1 => (0..NAMES.len()).prop_map(Edit::RemoveInstance),
+        3 => (0..NAMES.len(), 0..KEYS.len()).prop_map(|(i, k)| Edit::Label(i, k)),
+        1 => prop::collection::vec(file_restore(), 0..2).prop_map(Edit::Restores),
+        3 => rec_backup().prop_map(Edit::PutBackup),
+        1 => (0..64usize).prop_map(Edit::RemoveBackup),
+        2 => (0..64usize, 0..7u8).prop_map(|(i, s)| Edit::Status(i, s)),
+        1 => (0..64usize).prop_map(Edit::RecLabel),
+        1 => (0..NAMES.len(), any::<bool>(), 0..VERSIONS.len(), prop::bool::weighted(0.1)).prop_map(Edit::PutRecInstance),
+        1 => (0..NAMES.len()).prop_map(Edit::RemoveRecInstance),
+        1 => (0..NAMES.len()).prop_map(Edit::CreationFailed),
+        2 => Just(Edit::TakeDailies),
+        3 => (0..3u8).prop_map(Edit::RecordRestores),
+        4 => prop_oneof![0..120i64, 0..(60 * 72i64)].prop_map(Edit::Advance),
+        4 => any::<bool>().prop_map(Edit::ToDeadline),
+        1 => Just(Edit::Reload),
+    ]
+}
+
+/// What the store would report for the writes of one edit.
+fn put_backup(rec: &mut Recorded, changes: &mut RecordChanges, b: BackupRecord) {
+    changes.backups.insert(b.id, b.instance.clone());
+    rec.backups.insert(b.id, b);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+    /// The daemon's incremental plan equals the full plan, to the byte of its JSON, after
+    /// every edit of a random series (file, records, time).
+    #[test]
+    fn the_incremental_plan_is_the_full_plan(
+        file in prop::collection::vec(file_instance(), 0..5),
+        restores in prop::collection::vec(file_restore(), 0..2),
+        rec_instances in prop::collection::vec((0..NAMES.len(), any::<bool>(), 0..VERSIONS.len(), prop::bool::weighted(0.1)), 0..5),
+        rec_backups in prop::collection::vec(rec_backup(), 0..14),
+        hours in 0..(24 * 10i64),
+        edits in prop::collection::vec(edit(), 1..16),
+        allow_mass_removal in any::<bool>(),
+        retention in prop_oneof![Just(None), Just(Some("36h")), Just(Some("3d"))],
+    ) {
+        let mut file = file;
+        let mut restores = if hours % 3 == 0 { restores } else { Vec::new() };
+        let mut rec = recorded(&rec_instances, &rec_backups);
+        let mut now = t0() + Duration::hours(hours);
+        let opts = PlanOptions { allow_mass_removal };
+        let mut cache = PlanCache::default();
+        let mut changes = RecordChanges::everything();
+        let mut cfg: Option<Arc<backplan::config::Config>> = None;
+        let mut text = String::new();
+        let mut next_id = 1000u128;
+        let mut last: Option<backplan::plan::Plan> = None;
+        let mut steps = vec![None];
+        steps.extend(edits.into_iter().map(Some));
+        for step in steps {
+            match step.clone() {
+                None => {}
+                Some(Edit::PutInstance(i)) => {
+                    file.retain(|f| f.name != i.name);
+                    file.push(i);
+                }
+                Some(Edit::RemoveInstance(n)) => file.retain(|f| f.name != n),
+                Some(Edit::Label(n, k)) => {
+                    if let Some(f) = file.iter_mut().find(|f| f.name == n) {
+                        match f.backups.iter_mut().find(|b| b.0 == k) {
+                            Some(b) => b.1 = !b.1,
+                            None => f.backups.push((k, false, false)),
+                        }
+                    }
+                }
+                Some(Edit::Restores(r)) => restores = r,
+                Some(Edit::PutBackup(b)) => {
+                    let one = recorded(&[], std::slice::from_ref(&b));
+                    let mut r = one.backups.into_values().next().unwrap();
+                    next_id += 1;
+                    r.id = Uuid::from_u128(next_id);
+                    put_backup(&mut rec, &mut changes, r);
+                }
+                Some(Edit::RemoveBackup(i)) => {
+                    if let Some(id) = rec.backups.keys().nth(i % rec.backups.len().max(1)).copied() {
+                        let b = rec.backups.remove(&id).unwrap();
+                        changes.backups.insert(id, b.instance);
+                    }
+                }
+                Some(Edit::Status(i, s)) => {
+                    if let Some(b) = rec.backups.values().nth(i % rec.backups.len().max(1)) {
+                        let mut b = b.clone();
+                        b.status = [
+                            BackupStatus::Pending,
+                            BackupStatus::Running,
+                            BackupStatus::Completed,
+                            BackupStatus::Failed,
+                            BackupStatus::Deleting,
+                            BackupStatus::Expired,
+                            BackupStatus::Deleted,
+                        ][s as usize];
+                        if b.status == BackupStatus::Deleting {
+                            b.delete_at = Some(now + Duration::hours(i as i64 % 30));
+                        }
+                        if b.status == BackupStatus::Failed {
+                            b.failed_at = Some(now - Duration::minutes(i as i64));
+                        }
+                        put_backup(&mut rec, &mut changes, b);
+                    }
+                }
+                Some(Edit::RecLabel(i)) => {
+                    if let Some(b) = rec.backups.values().nth(i % rec.backups.len().max(1)) {
+                        let mut b = b.clone();
+                        b.label = format!("label {}", i % 2 == 0);
+                        put_backup(&mut rec, &mut changes, b);
+                    }
+                }
+                Some(Edit::PutRecInstance(i)) => {
+                    let one = recorded(&[i], &[]);
+                    let (name, mut r) = one.instances.into_iter().next().unwrap();
+                    r.created_at = now - Duration::hours(i.2 as i64 * 20);
+                    changes.instances.insert(name.clone());
+                    rec.instances.insert(name, r);
+                }
+                Some(Edit::RemoveRecInstance(n)) => {
+                    rec.instances.remove(NAMES[n]);
+                    changes.instances.insert(NAMES[n].to_string());
+                }
+                Some(Edit::CreationFailed(n)) => {
+                    if let Some(r) = rec.instances.get_mut(NAMES[n]) {
+                        r.creation_failed = !r.creation_failed;
+                        r.error = Some("no space".into());
+                        changes.instances.insert(NAMES[n].to_string());
+                    }
+                }
+                Some(Edit::TakeDailies) => {
+                    let due: Vec<_> = last.iter().flat_map(|p| p.due.clone()).collect();
+                    for d in due {
+                        if let DueDetails::DailyBackup { id, instance, date, expires_at, .. } = d.details {
+                            let mut b = recorded(&[], &[RecBackup { instance: 0, kind: 0, key: 0, status: 2, hours: 0, external: false }])
+                                .backups.into_values().next().unwrap();
+                            b.id = id;
+                            b.instance = instance;
+                            b.date = Some(date);
+                            b.created_at = now;
+                            b.completed_at = Some(now);
+                            b.expires_at = expires_at;
+                            put_backup(&mut rec, &mut changes, b);
+                        }
+                    }
+                }
+                Some(Edit::RecordRestores(how)) => {
+                    for (key, r) in cfg.iter().flat_map(|c| c.restores.iter()) {
+                        rec.restores.insert(key.clone(), RestoreRecord {
+                            key: key.clone(),
+                            from: if how == 2 { "elsewhere/k1".into() } else { r.from.to_string() },
+                            backup_id: None,
+                            to: r.to.clone(),
+                            status: if how == 0 { RestoreStatus::Failed } else { RestoreStatus::Completed },
+                            requested_at: now,
+                            completed_at: Some(now),
+                            safety_backup: None,
+                            error: (how == 0).then(|| "no space".into()),
+                        });
+                    }
+                }
+                Some(Edit::Advance(m)) => now += Duration::minutes(m),
+                Some(Edit::ToDeadline(past)) => {
+                    if let Some(cfg) = &cfg {
+                        now = next_deadline(cfg, &rec, now) + Duration::minutes(past as i64);
+                    }
+                }
+                Some(Edit::Reload) => changes.everything = true,
+            }
+            let ids: Vec<Uuid> = rec.backups.keys().copied().collect();
+            let mut new_text = render(&file, &restores, &ids, false);
+            if let Some(r) = retention {
+                new_text = new_text.replace("keep_last_good = 1\n", &format!("keep_last_good = 1\nretention = \"{r}\"\n"));
+            }
+            let parsed = (new_text != text)
+                .then(|| backplan::config::parse(Path::new("/etc/backplan/backplan.toml"), &new_text).ok())
+                .flatten();
+            if let Some((c, _)) = parsed {
+                cfg = Some(Arc::new(c));
+                text = new_text;
+            }
+            let Some(cfg) = &cfg else { continue };
+            let full = plan(cfg, &rec, now, opts);
+            let (incremental, next) = plan_incremental(cache, cfg, &rec, &changes, now, opts);
+            cache = next;
+            changes = RecordChanges::default();
+            prop_assert_eq!(
+                serde_json::to_string_pretty(&incremental).unwrap(),
+                serde_json::to_string_pretty(&full).unwrap(),
+                "after {:?}", step
+            );
+            for since in [now, now - Duration::hours(30), now + Duration::hours(50)] {
+                prop_assert_eq!(cache.next_deadline(cfg, since), next_deadline(cfg, &rec, since));
+            }
+            last = Some(full);
         }
     }
 }

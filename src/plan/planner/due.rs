@@ -99,6 +99,7 @@ pub(super) fn follow_up_expiries(
 }
 
 /// The time-driven work due at `now`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn due(
     cfg: &Config,
     rec: &Recorded,
@@ -106,13 +107,15 @@ pub(super) fn due(
     now: DateTime<Utc>,
     expiring: &BTreeSet<Uuid>,
     forgotten: &BTreeSet<&str>,
+    scope: Option<&str>,
+    until: &mut Option<DateTime<Utc>>,
 ) -> Vec<Due> {
     let s = &cfg.schedule;
     let mut out = Vec::new();
     let today = local_date(s, now);
     let window_days = s.retention.as_secs().div_ceil(86_400) as i64;
     let local_retention = cfg.storages["local"].retention;
-    for (name, inst) in &rec.instances {
+    for (name, inst) in scoped(&rec.instances, scope) {
         if forgotten.contains(name.as_str()) {
             continue;
         }
@@ -166,6 +169,10 @@ pub(super) fn due(
             let expired = expiry(local_retention, slot_at(s, d)).is_some_and(|e| e <= now);
             if !taken(d) && !expired {
                 out.push(skip(d));
+                // It is not listed any more once it has expired.
+                if let Some(e) = expiry(local_retention, slot_at(s, d)) {
+                    *until = Some(until.map_or(e, |u| u.min(e)));
+                }
             }
             d = d.succ_opt().expect("dates do not run out");
         }
@@ -187,7 +194,9 @@ pub(super) fn due(
             });
         }
     }
-    for b in rec.backups.values() {
+    // Instance by instance (each in id order): the same work as going through every record
+    // in id order, once sorted below.
+    for b in idx.by_instance.values().flatten().copied() {
         // The per-instance lookups only for the (few) failed backups due a retry.
         let managed =
             || rec.instances.contains_key(&b.instance) && !forgotten.contains(b.instance.as_str());
@@ -238,7 +247,7 @@ pub(super) fn due(
             });
         }
     }
-    out.extend(drills(cfg, rec, idx, now, expiring, forgotten));
+    out.extend(drills(cfg, rec, idx, now, expiring, forgotten, scope));
     out.sort_by(|a, b| (a.work, &a.address).cmp(&(b.work, &b.address)));
     out
 }
@@ -254,9 +263,10 @@ fn drills(
     now: DateTime<Utc>,
     expiring: &BTreeSet<Uuid>,
     forgotten: &BTreeSet<&str>,
+    scope: Option<&str>,
 ) -> Vec<Due> {
     let mut out = Vec::new();
-    for (name, inst) in &rec.instances {
+    for (name, inst) in scoped(&rec.instances, scope) {
         let Some(every) = cfg.instances.get(name).and_then(|i| i.drill) else {
             continue;
         };

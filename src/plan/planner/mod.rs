@@ -14,15 +14,17 @@ use super::*;
 use crate::config::values::{BackupRef, Retention};
 use crate::config::{Config, Instance, Restore, Schedule};
 use crate::diagnostic::Loc;
-use crate::records::{BackupStatus, Recorded, RestoreStatus};
+use crate::records::{BackupStatus, InstanceRecord, Recorded, RestoreStatus};
 
 mod due;
+mod incremental;
 mod rules;
 mod schedule;
 mod trim;
 
 pub use due::next_drill;
 use due::*;
+pub use incremental::{PlanCache, RecordChanges, plan_incremental};
 pub use schedule::*;
 pub use trim::*;
 
@@ -55,6 +57,7 @@ pub fn plan(cfg: &Config, rec: &Recorded, now: DateTime<Utc>, opts: PlanOptions)
         now,
         file: cfg.file.display().to_string(),
         idx,
+        scope: None,
         actions: Vec::new(),
         refusals: Vec::new(),
         notes: Vec::new(),
@@ -89,7 +92,7 @@ pub fn plan(cfg: &Config, rec: &Recorded, now: DateTime<Utc>, opts: PlanOptions)
             _ => None,
         })
         .collect();
-    let mut due = due(cfg, rec, &idx, now, &expiring, &forgotten);
+    let mut due = due(cfg, rec, &idx, now, &expiring, &forgotten, None, &mut None);
     due.extend(follow_up_expiries(
         cfg, rec, &idx, now, &expiring, &actions, &due,
     ));
@@ -129,12 +132,16 @@ struct Index<'r> {
 
 impl<'r> Index<'r> {
     fn new(rec: &'r Recorded) -> Self {
+        Self::of(rec.backups.values(), rec.instances.len())
+    }
+
+    /// The index of some records (all, or one instance's), given in id order.
+    fn of(backups: impl Iterator<Item = &'r BackupRecord>, instances: usize) -> Self {
         // Hash maps while scanning the 400k records, sorted once at the end.
-        let mut by_instance: HashMap<&str, Vec<&BackupRecord>> =
-            HashMap::with_capacity(rec.instances.len());
+        let mut by_instance: HashMap<&str, Vec<&BackupRecord>> = HashMap::with_capacity(instances);
         let mut on_demand: HashMap<(&str, &str), &BackupRecord> = HashMap::new();
         let mut deleting: HashMap<(&str, &str), &BackupRecord> = HashMap::new();
-        for b in rec.backups.values() {
+        for b in backups {
             by_instance.entry(b.instance.as_str()).or_default().push(b);
             let (BackupKind::OnDemand, Some(key)) = (b.kind, &b.key) else {
                 continue;
@@ -164,9 +171,35 @@ struct Planner<'a> {
     now: DateTime<Utc>,
     file: String,
     idx: Index<'a>,
+    /// `Some(name)`: plan that one instance only (the incremental plan's per-instance
+    /// part; `idx` then holds its records only).
+    scope: Option<&'a str>,
     actions: Vec<Action>,
     refusals: Vec<Refusal>,
     notes: Vec<String>,
+}
+
+impl<'a> Planner<'a> {
+    /// The file's instances in scope, in name order.
+    fn cfg_instances(&self) -> Box<dyn Iterator<Item = (&'a String, &'a Instance)> + 'a> {
+        scoped(&self.cfg.instances, self.scope)
+    }
+
+    /// The recorded instances in scope, in name order.
+    fn rec_instances(&self) -> Box<dyn Iterator<Item = (&'a String, &'a InstanceRecord)> + 'a> {
+        scoped(&self.rec.instances, self.scope)
+    }
+}
+
+/// All of `map`, or only the entry of `scope`.
+fn scoped<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    scope: Option<&'a str>,
+) -> Box<dyn Iterator<Item = (&'a String, &'a V)> + 'a> {
+    match scope {
+        None => Box::new(map.iter()),
+        Some(name) => Box::new(map.get_key_value(name).into_iter()),
+    }
 }
 
 impl Planner<'_> {

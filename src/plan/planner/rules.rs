@@ -5,7 +5,7 @@ use super::*;
 
 impl Planner<'_> {
     pub(super) fn instances(&mut self) {
-        for (name, inst) in &self.cfg.instances {
+        for (name, inst) in self.cfg_instances() {
             let address = format!("instance.{name}");
             // Not recorded, or its creation failed: created (again).
             let Some(r) = self.rec.instances.get(name).filter(|r| !r.creation_failed) else {
@@ -98,7 +98,7 @@ impl Planner<'_> {
                 );
             }
         }
-        for (name, r) in &self.rec.instances {
+        for (name, r) in self.rec_instances() {
             if self.cfg.instances.contains_key(name) {
                 continue;
             }
@@ -132,7 +132,7 @@ impl Planner<'_> {
 
     pub(super) fn backups(&mut self) {
         let cfg = self.cfg;
-        for (name, inst) in &cfg.instances {
+        for (name, inst) in self.cfg_instances() {
             for (key, decl) in &inst.backups {
                 let address = format!("backup.{name}/{key}");
                 let deleting = self
@@ -584,36 +584,24 @@ impl Planner<'_> {
                 .filter(|r| r.rule == "production-removal")
                 .count();
         let instances = self.rec.instances.len();
-        let live = |b: &&BackupRecord| {
-            b.kind == BackupKind::OnDemand
-                && !matches!(
-                    b.status,
-                    BackupStatus::Expired | BackupStatus::Deleting | BackupStatus::Deleted
-                )
-        };
         let deletes = self
             .actions
             .iter()
             .filter(|a| {
-                matches!(&a.details, Details::DeleteBackup { id, .. } if self.rec.backups.get(id).is_some_and(|b| live(&b)))
+                matches!(&a.details, Details::DeleteBackup { id, .. } if self.rec.backups.get(id).is_some_and(live_on_demand))
             })
             .count();
-        let on_demand = self.rec.backups.values().filter(|b| live(b)).count();
-        let mass_forget = forgets * 2 > instances && forgets > 0;
-        let mass_delete = deletes * 2 > on_demand && deletes > 2;
-        if !(mass_forget || mass_delete) {
+        let on_demand = self
+            .rec
+            .backups
+            .values()
+            .filter(|b| live_on_demand(b))
+            .count();
+        let Some(what) = mass_removal(forgets, instances, deletes, on_demand) else {
             return;
-        }
-        let what = match (mass_forget, mass_delete) {
-            (true, true) => format!(
-                "{forgets} of {instances} instances and {deletes} of {on_demand} on-demand backups would be removed"
-            ),
-            (true, false) => format!("{forgets} of {instances} instances would be forgotten"),
-            _ => format!("{deletes} of {on_demand} on-demand backups would be deleted"),
         };
         if opts.allow_mass_removal {
-            self.notes
-                .push(format!("{what}; allowed by --allow-mass-removal"));
+            self.notes.push(mass_removal_allowed(&what));
             return;
         }
         self.refuse(
@@ -631,31 +619,85 @@ impl Planner<'_> {
         let mut differing: BTreeMap<&str, usize> = BTreeMap::new();
         let mut undeclared: BTreeMap<&str, usize> = BTreeMap::new();
         for b in self.rec.backups.values() {
-            if matches!(
-                b.status,
-                BackupStatus::Expired | BackupStatus::Skipped | BackupStatus::Deleted
-            ) {
-                continue;
-            }
-            match self.cfg.storages.get(&b.storage) {
-                None => *undeclared.entry(b.storage.as_str()).or_default() += 1,
-                Some(s) => {
-                    if b.expires_at != expiry(s.retention, b.created_at) {
-                        *differing.entry(b.storage.as_str()).or_default() += 1;
-                    }
-                }
-            }
+            retention_count(self.cfg, b, &mut differing, &mut undeclared);
         }
-        for (storage, n) in differing {
-            let r = self.cfg.storages[storage].retention;
-            self.notes.push(format!(
-                "storage `{storage}`: retention is now {r}; it applies to new backups only, {n} existing backup(s) keep the expiry fixed when they were taken"
-            ));
-        }
-        for (storage, n) in undeclared {
-            self.notes.push(format!(
-                "{n} backup(s) are in storage `{storage}`, which the file no longer declares; they cannot be restored, deleted or expired until it is declared again"
-            ));
+        let notes = retention_notes(self.cfg, &differing, &undeclared);
+        self.notes.extend(notes);
+    }
+}
+
+/// An on-demand backup that counts for the mass-removal guard.
+pub(super) fn live_on_demand(b: &BackupRecord) -> bool {
+    b.kind == BackupKind::OnDemand
+        && !matches!(
+            b.status,
+            BackupStatus::Expired | BackupStatus::Deleting | BackupStatus::Deleted
+        )
+}
+
+/// What the mass-removal guard objects to, if anything.
+pub(super) fn mass_removal(
+    forgets: usize,
+    instances: usize,
+    deletes: usize,
+    on_demand: usize,
+) -> Option<String> {
+    let mass_forget = forgets * 2 > instances && forgets > 0;
+    let mass_delete = deletes * 2 > on_demand && deletes > 2;
+    Some(match (mass_forget, mass_delete) {
+        (true, true) => format!(
+            "{forgets} of {instances} instances and {deletes} of {on_demand} on-demand backups would be removed"
+        ),
+        (true, false) => format!("{forgets} of {instances} instances would be forgotten"),
+        (false, true) => format!("{deletes} of {on_demand} on-demand backups would be deleted"),
+        (false, false) => return None,
+    })
+}
+
+pub(super) fn mass_removal_allowed(what: &str) -> String {
+    format!("{what}; allowed by --allow-mass-removal")
+}
+
+/// Counts `b` for [`retention_notes`]: its expiry differs from what its storage's retention
+/// gives now, or its storage is not declared any more.
+pub(super) fn retention_count<'r>(
+    cfg: &Config,
+    b: &'r BackupRecord,
+    differing: &mut BTreeMap<&'r str, usize>,
+    undeclared: &mut BTreeMap<&'r str, usize>,
+) {
+    if matches!(
+        b.status,
+        BackupStatus::Expired | BackupStatus::Skipped | BackupStatus::Deleted
+    ) {
+        return;
+    }
+    match cfg.storages.get(&b.storage) {
+        None => *undeclared.entry(b.storage.as_str()).or_default() += 1,
+        Some(s) => {
+            if b.expires_at != expiry(s.retention, b.created_at) {
+                *differing.entry(b.storage.as_str()).or_default() += 1;
+            }
         }
     }
+}
+
+pub(super) fn retention_notes(
+    cfg: &Config,
+    differing: &BTreeMap<&str, usize>,
+    undeclared: &BTreeMap<&str, usize>,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (storage, n) in differing {
+        let r = cfg.storages[*storage].retention;
+        notes.push(format!(
+            "storage `{storage}`: retention is now {r}; it applies to new backups only, {n} existing backup(s) keep the expiry fixed when they were taken"
+        ));
+    }
+    for (storage, n) in undeclared {
+        notes.push(format!(
+            "{n} backup(s) are in storage `{storage}`, which the file no longer declares; they cannot be restored, deleted or expired until it is declared again"
+        ));
+    }
+    notes
 }
