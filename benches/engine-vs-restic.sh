@@ -5,18 +5,20 @@
 #
 # Needs: a Rust toolchain, restic (scripts/install-test-deps.sh installs Debian's), python3 and
 # GNU time at /usr/bin/time (Debian package `time`; installed when missing and running as root).
-# Takes about 7 minutes after the build on a quiet 2-core machine and about 6 GiB in WORKDIR. Everything it
-# writes stays in WORKDIR.
+# Takes about 8 minutes after the build on a quiet 2-core machine and about 8 GiB in WORKDIR. Everything it
+# writes stays in WORKDIR. Its timing and report helpers are in benches/lib.sh.
 #
 # What it does:
-#  1. builds backplan in release (`cargo build --release --locked`);
+#  1. builds backplan in release (`cargo build --release --locked`; see BENCH_BUILD and BENCH_PROFILE);
 #  2. generates a deterministic ~700 MiB dataset in WORKDIR/data (seeded python3 generator, no
 #     /dev/urandom): 100 SQL-like dumps of 4 MiB, 20,000 small files of 1-16 KiB in 200 folders,
 #     100 MiB of incompressible data, symlinks, empty files and folders, a 1 GiB sparse file;
 #  3. times, for backplan (driven through its CLI, as a user would) and for restic, each into its
 #     own fresh repository in WORKDIR: cold backup (BENCH_ROUNDS times, default 3, each into
 #     fresh repositories), unchanged re-backup (3 runs, with and without dropped page caches),
-#     backup after changing ~1% of the data, restore of the latest backup into an empty folder;
+#     backup after changing ~1% of the data (3 runs, a different 1% each), restore of the latest
+#     backup into an empty folder (3 runs); then the same re-backups (unchanged, ~1% changed;
+#     3 runs each) taken by the daemon (`backplan run`) when the file is saved;
 #     wall time, CPU time (user + sys) and peak RSS of each step (GNU time %e %U %S %M);
 #     repository sizes. Repeated steps report the quietest run (least wall time) and the spread;
 #  4. checks that both restored trees equal the source (contents, symlinks, modes, sizes, mtimes)
@@ -26,15 +28,15 @@
 # comparable). BENCH_ROUNDS=N: cold backups per tool (default 3; the quietest is reported).
 # BENCH_DROP_CACHES=0 keeps page caches warm between steps (default: drop them
 # before every timed step when allowed, i.e. as root outside a restricted container).
+# BENCH_BUILD=0 uses the binary already built; BENCH_PROFILE=dev (with
+# CARGO_PROFILE_DEV_OPT_LEVEL=2 and a CARGO_TARGET_DIR of its own) measures a `dev` build where a
+# release build of the dependencies is too slow; the report names the build.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ARG=${1:-}
-WORK=${ARG:-/tmp/backplan-engine-bench}
-MARKER=.backplan-engine-bench
-
-say() { printf '%s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 # ------------------------------------------------------------------------------------------
 # Prerequisites
@@ -50,23 +52,13 @@ if [ ! -x /usr/bin/time ]; then
     die "/usr/bin/time (GNU time) is missing: apt-get install time"
   fi
 fi
-RESTIC_VERSION=$(restic version) || die "restic version failed"
+restic version >/dev/null || die "restic version failed"
 
-if [ -e "$WORK" ] && [ -n "$(ls -A "$WORK" 2>/dev/null)" ] && [ ! -e "$WORK/$MARKER" ]; then
-  die "$WORK exists, is not empty and was not made by this script; pick another WORKDIR"
-fi
-mkdir -p "$WORK"
-WORK=$(cd "$WORK" && pwd)
-touch "$WORK/$MARKER"
+WORK=$(work_dir "${ARG:-/tmp/backplan-engine-bench}" .backplan-engine-bench)
 avail_kib=$(df -Pk "$WORK" | awk 'NR==2 {print $4}')
-[ "$avail_kib" -gt $((6 * 1024 * 1024)) ] || say "warning: less than 6 GiB free in $WORK"
+[ "$avail_kib" -gt $((8 * 1024 * 1024)) ] || say "warning: less than 8 GiB free in $WORK"
 
-say "== building backplan (cargo build --release --locked)"
-(cd "$ROOT" && cargo build --release --locked --quiet)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-BP=$TARGET_DIR/release/backplan
-[ -x "$BP" ] || die "no binary at $BP"
+build_backplan
 
 # ------------------------------------------------------------------------------------------
 # Fresh work tree (only what this script creates)
@@ -79,8 +71,8 @@ RREPO=$WORK/restic-repo
 RRESTORE=$WORK/restic-restore
 LOGS=$WORK/logs
 RESULTS=$WORK/results.tsv
-rm -rf "$DATA" "$BPCFG" "$BPSTATE" "$SANDBOX" "$WORK"/.sandbox.backplan-restore-* "$WORK"/round* \
-  "$RREPO" "$RRESTORE" "$LOGS" "$RESULTS" "$WORK/restic.pass" "$WORK/report.md"
+rm -rf "$DATA" "$BPCFG" "$BPSTATE" "$SANDBOX"* "$WORK"/.sandbox*.backplan-restore-* "$WORK"/round* \
+  "$RREPO" "$RRESTORE"* "$LOGS" "$RESULTS" "$WORK/restic.pass" "$WORK/report.md"
 mkdir -p "$LOGS"
 : >"$RESULTS"
 
@@ -215,35 +207,37 @@ def fix_mtimes(root):
     os.utime(root, (FIXED_MTIME, FIXED_MTIME))
 
 
-def change(root):
+def change(root, run="1"):
     """About 1% of the data: one dump rewritten, one edited in the middle and appended to,
-    200 small files rewritten, 5 deleted, 5 added."""
-    write_sql(f"{root}/sql/dump_007.sql", 5007)  # 4 MiB, all new
-    r = random.Random(5042)
-    p = f"{root}/sql/dump_{42 % N_SQL:03d}.sql"
+    200 small files rewritten, 5 deleted, 5 added; run N (1, 2, 3) changes other files with
+    other seeds, so every run is new data."""
+    k = int(run) - 1
+    write_sql(f"{root}/sql/dump_{(7 + k) % N_SQL:03d}.sql", 5007 + 1000 * k)  # 4 MiB, all new
+    r = random.Random(5042 + 1000 * k)
+    p = f"{root}/sql/dump_{(42 + k) % N_SQL:03d}.sql"
     with open(p, "r+b") as f:  # 1 MiB rewritten in the middle, 256 KiB appended
         f.seek(3 * MiB // 2)
         f.write(sql_text(r, MiB, "orders", 900000))
         f.seek(0, os.SEEK_END)
         f.write(sql_text(r, MiB // 4, "orders", 990000))
-    text = corpus(8, 2 * MiB)
-    r = random.Random(5100)
-    for k in range(N_DIRS):
-        d, j = k, (k * 7) % 100
+    text = corpus(8 + k, 2 * MiB)
+    r = random.Random(5100 + 1000 * k)
+    for i in range(N_DIRS):
+        d, j = i, (i * 7 + k) % 100
         path = f"{root}/small/d{d:03d}/f{j:03d}.txt"
         size = r.randint(1024, 16 * 1024)
         with open(path, "wb") as f:
-            f.write(small_content(r, text, size, f"changed d{d:03d}/f{j:03d}"))
+            f.write(small_content(r, text, size, f"changed {k} d{d:03d}/f{j:03d}"))
     for d in range(5):
-        os.remove(f"{root}/small/d{d + N_DIRS // 2:03d}/f099.txt")
-    os.makedirs(f"{root}/small/new")
+        os.remove(f"{root}/small/d{d + N_DIRS // 2:03d}/f{99 - k:03d}.txt")
+    os.makedirs(f"{root}/small/new{k}")
     for j in range(5):
-        with open(f"{root}/small/new/n{j}.txt", "wb") as f:
-            f.write(small_content(r, text, 8192, f"new {j}"))
+        with open(f"{root}/small/new{k}/n{j}.txt", "wb") as f:
+            f.write(small_content(r, text, 8192, f"new {k} {j}"))
 
 
 if __name__ == "__main__":
-    {"generate": generate, "change": change}[sys.argv[1]](sys.argv[2])
+    {"generate": generate, "change": change}[sys.argv[1]](*sys.argv[2:])
 PY
 
 say "== generating the dataset in $DATA"
@@ -257,54 +251,18 @@ DATA_LINKS=$(find "$DATA" -type l | wc -l)
 DATA_DIRS=$(find "$DATA" -type d | wc -l)
 
 # ------------------------------------------------------------------------------------------
-# Measurement helpers
+# Measurement (timed, drop_caches: benches/lib.sh)
 
-DROP=${BENCH_DROP_CACHES:-1}
-if [ "$DROP" = 1 ]; then
-  if sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
-    CACHE_NOTE="page caches dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed step, except the warm re-backups"
-  else
-    DROP=0
-    CACHE_NOTE="page caches could not be dropped (no permission): caches were warm for both tools alike"
-  fi
-else
-  CACHE_NOTE="page caches kept warm (BENCH_DROP_CACHES=0), for both tools alike"
-fi
-
-drop_caches() {
-  sync
-  if [ "$DROP" = 1 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
-}
-
-# timed STEP TOOL CACHE CMD...: runs CMD under GNU time, appends "STEP TOOL secs kib cpu" to
-# RESULTS (cpu: user + sys seconds).
-timed() {
-  local step=$1 tool=$2 cache=$3
-  shift 3
-  local log=$LOGS/$step-$tool.log tf=$WORK/time.out
-  case $cache in
-    cold) drop_caches ;;
-    warm) sync ;;
-    asis) ;; # measures what the previous step left behind (the restore-sync row)
-  esac
-  if ! /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >>"$log" 2>&1; then
-    say "error: $tool, step $step failed: $*"
-    tail -n 30 "$log" >&2
-    exit 1
-  fi
-  local secs kib usr sys cpu
-  read -r secs kib usr sys < <(tail -n 1 "$tf")
-  cpu=$(awk -v u="$usr" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
-  printf '%s\t%s\t%s\t%s\t%s\n' "$step" "$tool" "$secs" "$kib" "$cpu" >>"$RESULTS"
-  say "   $(printf '%-22s %-8s %7s s %7s s CPU %7s MiB' "$step" "$tool" "$secs" "$cpu" "$((kib / 1024))")"
-}
+caches_init
 
 # ------------------------------------------------------------------------------------------
-# backplan: a config with the dataset as a production directory instance and an empty sandbox.
+# backplan: a config with the dataset as a production directory instance and empty sandboxes
+# (one per timed restore: a restore into a sandbox that holds data would first back it up).
 
-# write_config FILE SANDBOX: state in FILE's folder (bp-state), the dataset as source.
+# write_config FILE SANDBOX: state in FILE's folder (bp-state), the dataset as source;
+# sandboxes SANDBOX1..3.
 write_config() {
-  mkdir -p "$2"
+  mkdir -p "$2"1 "$2"2 "$2"3
   cat >"$1" <<EOF
 # Written by benches/engine-vs-restic.sh; on-demand backups and the restore are appended below.
 [daemon]
@@ -321,11 +279,11 @@ type = "production"
 version = "1"
 source = { kind = "directory", path = "$DATA" }
 
-[instances.sandbox]
-type = "sandbox"
-version = "1"
-source = { kind = "directory", path = "$2" }
 EOF
+  for i in 1 2 3; do
+    printf '\n[instances.sandbox%d]\ntype = "sandbox"\nversion = "1"\nsource = { kind = "directory", path = "%s" }\n' \
+      "$i" "$2$i" >>"$1"
+  done
 }
 
 # Asserts that the next apply does exactly the expected work (nothing time-driven sneaks in).
@@ -360,7 +318,7 @@ restic_backup() { # STEP CACHE
 # ------------------------------------------------------------------------------------------
 # The run
 
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_BEFORE=$(load_avg)
 ROUNDS=${BENCH_ROUNDS:-3}
 # Cold backups before the last round: fresh state and repositories each, deleted afterwards.
 for ((round = 1; round < ROUNDS; round++)); do
@@ -370,7 +328,7 @@ for ((round = 1; round < ROUNDS; round++)); do
   mkdir -p "$RDIR"
   BPCFG=$RDIR/backplan.toml BP_RUN=0
   write_config "$BPCFG" "$RDIR/sandbox"
-  bp_expect "create:instance.bench create:instance.sandbox"
+  bp_expect "create:instance.bench create:instance.sandbox1 create:instance.sandbox2 create:instance.sandbox3"
   timed setup backplan warm "$BP" apply -c "$BPCFG" --auto-approve
   bp_backup cold cold
   RESTIC_REPOSITORY=$RDIR/restic-repo timed setup restic warm restic --no-cache init
@@ -381,7 +339,7 @@ BPCFG=$WORK/backplan.toml BP_RUN=0
 write_config "$BPCFG" "$SANDBOX"
 
 say "== setup"
-bp_expect "create:instance.bench create:instance.sandbox"
+bp_expect "create:instance.bench create:instance.sandbox1 create:instance.sandbox2 create:instance.sandbox3"
 timed setup backplan warm "$BP" apply -c "$BPCFG" --auto-approve
 timed setup restic warm restic --no-cache init
 
@@ -400,22 +358,27 @@ for _ in 1 2 3; do
   restic_backup unchanged-warm warm
 done
 
-say "== changing ~1% of the data"
+say "== backup after changing ~1% of the data (3 runs, a different 1% each)"
 before=$(du -sb "$DATA" | cut -f1)
-python3 "$GEN" change "$DATA"
-CHANGED_NOTE="dump_007.sql rewritten (4 MiB), dump_042.sql: 1 MiB rewritten in the middle + 256 KiB appended, one small file per folder rewritten (200), 5 deleted, 5 added (tree $before -> $(du -sb "$DATA" | cut -f1) bytes)"
-bp_backup changed cold
-restic_backup changed cold
+for run in 1 2 3; do
+  python3 "$GEN" change "$DATA" "$run"
+  bp_backup changed cold
+  restic_backup changed cold
+done
+CHANGED_NOTE="each run: one dump rewritten (4 MiB), another: 1 MiB rewritten in the middle + 256 KiB appended, one small file per folder rewritten (200), 5 deleted, 5 added (tree $before -> $(du -sb "$DATA" | cut -f1) bytes after the three)"
 
-say "== restore of the latest backup into an empty folder"
-printf '\n[restores.r1]\nfrom = "bench/run%d"\nto = "sandbox"\n' "$BP_RUN" >>"$BPCFG"
-bp_expect "restore:restore.r1"
-[ -z "$(ls -A "$SANDBOX")" ] || die "the sandbox is not empty"
-timed restore backplan cold "$BP" apply -c "$BPCFG" --auto-approve
-mkdir -p "$RRESTORE"
-timed restore restic cold restic --no-cache restore latest --target "$RRESTORE"
-# backplan syncs the restored tree before swapping it in (syncfs); restic does not sync at all.
-timed restore-sync restic asis sync
+say "== restore of the latest backup into an empty folder (3 runs each)"
+for run in 1 2 3; do
+  printf '\n[restores.r%d]\nfrom = "bench/run%d"\nto = "sandbox%d"\n' "$run" "$BP_RUN" "$run" >>"$BPCFG"
+  bp_expect "restore:restore.r$run"
+  [ -z "$(ls -A "$SANDBOX$run")" ] || die "sandbox$run is not empty"
+  timed restore backplan cold "$BP" apply -c "$BPCFG" --auto-approve
+  rm -rf "$RRESTORE"
+  mkdir -p "$RRESTORE"
+  timed restore restic cold restic --no-cache restore latest --target "$RRESTORE"
+  # backplan syncs the restored tree before swapping it in (syncfs); restic does not sync.
+  timed restore-sync restic asis sync
+done
 
 # ------------------------------------------------------------------------------------------
 # Checks: restored trees equal the source
@@ -434,10 +397,62 @@ check_tree() { # TOOL DIR
     "$1" "$content" "$(listing "$DATA" | wc -l)" "$meta" "$(du -k "$2/sparse/disk.img" | cut -f1)"
 }
 say "== verifying the restored trees"
-VERIFY_BP=$(check_tree backplan "$SANDBOX")
+VERIFY_BP=$(check_tree backplan "${SANDBOX}3")
 VERIFY_RESTIC=$(check_tree restic "$RRESTORE$DATA")
 say "   $VERIFY_BP"
 say "   $VERIFY_RESTIC"
+
+# ------------------------------------------------------------------------------------------
+# The daemon path: `backplan run` on the same file and state; each backup is a new key saved
+# into the file (written beside it, then renamed over it), taken by the daemon on its own.
+# Timed from the rename to the daemon's "backup finished" log line (the 150 ms debounce
+# included); CPU: the daemon's utime + stime over that span (/proc/PID/stat).
+
+daemon_cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$DPID/stat"; }
+daemon_backup() { # STEP CACHE
+  BP_RUN=$((BP_RUN + 1))
+  local next=$WORK/backplan.toml.next n t0 t1 c0 c1
+  { cat "$BPCFG"; printf '\n[instances.bench.backups.run%d]\nlabel = "%s"\n' "$BP_RUN" "$1"; } >"$next"
+  case $2 in cold) drop_caches ;; *) sync ;; esac
+  n=$(grep -c 'backup finished' "$LOGS/daemon.log" || true)
+  c0=$(daemon_cpu)
+  t0=$(date +%s.%N)
+  mv "$next" "$BPCFG"
+  until [ "$(grep -c 'backup finished' "$LOGS/daemon.log" || true)" -gt "$n" ]; do
+    kill -0 "$DPID" 2>/dev/null || die "the daemon stopped (see $LOGS/daemon.log)"
+    [ "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {print (a - b > 600)}')" = 0 ] || die "daemon: no backup after 600 s"
+    sleep 0.01
+  done
+  t1=$(date +%s.%N)
+  c1=$(daemon_cpu)
+  grep 'backup finished' "$LOGS/daemon.log" | tail -n 1 | grep -q "bench/run$BP_RUN" ||
+    die "daemon: the finished backup is not bench/run$BP_RUN (see $LOGS/daemon.log)"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" backplan-daemon "$(awk -v a="$t1" -v b="$t0" 'BEGIN {printf "%.2f", a - b}')" \
+    0 "$(awk -v a="$c1" -v b="$c0" 'BEGIN {printf "%.2f", a - b}')" >>"$RESULTS"
+  say "   $(tail -n 1 "$RESULTS" | tr '\t' ' ')"
+}
+
+say "== the daemon: unchanged re-backup (cold caches) and after ~1% change, 3 runs each, alternating with restic"
+RUST_LOG=info "$BP" run -c "$BPCFG" >"$LOGS/daemon.log" 2>&1 &
+DPID=$!
+trap 'kill "$DPID" 2>/dev/null || true' EXIT
+for _ in $(seq 1 500); do
+  grep -q 'reconciling' "$LOGS/daemon.log" && break
+  sleep 0.02
+done
+sleep 2 # the start-up reconcile (nothing to do) is over
+for _ in 1 2 3; do
+  daemon_backup daemon-unchanged cold
+  restic_backup daemon-unchanged cold
+done
+for run in 4 5 6; do
+  python3 "$GEN" change "$DATA" "$run"
+  daemon_backup daemon-changed cold
+  restic_backup daemon-changed cold
+done
+kill "$DPID"
+wait "$DPID" 2>/dev/null || true
+trap - EXIT
 
 # restic reads and checks every pack backplan wrote (untimed).
 say "== restic check --read-data of backplan's repository"
@@ -449,7 +464,7 @@ else
 fi
 say "   $CHECK_NOTE"
 
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(load_avg)
 BP_REPO_BYTES=$(du -sb "$BPSTATE/repository" | cut -f1)
 BP_STATE_BYTES=$(($(du -sb "$BPSTATE" | cut -f1) - BP_REPO_BYTES))
 R_REPO_BYTES=$(du -sb "$RREPO" | cut -f1)
@@ -459,20 +474,9 @@ R_SNAPS=$(find "$RREPO/snapshots" -type f | wc -l)
 # ------------------------------------------------------------------------------------------
 # Report
 
-val() { # STEP TOOL FIELD(3=secs,4=kib,5=cpu) -> that field of the quietest run (least wall time)
-  awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t' "$RESULTS" | sort -t"$(printf '\t')" -k3,3n |
-    head -n 1 | cut -f"$3"
-}
-spread() { # STEP TOOL -> "min-max" wall seconds, or the single value
-  awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t {print $3}' "$RESULTS" | sort -n |
-    awk '{a[NR]=$1} END {if (NR > 1 && a[1] != a[NR]) printf "%s-%s", a[1], a[NR]; else printf "%s", a[1]}'
-}
-runs() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t {printf "%s%s s (%s CPU)", sep, $3, $5; sep=", "}' "$RESULTS"; }
-mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
-row() { # LABEL STEP [RESTIC_STEP_TO_ADD]
-  local bs bk bc rs rk rc
-  bs=$(val "$2" backplan 3) bk=$(val "$2" backplan 4) bc=$(val "$2" backplan 5)
+row() { # LABEL STEP [RESTIC_STEP_TO_ADD]; BPTOOL: backplan (default) or backplan-daemon
+  local bs bk bc rs rk rc bt=${BPTOOL:-backplan}
+  bs=$(val "$2" "$bt" 3) bk=$(val "$2" "$bt" 4) bc=$(val "$2" "$bt" 5)
   rs=$(val "$2" restic 3) rk=$(val "$2" restic 4) rc=$(val "$2" restic 5)
   if [ -n "${3:-}" ]; then # restic: two commands (init + backup): times add up, peak is the max
     rs=$(awk -v a="$rs" -v b="$(val "$3" restic 3)" 'BEGIN {printf "%.2f", a + b}')
@@ -480,20 +484,17 @@ row() { # LABEL STEP [RESTIC_STEP_TO_ADD]
     rk=$(awk -v a="$rk" -v b="$(val "$3" restic 4)" 'BEGIN {print (a > b ? a : b)}')
   fi
   printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$bs" "$bc" "$rs" "$rc" \
-    "$(ratio "$bs" "$rs")" "$(ratio "$bc" "$rc")" "$(spread "$2" backplan) / $(spread "$2" restic)" \
-    "$(mib "$bk")" "$(mib "$rk")"
+    "$(ratio "$bs" "$rs")" "$(ratio "$bc" "$rc")" "$(spread "$2" "$bt") / $(spread "$2" restic)" \
+    "$([ "$bk" = 0 ] && echo n/a || mib "$bk")" "$(mib "$rk")"
 }
-hr() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 
 REPORT=$WORK/report.md
 {
   echo "Command: \`bash benches/engine-vs-restic.sh${ARG:+ $ARG}\`"
   echo
-  echo "- date: $(date -u +%Y-%m-%dT%H:%MZ); backplan $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')"
-  echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM"
+  machine_lines
   dev=$(df -P "$WORK" | awk 'NR==2 {print $1}')
   echo "- disk: $dev ($(findmnt -n -o FSTYPE --target "$WORK" 2>/dev/null || echo '?'); rotational flag $(cat "/sys/block/$(basename "$dev")/queue/rotational" 2>/dev/null || echo '?'))"
-  echo "- $(rustc --version); $RESTIC_VERSION"
   echo "- dataset: $(hr "$DATA_BYTES") apparent ($(awk -v k="$DATA_DISK_KIB" 'BEGIN {printf "%.1f MiB", k / 1024}') on disk), $DATA_FILES files, $DATA_LINKS symlinks, $DATA_DIRS folders"
   echo "- $CACHE_NOTE"
   echo "- load average (1/5/15 min) before the timed steps: $LOAD_BEFORE; after: $LOAD_AFTER (other work on the machine adds noise, to both tools alike: their steps alternate)"
@@ -505,15 +506,20 @@ REPORT=$WORK/report.md
   row "cold backup, $ROUNDS rounds (backplan: creates repository + key; restic: init + backup)" cold setup
   row "unchanged re-backup, cold caches (3 runs)" unchanged-cold
   row "unchanged re-backup, warm caches (3 runs)" unchanged-warm
-  row "backup after ~1% change" changed
-  row "restore latest into an empty folder" restore
+  row "backup after ~1% change (3 runs)" changed
+  row "restore latest into an empty folder (3 runs)" restore
+  BPTOOL=backplan-daemon row "daemon: unchanged re-backup, cold caches (3 runs)" daemon-unchanged
+  BPTOOL=backplan-daemon row "daemon: backup after ~1% change (3 runs)" daemon-changed
   echo
   echo "Repository size (du -sb): backplan $(hr "$BP_REPO_BYTES") ($BP_SNAPS snapshots), restic $(hr "$R_REPO_BYTES") ($R_SNAPS snapshots); ratio $(ratio "$BP_REPO_BYTES" "$R_REPO_BYTES"). backplan's state besides the repository (sled, key): $(hr "$BP_STATE_BYTES")."
   echo
   echo "Details:"
   echo "- every run, seconds: unchanged cold: backplan $(runs unchanged-cold backplan) / restic $(runs unchanged-cold restic); unchanged warm: backplan $(runs unchanged-warm backplan) / restic $(runs unchanged-warm restic)"
   echo "- every cold backup: backplan $(runs cold backplan) / restic $(runs cold restic)"
-  echo "- restic alone: init $(val setup restic 3) s, cold backup $(val cold restic 3) s, $(val cold restic 5) s CPU ($(mib "$(val cold restic 4)") MiB); backplan creating the two instances (no repository yet): $(val setup backplan 3) s"
+  echo "- every backup after a change: backplan $(runs changed backplan) / restic $(runs changed restic)"
+  echo "- every restore: backplan $(runs restore backplan) / restic $(runs restore restic)"
+  echo "- daemon rows: \`backplan run\` takes each backup when the file is saved; wall from the rename of the file to its \"backup finished\" log line (150 ms debounce included), CPU the daemon's over that span; every run: unchanged $(runs daemon-unchanged backplan-daemon) / restic $(runs daemon-unchanged restic); changed $(runs daemon-changed backplan-daemon) / restic $(runs daemon-changed restic)"
+  echo "- restic alone: init $(val setup restic 3) s, cold backup $(val cold restic 3) s, $(val cold restic 5) s CPU ($(mib "$(val cold restic 4)") MiB); backplan creating the instances (no repository yet): $(val setup backplan 3) s"
   echo "- the backplan restore includes the pre-restore safety backup of the (empty) sandbox that \`apply\` takes first, the staging folder, the syncfs of the restored tree and the swap; restic does not sync: a \`sync\` right after it took $(val restore-sync restic 3) s more"
   echo "- change: $CHANGED_NOTE"
   echo "- $VERIFY_BP"

@@ -18,18 +18,16 @@
 # wall times, and the throughput (dataset size / wall time). Targets alternate within a round
 # so that load from other work on the machine falls on all of them alike.
 #
-# Environment: BENCH_MIB (dataset size, default 200), BENCH_ROUNDS (default 3).
+# Environment: BENCH_MIB (dataset size, default 200), BENCH_ROUNDS (default 3); BENCH_BUILD and
+# BENCH_PROFILE as in benches/lib.sh (its timing and report helpers).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ARG=${1:-}
-WORK=${ARG:-/tmp/backplan-storage-bench}
-MARKER=.backplan-storage-bench
 MIB=${BENCH_MIB:-200}
 ROUNDS=${BENCH_ROUNDS:-3}
-
-say() { printf '%s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 for tool in cargo python3 restic curl; do
   command -v "$tool" >/dev/null || die "$tool not found"
@@ -52,19 +50,8 @@ AZ_ACCOUNT=devstoreaccount1
 # Azurite's well-known development key (public, documented by Microsoft).
 AZ_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 
-if [ -e "$WORK" ] && [ -n "$(ls -A "$WORK" 2>/dev/null)" ] && [ ! -e "$WORK/$MARKER" ]; then
-  die "$WORK exists, is not empty and was not made by this script; pick another WORKDIR"
-fi
-mkdir -p "$WORK"
-WORK=$(cd "$WORK" && pwd)
-touch "$WORK/$MARKER"
-
-say "== building backplan (cargo build --release --locked)"
-(cd "$ROOT" && cargo build --release --locked --quiet)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-BP=$TARGET_DIR/release/backplan
-[ -x "$BP" ] || die "no binary at $BP"
+WORK=$(work_dir "${ARG:-/tmp/backplan-storage-bench}" .backplan-storage-bench)
+build_backplan
 
 DATA=$WORK/data
 LOGS=$WORK/logs
@@ -110,23 +97,7 @@ DATA_FILES=$(find "$DATA" -type f | wc -l)
 # ------------------------------------------------------------------------------------------
 # Helpers
 
-# timed STEP TARGET CMD...: wall seconds, peak KiB and CPU seconds of CMD into RESULTS.
-timed() {
-  local step=$1 target=$2
-  shift 2
-  local log=$LOGS/$step-$target.log tf=$WORK/time.out
-  sync
-  if ! /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >>"$log" 2>&1; then
-    say "error: $target, step $step failed: $*"
-    tail -n 30 "$log" >&2
-    exit 1
-  fi
-  local secs kib usr sys
-  read -r secs kib usr sys < <(tail -n 1 "$tf")
-  printf '%s\t%s\t%s\t%s\t%s\n' "$step" "$target" "$secs" "$kib" \
-    "$(awk -v u="$usr" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')" >>"$RESULTS"
-  say "   $(printf '%-8s %-14s %7s s' "$step" "$target" "$secs")"
-}
+# timed, val, spread: benches/lib.sh (every step here runs with warm page caches, after a sync).
 
 create_bucket() { curl -sf -X PUT "$S3/$1" >/dev/null || die "cannot create bucket $1"; }
 create_container() { # Shared Key signature, as the Azure Blob service wants it
@@ -189,15 +160,15 @@ bp_target() {
   else
     printf '\n[instances.bench.backups.b1]\nlabel = "bench"\nstorage = "%s"\n' "$4" >>"$dir/backplan.toml"
   fi
-  timed backup "$2" "$BP" apply -c "$dir/backplan.toml" --auto-approve
+  timed backup "$2" warm "$BP" apply -c "$dir/backplan.toml" --auto-approve
   printf '\n[restores.r1]\nfrom = "bench/b1"\nto = "sandbox"\n' >>"$dir/backplan.toml"
-  timed restore "$2" "$BP" apply -c "$dir/backplan.toml" --auto-approve
+  timed restore "$2" warm "$BP" apply -c "$dir/backplan.toml" --auto-approve
 }
 
 # ------------------------------------------------------------------------------------------
 # The run
 
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_BEFORE=$(load_avg)
 STAMP=$(date +%s)
 for ((round = 1; round <= ROUNDS; round++)); do
   say "== round $round of $ROUNDS"
@@ -233,9 +204,9 @@ password_file = \"repo.key\"" s3
     export RESTIC_REPOSITORY=s3:$S3/$name-restic/repo RESTIC_PASSWORD_FILE=$rdir/repo.key
     export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing-secret AWS_DEFAULT_REGION=us-east-1
     restic --no-cache init >>"$LOGS/setup-restic-s3.log" 2>&1
-    timed backup restic-s3 restic --no-cache backup "$DATA"
+    timed backup restic-s3 warm restic --no-cache backup "$DATA"
     mkdir -p "$rdir/restore"
-    timed restore restic-s3 restic --no-cache restore latest --target "$rdir/restore"
+    timed restore restic-s3 warm restic --no-cache restore latest --target "$rdir/restore"
   )
   if [ "$round" = "$ROUNDS" ]; then
     for t in backplan-local backplan-azure backplan-s3; do
@@ -247,34 +218,24 @@ password_file = \"repo.key\"" s3
   fi
   [ "$round" = "$ROUNDS" ] || rm -rf "$WORK/round$round"
 done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(load_avg)
 
 # ------------------------------------------------------------------------------------------
 # Report
 
-best() { # STEP TARGET FIELD(3 wall, 4 kib, 5 cpu) of the quietest round
-  awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t' "$RESULTS" | sort -t"$(printf '\t')" -k3,3n |
-    head -n 1 | cut -f"$3"
-}
-spread() {
-  awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t {print $3}' "$RESULTS" | sort -n |
-    awk '{a[NR]=$1} END {printf "%s-%s", a[1], a[NR]}'
-}
 rate() { awk -v b="$DATA_BYTES" -v s="$1" 'BEGIN {printf "%.1f", b / 1048576 / s}'; }
 row() { # STEP TARGET
   local s
-  s=$(best "$1" "$2" 3)
+  s=$(val "$1" "$2" 3)
   printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$s" "$(rate "$s")" \
-    "$(best "$1" "$2" 5)" "$(spread "$1" "$2")" "$(($(best "$1" "$2" 4) / 1024))"
+    "$(val "$1" "$2" 5)" "$(spread "$1" "$2")" "$(($(val "$1" "$2" 4) / 1024))"
 }
 
 REPORT=$WORK/report.md
 {
   echo "Command: \`bash benches/storage-vs-restic.sh${ARG:+ $ARG}\` (BENCH_MIB=$MIB, BENCH_ROUNDS=$ROUNDS)"
   echo
-  echo "- date: $(date -u +%Y-%m-%dT%H:%MZ); backplan $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')"
-  echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM"
-  echo "- $(rustc --version); $(restic version | head -n 1)"
+  machine_lines
   echo "- emulators on loopback: Azurite $AZ, moto $S3 (both keep their data in memory)"
   echo "- dataset: $(awk -v b="$DATA_BYTES" 'BEGIN {printf "%.1f MiB", b / 1048576}'), $DATA_FILES files (SQL-like dumps, small files, incompressible blobs)"
   echo "- load average (1/5/15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER"

@@ -24,7 +24,6 @@ use super::*;
 mod kept_key;
 mod listing;
 mod lock;
-mod readlimit;
 mod remote;
 mod stream;
 
@@ -223,17 +222,7 @@ impl RusticEngine {
         progress: Arc<dyn ProgressSink>,
         mode: lock::Mode,
     ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
-        self.open_locked_on(repo, handle(repo, progress)?, mode)
-    }
-
-    /// [`RusticEngine::open_locked`] on a handle made by the caller.
-    fn open_locked_on(
-        &self,
-        repo: &Repo,
-        unopened: Repository<()>,
-        mode: lock::Mode,
-    ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
-        let open = self.open_on(repo, unopened)?;
+        let open = self.open(repo, progress)?;
         let key = open.key();
         let sealer =
             lock::Sealer::new(&key.encrypt, &key.mac.k, &key.mac.r).map_err(|message| {
@@ -271,34 +260,6 @@ fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>
     Repository::new_with_progress(
         &RepositoryOptions::default().no_cache(true),
         &backends,
-        Bars(progress),
-    )
-    .map_err(err(repo))
-}
-
-/// A handle for restoring a tree: at most [`readlimit::RESTORE_PACK_READS`] pack reads held
-/// in memory at once (see `readlimit.rs`).
-fn restore_handle(
-    repo: &Repo,
-    progress: Arc<dyn ProgressSink>,
-) -> Result<Repository<()>, EngineError> {
-    let backends = match &repo.remote {
-        Some(remote) => remote::backends(remote)?,
-        None => BackendOptions::default()
-            .repository(format!("local:{}", repo.path.display()))
-            .to_backends()
-            .map_err(err(repo))?,
-    };
-    let limited = rustic_core::RepositoryBackends::new(
-        Arc::new(readlimit::PackReadLimit::new(
-            backends.repository(),
-            readlimit::RESTORE_PACK_READS,
-        )),
-        backends.repo_hot(),
-    );
-    Repository::new_with_progress(
-        &RepositoryOptions::default().no_cache(true),
-        &limited,
         Bars(progress),
     )
     .map_err(err(repo))
@@ -392,15 +353,37 @@ impl Engine for RusticEngine {
                 repo: repo.path.clone(),
                 message: format!("the source path {} is not UTF-8", source.display()),
             })?;
-            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
+            let about = Arc::new(AboutTotal {
+                inner: progress,
+                total: AtomicU64::new(0),
+            });
+            let (open, _lock) = self.open_locked(repo, about.clone(), lock::Mode::Shared)?;
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
             let snap = new_snapshot(repo, tags)?;
+            let mut parent_opts =
+                ParentOptions::default().group_by(SnapshotGroupCriterion::new().label(true));
+            // The parent is the instance's latest snapshot, found here as rustic would (by
+            // label) so that its size gives the progress total: rustic's own size scan, a
+            // second walk of the whole tree, is skipped for every backup that has a parent.
+            let parent = indexed
+                .get_matching_snapshots(|s| s.label == snap.label)
+                .ok()
+                .and_then(|all| all.into_iter().max_by(|a, b| a.time.cmp(&b.time)));
+            let no_scan = match &parent {
+                Some(p) => {
+                    parent_opts = parent_opts.parents(vec![p.id.to_hex().to_string()]);
+                    let size = p.summary.as_ref().map_or(0, |s| s.total_bytes_processed);
+                    about.total.store(size, Ordering::Relaxed);
+                    // A parent without a summary (older restic) gives no total: scan.
+                    size > 0
+                }
+                None => false,
+            };
             let opts = BackupOptions::default()
                 // The tree is stored relative to the source: restoring it gives the tree.
                 .as_path(PathBuf::from("/"))
-                .parent_opts(
-                    ParentOptions::default().group_by(SnapshotGroupCriterion::new().label(true)),
-                )
+                .parent_opts(parent_opts)
+                .no_scan(no_scan)
                 .excludes(Excludes::default().globs(exclude_globs(source_str, exclude)));
             let paths = PathList::from_string(source_str)
                 .map_err(err(repo))?
@@ -515,8 +498,9 @@ impl Engine for RusticEngine {
                 .ok_or_else(|| EngineError::DestinationNotEmpty {
                     path: dest.to_path_buf(),
                 })?;
-            let (open, _lock) =
-                self.open_locked_on(repo, restore_handle(repo, progress)?, lock::Mode::Shared)?;
+            // rustic restores on 4 reader threads, each reading at most 4 MiB of a pack at
+            // once (vendor/rustic_core/BACKPLAN.md): that bounds a restore's memory.
+            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed
@@ -1053,6 +1037,29 @@ impl ProgressBars for Bars {
     }
 }
 
+/// The progress of a backup whose total is its parent snapshot's size (rustic's size scan
+/// skipped): said as "about", and no total once the backup has passed it.
+struct AboutTotal {
+    inner: Arc<dyn ProgressSink>,
+    /// Bytes of the parent snapshot; 0: no estimate.
+    total: AtomicU64,
+}
+
+/// The phase of a backup whose total is the previous backup's size.
+const ABOUT_PHASE: &str = "backing up (about as much as last time)";
+
+impl ProgressSink for AboutTotal {
+    fn update(&self, phase: &str, done: u64, total: Option<u64>) {
+        let about = self.total.load(Ordering::Relaxed);
+        if total.is_none() && about > 0 && phase == "backing up" {
+            return self
+                .inner
+                .update(ABOUT_PHASE, done, (done <= about).then_some(about));
+        }
+        self.inner.update(phase, done, total)
+    }
+}
+
 struct Bar {
     sink: Arc<dyn ProgressSink>,
     bytes: bool,
@@ -1068,7 +1075,7 @@ impl std::fmt::Debug for Bar {
 
 impl RusticProgress for Bar {
     fn is_hidden(&self) -> bool {
-        // Not hidden: a backup then sizes its source first, which gives the ETA.
+        // Not hidden: a backup without a parent then sizes its source first, for the ETA.
         false
     }
     fn set_length(&self, len: u64) {
@@ -1207,6 +1214,75 @@ fn exclude_globs(source: &str, exclude: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a backup reported: (phase, done, total) of every update.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<(String, u64, Option<u64>)>>);
+    impl ProgressSink for Seen {
+        fn update(&self, phase: &str, done: u64, total: Option<u64>) {
+            let mut seen = self.0.lock().unwrap();
+            seen.push((phase.to_string(), done, total));
+        }
+    }
+
+    /// A backup with an earlier one of its instance uses it as parent, skips rustic's size
+    /// scan, and says its total is about the parent's size; another instance's backup in the
+    /// same repository is no parent.
+    #[test]
+    fn a_repeat_backup_takes_its_total_from_the_parent_and_says_about() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repo::local(tmp.path().join("repo"), tmp.path().join("k.key"));
+        let engine = RusticEngine::new();
+        engine.ensure(&repo, true).unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("a"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(src.join("b"), vec![8u8; 100_000]).unwrap();
+        let tags = |instance: &str| SnapshotTags {
+            instance: instance.into(),
+            kind: "on-demand".into(),
+            ..Default::default()
+        };
+        let backup = |instance: &str| {
+            let seen = Arc::new(Seen::default());
+            let info = engine
+                .backup_dir(&repo, &src, &[], &tags(instance), seen.clone())
+                .unwrap();
+            let seen = std::mem::take(&mut *seen.0.lock().unwrap());
+            (info, seen)
+        };
+        // A first backup has no estimate (rustic sizes the source meanwhile).
+        let (first, seen) = backup("i");
+        assert!(seen.iter().all(|(p, ..)| p != ABOUT_PHASE), "{seen:?}");
+
+        std::fs::write(src.join("c"), vec![9u8; 50_000]).unwrap();
+        let (second, seen) = backup("i");
+        let backing: Vec<_> = seen
+            .iter()
+            .filter(|(p, ..)| p.starts_with("backing up"))
+            .collect();
+        assert!(!backing.is_empty(), "{seen:?}");
+        for (phase, done, total) in &backing {
+            assert_eq!(phase, ABOUT_PHASE, "no size scan: {seen:?}");
+            // Past the parent's size, no total is claimed.
+            assert_eq!(*total, (*done <= 400_000).then_some(400_000), "{seen:?}");
+        }
+        assert_eq!(backing.iter().map(|b| b.1).max(), Some(450_000), "{seen:?}");
+
+        let (_, seen) = backup("j");
+        assert!(seen.iter().all(|(p, ..)| p != ABOUT_PHASE), "{seen:?}");
+
+        let open = engine.open(&repo, Arc::new(NoProgress)).unwrap();
+        let all = open.get_all_snapshots().unwrap();
+        let by_id = |id: &str| all.iter().find(|s| s.id.to_hex().as_str() == id).unwrap();
+        assert_eq!(
+            by_id(&second.id).parent.map(|p| p.to_hex().to_string()),
+            Some(first.id.clone()),
+            "the repeat backup's parent is the instance's latest snapshot"
+        );
+        let j = all.iter().find(|s| s.label == "backplan:j").unwrap();
+        assert_eq!(j.parent, None, "another instance's snapshot is no parent");
+    }
 
     #[test]
     fn operations_run_outside_any_async_runtime() {
