@@ -274,8 +274,9 @@ fn parse_tool_major(text: &str) -> Option<u32> {
 
 /// The versions `backup_source` just read, for the `versions` call apply makes right after
 /// it: (whose, when, what). Taken once, and only within [`VERSIONS_FRESH`].
-static LAST_VERSIONS: Mutex<Option<(String, std::time::Instant, BTreeMap<String, String>)>> =
-    Mutex::new(None);
+static LAST_VERSIONS: Mutex<Option<KnownVersions>> = Mutex::new(None);
+
+type KnownVersions = (String, std::time::Instant, BTreeMap<String, String>);
 
 /// How long the versions read for a backup stand for it.
 const VERSIONS_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
