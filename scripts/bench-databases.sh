@@ -10,7 +10,8 @@
 # Needs: a running PostgreSQL reachable as BENCH_PG_URL (default: target/test-postgres/url, a
 # superuser URL ending in "/") with its password in BENCH_PG_PASSWORD_FILE (default
 # target/test-postgres/password); pgbench, pg_dump, pg_restore, psql, sqlite3, GNU time.
-# About 8 GiB free in WORKDIR and 3 GiB on the server. Every run starts anew, untimed:
+# About 8 GiB free in WORKDIR and 4.5 GiB on the server (up to four databases of ~1.1 GB; the
+# two below and the sandbox are left in place at the end). Every run starts anew, untimed:
 #
 # - `$DB` (BENCH_PG_DB, default benchpg): `pgbench -i -s $BENCH_PG_SCALE` (default 70, ~1 GiB),
 #   pgbench's own data, whose rows are mostly blank padding. Backup and restore speed.
