@@ -318,14 +318,12 @@ mod tests {
         let before = unsafe { libc::fcntl(out.as_raw_fd(), libc::F_GETPIPE_SZ) };
         widen_pipe(&out);
         let after = unsafe { libc::fcntl(out.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        assert_eq!(
-            i64::from(after),
-            i64::from(PIPE_CAPACITY).min(max.max(i64::from(before)))
-        );
-        assert!(
-            after > before || max <= i64::from(before),
-            "{before} -> {after}"
-        );
+        if max >= i64::from(PIPE_CAPACITY) {
+            assert_eq!(after, PIPE_CAPACITY, "{before} -> {after}");
+        } else {
+            // A lower system limit: refused (or granted to a privileged process); never less.
+            assert!(after >= before, "{before} -> {after}");
+        }
         drop(child.stdin.take());
         child.wait().unwrap();
     }
