@@ -187,26 +187,43 @@ impl Conn {
             .map_err(|e| format!("cannot reach {}: {e}", self.describe()))?;
         for name in tools {
             let tool = self.tool(name);
-            let major = tool_major(&tool)?;
-            if major < server {
-                return Err(format!(
-                    "{tool} is version {major}, older than the server of {} (version {server}); nothing was done. Install the client tools of version {server} or later (Debian: postgresql-client-{server}), or point the source's `bin_dir` at them",
-                    self.describe()
-                ));
-            }
+            self.refuse_older(&tool, tool_major(&tool)?, server)?;
         }
         Ok(())
     }
 
-    /// Whether the database exists on the server.
-    fn exists(&self) -> Result<bool, String> {
-        self.psql(
-            MAINTENANCE_DB,
-            &[("db", &self.db)],
-            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = :'db');",
-        )
-        .map(|out| out == "t")
-        .map_err(|e| format!("cannot reach {}: {e}", self.describe()))
+    fn refuse_older(&self, tool: &str, major: u32, server: u32) -> Result<(), String> {
+        if major < server {
+            return Err(format!(
+                "{tool} is version {major}, older than the server of {} (version {server}); nothing was done. Install the client tools of version {server} or later (Debian: postgresql-client-{server}), or point the source's `bin_dir` at them",
+                self.describe()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The server's `server_version_num` and whether the database exists, in one psql.
+    fn version_and_existence(&self) -> Result<(u32, bool), String> {
+        let out = self
+            .psql(
+                MAINTENANCE_DB,
+                &[("db", &self.db)],
+                "SELECT current_setting('server_version_num'), EXISTS (SELECT FROM pg_database WHERE datname = :'db');",
+            )
+            .map_err(|e| format!("cannot reach {}: {e}", self.describe()))?;
+        match out.split_once('|') {
+            Some((num, exists)) => num
+                .trim()
+                .parse::<u32>()
+                .map(|n| (n, exists.trim() == "t"))
+                .map_err(|_| format!("the server gave an unexpected version number `{num}`")),
+            None => Err(format!("the server gave an unexpected answer `{out}`")),
+        }
+    }
+
+    /// What identifies the versions asked about: the database's URL and the tools' folder.
+    fn versions_key(&self) -> String {
+        format!("{}\n{:?}", self.url_for(&self.db), self.bin_dir)
     }
 
     fn drop_db(&self, db: &str) -> Result<(), String> {
@@ -253,6 +270,36 @@ fn parse_tool_major(text: &str) -> Option<u32> {
     let after = text.split(')').nth(1)?.trim_start();
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// The versions `backup_source` just read, for the `versions` call apply makes right after
+/// it: (whose, when, what). Taken once, and only within [`VERSIONS_FRESH`].
+static LAST_VERSIONS: Mutex<Option<KnownVersions>> = Mutex::new(None);
+
+type KnownVersions = (String, std::time::Instant, BTreeMap<String, String>);
+
+/// How long the versions read for a backup stand for it.
+const VERSIONS_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn remember_versions(conn: &Conn, server: u32, dump: String) {
+    let versions = BTreeMap::from([
+        (SERVER_VERSION.to_string(), server.to_string()),
+        ("pg_dump".to_string(), dump),
+    ]);
+    *LAST_VERSIONS.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((conn.versions_key(), std::time::Instant::now(), versions));
+}
+
+fn recent_versions(conn: &Conn) -> Option<BTreeMap<String, String>> {
+    let mut last = LAST_VERSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    match last.take() {
+        Some((key, at, versions))
+            if key == conn.versions_key() && at.elapsed() < VERSIONS_FRESH =>
+        {
+            Some(versions)
+        }
+        _ => None,
+    }
 }
 
 /// As restic reads a password file (and the repository keys are read): without a
@@ -371,9 +418,19 @@ SELECT :'missing';"#,
 
     fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String> {
         let conn = Conn::of(source)?;
-        conn.check_versions(&["pg_dump"])
+        // One psql and one `pg_dump --version` (each a process start, through Debian's
+        // wrapper script): their answers are also the backup's versions, asked next.
+        let (server, exists) = conn
+            .version_and_existence()
             .map_err(|e| format!("instance `{instance}`: {e}"))?;
-        if !conn.exists()? {
+        let dump_tool = conn.tool("pg_dump");
+        let dump = tool_version(&dump_tool)?;
+        let major = parse_tool_major(&dump)
+            .ok_or_else(|| format!("cannot read the version of {dump_tool} from `{dump}`"))?;
+        conn.refuse_older(&dump_tool, major, server / 10000)
+            .map_err(|e| format!("instance `{instance}`: {e}"))?;
+        remember_versions(&conn, server, dump);
+        if !exists {
             // Worded as the server words it (pg_dump would fail with the same message).
             return Err(format!(
                 "database \"{}\" does not exist ({}, instance `{instance}`); nothing was backed up",
@@ -397,6 +454,9 @@ SELECT :'missing';"#,
 
     fn versions(&self, source: &Source) -> Result<BTreeMap<String, String>, String> {
         let conn = Conn::of(source)?;
+        if let Some(known) = recent_versions(&conn) {
+            return Ok(known);
+        }
         let server = conn
             .server_version_num()
             .map_err(|e| format!("cannot reach {}: {e}", conn.describe()))?;
@@ -746,6 +806,33 @@ fn drill_list(source: &Source, dump: &std::path::Path) -> Result<String, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conn_to(url: &str) -> Conn {
+        Conn::of(&Source::Postgres {
+            url: url.into(),
+            password_file: None,
+            bin_dir: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn versions_read_for_a_backup_are_used_once_and_only_for_their_database() {
+        let a = conn_to("postgres://u@h:5432/versions_a");
+        let b = conn_to("postgres://u@h:5432/versions_b");
+        remember_versions(&a, 150018, "pg_dump (PostgreSQL) 15.18".into());
+        assert_eq!(recent_versions(&b), None, "another database's versions");
+        remember_versions(&a, 150018, "pg_dump (PostgreSQL) 15.18".into());
+        let got = recent_versions(&a).unwrap();
+        assert_eq!(got[SERVER_VERSION], "150018");
+        assert_eq!(got["pg_dump"], "pg_dump (PostgreSQL) 15.18");
+        assert_eq!(recent_versions(&a), None, "taken once");
+        remember_versions(&a, 150018, "pg_dump (PostgreSQL) 15.18".into());
+        if let Some((_, at, _)) = LAST_VERSIONS.lock().unwrap().as_mut() {
+            *at = at.checked_sub(VERSIONS_FRESH).unwrap();
+        }
+        assert_eq!(recent_versions(&a), None, "too old");
+    }
 
     #[test]
     fn urls_name_their_database_and_keep_the_rest() {
