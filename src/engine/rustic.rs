@@ -498,7 +498,7 @@ impl Engine for RusticEngine {
                 .ok_or_else(|| EngineError::DestinationNotEmpty {
                     path: dest.to_path_buf(),
                 })?;
-            // rustic restores on 4 reader threads, each reading at most 4 MiB of a pack at
+            // rustic restores on 8 reader threads, each reading at most 2 MiB of a pack at
             // once (vendor/rustic_core/BACKPLAN.md): that bounds a restore's memory.
             let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;

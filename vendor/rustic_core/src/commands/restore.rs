@@ -27,9 +27,9 @@ use crate::{
 
 pub(crate) mod constants {
     /// The maximum number of reader threads to use for restoring.
-    pub(crate) const MAX_READER_THREADS_NUM: usize = 4; // [backplan patch] was 20
+    pub(crate) const MAX_READER_THREADS_NUM: usize = 8; // [backplan patch] was 20
     /// [backplan patch] The longest run of a pack read at once by a restore (was 40 MiB).
-    pub(crate) const LIMIT_RESTORE_READ: u32 = 4 * 1024 * 1024;
+    pub(crate) const LIMIT_RESTORE_READ: u32 = 2 * 1024 * 1024;
 }
 
 type Filenames = Vec<PathBuf>;
