@@ -57,8 +57,10 @@ impl Daemon {
     }
 
     pub(crate) fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        // Generous: it returns as soon as `ok` holds, and under CI's load a day of expiries,
+        // a prune and the dailies took over 30 s once (state_growth).
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
+        while start.elapsed() < Duration::from_secs(120) {
             if ok() {
                 return;
             }
