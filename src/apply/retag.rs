@@ -11,8 +11,9 @@
 //! (what `show`, `status` and the plan read) changes at once, with the journal's `retag` entry
 //! opened first ("snapshot tags pending"); the rewrite follows right after the plan's actions in
 //! the same run ([`Executor::rewrite_pending_tags`]). Until then `show` says the tags are
-//! pending. A rewrite that fails stays open (the edit stays applied) and is tried again with
-//! the next change or backup applied, and at start.
+//! pending. A rewrite that fails stays open (the edit stays applied) and is tried again: by
+//! the daemon with back-off (a run with nothing else to do still runs while tags are pending,
+//! [`Executor::tags_pending`]), by the next `apply`, and at start.
 //! Other rewrites (a revived backup's new label, a backup leaving the catalogue) are done in
 //! one step with their record, as before.
 //!
@@ -76,8 +77,8 @@ impl Executor<'_> {
 
     /// Rewrites the tags [`Self::put_tags_pending`] left pending (after the plan's actions, so
     /// that every edit of a run is recorded before the first rewrite waits for its lock), and
-    /// those a failed rewrite left open. A failure is reported; it is tried again at the next
-    /// run that applies something, and at start.
+    /// those a failed rewrite left open. A failure is reported (a retriable failure: the
+    /// daemon tries again with back-off, even when nothing else is to do), and at start.
     pub(super) fn rewrite_pending_tags(&mut self) -> Result<(), ApplyError> {
         for (address, id, phase) in self.open_retags(true)? {
             let Some(mut b) = self.store.get_backup(id)? else {
@@ -116,12 +117,18 @@ impl Executor<'_> {
                     )?;
                     self.report.failed(
                         &address,
-                        format!("the label and notes are recorded, but the snapshot's tags could not be rewritten yet (tried again with the next change or backup applied, and at start): {e}"),
+                        format!("the label and notes are recorded, but the snapshot's tags could not be rewritten yet (tried again later, and at start): {e}"),
                     );
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether an edit's snapshot tags are still to be rewritten (a run with nothing else to
+    /// do still runs for them: the daemon's retry of a rewrite that failed).
+    pub fn tags_pending(&self) -> Result<bool, ApplyError> {
+        Ok(!self.open_retags(true)?.is_empty())
     }
 
     /// Under one exclusive lock: the snapshot `b` names gets `tags` (a new file), `b` is

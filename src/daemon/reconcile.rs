@@ -95,7 +95,13 @@ pub(super) fn reconcile(
             false,
         );
     }
-    if !plan.has_changes() {
+    // A label edit's snapshot tags left pending by a failed rewrite are tried again here
+    // (this run may be the back-off's retry, with nothing else to do).
+    let tags_pending = match exec.tags_pending() {
+        Ok(p) => p,
+        Err(e) => return outcome(format!("cannot read the state: {e}"), false, true),
+    };
+    if !plan.has_changes() && !tags_pending {
         return outcome("nothing to do".into(), false, false);
     }
     if let Err(e) = exec.run(&plan) {

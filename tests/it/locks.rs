@@ -570,3 +570,73 @@ fn a_label_edit_under_a_restic_lock_is_recorded_and_its_tags_follow_once_free() 
     );
     t.check_read_data();
 }
+
+/// The same edit through the daemon: the rewrite that failed under restic's lock is tried again
+/// on its own with the back-off, although the retry has nothing else to do (it once planned
+/// "nothing to do" and left the tags pending until the next change).
+#[test]
+fn the_daemon_retries_a_tag_rewrite_that_failed_under_a_lock_with_nothing_else_to_do() {
+    let t = local();
+    let dir = t.dir();
+    let clock = dir.join("clock");
+    let set = |at: chrono::DateTime<chrono::Utc>| {
+        std::fs::write(dir.join("clock.new"), at.to_rfc3339()).unwrap();
+        std::fs::rename(dir.join("clock.new"), &clock).unwrap();
+    };
+    let start = chrono::Utc::now();
+    set(start);
+    let d = crate::daemon::Daemon::start(
+        dir,
+        &["--clock-file", "clock"],
+        &[("BACKPLAN_LOCK_WAIT", "1")],
+    );
+    d.wait_for("the first reconcile", || d.log().contains("nothing to do"));
+    let holder = Holder::exclusive(&t);
+    let file = dir.join("backplan.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        dir.join("backplan.toml.new"),
+        text.replace("Before solution import", "Edited while locked"),
+    )
+    .unwrap();
+    std::fs::rename(dir.join("backplan.toml.new"), &file).unwrap();
+    d.wait_for("the failed rewrite, and the try planned", || {
+        d.log()
+            .contains("the snapshot's tags could not be rewritten yet")
+            && backplan(dir, &["status", "-c", "backplan.toml"])
+                .stdout
+                .contains("(to try again what failed)")
+    });
+    // restic's own listing (it fails while someone holds the lock: not labelled yet).
+    let labelled = || {
+        let out = t.restic(&["snapshots", "--json"]).output().unwrap();
+        out.status.success()
+            && serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+                .unwrap()
+                .iter()
+                .any(|s| {
+                    s["tags"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|t| t == "label=Edited while locked"))
+                })
+    };
+    let show = backplan(
+        dir,
+        &["show", "-c", "backplan.toml", "contoso/before-import"],
+    );
+    assert!(
+        show.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("snapshot tags") && l.contains("pending")),
+        "{}",
+        show.transcript()
+    );
+    holder.release("");
+    assert!(!labelled(), "rewritten before the back-off's retry");
+    // Past the first back-off (one minute); nothing else changed.
+    set(start + chrono::Duration::seconds(90));
+    d.wait_for("the tags rewritten on the retry", labelled);
+    assert!(d.log().contains("snapshot tags rewritten"), "{}", d.log());
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
