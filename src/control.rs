@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::query::{Answer, Query};
+use crate::records::Recorded;
 
 /// A reply on the socket.
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +38,56 @@ pub fn ask(socket: &Path, q: &Query) -> Result<Answer, AskError> {
 /// Like [`ask`], waiting `timeout` for the answer (`None`: as long as it takes, for an
 /// approved plan that the daemon carries out).
 pub fn ask_within(socket: &Path, q: &Query, timeout: Option<Duration>) -> Result<Answer, AskError> {
+    let stream = send(socket, q, timeout)?;
+    let broken = |reason| broken(socket, reason);
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(|e| broken(e.to_string()))?;
+    match serde_json::from_str::<Reply>(&reply) {
+        Ok(Reply::Answer(a)) => Ok(a),
+        Ok(Reply::Error { error }) => Err(broken(error)),
+        Err(e) => Err(broken(format!("unreadable reply ({e})"))),
+    }
+}
+
+/// The reply to [`Query::Recorded`]: the records themselves, not an [`Answer`] holding them
+/// as text (the state of a large host is tens of MiB of JSON: the daemon writes it once, the
+/// CLI reads it straight into records).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecordedReply<R> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<R>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// [`Query::Recorded`] of the daemon: Ok(Ok(records)), or Ok(Err(why it has none)).
+pub fn ask_recorded(socket: &Path) -> Result<Result<Recorded, String>, AskError> {
+    let stream = send(socket, &Query::Recorded, Some(Duration::from_secs(60)))?;
+    let broken = |reason| broken(socket, reason);
+    let reply = serde_json::Deserializer::from_reader(BufReader::new(&stream))
+        .into_iter::<RecordedReply<Recorded>>()
+        .next()
+        .ok_or_else(|| broken("no reply".into()))?
+        .map_err(|e| broken(format!("unreadable reply ({e})")))?;
+    Ok(match reply {
+        RecordedReply {
+            recorded: Some(r), ..
+        } => Ok(r),
+        RecordedReply { error, .. } => Err(error.unwrap_or_else(|| "no records".into())),
+    })
+}
+
+fn broken(socket: &Path, reason: String) -> AskError {
+    AskError::Broken {
+        socket: socket.display().to_string(),
+        reason,
+    }
+}
+
+/// Connects and sends `q`: the stream to read the reply from.
+fn send(socket: &Path, q: &Query, timeout: Option<Duration>) -> Result<UnixStream, AskError> {
     let name = socket.display().to_string();
     let mut stream = match UnixStream::connect(socket) {
         Ok(s) => s,
@@ -55,10 +106,7 @@ pub fn ask_within(socket: &Path, q: &Query, timeout: Option<Duration>) -> Result
             });
         }
     };
-    let broken = |reason: String| AskError::Broken {
-        socket: name.clone(),
-        reason,
-    };
+    let broken = |reason| broken(socket, reason);
     // A verification reads data back and takes as long as it takes.
     let _ = stream.set_read_timeout(if matches!(q, Query::Verify { .. }) {
         None
@@ -70,15 +118,7 @@ pub fn ask_within(socket: &Path, q: &Query, timeout: Option<Duration>) -> Result
     stream
         .write_all(line.as_bytes())
         .map_err(|e| broken(e.to_string()))?;
-    let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .map_err(|e| broken(e.to_string()))?;
-    match serde_json::from_str::<Reply>(&reply) {
-        Ok(Reply::Answer(a)) => Ok(a),
-        Ok(Reply::Error { error }) => Err(broken(error)),
-        Err(e) => Err(broken(format!("unreadable reply ({e})"))),
-    }
+    Ok(stream)
 }
 
 /// Parses one request line; a malformed or unknown request is an error reply, never a crash.

@@ -40,8 +40,9 @@ pub enum Query {
         backup: String,
         json: bool,
     },
-    /// The recorded state, as JSON on stdout: the CLI plans the file itself (validating it
-    /// as the calling user), so the daemon never reads a file on a client's behalf.
+    /// The recorded state (daemon only), answered as records, not as an [`Answer`]
+    /// (`control::ask_recorded`): the CLI plans the file itself (validating it as the calling
+    /// user), so the daemon never reads a file on a client's behalf.
     Recorded,
     /// Carry out the plan of the file in force now (daemon only), if its actions are the ones
     /// the operator approved ([`crate::control::approved_actions`]); `allow_mass_removal`
@@ -111,8 +112,9 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
             Exit::Failure
         }
         Query::Recorded => {
-            json(&mut out, ctx.recorded);
-            Exit::Ok
+            // Answered by the daemon's socket itself, as records (`control::ask_recorded`).
+            let _ = writeln!(err, "only the daemon answers for the recorded state");
+            Exit::Failure
         }
         Query::Apply { .. } => {
             let _ = writeln!(
@@ -128,9 +130,8 @@ pub fn answer(q: &Query, ctx: &Context<'_>) -> Answer {
         Query::Status { json, .. } | Query::Backups { json, .. } | Query::Show { json, .. } => {
             *json
         }
-        // The recorded state is JSON; an apply's report is text.
-        Query::Recorded => true,
-        Query::Apply { .. } | Query::Verify { .. } => false,
+        // An apply's report is text.
+        Query::Recorded | Query::Apply { .. } | Query::Verify { .. } => false,
     };
     let stdout = String::from_utf8_lossy(&out);
     Answer {

@@ -27,13 +27,17 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     // A running daemon holds the store: the plan is made against its state and, once
     // approved, carried out by it.
-    match crate::control::ask(&cfg.daemon.control_socket, &Query::Recorded) {
+    match crate::control::ask_recorded(&cfg.daemon.control_socket) {
         Err(AskError::NoDaemon(_)) => {}
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
             return Exit::Failure;
         }
-        Ok(a) => return through_daemon(s, cfg, &a, interactive, out, err),
+        Ok(Err(e)) => {
+            let _ = writeln!(err, "error: {e}");
+            return Exit::Failure;
+        }
+        Ok(Ok(recorded)) => return through_daemon(s, cfg, &recorded, interactive, out, err),
     }
     if !s.auto_approve && !interactive {
         // Nobody to ask: show the plan without touching anything, and refuse.
@@ -111,33 +115,18 @@ pub fn run(s: &Settings, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
 fn through_daemon(
     s: &Settings,
     cfg: &crate::config::Config,
-    recorded: &crate::query::Answer,
+    recorded: &crate::records::Recorded,
     interactive: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Exit {
     let socket = &cfg.daemon.control_socket;
-    if recorded.exit != 0 {
-        let _ = err.write_all(recorded.stderr.as_bytes());
-        return Exit::Failure;
-    }
-    let recorded: crate::records::Recorded = match serde_json::from_str(&recorded.stdout) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(
-                err,
-                "error: the daemon on {} sent a state this version cannot read ({e})",
-                socket.display()
-            );
-            return Exit::Failure;
-        }
-    };
     let _ = writeln!(
         out,
         "The daemon on {} carries out this plan once it is approved.\n",
         socket.display()
     );
-    let plan = plan::plan(cfg, &recorded, Utc::now(), s.options);
+    let plan = plan::plan(cfg, recorded, Utc::now(), s.options);
     if let Err(exit) = show_plan(&plan, out, err) {
         return exit;
     }

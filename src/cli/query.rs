@@ -7,7 +7,7 @@ use std::path::Path;
 use chrono::Utc;
 
 use super::Exit;
-use crate::control::{AskError, ask};
+use crate::control::{AskError, ask, ask_recorded};
 use crate::query::{Answer, Context, Query, answer};
 use crate::records::Recorded;
 
@@ -67,16 +67,8 @@ pub fn plan(
 pub(super) fn recorded(state_dir: &Path, socket: &Path) -> Result<Recorded, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match ask(socket, &Query::Recorded) {
-            Ok(a) if a.exit == 0 => {
-                return serde_json::from_str(&a.stdout).map_err(|e| {
-                    format!(
-                        "the daemon on {} sent a state this version cannot read ({e})",
-                        socket.display()
-                    )
-                });
-            }
-            Ok(a) => return Err(a.stderr.trim().trim_start_matches("error: ").to_string()),
+        match ask_recorded(socket) {
+            Ok(r) => return r,
             Err(AskError::NoDaemon(_)) => {}
             Err(e) => return Err(e.to_string()),
         }

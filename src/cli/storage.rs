@@ -80,7 +80,11 @@ fn adopt(
     };
     // The daemon holds the state: adopt writes it, so it runs without one.
     let socket = &cfg.daemon.control_socket;
-    match crate::control::ask(socket, &crate::query::Query::Recorded) {
+    let status = crate::query::Query::Status {
+        json: true,
+        width: None,
+    };
+    match crate::control::ask(socket, &status) {
         Err(crate::control::AskError::NoDaemon(_)) => {}
         Err(e) => return fail(err, &e),
         Ok(_) => {

@@ -49,6 +49,7 @@ pub(super) async fn serve_client(
     stream: tokio::net::UnixStream,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
+    use crate::control::Reply;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let limit = crate::config::MAX_FILE_BYTES as usize;
     let (read, mut write) = stream.into_split();
@@ -63,34 +64,56 @@ pub(super) async fn serve_client(
                 .read_until(b'\n', &mut line),
         )
         .await;
-        let reply = match got {
+        let reply = |r: Reply| serde_json::to_vec(&r).expect("replies serialise");
+        let mut out = match got {
             Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Ok(()), // idle, broken or closed
-            Ok(Ok(_)) if line.len() > limit => crate::control::Reply::Error {
+            Ok(Ok(_)) if line.len() > limit => reply(Reply::Error {
                 error: format!("request longer than {limit} bytes; the connection is closed"),
-            },
+            }),
             Ok(Ok(_)) => match crate::control::parse_request(&String::from_utf8_lossy(&line)) {
-                Err(error) => crate::control::Reply::Error { error },
+                Err(error) => reply(Reply::Error { error }),
                 Ok(q) => {
                     let shared = shared.clone();
-                    match tokio::task::spawn_blocking(move || answer(&q, &shared)).await {
-                        Ok(a) => crate::control::Reply::Answer(a),
-                        Err(e) => crate::control::Reply::Error {
+                    let answered = tokio::task::spawn_blocking(move || match q {
+                        Query::Recorded => recorded(&shared),
+                        q => reply(Reply::Answer(answer(&q, &shared))),
+                    });
+                    answered.await.unwrap_or_else(|e| {
+                        reply(Reply::Error {
                             error: e.to_string(),
-                        },
-                    }
+                        })
+                    })
                 }
             },
         };
         let close = line.len() > limit;
-        let mut out = serde_json::to_string(&reply).expect("replies serialise");
-        out.push('\n');
-        tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(out.as_bytes()))
+        out.push(b'\n');
+        tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(&out))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if close {
             return Ok(());
         }
     }
+}
+
+/// The reply to [`Query::Recorded`] (`crate::control::ask_recorded`), as one compact JSON
+/// line: the records written once, straight from memory. A store that cannot be read now
+/// answers with what it held when last read.
+fn recorded(shared: &Shared) -> Vec<u8> {
+    let rec = shared.store.load().map_err(|e| e.to_string());
+    let rec = rec.or_else(|e| shared.store.last_read().ok_or(e));
+    let reply = match &rec {
+        Ok(r) => crate::control::RecordedReply {
+            recorded: Some(&**r),
+            error: None,
+        },
+        Err(e) => crate::control::RecordedReply {
+            recorded: None,
+            error: Some(e.clone()),
+        },
+    };
+    serde_json::to_vec(&reply).expect("records serialise")
 }
 
 pub(super) fn answer(q: &Query, shared: &Shared) -> Answer {

@@ -960,3 +960,41 @@ fn a_moved_state_dir_waits_for_the_next_start_and_nothing_is_mixed() {
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 }
+
+/// `plan` with the daemon running gets the records from it (one compact JSON line of records,
+/// not an answer holding them as text) and plans exactly what it plans without a daemon.
+#[test]
+fn plan_through_the_daemon_is_the_plan_without_it() {
+    let tmp = prepared();
+    let dir = tmp.path();
+    assert_eq!(apply(dir).code, 0);
+    let plan = |dir: &Path| {
+        let run = backplan(
+            dir,
+            &[
+                "plan",
+                "-c",
+                "backplan.toml",
+                "--json",
+                "--at",
+                "2026-12-24T12:00:00Z",
+            ],
+        );
+        assert_eq!(run.code, 0, "{}", run.transcript());
+        run.stdout
+    };
+    let alone = plan(dir);
+    let d = Daemon::start(dir, &[], &[]);
+    d.wait_for("the first reconcile", || d.log().contains("nothing to do"));
+    let mut s = UnixStream::connect(dir.join("state/backplan.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"{\"command\":\"recorded\"}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let backups = reply["recorded"]["backups"].as_object().unwrap();
+    assert_eq!(backups.len(), backups_json(dir).len(), "{reply}");
+    assert_eq!(plan(dir), alone);
+    let (code, _) = d.stop();
+    assert_eq!(code, Some(0));
+}
