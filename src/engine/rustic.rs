@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::*;
 
+mod gate;
 mod kept_key;
 mod listing;
 mod lock;
@@ -114,7 +115,7 @@ impl RusticEngine {
         &self,
         repo: &Repo,
         op: &'static str,
-        f: impl FnOnce() -> Result<T, EngineError> + Send,
+        mut f: impl FnMut() -> Result<T, EngineError> + Send,
     ) -> Result<T, EngineError> {
         let lock = self.repository_lock(repo);
         // Waiting for the lock is live work (the watchdog's heartbeat), not a hang.
@@ -131,7 +132,7 @@ impl RusticEngine {
         std::thread::scope(|s| {
             let worker = std::thread::Builder::new()
                 .name(format!("engine {op}"))
-                .spawn_scoped(s, f)
+                .spawn_scoped(s, || run_again_after_late_conflicts(repo, &mut f))
                 .map_err(|source| EngineError::Io {
                     op: "starting an engine thread",
                     source,
@@ -222,7 +223,9 @@ impl RusticEngine {
         progress: Arc<dyn ProgressSink>,
         mode: lock::Mode,
     ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
-        let open = self.open(repo, progress)?;
+        // Writes wait for the lock's second look; none is possible before the lock is taken.
+        let gate = gate::Gate::default();
+        let open = self.open_on(repo, handle_gated(repo, progress, Some(gate.clone()))?)?;
         let key = open.key();
         let sealer =
             lock::Sealer::new(&key.encrypt, &key.mac.k, &key.mac.r).map_err(|message| {
@@ -240,16 +243,70 @@ impl RusticEngine {
             sealer,
             mode,
             &repo.path,
-            lock::wait_bound(),
+            lock::wait_left(),
             lock::REFRESH,
         )?;
+        let _ = gate.set(held.settle());
         lock::hold_for_tests(mode);
         Ok((open, held))
     }
 }
 
+/// The second look of `lock` (`lock.rs`), for an operation about to write outside the
+/// repository (a restore's files) or to report what it read: Err names the conflicting lock
+/// (the operation is then run again, see [`run_again_after_late_conflicts`]).
+fn second_look(lock: &lock::RepoLock, repo: &Repo) -> Result<(), EngineError> {
+    lock.settle()
+        .pass()
+        .map_err(|holder| EngineError::Repository {
+            repo: repo.path.clone(),
+            message: format!("the repository is locked by {holder}"),
+        })
+}
+
+/// Runs an operation (on its engine thread) and, when the second look of a lock it took found
+/// a conflicting lock (it then wrote nothing to the repository: `gate.rs`), runs it again:
+/// its next lock waits for that holder within what is left of the wait bound, as a conflict
+/// found at the first look does.
+fn run_again_after_late_conflicts<T>(
+    repo: &Repo,
+    f: &mut impl FnMut() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let mut again = false;
+    loop {
+        lock::OperationLocks::start(again);
+        let result = f();
+        let Some(holder) = lock::OperationLocks::conflict() else {
+            return result;
+        };
+        if lock::wait_left().is_zero() {
+            return Err(EngineError::Repository {
+                repo: repo.path.clone(),
+                message: format!(
+                    "the repository is locked by {holder}, which came while this operation started (nothing was written); waited {}s",
+                    lock::wait_bound().as_secs()
+                ),
+            });
+        }
+        tracing::info!(
+            "repository {}: {holder} came while this operation started; nothing was written, it starts again once that lock is gone",
+            repo.path.display()
+        );
+        again = true;
+    }
+}
+
 fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>, EngineError> {
-    let backends = match &repo.remote {
+    handle_gated(repo, progress, None)
+}
+
+/// [`handle`]; with a gate, every write and remove of the handle waits for it (`gate.rs`).
+fn handle_gated(
+    repo: &Repo,
+    progress: Arc<dyn ProgressSink>,
+    gate: Option<gate::Gate>,
+) -> Result<Repository<()>, EngineError> {
+    let mut backends = match &repo.remote {
         Some(remote) => remote::backends(remote)?,
         // `local:` always: a path holding `:` would otherwise be read as a backend name.
         None => BackendOptions::default()
@@ -257,6 +314,15 @@ fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>
             .to_backends()
             .map_err(err(repo))?,
     };
+    if let Some(gate) = gate {
+        backends = rustic_core::RepositoryBackends::new(
+            Arc::new(gate::Gated {
+                inner: backends.repository(),
+                gate,
+            }),
+            backends.repo_hot(),
+        );
+    }
     Repository::new_with_progress(
         &RepositoryOptions::default().no_cache(true),
         &backends,
@@ -354,7 +420,7 @@ impl Engine for RusticEngine {
                 message: format!("the source path {} is not UTF-8", source.display()),
             })?;
             let about = Arc::new(AboutTotal {
-                inner: progress,
+                inner: progress.clone(),
                 total: AtomicU64::new(0),
             });
             let (open, _lock) = self.open_locked(repo, about.clone(), lock::Mode::Shared)?;
@@ -500,7 +566,7 @@ impl Engine for RusticEngine {
                 })?;
             // rustic restores on 8 reader threads, each reading at most 2 MiB of a pack at
             // once (vendor/rustic_core/BACKPLAN.md): that bounds a restore's memory.
-            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
+            let (open, lock) = self.open_locked(repo, progress.clone(), lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed
@@ -509,6 +575,9 @@ impl Engine for RusticEngine {
             let ls = indexed
                 .ls(&node, &LsOptions::default())
                 .map_err(err(repo))?;
+            // Nothing is written into the destination before the lock's second look: a
+            // conflict there runs the restore again, into the same empty folder.
+            second_look(&lock, repo)?;
             let destination = LocalDestination::new(dest_str, true, false).map_err(err(repo))?;
             let mut opts = RestoreOptions::default().numeric_id(true);
             // Sparse files back as sparse files. rustic 0.13 does not export the option's
@@ -541,7 +610,7 @@ impl Engine for RusticEngine {
             use rustic_core::repofile::SnapshotId;
             // Exclusive, as `restic tag` takes it: no other snapshot may appear meanwhile. One
             // lock (one 200 ms settle) for the write, the record and the forget.
-            let (open, _lock) =
+            let (open, lock) =
                 self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             let failed = |message: String| EngineError::Repository {
                 repo: repo.path.clone(),
@@ -550,6 +619,7 @@ impl Engine for RusticEngine {
             let mut snap = find_snapshot(&open, repo, snapshot)?;
             let wanted: std::collections::BTreeSet<String> = tags.to_tags().into_iter().collect();
             if snap.tags.iter().cloned().collect::<std::collections::BTreeSet<_>>() == wanted {
+                second_look(&lock, repo)?;
                 recorded(snapshot).map_err(failed)?;
                 return Ok(snapshot.to_string());
             }
