@@ -224,7 +224,7 @@ impl RusticEngine {
         mode: lock::Mode,
     ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
         // Writes wait for the lock's second look; none is possible before the lock is taken.
-        let gate = gate::Gate::default();
+        let gate = Arc::new(gate::Gate::default());
         let open = self.open_on(repo, handle_gated(repo, progress, Some(gate.clone()))?)?;
         let key = open.key();
         let sealer =
@@ -238,7 +238,7 @@ impl RusticEngine {
             Some(remote) => remote::lock_files(remote)?,
             None => Arc::new(lock::LocalLocks(repo.path.join("locks"))),
         };
-        let held = lock::acquire(
+        let mut held = lock::acquire(
             files,
             sealer,
             mode,
@@ -246,7 +246,8 @@ impl RusticEngine {
             lock::wait_left(),
             lock::REFRESH,
         )?;
-        let _ = gate.set(held.settle());
+        let _ = gate.settle.set(held.settle());
+        held.gate = Some(gate);
         lock::hold_for_tests(mode);
         Ok((open, held))
     }
@@ -304,7 +305,7 @@ fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>
 fn handle_gated(
     repo: &Repo,
     progress: Arc<dyn ProgressSink>,
-    gate: Option<gate::Gate>,
+    gate: Option<Arc<gate::Gate>>,
 ) -> Result<Repository<()>, EngineError> {
     let mut backends = match &repo.remote {
         Some(remote) => remote::backends(remote)?,
@@ -423,8 +424,12 @@ impl Engine for RusticEngine {
                 inner: progress.clone(),
                 total: AtomicU64::new(0),
             });
-            let (open, _lock) = self.open_locked(repo, about.clone(), lock::Mode::Shared)?;
+            // Where a backup's time goes, at debug level (BENCHMARKS.md, "Daemon").
+            tracing::debug!("backup: opening the repository");
+            let (open, lock) = self.open_locked(repo, about.clone(), lock::Mode::Shared)?;
+            tracing::debug!("backup: repository opened, lock landed");
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
+            tracing::debug!("backup: index read");
             let snap = new_snapshot(repo, tags)?;
             let mut parent_opts =
                 ParentOptions::default().group_by(SnapshotGroupCriterion::new().label(true));
@@ -460,6 +465,7 @@ impl Engine for RusticEngine {
                 })?;
             let skipped = SkippedFiles::start();
             let saved = indexed.backup(&opts, &paths, snap);
+            tracing::debug!("backup: snapshot saved");
             let skipped = skipped.finish();
             let saved = saved.map_err(err(repo))?;
             let info = info(&saved);
@@ -468,7 +474,7 @@ impl Engine for RusticEngine {
             if !skipped.is_empty() {
                 let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
                 indexed.delete_snapshots(&ids).map_err(err(repo))?;
-                sync_repository(repo)?;
+                sync_written(repo, &lock)?;
                 let paths = unreadable_paths(&skipped);
                 return Err(EngineError::Unreadable {
                     folder: source.to_path_buf(),
@@ -479,7 +485,8 @@ impl Engine for RusticEngine {
                         .collect(),
                 });
             }
-            sync_repository(repo)?;
+            sync_written(repo, &lock)?;
+            tracing::debug!("backup: repository synced");
             Ok(info)
         })
     }
@@ -662,17 +669,17 @@ impl Engine for RusticEngine {
             return Ok(());
         }
         self.guarded(repo, "forget", || {
-            let (open, _lock) =
+            let (open, lock) =
                 self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             let ids = open_ids(&open, snapshots, repo)?;
             open.delete_snapshots(&ids).map_err(err(repo))?;
-            sync_repository(repo)
+            sync_written(repo, &lock)
         })
     }
 
     fn prune(&self, repo: &Repo) -> Result<(), EngineError> {
         self.guarded(repo, "prune", || {
-            let (open, _lock) =
+            let (open, lock) =
                 self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             // Delete now (the default only marks packs for a day later) and repack partly
             // used packs without the default 10% cap.
@@ -682,7 +689,7 @@ impl Engine for RusticEngine {
                 .max_repack(LimitOption::Unlimited);
             let plan = open.prune_plan(&opts).map_err(err(repo))?;
             open.prune(&opts, plan).map_err(err(repo))?;
-            sync_repository(repo)
+            sync_written(repo, &lock)
         })
     }
 
@@ -1029,6 +1036,27 @@ fn sync_repository(repo: &Repo) -> Result<(), EngineError> {
         }
     }
     sync_dir(root)
+}
+
+/// [`sync_repository`] for the folders a locked operation wrote or removed files in (its
+/// gate noted them), and `data` when one of its subfolders is among them: an unchanged
+/// re-backup syncs `snapshots` alone instead of every folder of the repository.
+fn sync_written(repo: &Repo, lock: &lock::RepoLock) -> Result<(), EngineError> {
+    let Some(gate) = &lock.gate else {
+        return sync_repository(repo);
+    };
+    if repo.remote.is_some() {
+        return Ok(());
+    }
+    let touched = gate.touched();
+    for folder in &touched {
+        crate::heartbeat::beat();
+        sync_dir(&repo.path.join(folder))?;
+    }
+    if touched.iter().any(|f| f.starts_with("data/")) {
+        sync_dir(&repo.path.join("data"))?;
+    }
+    Ok(())
 }
 
 /// [`sync_repository`] for a change of snapshot files alone (a tag rewrite): only the

@@ -8,7 +8,8 @@
 //! during restic's 200 ms settle instead of after it; lock.rs's module doc says why that is
 //! safe.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use rustic_core::{
@@ -17,14 +18,38 @@ use rustic_core::{
 
 use super::lock::Settle;
 
-/// The second look a handle's writes wait for; set once the operation's lock is taken.
-pub(super) type Gate = Arc<OnceLock<Arc<Settle>>>;
+/// What a handle's writes wait for, and where they went.
+#[derive(Default)]
+pub(super) struct Gate {
+    /// The second look; set once the operation's lock is taken.
+    pub(super) settle: OnceLock<Arc<Settle>>,
+    /// The repository's folders that got or lost a file (`data/ab`, `index`, `snapshots`,
+    /// ...): only those need syncing before the operation reports success.
+    touched: Mutex<BTreeSet<String>>,
+}
+
+impl Gate {
+    fn touch(&self, tpe: FileType, id: &Id) {
+        let folder = match tpe {
+            FileType::Pack => format!("{}/{}", tpe.dirname(), &id.to_hex()[..2]),
+            _ => tpe.dirname().to_string(),
+        };
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        touched.insert(folder);
+    }
+
+    /// The folders written or removed into so far.
+    pub(super) fn touched(&self) -> Vec<String> {
+        let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        touched.iter().cloned().collect()
+    }
+}
 
 /// A repository backend whose writes and removes pass the gate first; reads go straight
 /// through.
 pub(super) struct Gated {
     pub(super) inner: Arc<dyn WriteBackend>,
-    pub(super) gate: Gate,
+    pub(super) gate: Arc<Gate>,
 }
 
 impl Gated {
@@ -35,7 +60,7 @@ impl Gated {
                 format!("not {doing}: {why}; nothing was written to the repository"),
             )
         };
-        match self.gate.get() {
+        match self.gate.settle.get() {
             None => Err(refused(
                 "the repository lock is not taken yet (a defect of backplan)".into(),
             )),
@@ -93,10 +118,12 @@ impl WriteBackend for Gated {
         content: BytesList,
     ) -> RusticResult<()> {
         self.pass(&format!("writing {}/{id}", tpe.dirname()))?;
+        self.gate.touch(tpe, id);
         self.inner.write_bytes(tpe, id, cacheable, content)
     }
     fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
         self.pass(&format!("removing {}/{id}", tpe.dirname()))?;
+        self.gate.touch(tpe, id);
         self.inner.remove(tpe, id, cacheable)
     }
 }

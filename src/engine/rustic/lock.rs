@@ -411,6 +411,8 @@ pub(super) struct RepoLock {
     current: Arc<Mutex<String>>,
     /// The second look of restic's protocol, done at the first write or before the end.
     settle: Arc<Settle>,
+    /// The gate of the operation's handle (`gate.rs`): where its writes went.
+    pub(super) gate: Option<Arc<super::gate::Gate>>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
     what: String,
@@ -579,6 +581,7 @@ pub(super) fn acquire(
         files,
         current,
         settle,
+        gate: None,
         stop: Some(stop),
         refresher: None,
         what: what.display().to_string(),
@@ -712,6 +715,11 @@ impl Settle {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Look::Pending(landed) = *state {
             let left = SETTLE.saturating_sub(landed.elapsed());
+            tracing::debug!(
+                waits_ms = left.as_millis() as u64,
+                "repository lock: second look, {} ms after it landed",
+                landed.elapsed().as_millis()
+            );
             if !left.is_zero() {
                 std::thread::sleep(left);
             }
