@@ -637,7 +637,7 @@ fn local_restic_lock_in_the_settle_window_stops_every_write() {
         before,
         "backplan wrote before its second look"
     );
-    assert_eq!(t.locks(), [id.clone()], "restic's lock alone");
+    assert_eq!(t.locks(), std::slice::from_ref(&id), "restic's lock alone");
 
     // The same, and restic lets go within the wait: the backup is run again and completes.
     t.declare("third", "");
