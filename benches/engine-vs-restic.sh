@@ -433,7 +433,7 @@ daemon_backup() { # STEP CACHE
 }
 
 say "== the daemon: unchanged re-backup (cold caches) and after ~1% change, 3 runs each, alternating with restic"
-RUST_LOG=info "$BP" run -c "$BPCFG" >"$LOGS/daemon.log" 2>&1 &
+RUST_LOG=info,backplan=debug "$BP" run -c "$BPCFG" >"$LOGS/daemon.log" 2>&1 &
 DPID=$!
 trap 'kill "$DPID" 2>/dev/null || true' EXIT
 for _ in $(seq 1 500); do

@@ -202,7 +202,10 @@ pub enum DaemonError {
 /// Watcher events that wake the loop (SIGHUP comes through the `reload` channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
+    /// The file changed (written in place, created, removed, ...).
     File,
+    /// Another file was renamed over the file: it is whole, no debounce is needed.
+    FileReplaced,
     Clock,
 }
 
@@ -249,7 +252,10 @@ pub async fn run(
             }
         }
     };
-    let engine: Arc<dyn Engine> = Arc::new(RusticEngine::new());
+    // The master keys of generated keys are kept beside them, as the CLI keeps them: the
+    // first backup after a start skips the scrypt derivation (0.4 s and 128 MiB).
+    let engine: Arc<dyn Engine> =
+        Arc::new(RusticEngine::new().keep_master_keys_of(&cfg.daemon.state_dir.join("keys")));
     let shared = Arc::new(Shared {
         config: RwLock::new(Some(cfg.clone())),
         config_error: RwLock::new(None),
@@ -498,6 +504,7 @@ pub async fn run(
                 ""
             },
         ));
+        let mut replaced = false;
         let woke = loop {
             let now = s.clock.now();
             if let Some(t) = next
@@ -532,6 +539,10 @@ pub async fn run(
                 Some(()) = reload.recv() => break Some(Reason::Reload),
                 Some(w) = wake.recv() => match w {
                     Wake::File => break Some(Reason::FileChanged),
+                    Wake::FileReplaced => {
+                        replaced = true;
+                        break Some(Reason::FileChanged);
+                    }
                     // The test clock moved: read it again.
                     Wake::Clock => {},
                 },
@@ -543,10 +554,18 @@ pub async fn run(
             break;
         };
         reason = if matches!(woke, Reason::FileChanged | Reason::Reload) {
-            // Debounce: editors write in several steps.
-            while let Ok(Some(_)) =
-                tokio::time::timeout(Duration::from_millis(150), wake.recv()).await
-            {}
+            tracing::debug!(replaced, "woken: {woke:?}");
+            // Debounce: editors write in several steps. A file renamed into place (git,
+            // `sed -i`, most tools, many editors) is whole: read at once. Events after it stay
+            // queued and wake the loop again, debounced; one already there means more is
+            // being written: debounced now.
+            if !replaced || wake.try_recv().is_ok() {
+                while let Ok(Some(_)) =
+                    tokio::time::timeout(Duration::from_millis(150), wake.recv()).await
+                {
+                }
+            }
+            tracing::debug!("debounced: reading the file");
             // Unchanged, invalid or missing: nothing to reconcile.
             let reloaded = reload_file(&s.config, &mut last_text, &shared, woke == Reason::Reload);
             if reloaded {

@@ -65,6 +65,11 @@ pub(super) fn reconcile(
     };
     // Let go of the records before writing: a write while they are held copies them.
     drop(rec);
+    tracing::debug!(
+        actions = plan.actions.len(),
+        due = plan.due.len(),
+        "planned"
+    );
     if !reason.operator_caused() {
         plan.actions.retain(|a| {
             let rerun = match &a.details {

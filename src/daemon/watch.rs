@@ -22,10 +22,26 @@ pub(super) fn watch(
         if matches!(ev.kind, notify::EventKind::Access(_)) {
             return;
         }
-        for p in &ev.paths {
+        // A file renamed over the file's name arrives whole, in one step. inotify's rename
+        // within the folder comes as `Name(To)` (the new name), then `Name(Both)` (old, new):
+        // the second says nothing new.
+        use notify::event::{ModifyKind, RenameMode};
+        let (renamed_to, both) = match ev.kind {
+            notify::EventKind::Modify(ModifyKind::Name(RenameMode::To)) => (true, false),
+            notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => (false, true),
+            _ => (false, false),
+        };
+        for (i, p) in ev.paths.iter().enumerate() {
             let name = p.file_name().map(|n| n.to_os_string());
             if name.is_some() && name == config_name {
-                let _ = tx.try_send(Wake::File);
+                if both && i + 1 == ev.paths.len() {
+                    continue;
+                }
+                let _ = tx.try_send(if renamed_to {
+                    Wake::FileReplaced
+                } else {
+                    Wake::File
+                });
             } else if name.is_some() && name == clock_name {
                 let _ = tx.try_send(Wake::Clock);
             }
@@ -49,4 +65,50 @@ pub(super) fn watch(
             })?;
     }
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next wake for the file within 5 s, skipping none.
+    fn next(rx: &mut mpsc::Receiver<Wake>) -> Option<Wake> {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < until {
+            if let Ok(w) = rx.try_recv() {
+                return Some(w);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// A file renamed over the watched one wakes the loop as whole (read without the
+    /// debounce), once; a write in place, or the file renamed away, as a change (debounced).
+    #[test]
+    fn a_rename_into_place_is_told_apart_from_a_write_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("backplan.toml");
+        std::fs::write(&file, "a = 1\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let _watcher = watch(&file, None, tx).unwrap();
+
+        std::fs::write(tmp.path().join("next.toml"), "a = 2\n").unwrap();
+        std::fs::rename(tmp.path().join("next.toml"), &file).unwrap();
+        assert_eq!(next(&mut rx), Some(Wake::FileReplaced));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(rx.try_recv().ok(), None, "one wake for one rename");
+
+        // From outside the folder: no `Both` event, the same wake.
+        let other = tempfile::tempdir_in(tmp.path().parent().unwrap()).unwrap();
+        std::fs::write(other.path().join("n.toml"), "a = 3\n").unwrap();
+        std::fs::rename(other.path().join("n.toml"), &file).unwrap();
+        assert_eq!(next(&mut rx), Some(Wake::FileReplaced));
+
+        std::fs::write(&file, "a = 4\n").unwrap();
+        assert_eq!(next(&mut rx), Some(Wake::File));
+        while rx.try_recv().is_ok() {}
+        std::fs::rename(&file, tmp.path().join("old.toml")).unwrap();
+        assert_eq!(next(&mut rx), Some(Wake::File));
+    }
 }

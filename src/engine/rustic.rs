@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::*;
 
+mod gate;
 mod kept_key;
 mod listing;
 mod lock;
@@ -114,7 +115,7 @@ impl RusticEngine {
         &self,
         repo: &Repo,
         op: &'static str,
-        f: impl FnOnce() -> Result<T, EngineError> + Send,
+        mut f: impl FnMut() -> Result<T, EngineError> + Send,
     ) -> Result<T, EngineError> {
         let lock = self.repository_lock(repo);
         // Waiting for the lock is live work (the watchdog's heartbeat), not a hang.
@@ -131,7 +132,7 @@ impl RusticEngine {
         std::thread::scope(|s| {
             let worker = std::thread::Builder::new()
                 .name(format!("engine {op}"))
-                .spawn_scoped(s, f)
+                .spawn_scoped(s, || run_again_after_late_conflicts(repo, &mut f))
                 .map_err(|source| EngineError::Io {
                     op: "starting an engine thread",
                     source,
@@ -222,7 +223,9 @@ impl RusticEngine {
         progress: Arc<dyn ProgressSink>,
         mode: lock::Mode,
     ) -> Result<(Repository<OpenStatus>, lock::RepoLock), EngineError> {
-        let open = self.open(repo, progress)?;
+        // Writes wait for the lock's second look; none is possible before the lock is taken.
+        let gate = Arc::new(gate::Gate::default());
+        let open = self.open_on(repo, handle_gated(repo, progress, Some(gate.clone()))?)?;
         let key = open.key();
         let sealer =
             lock::Sealer::new(&key.encrypt, &key.mac.k, &key.mac.r).map_err(|message| {
@@ -235,21 +238,76 @@ impl RusticEngine {
             Some(remote) => remote::lock_files(remote)?,
             None => Arc::new(lock::LocalLocks(repo.path.join("locks"))),
         };
-        let held = lock::acquire(
+        let mut held = lock::acquire(
             files,
             sealer,
             mode,
             &repo.path,
-            lock::wait_bound(),
+            lock::wait_left(),
             lock::REFRESH,
         )?;
+        let _ = gate.settle.set(held.settle());
+        held.gate = Some(gate);
         lock::hold_for_tests(mode);
         Ok((open, held))
     }
 }
 
+/// The second look of `lock` (`lock.rs`), for an operation about to write outside the
+/// repository (a restore's files) or to report what it read: Err names the conflicting lock
+/// (the operation is then run again, see [`run_again_after_late_conflicts`]).
+fn second_look(lock: &lock::RepoLock, repo: &Repo) -> Result<(), EngineError> {
+    lock.settle()
+        .pass()
+        .map_err(|holder| EngineError::Repository {
+            repo: repo.path.clone(),
+            message: format!("the repository is locked by {holder}"),
+        })
+}
+
+/// Runs an operation (on its engine thread) and, when the second look of a lock it took found
+/// a conflicting lock (it then wrote nothing to the repository: `gate.rs`), runs it again:
+/// its next lock waits for that holder within what is left of the wait bound, as a conflict
+/// found at the first look does.
+fn run_again_after_late_conflicts<T>(
+    repo: &Repo,
+    f: &mut impl FnMut() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    let mut again = false;
+    loop {
+        lock::OperationLocks::start(again);
+        let result = f();
+        let Some(holder) = lock::OperationLocks::conflict() else {
+            return result;
+        };
+        if lock::wait_left().is_zero() {
+            return Err(EngineError::Repository {
+                repo: repo.path.clone(),
+                message: format!(
+                    "the repository is locked by {holder}, which came while this operation started (nothing was written); waited {}s",
+                    lock::wait_bound().as_secs()
+                ),
+            });
+        }
+        tracing::info!(
+            "repository {}: {holder} came while this operation started; nothing was written, it starts again once that lock is gone",
+            repo.path.display()
+        );
+        again = true;
+    }
+}
+
 fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>, EngineError> {
-    let backends = match &repo.remote {
+    handle_gated(repo, progress, None)
+}
+
+/// [`handle`]; with a gate, every write and remove of the handle waits for it (`gate.rs`).
+fn handle_gated(
+    repo: &Repo,
+    progress: Arc<dyn ProgressSink>,
+    gate: Option<Arc<gate::Gate>>,
+) -> Result<Repository<()>, EngineError> {
+    let mut backends = match &repo.remote {
         Some(remote) => remote::backends(remote)?,
         // `local:` always: a path holding `:` would otherwise be read as a backend name.
         None => BackendOptions::default()
@@ -257,6 +315,15 @@ fn handle(repo: &Repo, progress: Arc<dyn ProgressSink>) -> Result<Repository<()>
             .to_backends()
             .map_err(err(repo))?,
     };
+    if let Some(gate) = gate {
+        backends = rustic_core::RepositoryBackends::new(
+            Arc::new(gate::Gated {
+                inner: backends.repository(),
+                gate,
+            }),
+            backends.repo_hot(),
+        );
+    }
     Repository::new_with_progress(
         &RepositoryOptions::default().no_cache(true),
         &backends,
@@ -354,11 +421,15 @@ impl Engine for RusticEngine {
                 message: format!("the source path {} is not UTF-8", source.display()),
             })?;
             let about = Arc::new(AboutTotal {
-                inner: progress,
+                inner: progress.clone(),
                 total: AtomicU64::new(0),
             });
-            let (open, _lock) = self.open_locked(repo, about.clone(), lock::Mode::Shared)?;
+            // Where a backup's time goes, at debug level (BENCHMARKS.md, "Daemon").
+            tracing::debug!("backup: opening the repository");
+            let (open, lock) = self.open_locked(repo, about.clone(), lock::Mode::Shared)?;
+            tracing::debug!("backup: repository opened, lock landed");
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
+            tracing::debug!("backup: index read");
             let snap = new_snapshot(repo, tags)?;
             let mut parent_opts =
                 ParentOptions::default().group_by(SnapshotGroupCriterion::new().label(true));
@@ -394,6 +465,7 @@ impl Engine for RusticEngine {
                 })?;
             let skipped = SkippedFiles::start();
             let saved = indexed.backup(&opts, &paths, snap);
+            tracing::debug!("backup: snapshot saved");
             let skipped = skipped.finish();
             let saved = saved.map_err(err(repo))?;
             let info = info(&saved);
@@ -402,7 +474,7 @@ impl Engine for RusticEngine {
             if !skipped.is_empty() {
                 let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
                 indexed.delete_snapshots(&ids).map_err(err(repo))?;
-                sync_repository(repo)?;
+                sync_written(repo, &lock)?;
                 let paths = unreadable_paths(&skipped);
                 return Err(EngineError::Unreadable {
                     folder: source.to_path_buf(),
@@ -413,7 +485,8 @@ impl Engine for RusticEngine {
                         .collect(),
                 });
             }
-            sync_repository(repo)?;
+            sync_written(repo, &lock)?;
+            tracing::debug!("backup: repository synced");
             Ok(info)
         })
     }
@@ -500,7 +573,7 @@ impl Engine for RusticEngine {
                 })?;
             // rustic restores on 8 reader threads, each reading at most 2 MiB of a pack at
             // once (vendor/rustic_core/BACKPLAN.md): that bounds a restore's memory.
-            let (open, _lock) = self.open_locked(repo, progress, lock::Mode::Shared)?;
+            let (open, lock) = self.open_locked(repo, progress.clone(), lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed
@@ -509,6 +582,9 @@ impl Engine for RusticEngine {
             let ls = indexed
                 .ls(&node, &LsOptions::default())
                 .map_err(err(repo))?;
+            // Nothing is written into the destination before the lock's second look: a
+            // conflict there runs the restore again, into the same empty folder.
+            second_look(&lock, repo)?;
             let destination = LocalDestination::new(dest_str, true, false).map_err(err(repo))?;
             let mut opts = RestoreOptions::default().numeric_id(true);
             // Sparse files back as sparse files. rustic 0.13 does not export the option's
@@ -541,7 +617,7 @@ impl Engine for RusticEngine {
             use rustic_core::repofile::SnapshotId;
             // Exclusive, as `restic tag` takes it: no other snapshot may appear meanwhile. One
             // lock (one 200 ms settle) for the write, the record and the forget.
-            let (open, _lock) =
+            let (open, lock) =
                 self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             let failed = |message: String| EngineError::Repository {
                 repo: repo.path.clone(),
@@ -550,6 +626,7 @@ impl Engine for RusticEngine {
             let mut snap = find_snapshot(&open, repo, snapshot)?;
             let wanted: std::collections::BTreeSet<String> = tags.to_tags().into_iter().collect();
             if snap.tags.iter().cloned().collect::<std::collections::BTreeSet<_>>() == wanted {
+                second_look(&lock, repo)?;
                 recorded(snapshot).map_err(failed)?;
                 return Ok(snapshot.to_string());
             }
@@ -592,17 +669,17 @@ impl Engine for RusticEngine {
             return Ok(());
         }
         self.guarded(repo, "forget", || {
-            let (open, _lock) =
+            let (open, lock) =
                 self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             let ids = open_ids(&open, snapshots, repo)?;
             open.delete_snapshots(&ids).map_err(err(repo))?;
-            sync_repository(repo)
+            sync_written(repo, &lock)
         })
     }
 
     fn prune(&self, repo: &Repo) -> Result<(), EngineError> {
         self.guarded(repo, "prune", || {
-            let (open, _lock) =
+            let (open, lock) =
                 self.open_locked(repo, Arc::new(NoProgress), lock::Mode::Exclusive)?;
             // Delete now (the default only marks packs for a day later) and repack partly
             // used packs without the default 10% cap.
@@ -612,7 +689,7 @@ impl Engine for RusticEngine {
                 .max_repack(LimitOption::Unlimited);
             let plan = open.prune_plan(&opts).map_err(err(repo))?;
             open.prune(&opts, plan).map_err(err(repo))?;
-            sync_repository(repo)
+            sync_written(repo, &lock)
         })
     }
 
@@ -959,6 +1036,27 @@ fn sync_repository(repo: &Repo) -> Result<(), EngineError> {
         }
     }
     sync_dir(root)
+}
+
+/// [`sync_repository`] for the folders a locked operation wrote or removed files in (its
+/// gate noted them), and `data` when one of its subfolders is among them: an unchanged
+/// re-backup syncs `snapshots` alone instead of every folder of the repository.
+fn sync_written(repo: &Repo, lock: &lock::RepoLock) -> Result<(), EngineError> {
+    let Some(gate) = &lock.gate else {
+        return sync_repository(repo);
+    };
+    if repo.remote.is_some() {
+        return Ok(());
+    }
+    let touched = gate.touched();
+    for folder in &touched {
+        crate::heartbeat::beat();
+        sync_dir(&repo.path.join(folder))?;
+    }
+    if touched.iter().any(|f| f.starts_with("data/")) {
+        sync_dir(&repo.path.join("data"))?;
+    }
+    Ok(())
 }
 
 /// [`sync_repository`] for a change of snapshot files alone (a tag rewrite): only the

@@ -640,3 +640,85 @@ fn the_daemon_retries_a_tag_rewrite_that_failed_under_a_lock_with_nothing_else_t
     let (code, _) = d.stop();
     assert_eq!(code, Some(0));
 }
+
+/// restic's exclusive lock lands inside backplan's 200 ms settle: after backplan's own lock
+/// landed and its read-only work started, before its second look (the test hook holds
+/// backplan there while the test puts back a lock that the real `restic` took earlier and the
+/// test had moved aside). backplan writes no pack, index or snapshot: it fails naming restic
+/// after its wait, or, when restic lets go within the wait, runs the backup again and
+/// completes; `restic check --read-data` stays clean.
+#[test]
+fn local_restic_lock_in_the_settle_window_stops_every_write() {
+    let t = local();
+    let dir = t.dir().to_path_buf();
+    let locks = dir.join("state/repository/locks");
+    let aside = dir.join("restic-lock-aside");
+    let landed = dir.join("landed");
+    let before = t.contents();
+    let holder = Holder::exclusive(&t);
+    let pid = holder.pid();
+    let id = t.wait_for_lock_of(pid, Some(true));
+
+    // Runs `apply` while restic's lock is aside until backplan's own has landed, then puts
+    // it back and lets backplan go on.
+    let apply_with_late_lock = |wait: &str, release: Option<Holder>| {
+        std::fs::rename(locks.join(&id), &aside).unwrap();
+        let _ = std::fs::remove_file(&landed);
+        let (d, w, l) = (dir.clone(), wait.to_string(), landed.clone());
+        let run = std::thread::spawn(move || {
+            backplan_with_env(
+                &d,
+                &["apply", "-c", "backplan.toml", "--auto-approve"],
+                &[
+                    ("BACKPLAN_LOCK_WAIT", w.as_str()),
+                    ("BACKPLAN_TEST_LOCK_LANDED", l.to_str().unwrap()),
+                    ("RUST_LOG", "info"),
+                ],
+            )
+        });
+        let start = Instant::now();
+        while !landed.exists() {
+            assert!(start.elapsed() < Duration::from_secs(60), "no lock landed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // backplan's lock is in place and its read-only work under way: restic's lands.
+        assert_eq!(t.locks().len(), 1, "backplan's lock alone");
+        std::fs::rename(&aside, locks.join(&id)).unwrap();
+        std::fs::write(&landed, "go").unwrap();
+        if let Some(holder) = release {
+            std::thread::sleep(Duration::from_secs(2));
+            holder.release("");
+        }
+        run.join().unwrap()
+    };
+
+    t.declare("second", "");
+    let run = apply_with_late_lock("2", None);
+    let text = run.transcript();
+    assert_ne!(run.code, 0, "{text}");
+    assert!(
+        text.contains("locked by an exclusive lock of") && text.contains(&format!("(pid {pid})")),
+        "{text}"
+    );
+    assert!(text.contains("nothing was written"), "{text}");
+    assert_eq!(t.status_of("second"), ["failed"]);
+    assert_eq!(
+        t.contents(),
+        before,
+        "backplan wrote before its second look"
+    );
+    assert_eq!(t.locks(), std::slice::from_ref(&id), "restic's lock alone");
+
+    // The same, and restic lets go within the wait: the backup is run again and completes.
+    t.declare("third", "");
+    let run = apply_with_late_lock("60", Some(holder));
+    let text = run.transcript();
+    assert_eq!(run.code, 0, "{text}");
+    assert!(
+        text.contains("it starts again once that lock is gone"),
+        "{text}"
+    );
+    assert_eq!(t.status_of("third"), ["completed"]);
+    assert_eq!(t.locks(), Vec::<String>::new(), "every lock released");
+    t.check_read_data();
+}

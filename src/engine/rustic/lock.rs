@@ -11,7 +11,7 @@
 //!   restore, listing, verification) only with an exclusive one;
 //! - the taker looks for conflicts, writes its lock, waits 200 ms and looks again (a writer
 //!   that started at the same time is then seen by one of the two); on a conflict it removes
-//!   its lock;
+//!   its lock (backplan: when the operation ends, see below);
 //! - a holder refreshes its lock every 5 minutes (writes a new one, removes the old), from a
 //!   thread of its own that stops when the lock is released;
 //! - a lock is stale when older than 30 minutes, or when it names this host and its process is
@@ -19,6 +19,30 @@
 //!   restic that was killed) is removed, as `restic unlock` would. Empty lock files are
 //!   ignored (an upload cut short); a lock that cannot be read is a conflict (restic ≥ 0.15
 //!   does the same), since it may be someone's lock.
+//!
+//! **The settle overlapped with read-only work.** restic waits the 200 ms before it does
+//! anything. backplan starts the operation's read-only work (open, index, parent trees, walk,
+//! chunking) as soon as its lock file has landed, and does the second look at the first write
+//! or remove (`gate.rs`: every write and remove of the operation's rustic handle goes through
+//! [`Settle::pass`], which waits out what is left of the 200 ms first), or before the
+//! operation reports success or writes anything outside the repository (a restore's files),
+//! whichever comes first. **Nothing is written to a repository before the second look of its
+//! lock.** Why this is as safe as restic's order, for a peer P that follows the protocol:
+//! - P modifies nothing before its own second look, and that look, 200 ms after P's lock
+//!   landed, saw no lock of ours (else P backs off): so P's lock landed more than 200 ms
+//!   before ours did.
+//! - Our first look started less than 200 ms before our lock landed ([`try_once`] measures it;
+//!   when it took longer, the second look is done right there, before any read, as restic
+//!   does). So P's lock was already there at our first look, and we would not have gone on.
+//! - Hence no peer modifies the repository while our read-only work runs, except one we see at
+//!   our second look (its lock landed while ours did): then the operation fails with nothing
+//!   written, its lock is removed as it ends, and the engine runs it again from the start
+//!   (fresh handle, index and walk) once that lock is gone, within the same wait bound
+//!   (`run_again_after_late_conflicts` in `rustic.rs`). A restore passes the second look before
+//!   it writes into its staging folder, so running it again finds the folder still empty.
+//! - What the read-only work saw is therefore what the repository held when the operation's
+//!   writes start, as after restic's 200 ms wait. A peer coming after our lock landed sees our
+//!   lock at its first or second look, and waits or backs off.
 //!
 //! On a conflict backplan waits, looking again with growing pauses, up to [`WAIT`] (restic
 //! itself fails at once); then the operation fails with an error naming the holder (host,
@@ -58,6 +82,15 @@ pub(super) fn wait_bound() -> Duration {
         return Duration::from_secs_f64(secs.max(0.0));
     }
     WAIT
+}
+
+/// What is left of [`wait_bound`] for the operation running on this thread (an operation run
+/// again after a conflict at its second look waits no longer in all).
+pub(super) fn wait_left() -> Duration {
+    match STARTED.with(|s| s.get()) {
+        Some((started, true)) => wait_bound().saturating_sub(started.elapsed()),
+        _ => wait_bound(),
+    }
 }
 
 /// Test hook (debug builds only): `BACKPLAN_TEST_LOCK_HOLD=exclusive:SECONDS` (or
@@ -373,8 +406,13 @@ fn random(buf: &mut [u8]) -> Result<(), String> {
 /// A held repository lock; dropping it stops its refresher and removes its file.
 pub(super) struct RepoLock {
     files: Arc<dyn LockFiles>,
-    /// The name of the lock file in place (it changes at each refresh).
+    /// The name of the lock file in place (it changes at each refresh). Held by the
+    /// refresher for a whole refresh, and by the second look.
     current: Arc<Mutex<String>>,
+    /// The second look of restic's protocol, done at the first write or before the end.
+    settle: Arc<Settle>,
+    /// The gate of the operation's handle (`gate.rs`): where its writes went.
+    pub(super) gate: Option<Arc<super::gate::Gate>>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
     what: String,
@@ -391,8 +429,19 @@ impl RepoLock {
     }
 }
 
+impl RepoLock {
+    /// The gate the operation's writes go through (see [`Settle`]).
+    pub(super) fn settle(&self) -> Arc<Settle> {
+        self.settle.clone()
+    }
+}
+
 impl Drop for RepoLock {
     fn drop(&mut self) {
+        // An operation that wrote nothing (or failed early) still has the second look done
+        // while its lock is in place: its verdict is what the engine reports (a conflict
+        // turns a success into a retry, see `OperationLocks`).
+        let _ = self.settle.pass();
         drop(self.stop.take());
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
@@ -476,9 +525,9 @@ pub(super) fn acquire(
     let start = Instant::now();
     let mut pause = Duration::from_millis(500);
     let mut told = false;
-    let name = loop {
+    let (name, pending) = loop {
         match try_once(&*files, &sealer, exclusive) {
-            Ok(name) => break name,
+            Ok(taken) => break taken,
             Err(Refused::Failed(m)) => {
                 return Err(fail(format!("cannot take the repository lock: {m}")));
             }
@@ -505,6 +554,17 @@ pub(super) fn acquire(
         }
     };
     let current = Arc::new(Mutex::new(name));
+    let settle = Arc::new(Settle {
+        state: Mutex::new(match pending {
+            Some(landed) => Look::Pending(landed),
+            None => Look::Passed,
+        }),
+        files: files.clone(),
+        sealer: sealer.clone(),
+        exclusive,
+        current: current.clone(),
+    });
+    OperationLocks::note(&settle);
     let (stop, stopped) = mpsc::channel::<()>();
     let refresher = {
         let (files, current, what) = (files.clone(), current.clone(), what.to_path_buf());
@@ -520,13 +580,42 @@ pub(super) fn acquire(
     let mut lock = RepoLock {
         files,
         current,
+        settle,
+        gate: None,
         stop: Some(stop),
         refresher: None,
         what: what.display().to_string(),
     };
     // On an error here the lock is dropped, so removed.
     lock.refresher = Some(refresher?);
+    if pending.is_some() {
+        landed_for_tests();
+    }
     Ok(lock)
+}
+
+/// Test hook (debug builds only): with `BACKPLAN_TEST_LOCK_LANDED=FILE`, the first operation
+/// whose lock lands with its second look still to do writes FILE and waits (up to a minute)
+/// until a test writes `go` into it, so that a test can put a lock in place inside the settle
+/// window. FILE already there: no wait. Release builds read no variable.
+fn landed_for_tests() {
+    #[cfg(debug_assertions)]
+    if let Ok(path) = std::env::var("BACKPLAN_TEST_LOCK_LANDED")
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .is_ok()
+    {
+        tracing::warn!("test hook: lock landed, waiting for `go` in {path}");
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until
+            && std::fs::read_to_string(&path).map_or(true, |s| s.trim() != "go")
+        {
+            crate::heartbeat::beat();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Writes a new lock with the time of now, then removes the old one.
@@ -537,15 +626,14 @@ fn refresh_once(
     current: &Mutex<String>,
     what: &Path,
 ) {
+    // Held throughout: the second look never sees our old and new lock at once.
+    let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
     let written = sealer
         .encode(&LockInfo::ours(exclusive))
         .and_then(|(name, bytes)| write_held(files, &name, &bytes).map(|()| name));
     match written {
         Ok(name) => {
-            let old = std::mem::replace(
-                &mut *current.lock().unwrap_or_else(|p| p.into_inner()),
-                name,
-            );
+            let old = std::mem::replace(&mut *current, name);
             if let Err(e) = remove_held(files, &old) {
                 tracing::warn!(
                     "repository {}: removing the lock replaced by a fresh one: {e}",
@@ -560,8 +648,16 @@ fn refresh_once(
     }
 }
 
-/// One try of restic's protocol: look, write, wait 200 ms, look again.
-fn try_once(files: &dyn LockFiles, sealer: &Sealer, exclusive: bool) -> Result<String, Refused> {
+/// One try of restic's protocol: look, write; then either the 200 ms and the second look
+/// right here (`None`: settled), or, when the look and the write took less than the 200 ms
+/// (the usual case), the instant the lock landed: its second look is left to the gate
+/// ([`Settle::pass`]), before the operation's first write (see the module's doc).
+fn try_once(
+    files: &dyn LockFiles,
+    sealer: &Sealer,
+    exclusive: bool,
+) -> Result<(String, Option<Instant>), Refused> {
+    let looked = Instant::now();
     if let Some(holder) = conflict(files, sealer, exclusive, None)? {
         return Err(Refused::Held(holder));
     }
@@ -569,9 +665,15 @@ fn try_once(files: &dyn LockFiles, sealer: &Sealer, exclusive: bool) -> Result<S
         .encode(&LockInfo::ours(exclusive))
         .map_err(Refused::Failed)?;
     write_held(files, &name, &bytes).map_err(Refused::Failed)?;
+    let landed = Instant::now();
+    if landed.duration_since(looked) < SETTLE {
+        return Ok((name, Some(landed)));
+    }
+    // A slow first look: an exclusive peer may have taken its lock after it started and be
+    // at work before ours landed; read nothing before the second look.
     std::thread::sleep(SETTLE);
     match conflict(files, sealer, exclusive, Some(&name)) {
-        Ok(None) => Ok(name),
+        Ok(None) => Ok((name, None)),
         other => {
             let _ = remove_held(files, &name);
             match other {
@@ -580,6 +682,108 @@ fn try_once(files: &dyn LockFiles, sealer: &Sealer, exclusive: bool) -> Result<S
                 Ok(None) => unreachable!(),
             }
         }
+    }
+}
+
+/// Where the second look of a lock stands.
+enum Look {
+    /// The lock landed then; the second look is still to do.
+    Pending(Instant),
+    Passed,
+    /// The second look found this conflicting lock (or could not be done: `conflict` false).
+    Failed {
+        why: String,
+        conflict: bool,
+    },
+}
+
+/// The second look of a held lock, shared by the lock and the gate of the operation's
+/// repository writes (`gate.rs`): done once, by the first write, remove or end of the
+/// operation that needs it, at the earliest 200 ms after the lock landed.
+pub(super) struct Settle {
+    state: Mutex<Look>,
+    files: Arc<dyn LockFiles>,
+    sealer: Sealer,
+    exclusive: bool,
+    current: Arc<Mutex<String>>,
+}
+
+impl Settle {
+    /// Waits out what is left of the 200 ms, then looks again (once); Err: the conflicting
+    /// lock (or why the look failed), for this and every later call.
+    pub(super) fn pass(&self) -> Result<(), String> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Look::Pending(landed) = *state {
+            let left = SETTLE.saturating_sub(landed.elapsed());
+            tracing::debug!(
+                waits_ms = left.as_millis() as u64,
+                "repository lock: second look, {} ms after it landed",
+                landed.elapsed().as_millis()
+            );
+            if !left.is_zero() {
+                std::thread::sleep(left);
+            }
+            // Not while the refresher swaps our lock file (both of ours would be listed).
+            let ours = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            *state = match conflict(&*self.files, &self.sealer, self.exclusive, Some(&ours)) {
+                Ok(None) => Look::Passed,
+                Ok(Some(holder)) => Look::Failed {
+                    why: holder,
+                    conflict: true,
+                },
+                Err(Refused::Held(h) | Refused::Failed(h)) => Look::Failed {
+                    why: format!("cannot look for conflicting locks: {h}"),
+                    conflict: false,
+                },
+            };
+        }
+        match &*state {
+            Look::Failed { why, .. } => Err(why.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The conflicting lock the second look found, if it found one.
+    fn conflict(&self) -> Option<String> {
+        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            Look::Failed {
+                why,
+                conflict: true,
+            } => Some(why.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The locks the operation running on this thread took (the engine runs each operation on a
+/// thread of its own): after it, whether a second look found a conflict, which makes the
+/// engine run the operation again (it wrote nothing) after the usual wait.
+pub(super) struct OperationLocks;
+
+thread_local! {
+    static TAKEN: std::cell::RefCell<Vec<Arc<Settle>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// When the operation first started, and whether this is a try after the first.
+    static STARTED: std::cell::Cell<Option<(Instant, bool)>> = const { std::cell::Cell::new(None) };
+}
+
+impl OperationLocks {
+    fn note(settle: &Arc<Settle>) {
+        TAKEN.with(|t| t.borrow_mut().push(settle.clone()));
+    }
+
+    /// An operation starts on this thread (`again`: the same one, run again): forgets the
+    /// locks of the earlier try.
+    pub(super) fn start(again: bool) {
+        TAKEN.with(|t| t.borrow_mut().clear());
+        STARTED.with(|s| match s.get() {
+            Some((started, _)) if again => s.set(Some((started, true))),
+            _ => s.set(Some((Instant::now(), false))),
+        });
+    }
+
+    /// The conflicting lock a second look of this operation found, if any.
+    pub(super) fn conflict() -> Option<String> {
+        TAKEN.with(|t| t.borrow().iter().find_map(|s| s.conflict()))
     }
 }
 
@@ -848,6 +1052,34 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(refused.contains("too large to be a lock"), "{refused}");
+    }
+
+    #[test]
+    fn the_second_look_comes_200_ms_after_the_lock_landed_and_sees_a_late_lock() {
+        let (_tmp, files) = folder();
+        let asked = Instant::now();
+        let lock = take(&files, false, Duration::ZERO).unwrap();
+        let settle = lock.settle();
+        settle.pass().unwrap();
+        assert!(
+            asked.elapsed() >= SETTLE,
+            "the second look waited out the settle"
+        );
+        drop(lock);
+
+        // An exclusive lock of another host lands while ours settles.
+        let lock = take(&files, false, Duration::ZERO).unwrap();
+        let settle = lock.settle();
+        let late = plant(&*files, &other_host(true));
+        let refused = settle.pass().unwrap_err();
+        assert!(refused.contains("an exclusive lock of"), "{refused}");
+        assert!(
+            settle.conflict().is_some(),
+            "a conflict, for the engine's retry"
+        );
+        assert!(settle.pass().is_err(), "and for every later write");
+        drop(lock);
+        assert_eq!(names(&*files), vec![late], "ours removed at the end");
     }
 
     #[test]

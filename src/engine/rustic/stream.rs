@@ -42,7 +42,8 @@ impl RusticEngine {
         progress: Arc<dyn ProgressSink>,
     ) -> Result<SnapshotInfo, EngineError> {
         self.guarded(repo, "stream backup", || {
-            let (open, _lock) = self.open_locked(repo, progress, super::lock::Mode::Shared)?;
+            let (open, _lock) =
+                self.open_locked(repo, progress.clone(), super::lock::Mode::Shared)?;
             let indexed = open.to_indexed_ids().map_err(err(repo))?;
             let snap = new_snapshot(repo, tags)?;
             // No parent, ever: see the module's comment.
@@ -84,7 +85,7 @@ impl RusticEngine {
         sink: &mut (dyn Write + Send),
     ) -> Result<u64, EngineError> {
         self.guarded(repo, "stream restore", || {
-            let (open, _lock) =
+            let (open, lock) =
                 self.open_locked(repo, Arc::new(NoProgress), super::lock::Mode::Shared)?;
             let indexed = open.to_indexed().map_err(err(repo))?;
             let snap = find_snapshot(&indexed, repo, snapshot)?;
@@ -97,6 +98,8 @@ impl RusticEngine {
                     message: format!("`{name}` in snapshot {snapshot} is not a stream backup"),
                 });
             }
+            // Nothing goes into the sink before the lock's second look (`gate.rs`).
+            second_look(&lock, repo)?;
             let mut counting = Counting { inner: sink, n: 0 };
             indexed.dump(&node, &mut counting).map_err(err(repo))?;
             counting.flush().map_err(|source| EngineError::Io {
