@@ -16,7 +16,8 @@
 #  3. times, for backplan (driven through its CLI, as a user would) and for restic, each into its
 #     own fresh repository in WORKDIR: cold backup (BENCH_ROUNDS times, default 3, each into
 #     fresh repositories), unchanged re-backup (3 runs, with and without dropped page caches),
-#     backup after changing ~1% of the data (3 runs, a different 1% each), restore of the latest
+#     backup after changing ~1% of the data (3 runs, a different 1% each), backup after touching
+#     every file's mtime (3 runs: every file read again), restore of the latest
 #     backup into an empty folder (3 runs); then the same re-backups (unchanged, ~1% changed;
 #     3 runs each) taken by the daemon (`backplan run`) when the file is saved;
 #     wall time, CPU time (user + sys) and peak RSS of each step (GNU time %e %U %S %M);
@@ -365,6 +366,12 @@ for run in 1 2 3; do
   bp_backup changed cold
   restic_backup changed cold
 done
+say "== backup after touching the mtime of every file (3 runs: every file is read again)"
+for run in 1 2 3; do
+  find "$DATA" -type f -exec touch -m -d "@$((1704067200 + run * 86400))" {} +
+  bp_backup touched cold
+  restic_backup touched cold
+done
 CHANGED_NOTE="each run: one dump rewritten (4 MiB), another: 1 MiB rewritten in the middle + 256 KiB appended, one small file per folder rewritten (200), 5 deleted, 5 added (tree $before -> $(du -sb "$DATA" | cut -f1) bytes after the three)"
 
 say "== restore of the latest backup into an empty folder (3 runs each)"
@@ -507,6 +514,7 @@ REPORT=$WORK/report.md
   row "unchanged re-backup, cold caches (3 runs)" unchanged-cold
   row "unchanged re-backup, warm caches (3 runs)" unchanged-warm
   row "backup after ~1% change (3 runs)" changed
+  row "backup after every file's mtime was touched (3 runs)" touched
   row "restore latest into an empty folder (3 runs)" restore
   BPTOOL=backplan-daemon row "daemon: unchanged re-backup, cold caches (3 runs)" daemon-unchanged
   BPTOOL=backplan-daemon row "daemon: backup after ~1% change (3 runs)" daemon-changed
@@ -517,6 +525,7 @@ REPORT=$WORK/report.md
   echo "- every run, seconds: unchanged cold: backplan $(runs unchanged-cold backplan) / restic $(runs unchanged-cold restic); unchanged warm: backplan $(runs unchanged-warm backplan) / restic $(runs unchanged-warm restic)"
   echo "- every cold backup: backplan $(runs cold backplan) / restic $(runs cold restic)"
   echo "- every backup after a change: backplan $(runs changed backplan) / restic $(runs changed restic)"
+  echo "- every backup after touching every file's mtime (all files read again): backplan $(runs touched backplan) / restic $(runs touched restic)"
   echo "- every restore: backplan $(runs restore backplan) / restic $(runs restore restic)"
   echo "- daemon rows: \`backplan run\` takes each backup when the file is saved; wall from the rename of the file to its \"backup finished\" log line (150 ms debounce included), CPU the daemon's over that span; every run: unchanged $(runs daemon-unchanged backplan-daemon) / restic $(runs daemon-unchanged restic); changed $(runs daemon-changed backplan-daemon) / restic $(runs daemon-changed restic)"
   echo "- restic alone: init $(val setup restic 3) s, cold backup $(val cold restic 3) s, $(val cold restic 5) s CPU ($(mib "$(val cold restic 4)") MiB); backplan creating the instances (no repository yet): $(val setup backplan 3) s"

@@ -2,6 +2,7 @@
 
 mod adopt;
 mod apply;
+mod archiver;
 mod cli;
 mod crash;
 mod credentials;

@@ -1,4 +1,5 @@
 pub(crate) mod file_archiver;
+pub(crate) mod in_order; // [backplan patch]
 pub(crate) mod parent;
 pub(crate) mod tree;
 pub(crate) mod tree_archiver;
@@ -8,15 +9,17 @@ use std::thread::scope;
 
 use jiff::Zoned;
 use log::warn;
-use pariter::IteratorExt;
 
 use crate::{
     Progress,
     archiver::{
-        file_archiver::FileArchiver, parent::Parent, tree::TreeIterator,
+        file_archiver::FileArchiver,
+        in_order::map_in_order,
+        parent::{Parent, ParentResult},
+        tree::{TreeIterator, TreeType},
         tree_archiver::TreeArchiver,
     },
-    backend::{ReadSource, ReadSourceEntry, decrypt::DecryptFullBackend},
+    backend::{ReadSource, ReadSourceEntry, decrypt::DecryptFullBackend, node::NodeType},
     blob::BlobType,
     error::RusticResult,
     index::{
@@ -25,6 +28,10 @@ use crate::{
     },
     repofile::{configfile::ConfigFile, snapshotfile::SnapshotFile},
 };
+
+/// [backplan patch] The most entries between the source walk and the tree archiver: files being
+/// read by the pool, and the entries after them waiting for their turn.
+const ARCHIVER_IN_FLIGHT: usize = 256;
 
 #[derive(thiserror::Error, Debug, displaydoc::Display)]
 /// Tree stack empty
@@ -182,7 +189,7 @@ impl<'a, BE: DecryptFullBackend, I: ReadGlobalIndex> Archiver<'a, BE, I> {
             let iter = TreeIterator::new(iter);
 
             // use parent snapshot
-            iter.filter_map(
+            let iter = iter.filter_map(
                 |item| match self.parent.process(&self.be, self.index, item) {
                     Ok(item) => Some(item),
                     Err(err) => {
@@ -190,10 +197,19 @@ impl<'a, BE: DecryptFullBackend, I: ReadGlobalIndex> Archiver<'a, BE, I> {
                         None
                     }
                 },
-            )
-            // archive files in parallel
-            .parallel_map_scoped(s, |item| self.file_archiver.process(item, p))
-            .readahead_scoped(s)
+            );
+            // [backplan patch] archive files in parallel: only the files to read go to the
+            // pool, everything else (unchanged files, trees, links...) is mapped on this
+            // thread, in order (was `.parallel_map_scoped(..).readahead_scoped(s)`)
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            let needs_read = |item: &_| {
+                matches!(item, TreeType::Other((_, node, (_, parent)))
+                    if node.node_type == NodeType::File
+                        && !matches!(parent, ParentResult::Matched(())))
+            };
+            map_in_order(s, iter, threads, ARCHIVER_IN_FLIGHT, needs_read, |item| {
+                self.file_archiver.process(item, p)
+            })
             .filter_map(|item| match item {
                 Ok(item) => Some(item),
                 Err(err) => {
