@@ -180,11 +180,27 @@ done
 note pg_dump_fc_file "$(size "$W/dumps/pg1.dump") bytes"
 
 # ---------------------------------------------------------------- PostgreSQL restore, alternated
+# Per round: pg_restore of pg1.dump into a new database (the baseline), then backplan's restore
+# of round 1's backup into an empty sandbox (dropped and made anew, untimed: its pre-restore
+# backup is of an empty database), then into the same sandbox now holding that 1 GiB (its
+# pre-restore backup is of the whole database). After each, the pre-restore backup's own time
+# (its record: created to completed) is noted beside the restore's.
+safety_secs() {
+  "$BP" backups -c "$W/r1/backplan.toml" --json | jq -r --arg l "Before restore $1" '
+    def t: (sub("\\.[0-9]+"; "") | fromdateiso8601) + ((capture("(?<f>\\.[0-9]+)").f | tonumber) // 0);
+    .backups[] | select(.label == $l) | (.completed_at | t) - (.created_at | t) | . * 100 | round / 100'
+}
 for r in $(seq 1 "$ROUNDS"); do
   sql postgres "drop database if exists ${DB}_pgrestore with (force)"
   timed "pg_restore.$r" sh -c "createdb '${DB}_pgrestore' && pg_restore -d '${DB}_pgrestore' '$W/dumps/pg1.dump'"
-  restore 1 "r$r" pg/day1 pg-sandbox
-  timed "backplan_pg_restore.$r" sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
+  sql postgres "drop database if exists $SBX with (force)"
+  sql postgres "create database $SBX"
+  restore 1 "e$r" pg/day1 pg-sandbox
+  timed "backplan_pg_restore_empty.$r" sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
+  note "pre_restore_backup_empty.$r" "$(safety_secs "e$r") s"
+  restore 1 "f$r" pg/day1 pg-sandbox
+  timed "backplan_pg_restore_full.$r" sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
+  note "pre_restore_backup_full.$r" "$(safety_secs "f$r") s"
 done
 note pg_restore_rows "$(sql "${DB}_pgrestore" "select count(*) from pgbench_accounts")"
 note backplan_restore_rows "$(sql "$SBX" "select count(*) from pgbench_accounts")"
