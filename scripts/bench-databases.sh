@@ -6,6 +6,8 @@
 #   cargo build --release --locked               # or a debug build; BACKPLAN=path overrides
 #   BACKPLAN=target/release/backplan bash scripts/bench-databases.sh [WORKDIR]
 #                                                # default WORKDIR /tmp/backplan-db-bench
+#   BACKPLAN_BEFORE=path                         # optional: another build (an earlier commit)
+#                                                # also restores into the full sandbox, alternated
 #
 # Needs: a running PostgreSQL reachable as BENCH_PG_URL (default: target/test-postgres/url, a
 # superuser URL ending in "/") with its password in BENCH_PG_PASSWORD_FILE (default
@@ -201,6 +203,12 @@ for r in $(seq 1 "$ROUNDS"); do
   restore 1 "f$r" pg/day1 pg-sandbox
   timed "backplan_pg_restore_full.$r" sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
   note "pre_restore_backup_full.$r" "$(safety_secs "f$r") s"
+  if [[ -n ${BACKPLAN_BEFORE:-} ]]; then
+    # Another build (an earlier commit) restoring into the same full sandbox: an A/B in one run.
+    restore 1 "g$r" pg/day1 pg-sandbox
+    timed "before_pg_restore_full.$r" sh -c "cd '$W/r1' && '$BACKPLAN_BEFORE' apply -c backplan.toml --auto-approve"
+    note "before_pre_restore_backup_full.$r" "$(safety_secs "g$r") s"
+  fi
 done
 note pg_restore_rows "$(sql "${DB}_pgrestore" "select count(*) from pgbench_accounts")"
 note backplan_restore_rows "$(sql "$SBX" "select count(*) from pgbench_accounts")"
