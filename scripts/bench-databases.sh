@@ -8,6 +8,7 @@
 #                                                # default WORKDIR /tmp/backplan-db-bench
 #   BACKPLAN_BEFORE=path                         # optional: another build (an earlier commit)
 #                                                # also restores into the full sandbox, alternated
+#   BENCH_PARTS=pg,app,sqlite                    # the default: every part; pg = backup + restore
 #
 # Needs: a running PostgreSQL reachable as BENCH_PG_URL (default: target/test-postgres/url, a
 # superuser URL ending in "/") with its password in BENCH_PG_PASSWORD_FILE (default
@@ -40,6 +41,9 @@ ADB=${DB}_app
 SBX=${DB}_sandbox
 ROUNDS=${BENCH_ROUNDS:-3}
 SQROWS=${BENCH_SQLITE_ROWS:-775000}
+# Which parts run: pg (backup and restore), app (growth on the varied-text database), sqlite.
+PARTS=${BENCH_PARTS:-pg,app,sqlite}
+has() { [[ ,$PARTS, == *,$1,* ]]; }
 [[ $PGURL == */ ]] || PGURL="$PGURL/"
 export PGPASSWORD
 PGPASSWORD=$(cat "$PGPWFILE")
@@ -76,6 +80,7 @@ sql postgres "drop database if exists $DB with (force)"
 sql postgres "create database $DB"
 pgbench -q -i -s "$SCALE" "$DB" >&2
 
+if has app; then
 log "$ADB: pgbench's tables, filler with varied text"
 sql postgres "drop database if exists $ADB with (force)"
 sql postgres "create database $ADB"
@@ -88,10 +93,12 @@ sql "$ADB" "insert into pgbench_branches (bid, bbalance) select b, 0 from genera
              || ' ' || (date '2024-01-01' + a / 5000)
     from generate_series(1, $SCALE * 100000) a"
 pgbench -q -i -I vp "$ADB" >&2
+fi
 
 SQ=$W/data/app.db
 mkdir -p "$W/data"
 rm -f "$SQ"*
+if has sqlite; then
 log "generating $SQ (~1 GiB)"
 sqlite3 "$SQ.tmp" <<SQL
 PRAGMA journal_mode = WAL;
@@ -102,9 +109,10 @@ CREATE INDEX items_name ON items (name);
 PRAGMA wal_checkpoint(TRUNCATE);
 SQL
 mv "$SQ.tmp" "$SQ"
-note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
-note pg_app_size "$(sql "$ADB" "select pg_database_size('$ADB')") bytes"
 note sqlite_size "$(size "$SQ") bytes"
+fi
+note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
+has app && note pg_app_size "$(sql "$ADB" "select pg_database_size('$ADB')") bytes"
 
 # ---------------------------------------------------------------- one backplan file per round
 rm -rf "$W"/r[0-9]* "$W/dumps" "$W/data/app-sandbox.db"*
@@ -173,6 +181,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # ---------------------------------------------------------------- PostgreSQL backup, alternated
+if has pg; then
 for r in $(seq 1 "$ROUNDS"); do
   timed "pg_dump_fc.$r" pg_dump -Fc -d "$DB" -f "$W/dumps/pg$r.dump"
   backup "$r" pg day1
@@ -213,8 +222,10 @@ done
 note pg_restore_rows "$(sql "${DB}_pgrestore" "select count(*) from pgbench_accounts")"
 note backplan_restore_rows "$(sql "$SBX" "select count(*) from pgbench_accounts")"
 sql postgres "drop database ${DB}_pgrestore"
+fi
 
 # ---------------------------------------------------------------- PostgreSQL growth on $ADB
+if has app; then
 timed pg_dump_fc_app pg_dump -Fc -d "$ADB" -f "$W/dumps/app.dump"
 note pg_dump_fc_app_file "$(size "$W/dumps/app.dump") bytes"
 pg_dump -Fc --compress=0 -d "$ADB" -f "$W/dumps/app-plain.dump"
@@ -251,8 +262,10 @@ backup 1 app day3
 timed backplan_app_backup_day3 sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
 A3=$(size "$(repo 1)")
 note app_growth_day3_random "$((A3 - A2)) bytes"
+fi
 
 # ---------------------------------------------------------------- SQLite backup, alternated
+if has sqlite; then
 for r in $(seq 1 "$ROUNDS"); do
   timed "sqlite3_backup.$r" sqlite3 "$SQ" ".backup '$W/dumps/app$r.backup'"
   backup "$r" sq day1
@@ -288,6 +301,7 @@ sqlite3 "$SQ" "update items set body = hex(randomblob(200))
 backup 1 sq day3
 timed backplan_sqlite_backup_day3 sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
 note sqlite_growth_day3_random "$(($(size "$(repo 1)") - REPO_SQ2)) bytes"
+fi
 note load_at_end "$(cat /proc/loadavg)"
 
 # ---------------------------------------------------------------- summary: quietest and spread
