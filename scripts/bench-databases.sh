@@ -6,6 +6,9 @@
 #   cargo build --release --locked               # or a debug build; BACKPLAN=path overrides
 #   BACKPLAN=target/release/backplan bash scripts/bench-databases.sh [WORKDIR]
 #                                                # default WORKDIR /tmp/backplan-db-bench
+#   BACKPLAN_BEFORE=path                         # optional: another build (an earlier commit)
+#                                                # also restores into the full sandbox, alternated
+#   BENCH_PARTS=pg,app,sqlite                    # the default: every part; pg = backup + restore
 #
 # Needs: a running PostgreSQL reachable as BENCH_PG_URL (default: target/test-postgres/url, a
 # superuser URL ending in "/") with its password in BENCH_PG_PASSWORD_FILE (default
@@ -38,6 +41,9 @@ ADB=${DB}_app
 SBX=${DB}_sandbox
 ROUNDS=${BENCH_ROUNDS:-3}
 SQROWS=${BENCH_SQLITE_ROWS:-775000}
+# Which parts run: pg (backup and restore), app (growth on the varied-text database), sqlite.
+PARTS=${BENCH_PARTS:-pg,app,sqlite}
+has() { [[ ,$PARTS, == *,$1,* ]]; }
 [[ $PGURL == */ ]] || PGURL="$PGURL/"
 export PGPASSWORD
 PGPASSWORD=$(cat "$PGPWFILE")
@@ -74,6 +80,7 @@ sql postgres "drop database if exists $DB with (force)"
 sql postgres "create database $DB"
 pgbench -q -i -s "$SCALE" "$DB" >&2
 
+if has app; then
 log "$ADB: pgbench's tables, filler with varied text"
 sql postgres "drop database if exists $ADB with (force)"
 sql postgres "create database $ADB"
@@ -86,10 +93,12 @@ sql "$ADB" "insert into pgbench_branches (bid, bbalance) select b, 0 from genera
              || ' ' || (date '2024-01-01' + a / 5000)
     from generate_series(1, $SCALE * 100000) a"
 pgbench -q -i -I vp "$ADB" >&2
+fi
 
 SQ=$W/data/app.db
 mkdir -p "$W/data"
 rm -f "$SQ"*
+if has sqlite; then
 log "generating $SQ (~1 GiB)"
 sqlite3 "$SQ.tmp" <<SQL
 PRAGMA journal_mode = WAL;
@@ -100,9 +109,10 @@ CREATE INDEX items_name ON items (name);
 PRAGMA wal_checkpoint(TRUNCATE);
 SQL
 mv "$SQ.tmp" "$SQ"
-note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
-note pg_app_size "$(sql "$ADB" "select pg_database_size('$ADB')") bytes"
 note sqlite_size "$(size "$SQ") bytes"
+fi
+note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
+has app && note pg_app_size "$(sql "$ADB" "select pg_database_size('$ADB')") bytes"
 
 # ---------------------------------------------------------------- one backplan file per round
 rm -rf "$W"/r[0-9]* "$W/dumps" "$W/data/app-sandbox.db"*
@@ -171,6 +181,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # ---------------------------------------------------------------- PostgreSQL backup, alternated
+if has pg; then
 for r in $(seq 1 "$ROUNDS"); do
   timed "pg_dump_fc.$r" pg_dump -Fc -d "$DB" -f "$W/dumps/pg$r.dump"
   backup "$r" pg day1
@@ -180,17 +191,41 @@ done
 note pg_dump_fc_file "$(size "$W/dumps/pg1.dump") bytes"
 
 # ---------------------------------------------------------------- PostgreSQL restore, alternated
+# Per round: pg_restore of pg1.dump into a new database (the baseline), then backplan's restore
+# of round 1's backup into an empty sandbox (dropped and made anew, untimed: its pre-restore
+# backup is of an empty database), then into the same sandbox now holding that 1 GiB (its
+# pre-restore backup is of the whole database). After each, the pre-restore backup's own time
+# (its record: created to completed) is noted beside the restore's.
+safety_secs() {
+  "$BP" backups -c "$W/r1/backplan.toml" --json | jq -r --arg l "Before restore $1" '
+    def t: (sub("\\.[0-9]+"; "") | fromdateiso8601) + ((capture("(?<f>\\.[0-9]+)").f | tonumber) // 0);
+    .backups[] | select(.label == $l) | (.completed_at | t) - (.created_at | t) | . * 100 | round / 100'
+}
 for r in $(seq 1 "$ROUNDS"); do
   sql postgres "drop database if exists ${DB}_pgrestore with (force)"
   timed "pg_restore.$r" sh -c "createdb '${DB}_pgrestore' && pg_restore -d '${DB}_pgrestore' '$W/dumps/pg1.dump'"
-  restore 1 "r$r" pg/day1 pg-sandbox
-  timed "backplan_pg_restore.$r" sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
+  sql postgres "drop database if exists $SBX with (force)"
+  sql postgres "create database $SBX"
+  restore 1 "e$r" pg/day1 pg-sandbox
+  timed "backplan_pg_restore_empty.$r" sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
+  note "pre_restore_backup_empty.$r" "$(safety_secs "e$r") s"
+  restore 1 "f$r" pg/day1 pg-sandbox
+  timed "backplan_pg_restore_full.$r" sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
+  note "pre_restore_backup_full.$r" "$(safety_secs "f$r") s"
+  if [[ -n ${BACKPLAN_BEFORE:-} ]]; then
+    # Another build (an earlier commit) restoring into the same full sandbox: an A/B in one run.
+    restore 1 "g$r" pg/day1 pg-sandbox
+    timed "before_pg_restore_full.$r" sh -c "cd '$W/r1' && '$BACKPLAN_BEFORE' apply -c backplan.toml --auto-approve"
+    note "before_pre_restore_backup_full.$r" "$(safety_secs "g$r") s"
+  fi
 done
 note pg_restore_rows "$(sql "${DB}_pgrestore" "select count(*) from pgbench_accounts")"
 note backplan_restore_rows "$(sql "$SBX" "select count(*) from pgbench_accounts")"
 sql postgres "drop database ${DB}_pgrestore"
+fi
 
 # ---------------------------------------------------------------- PostgreSQL growth on $ADB
+if has app; then
 timed pg_dump_fc_app pg_dump -Fc -d "$ADB" -f "$W/dumps/app.dump"
 note pg_dump_fc_app_file "$(size "$W/dumps/app.dump") bytes"
 pg_dump -Fc --compress=0 -d "$ADB" -f "$W/dumps/app-plain.dump"
@@ -227,8 +262,10 @@ backup 1 app day3
 timed backplan_app_backup_day3 sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
 A3=$(size "$(repo 1)")
 note app_growth_day3_random "$((A3 - A2)) bytes"
+fi
 
 # ---------------------------------------------------------------- SQLite backup, alternated
+if has sqlite; then
 for r in $(seq 1 "$ROUNDS"); do
   timed "sqlite3_backup.$r" sqlite3 "$SQ" ".backup '$W/dumps/app$r.backup'"
   backup "$r" sq day1
@@ -264,6 +301,7 @@ sqlite3 "$SQ" "update items set body = hex(randomblob(200))
 backup 1 sq day3
 timed backplan_sqlite_backup_day3 sh -c "cd '$W/r1' && '$BP' apply -c backplan.toml --auto-approve"
 note sqlite_growth_day3_random "$(($(size "$(repo 1)") - REPO_SQ2)) bytes"
+fi
 note load_at_end "$(cat /proc/loadavg)"
 
 # ---------------------------------------------------------------- summary: quietest and spread

@@ -151,42 +151,84 @@ impl Executor<'_> {
             Err(e) => return Ok(Err(e)),
         };
         crate::failpoint!("restore.checked");
-        // 1. A safety backup of the target as it is now.
-        if let Err(e) = self.system_backup(
-            safety,
-            to,
-            BackupKind::PreRestore,
-            format!("Before restore {key}"),
-            |_| (),
-        )? {
-            return Ok(Err(format!(
-                "the pre-restore backup of {to} failed, so nothing was restored: {e}"
-            )));
-        }
-        crate::failpoint!("restore.safety-taken");
-        // 2. Restore beside the target.
-        let repo = match self.usable_repo(&b.storage) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
+        // 1. A safety backup of the target as it is now; 2. the restore beside the target,
+        // readied; 3. checked again right before the swap. 1 and 2 run together where the
+        // target allows: the swap waits for both, and either failing cancels the restore.
+        let staged = match target.alongside_safety_backup() {
+            None => {
+                if let Err(e) = self.system_backup(
+                    safety,
+                    to,
+                    BackupKind::PreRestore,
+                    format!("Before restore {key}"),
+                    |_| (),
+                )? {
+                    return Ok(Err(format!(
+                        "the pre-restore backup of {to} failed, so nothing was restored: {e}"
+                    )));
+                }
+                crate::failpoint!("restore.safety-taken");
+                let repo = match self.usable_repo(&b.storage) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let restored = stage_into(
+                    self.engine,
+                    &repo,
+                    &snapshot,
+                    &*target,
+                    key,
+                    self.progress.clone(),
+                );
+                crate::failpoint!("restore.staged");
+                restored.and_then(|()| target.prepare(key))
+            }
+            Some(shared) => {
+                let repo = match self.usable_repo(&b.storage) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let (engine, progress) = (self.engine, self.progress.clone());
+                let (safety_taken, staged) = std::thread::scope(|s| {
+                    let staging = s.spawn(|| {
+                        let restored = stage_into(engine, &repo, &snapshot, shared, key, progress);
+                        crate::failpoint!("restore.staged");
+                        restored.and_then(|()| shared.prepare(key))
+                    });
+                    let safety_taken = self.system_backup(
+                        safety,
+                        to,
+                        BackupKind::PreRestore,
+                        format!("Before restore {key}"),
+                        |_| (),
+                    );
+                    if matches!(safety_taken, Ok(Ok(()))) {
+                        crate::failpoint!("restore.safety-taken");
+                    } else {
+                        // Stops the restore under way now rather than at its end.
+                        shared.discard(key);
+                    }
+                    let staged = staging.join().unwrap_or_else(|_| {
+                        Err("the restore into the staging place panicked".to_string())
+                    });
+                    (safety_taken, staged)
+                });
+                match safety_taken {
+                    Err(e) => {
+                        target.discard(key);
+                        return Err(e);
+                    }
+                    Ok(Err(e)) => {
+                        target.discard(key);
+                        return Ok(Err(format!(
+                            "the pre-restore backup of {to} failed, so nothing was restored: {e}"
+                        )));
+                    }
+                    Ok(Ok(())) => staged,
+                }
+            }
         };
-        let restored = target.stage(key).and_then(|into| match into {
-            RestoreInto::Tree(path) => self
-                .engine
-                .restore_dir(&repo, &snapshot, &path, self.progress.clone())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            RestoreInto::Stream { name, mut sink } => self
-                .engine
-                .restore_stream(&repo, &snapshot, &name, &mut sink)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        });
-        crate::failpoint!("restore.staged");
-        if let Err(e) = restored
-            .and_then(|()| target.prepare(key))
-            // 3. Checked again right before the swap.
-            .and_then(|()| target.check_apart_from(&protected))
-        {
+        if let Err(e) = staged.and_then(|()| target.check_apart_from(&protected)) {
             target.discard(key);
             return Ok(Err(e));
         }
@@ -266,4 +308,25 @@ impl Executor<'_> {
         }
         Ok(out)
     }
+}
+
+/// Restores `snapshot` into `target`'s staging place (see [`kinds::Target::stage`]).
+fn stage_into(
+    engine: &dyn Engine,
+    repo: &Repo,
+    snapshot: &str,
+    target: &dyn kinds::Target,
+    key: &str,
+    progress: Arc<dyn ProgressSink>,
+) -> Result<(), String> {
+    target.stage(key).and_then(|into| match into {
+        RestoreInto::Tree(path) => engine
+            .restore_dir(repo, snapshot, &path, progress)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        RestoreInto::Stream { name, mut sink } => engine
+            .restore_stream(repo, snapshot, &name, &mut sink)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    })
 }

@@ -108,6 +108,12 @@ pub trait Target {
     fn finish(&self, restore_key: &str) -> Result<(), String>;
     /// Removes the staging place of a restore that did not reach `commit`.
     fn discard(&self, restore_key: &str);
+    /// This target, for staging on another thread while the pre-restore backup of the store
+    /// is taken, when the two are apart (the staging place is not what that backup reads) and
+    /// gain from running together; the swap still waits for both. `None`: one after the other.
+    fn alongside_safety_backup(&self) -> Option<&(dyn Target + Sync)> {
+        None
+    }
 }
 
 /// The implementation of a kind, or why this version has none.

@@ -759,6 +759,12 @@ impl Target for PgTarget {
         })
     }
 
+    /// The staging database is another database: `pg_restore` into it runs while `pg_dump`
+    /// takes the pre-restore backup of the target (two server sessions, two processes).
+    fn alongside_safety_backup(&self) -> Option<&(dyn Target + Sync)> {
+        Some(self)
+    }
+
     fn discard(&self, restore_key: &str) {
         if let Some(r) = take(&self.restorer) {
             r.kill();

@@ -105,6 +105,9 @@ cases! {
     sqlite_exchanged: Sqlite "restore.exchanged";
     // PostgreSQL: the staging database, before and after the swap transaction.
     postgres_staging_created: Postgres "postgres.staging-created";
+    // PostgreSQL stages while the pre-restore backup is taken: a kill as either ends.
+    postgres_staged: Postgres "restore.staged";
+    postgres_safety_taken: Postgres "restore.safety-taken";
     postgres_before_exchange: Postgres "restore.before-exchange";
     postgres_swapped_old_kept: Postgres "postgres.swapped-old-kept";
     postgres_exchanged: Postgres "restore.exchanged";

@@ -400,6 +400,91 @@ fn restic_cuts_the_same_chunks_as_backplan() {
     );
 }
 
+/// The chunker's inner loop slides the hash over buffered slices (vendor/rustic_core,
+/// `chunker/rabin.rs`): a stream of seeded random bytes then dump-like rows (each chunk cut
+/// inside the read buffer, many at the minimum or maximum size), stored by backplan, is
+/// chunked by restic from its standard input into the same repository: every data blob must
+/// already be there.
+#[test]
+fn restic_cuts_the_same_chunks_as_backplan_from_a_stream() {
+    let f = fixture();
+    let mut data = Vec::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    while data.len() < 7 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.push((x >> 32) as u8);
+    }
+    let mut i = 0u64;
+    while data.len() < 16 << 20 {
+        i += 1;
+        data.extend_from_slice(format!("{i}\t{}\t0\t{:84}\n", i / 1000 + 1, "").as_bytes());
+    }
+    // Zeros (the hash is 0: cuts at the minimum size), then a short pattern repeated (its
+    // few hash values are not cut points: cuts at the maximum size).
+    data.extend(std::iter::repeat_n(0u8, 2 << 20));
+    while data.len() < 36 << 20 {
+        data.extend_from_slice(b"backplan ");
+    }
+    let file = f.root.join("stream.bin");
+    std::fs::write(&file, &data).unwrap();
+    let script = format!("cat '{}'", file.display());
+    let info = f
+        .engine
+        .backup_stream(
+            &f.repo,
+            &producer(&script, "db.dump"),
+            &tags("db"),
+            no_progress(),
+        )
+        .unwrap();
+    assert_eq!(info.bytes_read, data.len() as u64);
+    let restic = |args: &[&str], stdin: Option<&Path>| {
+        let mut c = Command::new("restic");
+        c.arg("-r")
+            .arg(&f.repo.path)
+            .arg("--password-file")
+            .arg(&f.repo.password_file)
+            .args(["--no-cache", "-q"])
+            .args(args);
+        if let Some(p) = stdin {
+            c.stdin(std::fs::File::open(p).unwrap());
+        }
+        let out = c.output().expect("restic is installed");
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let data_blobs = || -> std::collections::BTreeSet<String> {
+        restic(&["list", "blobs"], None)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data ").map(str::to_owned))
+            .collect()
+    };
+    let before = data_blobs();
+    assert!(before.len() >= 12, "{} data blobs", before.len());
+    restic(
+        &[
+            "backup",
+            "--force",
+            "--stdin",
+            "--stdin-filename",
+            "db.dump",
+        ],
+        Some(&file),
+    );
+    assert_eq!(
+        data_blobs(),
+        before,
+        "restic's chunks of the same stream differ from backplan's"
+    );
+    assert_eq!(restored(&f, &info.id, "db.dump"), data);
+}
+
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {

@@ -907,3 +907,79 @@ fn postgres_dump_into_a_full_repository_disk_leaves_no_snapshot() {
     assert_eq!(snapshots.len(), 1, "no snapshot of the failed dump");
     restic(&["check", "--read-data"]);
 }
+
+/// A restore into a PostgreSQL sandbox fills the staging database while the pre-restore
+/// backup of the sandbox is taken; when that backup fails (here its `before_backup`, which
+/// waits until it sees the staging database), the restore under way is cancelled: the
+/// sandbox is as it was, the staging database dropped, and a later run restores.
+#[test]
+fn postgres_a_failing_pre_restore_backup_cancels_the_restore_under_way() {
+    let Some(pg) = server() else { return };
+    let prod = unique("alongside_prod");
+    let sandbox = unique("alongside_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 200);
+    pg.must("postgres", &format!("CREATE DATABASE {}", ident(&sandbox)));
+    pg.must(
+        &sandbox,
+        "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)",
+    );
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    append_config(dir, "[instances.shop.backups.b]\nlabel = \"b\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    // The sandbox's backups wait (up to 60 s) for a staging database of the sandbox, note
+    // whether one appeared, and fail.
+    let hook = format!(
+        "for i in $(seq 1 600); do \
+           n=$(PGPASSWORD=$(cat pg.password) psql -X -At -d '{}' -c \"SELECT count(*) FROM pg_database WHERE starts_with(datname, '{sandbox}__backplan_')\"); \
+           if [ \"$n\" -gt 0 ]; then echo staging >> seen; exit 1; fi; sleep 0.1; \
+         done; echo none >> seen; exit 1",
+        pg.url("postgres")
+    );
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let text = text.replace(
+        "[instances.shop-sandbox]\ntype = \"sandbox\"\n",
+        &format!(
+            "[instances.shop-sandbox]\ntype = \"sandbox\"\nbefore_backup = [\"/bin/sh\", \"-c\", {}]\n",
+            serde_json::to_string(&hook).unwrap()
+        ),
+    );
+    std::fs::write(dir.join("backplan.toml"), text).unwrap();
+    append_config(
+        dir,
+        "[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stdout
+            .contains("the pre-restore backup of shop-sandbox failed, so nothing was restored"),
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("seen")).unwrap(),
+        "staging\n",
+        "the staging database was being filled while the pre-restore backup ran"
+    );
+    assert_eq!(pg.count(&sandbox, "SELECT x FROM kept"), 42);
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+    // Without the failing hook, a new restore goes through.
+    let text = std::fs::read_to_string(dir.join("backplan.toml")).unwrap();
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("before_backup"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("backplan.toml"), text).unwrap();
+    append_config(
+        dir,
+        "[restores.r2]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
+    );
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_eq!(consistent_orders(&pg, &sandbox), 200);
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+}

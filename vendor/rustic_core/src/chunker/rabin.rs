@@ -181,10 +181,22 @@ impl<R: Read + Send> Iterator for ChunkIter<R> {
                 }
             }
 
-            let byte = self.buf[self.pos];
-            vec.push(byte);
-            self.pos += 1;
-            self.rabin.slide(byte);
+            // [backplan patch] The buffered bytes slid through the hash in one loop up to
+            // the next cut (or the maximum size), then appended to the chunk at once; was one
+            // `vec.push(byte)` and one refill check per byte. Same cut points.
+            let avail = &self.buf[self.pos..];
+            let limit = avail.len().min(self.max_size - vec.len());
+            let rabin = &mut self.rabin;
+            let mut n = 0;
+            while n < limit {
+                rabin.slide(avail[n]);
+                n += 1;
+                if (rabin.hash & self.split_mask) == 0 {
+                    break;
+                }
+            }
+            vec.extend_from_slice(&avail[..n]);
+            self.pos += n;
         }
         self.size_hint = self.size_hint.saturating_sub(vec.len()); // size_hint can be too small!
         Some(Ok(vec))
