@@ -9,9 +9,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use backplan::engine::{Engine, NoProgress, Repo, RusticEngine, SnapshotTags};
+use backplan::engine::{Engine, NoProgress, Repo, SnapshotTags};
 use uuid::Uuid;
 
+use crate::helpers::restic_on;
 use crate::trees::*;
 
 fn tags(instance: &str, n: u128) -> SnapshotTags {
@@ -23,28 +24,10 @@ fn tags(instance: &str, n: u128) -> SnapshotTags {
     }
 }
 
-fn restic(repo: &Repo, args: &[&str]) -> String {
-    let out = Command::new("restic")
-        .arg("-r")
-        .arg(&repo.path)
-        .arg("--password-file")
-        .arg(&repo.password_file)
-        .args(["--no-cache", "-q"])
-        .args(args)
-        .output()
-        .expect("restic is installed (Debian package `restic`)");
-    assert!(
-        out.status.success(),
-        "restic {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The id of a snapshot's root tree, as restic reads it.
 fn tree_of(repo: &Repo, snapshot: &str) -> String {
     let v: serde_json::Value =
-        serde_json::from_str(&restic(repo, &["cat", "snapshot", snapshot])).unwrap();
+        serde_json::from_str(&restic_on(repo, &["cat", "snapshot", snapshot], None)).unwrap();
     v["tree"].as_str().unwrap().to_string()
 }
 
@@ -82,22 +65,15 @@ fn touch_all(root: &Path) {
 
 #[test]
 fn a_repeat_backup_of_mixed_changes_restores_identical_and_stores_the_same_trees() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let repo = Repo {
-        path: root.join("repository"),
-        password_file: root.join("keys/local.key"),
-        remote: None,
-    };
-    let engine = RusticEngine::new();
-    engine.ensure(&repo, true).unwrap();
+    let f = crate::engine::fixture();
+    let (root, repo, engine) = (f.root.as_path(), &f.repo, &f.engine);
     let src = root.join("src");
     std::fs::create_dir(&src).unwrap();
     rich_tree(&src);
     many_files(&src);
     let progress = || Arc::new(NoProgress);
     let first = engine
-        .backup_dir(&repo, &src, &[], &tags("mixed", 1), progress())
+        .backup_dir(repo, &src, &[], &tags("mixed", 1), progress())
         .unwrap();
 
     // Unchanged, changed (same size, new content; and a new size), new and deleted files,
@@ -128,53 +104,47 @@ fn a_repeat_backup_of_mixed_changes_restores_identical_and_stores_the_same_trees
 
     // With a parent: unchanged entries pass through, the others are read by the pool.
     let repeat = engine
-        .backup_dir(&repo, &src, &[], &tags("mixed", 2), progress())
+        .backup_dir(repo, &src, &[], &tags("mixed", 2), progress())
         .unwrap();
     assert!(repeat.files > 600, "{repeat:?}");
     // Without a parent (another instance): every file is read by the pool.
     let fresh = engine
-        .backup_dir(&repo, &src, &[], &tags("other", 3), progress())
+        .backup_dir(repo, &src, &[], &tags("other", 3), progress())
         .unwrap();
     assert_eq!(before, snapshot(&src), "the source changed during the test");
-    assert_ne!(tree_of(&repo, &first.id), tree_of(&repo, &repeat.id));
+    assert_ne!(tree_of(repo, &first.id), tree_of(repo, &repeat.id));
     assert_eq!(
-        tree_of(&repo, &repeat.id),
-        tree_of(&repo, &fresh.id),
+        tree_of(repo, &repeat.id),
+        tree_of(repo, &fresh.id),
         "a repeat backup stores other trees than a backup reading every file"
     );
 
-    restic(&repo, &["check", "--read-data"]);
+    restic_on(repo, &["check", "--read-data"], None);
     let ours = root.join("restored");
     engine
-        .restore_dir(&repo, &repeat.id, &ours, progress())
+        .restore_dir(repo, &repeat.id, &ours, progress())
         .unwrap();
     assert_same_tree(&src, &ours);
     let theirs = root.join("by-restic");
-    restic(
-        &repo,
+    restic_on(
+        repo,
         &["restore", &repeat.id, "--target", theirs.to_str().unwrap()],
+        None,
     );
     assert_same_tree(&src, &theirs);
 }
 
 #[test]
 fn a_file_growing_while_it_is_read_is_stored_as_a_prefix_and_the_rest_is_intact() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let repo = Repo {
-        path: root.join("repository"),
-        password_file: root.join("keys/local.key"),
-        remote: None,
-    };
-    let engine = RusticEngine::new();
-    engine.ensure(&repo, true).unwrap();
+    let f = crate::engine::fixture();
+    let (root, repo, engine) = (f.root.as_path(), &f.repo, &f.engine);
     let src = root.join("src");
     std::fs::create_dir(&src).unwrap();
     many_files(&src);
     let growing = src.join("d3/growing.log");
     std::fs::write(&growing, random_bytes(16 << 20)).unwrap();
     let first = engine
-        .backup_dir(&repo, &src, &[], &tags("grow", 1), Arc::new(NoProgress))
+        .backup_dir(repo, &src, &[], &tags("grow", 1), Arc::new(NoProgress))
         .unwrap();
 
     // The repeat backup reads the growing file (its size and mtime change) while a thread
@@ -200,16 +170,16 @@ fn a_file_growing_while_it_is_read_is_stored_as_a_prefix_and_the_rest_is_intact(
         })
     };
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let during = engine.backup_dir(&repo, &src, &[], &tags("grow", 2), Arc::new(NoProgress));
+    let during = engine.backup_dir(repo, &src, &[], &tags("grow", 2), Arc::new(NoProgress));
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     let during = during.unwrap();
     assert_ne!(first.id, during.id);
-    restic(&repo, &["check", "--read-data"]);
+    restic_on(repo, &["check", "--read-data"], None);
 
     let dest = root.join("restored");
     engine
-        .restore_dir(&repo, &during.id, &dest, Arc::new(NoProgress))
+        .restore_dir(repo, &during.id, &dest, Arc::new(NoProgress))
         .unwrap();
     let now = std::fs::read(&growing).unwrap();
     let stored = std::fs::read(dest.join("d3/growing.log")).unwrap();

@@ -10,16 +10,18 @@ use std::time::Duration;
 use backplan::engine::{Engine, EngineError, NoProgress, Repo, RusticEngine, SnapshotTags};
 use uuid::Uuid;
 
+use crate::helpers::restic_on;
 use crate::trees::*;
 
-struct Fixture {
+pub(crate) struct Fixture {
     _tmp: tempfile::TempDir,
-    root: PathBuf,
-    repo: Repo,
-    engine: RusticEngine,
+    pub(crate) root: PathBuf,
+    pub(crate) repo: Repo,
+    pub(crate) engine: RusticEngine,
 }
 
-fn fixture() -> Fixture {
+/// A fresh local repository (key generated) and an engine; shared with `archiver`.
+pub(crate) fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let repo = Repo {
@@ -297,23 +299,7 @@ fn restic_reads_what_backplan_writes() {
         .engine
         .backup_dir(&f.repo, &src, &[], &t, no_progress())
         .unwrap();
-    let restic = |args: &[&str]| {
-        let out = Command::new("restic")
-            .arg("-r")
-            .arg(&f.repo.path)
-            .arg("--password-file")
-            .arg(&f.repo.password_file)
-            .args(["--no-cache", "-q"])
-            .args(args)
-            .output()
-            .expect("restic is installed (Debian package `restic`)");
-        assert!(
-            out.status.success(),
-            "restic {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let restic = |args: &[&str]| restic_on(&f.repo, args, None);
     let listed: serde_json::Value =
         serde_json::from_str(&restic(&["snapshots", "--json"])).unwrap();
     let tags_seen: Vec<&str> = listed[0]["tags"]
@@ -367,23 +353,7 @@ fn restic_cuts_the_same_chunks_as_backplan() {
     f.engine
         .backup_dir(&f.repo, &src, &[], &tags("contoso"), no_progress())
         .unwrap();
-    let restic = |args: &[&str]| {
-        let out = Command::new("restic")
-            .arg("-r")
-            .arg(&f.repo.path)
-            .arg("--password-file")
-            .arg(&f.repo.password_file)
-            .args(["--no-cache", "-q"])
-            .args(args)
-            .output()
-            .expect("restic is installed (Debian package `restic`)");
-        assert!(
-            out.status.success(),
-            "restic {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let restic = |args: &[&str]| restic_on(&f.repo, args, None);
     let data_blobs = || -> std::collections::BTreeSet<String> {
         restic(&["list", "blobs"])
             .lines()
@@ -440,25 +410,7 @@ fn restic_cuts_the_same_chunks_as_backplan_from_a_stream() {
         )
         .unwrap();
     assert_eq!(info.bytes_read, data.len() as u64);
-    let restic = |args: &[&str], stdin: Option<&Path>| {
-        let mut c = Command::new("restic");
-        c.arg("-r")
-            .arg(&f.repo.path)
-            .arg("--password-file")
-            .arg(&f.repo.password_file)
-            .args(["--no-cache", "-q"])
-            .args(args);
-        if let Some(p) = stdin {
-            c.stdin(std::fs::File::open(p).unwrap());
-        }
-        let out = c.output().expect("restic is installed");
-        assert!(
-            out.status.success(),
-            "restic {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let restic = |args: &[&str], stdin: Option<&Path>| restic_on(&f.repo, args, stdin);
     let data_blobs = || -> std::collections::BTreeSet<String> {
         restic(&["list", "blobs"], None)
             .lines()

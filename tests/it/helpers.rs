@@ -222,3 +222,27 @@ pub fn damage_largest_pack(dir: &Path) -> (u64, PathBuf) {
     std::fs::write(&pack, bytes).unwrap();
     (len, pack)
 }
+
+/// The real `restic` on an engine's repository, run to the end (`stdin`: a file fed to it):
+/// its standard output; a failure fails the test.
+pub fn restic_on(repo: &backplan::engine::Repo, args: &[&str], stdin: Option<&Path>) -> String {
+    let mut c = Command::new("restic");
+    c.arg("-r")
+        .arg(&repo.path)
+        .arg("--password-file")
+        .arg(&repo.password_file)
+        .args(["--no-cache", "-q"])
+        .args(args);
+    if let Some(p) = stdin {
+        c.stdin(std::fs::File::open(p).unwrap());
+    }
+    let out = c
+        .output()
+        .expect("restic is installed (Debian package `restic`)");
+    assert!(
+        out.status.success(),
+        "restic {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
