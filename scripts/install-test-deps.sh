@@ -92,11 +92,13 @@ start_emulator() {
   [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null || true
   setsid "$@" >"$dir/log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
-  for _ in $(seq 100); do
+  # Up to 2 minutes: a first start on a cold, busy machine (node loading Azurite's modules
+  # from a cold disk cache) has been seen to take over 20 s.
+  for _ in $(seq 600); do
     curl -s -o /dev/null "$url" && { echo "$url" >"$dir/endpoint"; return; }
     sleep 0.2
   done
-  echo "the emulator in $dir did not start; see $dir/log" >&2
+  echo "the emulator in $dir did not start within 2 minutes; see $dir/log" >&2
   exit 1
 }
 azurite_port=${BACKPLAN_TEST_AZURITE_PORT:-10400}
