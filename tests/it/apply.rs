@@ -407,7 +407,9 @@ fn an_interactive_apply_does_not_hold_the_state_while_it_asks() {
     let started = std::time::Instant::now();
     let status = backplan(dir, &["status", "-c", "backplan.toml"]);
     assert_eq!(status.code, 0, "{}", status.transcript());
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Not held up by the question (it would wait until the answer, or fail on the lock); the
+    // bound only leaves room for a process start on a loaded machine.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
     child.stdin.as_mut().unwrap().write_all(b"yes\n").unwrap();
     let code = child.wait().unwrap().code();
     while let Ok(t) = rx.recv_timeout(std::time::Duration::from_secs(1)) {

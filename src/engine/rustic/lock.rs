@@ -1096,9 +1096,15 @@ mod tests {
         .unwrap();
         let first = lock.name();
         std::thread::sleep(Duration::from_millis(1000));
-        let now = lock.name();
-        assert_ne!(first, now, "refreshed");
-        assert_eq!(names(&*files), vec![now], "one lock file at a time");
+        // Listed while holding what the refresher holds for a whole refresh: never mid-swap.
+        let current = lock.current.lock().unwrap();
+        assert_ne!(first, *current, "refreshed");
+        assert_eq!(
+            names(&*files),
+            vec![current.clone()],
+            "one lock file at a time"
+        );
+        drop(current);
         drop(lock);
         assert!(names(&*files).is_empty());
     }
