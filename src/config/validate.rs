@@ -911,7 +911,10 @@ impl Validator<'_> {
                 }
                 let storage = storage.to_string();
                 let loc = self.lines.loc(key.span().start);
-                let storage_loc = self.lines.loc(storage_span.start);
+                let storage_loc = match &b.storage {
+                    Some(_) => self.lines.loc(storage_span.start),
+                    None => loc, // the key's span: the same place
+                };
                 let key = key.into_inner();
                 backups.insert(
                     key.clone(),
