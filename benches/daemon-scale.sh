@@ -22,7 +22,8 @@
 #  3. the plan of 10,000 instances (400,000 records) beside the bare `toml` parse of the same
 #     file: `cargo bench --bench plan` (divan: fastest, median, slowest), the daemon's path
 #     (records in memory: parse + validate + plan, and the plan alone) against
-#     `toml::from_str::<toml::Table>`; then the one-shot CLI (`backplan plan`, which reads the
+#     `toml::from_str::<toml::Table>`, and (d) the daemon on a one-line edit (parse + validate
+#     + the incremental plan from its cache); then the one-shot CLI (`backplan plan`, which reads the
 #     store) 3 times with /usr/bin/time.
 # Repeated figures give the quietest run (least time), the median and the spread (min-max).
 #
@@ -202,10 +203,12 @@ CLI_PLAN="(skipped)"
 if [ "${BENCH_PLAN:-1}" = 1 ]; then
   say "== plan of 10,000 instances beside the bare toml parse (divan)"
   BACKPLAN_BENCH_SKIP_MEMORY=1 "$(bench_bin plan)" --bench \
-    a_whole_parse_validate_plan c_plan baseline_toml_table b_parse_validate > "$WORK/plan-bench.txt" 2>&1 \
-    || { tail -n 20 "$WORK/plan-bench.txt" >&2; die "cargo bench --bench plan failed"; }
+    a_whole_parse_validate_plan c_plan baseline_toml_table b_parse_validate \
+    d_daemon_edit_parse_validate_incremental_plan > "$WORK/plan-bench.txt" 2> "$WORK/plan-bench.err" \
+    || { tail -n 20 "$WORK/plan-bench.txt" "$WORK/plan-bench.err" >&2; die "cargo bench --bench plan failed"; }
+  # (the fixture's lines go to stderr, apart, so that each divan row stays on one line)
   # divan's rows: name, fastest, slowest, median, mean, samples, iters (a tree drawn with │ ├ ╰).
-  PLAN_TABLE=$(grep -E '(a_whole|c_plan|baseline_toml_table|b_parse_validate) ' "$WORK/plan-bench.txt" \
+  PLAN_TABLE=$(grep -E '(a_whole|c_plan|baseline_toml_table|b_parse_validate|d_daemon_edit)[a-z_]* ' "$WORK/plan-bench.txt" \
     | sed 's/[│├╰─]//g' | awk '{ printf "| %s | %s %s | %s %s | %s %s |\n", $1, $2, $3, $6, $7, $4, $5 }')
   say "== the one-shot CLI: backplan plan (reads the store), 3 runs"
   BACKPLAN_BENCH_WRITE=$WORK/host10k "$(bench_bin plan)" > /dev/null 2>&1

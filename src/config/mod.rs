@@ -115,7 +115,7 @@ pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<D
     } = raw::read(text);
     let config = match raw {
         Some(raw) => {
-            let (config, more) = validate::validate(&raw, &skipped, path, text);
+            let (config, more) = validate::validate(raw, &skipped, path, text);
             diags.extend(more);
             config
         }

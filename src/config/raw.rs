@@ -8,6 +8,7 @@
 //! a test compares against the schema, so the three cannot drift apart.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
 use std::ops::Range;
 
 use schemars::JsonSchema;
@@ -448,7 +449,7 @@ pub fn read(src: &str) -> Read {
         skipped: BTreeSet::new(),
     };
     let t = root.get_ref();
-    r.keys(t, "the top level", RawConfig::KEYS);
+    r.keys(t, &"the top level", RawConfig::KEYS);
     let cfg = RawConfig {
         daemon: r.section(t, "daemon", Reader::daemon),
         schedule: r.section(t, "schedule", |r, t| RawSchedule {
@@ -463,14 +464,14 @@ pub fn read(src: &str) -> Read {
             drill: r.string(t, "drill"),
             drill_dir: r.string(t, "drill_dir"),
         }),
-        storage: r.map(t.get("storage"), "storage", |r, t, _, name| {
+        storage: r.map(t.get("storage"), &"storage", |r, t, _, name| {
             r.storage(t, name)
         }),
-        instances: r.map(t.get("instances"), "instances", |r, t, span, name| {
+        instances: r.map(t.get("instances"), &"instances", |r, t, span, name| {
             r.instance(t, span, name)
         }),
-        restores: r.map(t.get("restores"), "restores", |r, t, span, name| {
-            let what = format!("[restores.{name}]");
+        restores: r.map(t.get("restores"), &"restores", |r, t, span, name| {
+            let what = format_args!("[restores.{name}]");
             let from = r.required(t, span.clone(), "from", &what, Reader::string);
             let to = r.required(t, span, "to", &what, Reader::string);
             r.keys(t, &what, RawRestore::KEYS);
@@ -530,7 +531,7 @@ impl Reader {
         let Some(v) = root.get("notify") else {
             return RawNotify::default();
         };
-        let Some(t) = self.table(v, "[notify]") else {
+        let Some(t) = self.table(v, &"[notify]") else {
             return RawNotify::default();
         };
         let out = RawNotify {
@@ -539,7 +540,7 @@ impl Reader {
             ping_url_file: self.string(t, "ping_url_file"),
         };
         let before = self.diags.len();
-        self.keys(t, "[notify]", RawNotify::KEYS);
+        self.keys(t, &"[notify]", RawNotify::KEYS);
         for (k, v) in t.iter() {
             let key = k.get_ref().as_ref();
             if RawNotify::KEYS.contains(&key) || !(key == "url" || key.ends_with("_url")) {
@@ -574,7 +575,8 @@ impl Reader {
     }
 
     /// Reports the keys of `t` that are not in `known`.
-    fn keys(&mut self, t: &DeTable<'_>, what: &str, known: &[&str]) {
+    /// `what` names the table in messages; it is formatted only when a problem is reported.
+    fn keys(&mut self, t: &DeTable<'_>, what: &dyn Display, known: &[&str]) {
         self.keys_with_secrets(t, what, known, None)
     }
 
@@ -583,7 +585,7 @@ impl Reader {
     fn keys_with_secrets(
         &mut self,
         t: &DeTable<'_>,
-        what: &str,
+        what: &dyn Display,
         known: &[&str],
         secret_homes: Option<&[&str]>,
     ) {
@@ -649,7 +651,7 @@ impl Reader {
         }
     }
 
-    fn table<'t, 'i>(&mut self, v: &'t Value<'i>, what: &str) -> Option<&'t DeTable<'i>> {
+    fn table<'t, 'i>(&mut self, v: &'t Value<'i>, what: &dyn Display) -> Option<&'t DeTable<'i>> {
         match v.get_ref() {
             DeValue::Table(t) => Some(t),
             other => {
@@ -659,7 +661,13 @@ impl Reader {
         }
     }
 
-    fn type_error(&mut self, span: Range<usize>, what: &str, expected: &str, found: &DeValue<'_>) {
+    fn type_error(
+        &mut self,
+        span: Range<usize>,
+        what: &dyn Display,
+        expected: &str,
+        found: &DeValue<'_>,
+    ) {
         self.diags.push(Diagnostic::error(
             "wrong-type",
             span,
@@ -680,7 +688,7 @@ impl Reader {
         let Some(v) = root.get(name) else {
             return T::default();
         };
-        let what = format!("[{name}]");
+        let what = format_args!("[{name}]");
         let Some(t) = self.table(v, &what) else {
             return T::default();
         };
@@ -698,19 +706,19 @@ impl Reader {
     fn map<T>(
         &mut self,
         section: Option<&Value<'_>>,
-        name: &str,
+        name: &dyn Display,
         mut f: impl FnMut(&mut Self, &DeTable<'_>, Range<usize>, &str) -> Option<T>,
     ) -> BTreeMap<S<String>, T> {
         let mut out = BTreeMap::new();
         let Some(v) = section else {
             return out;
         };
-        let Some(t) = self.table(v, &format!("[{name}]")) else {
+        let Some(t) = self.table(v, &format_args!("[{name}]")) else {
             return out;
         };
         for (k, v) in t.iter() {
             let key: &str = k.get_ref();
-            let what = format!("[{name}.{key}]");
+            let what = format_args!("[{name}.{key}]");
             if let Err(msg) = crate::config::values::check_name(key) {
                 self.diags.push(Diagnostic::error("bad-name", k.span(), msg).hint(format!(
                     "rename {what}; names appear in plan addresses and in backup references like `<instance>/<backup-key>`, so they cannot hold spaces, `/` or `@`"
@@ -769,7 +777,7 @@ impl Reader {
         };
         self.keys_with_secrets(
             t,
-            &format!("[storage.{name}]"),
+            &format_args!("[storage.{name}]"),
             RawStorage::KEYS,
             Some(homes),
         );
@@ -777,7 +785,7 @@ impl Reader {
     }
 
     fn instance(&mut self, t: &DeTable<'_>, span: Range<usize>, name: &str) -> Option<RawInstance> {
-        let what = format!("[instances.{name}]");
+        let what = format_args!("[instances.{name}]");
         let kind = self.required(t, span.clone(), "type", &what, |r, t, k| {
             r.keyword(
                 t,
@@ -791,12 +799,12 @@ impl Reader {
         let version = self.required(t, span.clone(), "version", &what, Reader::string);
         let source = self.required(t, span, "source", &what, |r, t, k| {
             let v = t.get(k)?;
-            let st = r.table(v, &format!("`source` of {what}"))?;
+            let st = r.table(v, &format_args!("`source` of {what}"))?;
             let kind = r.required(
                 st,
                 v.span(),
                 "kind",
-                &format!("`source` of {what}"),
+                &format_args!("`source` of {what}"),
                 |r, t, k| {
                     r.keyword(
                         t,
@@ -816,7 +824,7 @@ impl Reader {
                 password_file: r.string(st, "password_file"),
                 bin_dir: r.string(st, "bin_dir"),
             };
-            r.keys(st, &format!("`source` of {what}"), RawSource::KEYS);
+            r.keys(st, &format_args!("`source` of {what}"), RawSource::KEYS);
             Some(src)
         });
         let on_update = self.string_array(t, "on_update");
@@ -829,7 +837,7 @@ impl Reader {
         let drill = self.drill(t, "drill");
         let backups = self.map(
             t.get("backups"),
-            &format!("instances.{name}.backups"),
+            &format_args!("instances.{name}.backups"),
             |r, b, _, key| {
                 let out = RawBackup {
                     label: r.string(b, "label"),
@@ -838,7 +846,7 @@ impl Reader {
                 };
                 r.keys(
                     b,
-                    &format!("[instances.{name}.backups.{key}]"),
+                    &format_args!("[instances.{name}.backups.{key}]"),
                     RawBackup::KEYS,
                 );
                 Some(out)
@@ -870,7 +878,7 @@ impl Reader {
             other => {
                 self.type_error(
                     v.span(),
-                    &format!("`{key}`"),
+                    &format_args!("`{key}`"),
                     "`true`, `false` or an interval like \"weekly\"",
                     other,
                 );
@@ -885,7 +893,7 @@ impl Reader {
         t: &DeTable<'_>,
         table_span: Range<usize>,
         key: &str,
-        what: &str,
+        what: &dyn Display,
         f: impl FnOnce(&mut Self, &DeTable<'_>, &str) -> Option<T>,
     ) -> Option<T> {
         if t.get(key).is_none() {
@@ -903,7 +911,7 @@ impl Reader {
         match v.get_ref() {
             DeValue::String(s) => Some(Spanned::new(v.span(), s.to_string())),
             other => {
-                self.type_error(v.span(), &format!("`{key}`"), "a string", other);
+                self.type_error(v.span(), &format_args!("`{key}`"), "a string", other);
                 None
             }
         }
@@ -926,7 +934,7 @@ impl Reader {
                 }
             }
             other => {
-                self.type_error(v.span(), &format!("`{key}`"), "an integer", other);
+                self.type_error(v.span(), &format_args!("`{key}`"), "an integer", other);
                 None
             }
         }
@@ -937,7 +945,12 @@ impl Reader {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(Spanned::new(v.span(), *b)),
             other => {
-                self.type_error(v.span(), &format!("`{key}`"), "`true` or `false`", other);
+                self.type_error(
+                    v.span(),
+                    &format_args!("`{key}`"),
+                    "`true` or `false`",
+                    other,
+                );
                 None
             }
         }
@@ -945,7 +958,7 @@ impl Reader {
 
     fn string_array(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<Vec<String>>> {
         let v = t.get(key)?;
-        let what = format!("`{key}`");
+        let what = format_args!("`{key}`");
         let DeValue::Array(items) = v.get_ref() else {
             self.type_error(v.span(), &what, "an array of strings", v.get_ref());
             return None;
@@ -957,7 +970,7 @@ impl Reader {
                 other => {
                     self.type_error(
                         item.span(),
-                        &format!("each item of {what}"),
+                        &format_args!("each item of {what}"),
                         "a string",
                         other,
                     );
@@ -974,17 +987,23 @@ impl Reader {
         key: &str,
         words: &[(&str, T)],
     ) -> Option<S<T>> {
-        let s = self.string(t, key)?;
-        if let Some((_, w)) = words.iter().find(|(w, _)| *w == s.get_ref()) {
-            return Some(Spanned::new(s.span(), *w));
+        // As `string`, without copying the text.
+        let v = t.get(key)?;
+        let DeValue::String(s) = v.get_ref() else {
+            self.type_error(v.span(), &format_args!("`{key}`"), "a string", v.get_ref());
+            return None;
+        };
+        let s: &str = s;
+        if let Some((_, w)) = words.iter().find(|(w, _)| *w == s) {
+            return Some(Spanned::new(v.span(), *w));
         }
         let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
         let mut d = Diagnostic::error(
             "unknown-value",
-            s.span(),
-            format!("`{key}` cannot be `{}`", s.get_ref()),
+            v.span(),
+            format!("`{key}` cannot be `{s}`"),
         );
-        d = match did_you_mean(s.get_ref(), names.iter().copied()) {
+        d = match did_you_mean(s, names.iter().copied()) {
             Some(n) => d.hint(format!(
                 "did you mean `{n}`? (one of: {})",
                 names.join(", ")

@@ -48,8 +48,10 @@ fn example_for(rule: &str) -> &'static str {
 }
 
 /// `skipped` names instances the reader left out (their problems are already reported).
+/// `raw` is consumed: the instances' strings (labels, notes, commands) move into the model
+/// instead of being copied.
 pub fn validate(
-    raw: &RawConfig,
+    mut raw: RawConfig,
     skipped: &BTreeSet<String>,
     file: &Path,
     src: &str,
@@ -75,12 +77,12 @@ pub fn validate(
     let daemon = v.daemon(&raw.daemon);
     let mut schedule = v.schedule(&raw.schedule);
     schedule.drill_dir = v.drill_dir(&raw.schedule, &daemon);
-    let storages = v.storages(raw, &daemon, &schedule);
+    let storages = v.storages(&raw, &daemon, &schedule);
     v.schedule_storage(&raw.schedule, &storages);
-    let instances = v.instances(raw, &schedule, &storages);
-    v.overlapping_sources(raw, &instances, &daemon, &storages);
+    let instances = v.instances(&mut raw, &schedule, &storages);
+    v.overlapping_sources(&raw, &instances, &daemon, &storages);
     v.drill_dir_apart(&raw.schedule, &schedule, &instances);
-    let restores = v.restores(raw, &instances);
+    let restores = v.restores(&raw, &instances);
     let notify = v.notify(&raw.notify);
     let ok = !v
         .diags
@@ -127,7 +129,16 @@ impl Validator<'_> {
         v: &Option<S<String>>,
         f: impl Fn(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let v = v.as_ref()?;
+        self.parse_one(rule, v.as_ref()?, f)
+    }
+
+    /// As [`Self::parse`], for a value that is there.
+    fn parse_one<T>(
+        &mut self,
+        rule: &'static str,
+        v: &S<String>,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
         match f(v.get_ref()) {
             Ok(t) => Some(t),
             Err(msg) => {
@@ -805,25 +816,27 @@ impl Validator<'_> {
 
     fn instances(
         &mut self,
-        raw: &RawConfig,
+        raw: &mut RawConfig,
         schedule: &Schedule,
         storages: &BTreeMap<String, Storage>,
     ) -> BTreeMap<String, Instance> {
         let mut out = BTreeMap::new();
-        for (name, i) in &raw.instances {
-            let version = self.parse("bad-version", &Some(i.version.clone()), Version::parse);
+        // The commands, exclusions and backups move into the model; the later checks read
+        // only the instances' names and sources from `raw`.
+        for (name, i) in raw.instances.iter_mut() {
+            let version = self.parse_one("bad-version", &i.version, Version::parse);
             let source = self.source(&i.source);
-            let on_update = self.command(&i.on_update, "on_update");
+            let on_update = self.command(&mut i.on_update, "on_update");
             let hooks = InstanceHooks {
-                before_restore: self.command(&i.before_restore, "before_restore"),
-                after_restore: self.command(&i.after_restore, "after_restore"),
-                before_backup: self.command(&i.before_backup, "before_backup"),
-                after_backup: self.command(&i.after_backup, "after_backup"),
+                before_restore: self.command(&mut i.before_restore, "before_restore"),
+                after_restore: self.command(&mut i.after_restore, "after_restore"),
+                before_backup: self.command(&mut i.before_backup, "before_backup"),
+                after_backup: self.command(&mut i.after_backup, "after_backup"),
             };
             let hook_timeout = self
                 .parse("bad-duration", &i.hook_timeout, Dur::parse)
                 .unwrap_or(DEFAULT_HOOK_TIMEOUT);
-            let exclude = self.exclude(&i.exclude, *i.source.kind.get_ref());
+            let exclude = self.exclude(&mut i.exclude, *i.source.kind.get_ref());
             let drill = match &i.drill {
                 None => schedule.drill,
                 Some(d) => match d.get_ref() {
@@ -835,7 +848,7 @@ impl Validator<'_> {
                 },
             };
             let mut backups = BTreeMap::new();
-            for (key, b) in &i.backups {
+            for (key, b) in std::mem::take(&mut i.backups) {
                 for (v, what, max) in [
                     (&b.label, "label", MAX_LABEL_CHARS),
                     (&b.notes, "notes", MAX_NOTES_CHARS),
@@ -860,9 +873,12 @@ impl Validator<'_> {
                     .map(|s| s.get_ref().as_str())
                     .unwrap_or("local");
                 let storage_span = b.storage.as_ref().map(|s| s.span()).unwrap_or(key.span());
-                let broken = self.broken_storages.contains(storage)
-                    || self.skipped.contains(&format!("storage.{storage}"));
-                if !storages.contains_key(storage) && !broken {
+                // A storage declared but broken is already reported (the name is formatted
+                // only for a storage that is not declared valid).
+                if !storages.contains_key(storage)
+                    && !self.broken_storages.contains(storage)
+                    && !self.skipped.contains(&format!("storage.{storage}"))
+                {
                     let hint = match did_you_mean(storage, storages.keys().map(String::as_str)) {
                         Some(s) => {
                             format!("did you mean `{s}`? Storages are declared as [storage.<name>]")
@@ -893,23 +909,22 @@ impl Validator<'_> {
                             format!("update the instance to version {min} or later first, or lower `min_backup_version`"),
                         );
                 }
+                let storage = storage.to_string();
+                let loc = self.lines.loc(key.span().start);
+                let storage_loc = match &b.storage {
+                    Some(_) => self.lines.loc(storage_span.start),
+                    None => loc, // the key's span: the same place
+                };
+                let key = key.into_inner();
                 backups.insert(
-                    key.get_ref().clone(),
+                    key.clone(),
                     BackupDecl {
-                        key: key.get_ref().clone(),
-                        label: b
-                            .label
-                            .as_ref()
-                            .map(|l| l.get_ref().clone())
-                            .unwrap_or_else(|| key.get_ref().clone()),
-                        notes: b
-                            .notes
-                            .as_ref()
-                            .map(|l| l.get_ref().clone())
-                            .unwrap_or_default(),
-                        storage: storage.to_string(),
-                        loc: self.lines.loc(key.span().start),
-                        storage_loc: self.lines.loc(storage_span.start),
+                        label: b.label.map(S::into_inner).unwrap_or_else(|| key.clone()),
+                        notes: b.notes.map(S::into_inner).unwrap_or_default(),
+                        key,
+                        storage,
+                        loc,
+                        storage_loc,
                     },
                 );
             }
@@ -939,7 +954,7 @@ impl Validator<'_> {
 
     /// An operator's command (`on_update`, `before_restore`, ...): a list starting with a
     /// program.
-    fn command(&mut self, cmd: &Option<S<Vec<String>>>, key: &str) -> Vec<String> {
+    fn command(&mut self, cmd: &mut Option<S<Vec<String>>>, key: &str) -> Vec<String> {
         match cmd {
             Some(cmd) if cmd.get_ref().first().is_none_or(|c| c.trim().is_empty()) => {
                 self.err(
@@ -954,13 +969,13 @@ impl Validator<'_> {
                 );
                 Vec::new()
             }
-            Some(cmd) => cmd.get_ref().clone(),
+            Some(cmd) => std::mem::take(cmd.get_mut()),
             None => Vec::new(),
         }
     }
 
     /// `exclude`: directory instances only; each pattern non-empty and not a negation.
-    fn exclude(&mut self, v: &Option<S<Vec<String>>>, kind: SourceKind) -> Vec<String> {
+    fn exclude(&mut self, v: &mut Option<S<Vec<String>>>, kind: SourceKind) -> Vec<String> {
         let Some(v) = v else { return Vec::new() };
         if kind != SourceKind::Directory {
             self.err(
@@ -996,7 +1011,7 @@ impl Validator<'_> {
                 return Vec::new();
             }
         }
-        v.get_ref().clone()
+        std::mem::take(v.get_mut())
     }
 
     fn source(&mut self, s: &RawSource) -> Option<Source> {
