@@ -10,9 +10,12 @@ pub(super) const MAX_CONNECTIONS: usize = 64;
 /// and a reply must be taken within it.
 pub(super) const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest request line read (queries are short: no file travels over the socket).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
 /// Serves the control socket (mode 0660): one JSON query per line, one JSON answer per line.
 /// A malformed request gets an error reply; a client never disturbs the daemon: a request is
-/// read at most [`crate::config::MAX_FILE_BYTES`] long, at most [`MAX_CONNECTIONS`] are
+/// read at most [`MAX_REQUEST_BYTES`] long, at most [`MAX_CONNECTIONS`] are
 /// served at once, and an idle one is closed after [`CLIENT_TIMEOUT`].
 pub(super) fn serve_control(
     path: &Path,
@@ -51,7 +54,7 @@ pub(super) async fn serve_client(
 ) -> std::io::Result<()> {
     use crate::control::Reply;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let limit = crate::config::MAX_FILE_BYTES as usize;
+    let limit = MAX_REQUEST_BYTES;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     loop {

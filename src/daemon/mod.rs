@@ -25,6 +25,7 @@ use crate::query::{Answer, Context, Query};
 use crate::state::Store;
 mod clock;
 mod control;
+pub use control::MAX_REQUEST_BYTES;
 mod reconcile;
 mod storage_check;
 mod systemd;

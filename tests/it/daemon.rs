@@ -374,9 +374,9 @@ fn the_control_socket_bounds_requests_connections_and_idle_clients() {
     let pid = d.child.as_ref().unwrap().id();
     let sock = dir.join("state/backplan.sock");
 
-    // A request streamed without a newline is cut at the size limit of a file: an error
+    // A request streamed without a newline is cut at the request size limit: an error
     // reply, the connection closed, and the daemon's memory does not follow the client.
-    let limit = backplan::config::MAX_FILE_BYTES as usize;
+    let limit = backplan::daemon::MAX_REQUEST_BYTES;
     let s = UnixStream::connect(&sock).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {

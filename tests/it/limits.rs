@@ -190,7 +190,7 @@ fn a_file_larger_than_the_limit_is_refused_before_it_is_parsed() {
         let run = backplan(dir, &[cmd, "-c", "over.toml"]);
         assert_eq!(run.code, 1, "{cmd}: {}", run.transcript());
         assert!(
-            run.stderr.contains("over.toml is larger than 4 MiB"),
+            run.stderr.contains("over.toml is larger than 32 MiB"),
             "{cmd}: {}",
             run.stderr
         );
