@@ -7,7 +7,9 @@
 #   BACKPLAN=target/release/backplan bash scripts/bench-databases.sh [WORKDIR]
 #                                                # default WORKDIR /tmp/backplan-db-bench
 #   BACKPLAN_BEFORE=path                         # optional: another build (an earlier commit)
-#                                                # also restores into the full sandbox, alternated
+#                                                # also backs up (into its own fresh repository,
+#                                                # folder bN) and restores into the full
+#                                                # sandbox, alternated
 #   BENCH_PARTS=pg,app,sqlite                    # the default: every part; pg = backup + restore
 #
 # Needs: a running PostgreSQL reachable as BENCH_PG_URL (default: target/test-postgres/url, a
@@ -115,7 +117,7 @@ note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
 has app && note pg_app_size "$(sql "$ADB" "select pg_database_size('$ADB')") bytes"
 
 # ---------------------------------------------------------------- one backplan file per round
-rm -rf "$W"/r[0-9]* "$W/dumps" "$W/data/app-sandbox.db"*
+rm -rf "$W"/r[0-9]* "$W"/b[0-9]* "$W/dumps" "$W/data/app-sandbox.db"*
 sql postgres "drop database if exists $SBX with (force)"
 sql postgres "drop database if exists ${DB}_pgrestore with (force)"
 mkdir -p "$W/dumps"
@@ -176,6 +178,14 @@ log "apply: adopt the production databases, create the sandboxes and repositorie
 rm -f "$W/data/warm.db"
 sqlite3 "$W/data/warm.db" "create table t (x); insert into t values (1)"
 for r in $(seq 1 "$ROUNDS"); do
+  if [[ -n ${BACKPLAN_BEFORE:-} ]]; then
+    # The other build's own folder and repository per round, for its backups.
+    mkdir -p "$W/b$r"
+    sed -n '/^\[instances.pg-sandbox\]/q;p' "$W/r$r/backplan.toml" >"$W/b$r/backplan.toml"
+    printf '\n[instances.warm.backups.init]\nlabel = "init"\n' >>"$W/b$r/backplan.toml"
+    (cd "$W/b$r" && "$BACKPLAN_BEFORE" apply -c backplan.toml --auto-approve) >"$W/out.setupb$r" 2>&1 ||
+      { cat "$W/out.setupb$r" >&2; exit 1; }
+  fi
   backup "$r" warm init
   (cd "$W/r$r" && apply "$r") >"$W/out.setup$r" 2>&1 || { cat "$W/out.setup$r" >&2; exit 1; }
 done
@@ -187,6 +197,10 @@ for r in $(seq 1 "$ROUNDS"); do
   backup "$r" pg day1
   timed "backplan_pg_backup.$r" sh -c "cd '$W/r$r' && '$BP' apply -c backplan.toml --auto-approve"
   note "repo_after_pg_backup.$r" "$(size "$(repo "$r")") bytes"
+  if [[ -n ${BACKPLAN_BEFORE:-} ]]; then
+    printf '\n[instances.pg.backups.day1]\nlabel = "day1"\n' >>"$W/b$r/backplan.toml"
+    timed "before_pg_backup.$r" sh -c "cd '$W/b$r' && '$BACKPLAN_BEFORE' apply -c backplan.toml --auto-approve"
+  fi
 done
 note pg_dump_fc_file "$(size "$W/dumps/pg1.dump") bytes"
 

@@ -174,22 +174,25 @@ impl Conn {
             .map_err(|_| format!("the server gave an unexpected version number `{out}`"))
     }
 
-    /// The server's major version (`server_version_num / 10000`).
-    fn server_major(&self) -> Result<u32, String> {
-        self.server_version_num().map(|n| n / 10000)
-    }
-
-    /// Refuses tools older than the server (a dump made with them could miss what they do
-    /// not know), before any work.
-    fn check_versions(&self, tools: &[&str]) -> Result<(), String> {
-        let server = self
-            .server_major()
+    /// The server's `server_version_num` and the owner of the database (empty when it does
+    /// not exist), in one psql.
+    fn version_and_owner(&self) -> Result<(u32, String), String> {
+        let out = self
+            .psql(
+                MAINTENANCE_DB,
+                &[("db", &self.db)],
+                "SELECT current_setting('server_version_num') || '|' || coalesce((SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :'db'), '');",
+            )
             .map_err(|e| format!("cannot reach {}: {e}", self.describe()))?;
-        for name in tools {
-            let tool = self.tool(name);
-            self.refuse_older(&tool, tool_major(&tool)?, server)?;
+        // The version has no `|`; the owner's name may.
+        match out.split_once('|') {
+            Some((num, owner)) => num
+                .trim()
+                .parse::<u32>()
+                .map(|n| (n, owner.to_string()))
+                .map_err(|_| format!("the server gave an unexpected version number `{num}`")),
+            None => Err(format!("the server gave an unexpected answer `{out}`")),
         }
-        Ok(())
     }
 
     fn refuse_older(&self, tool: &str, major: u32, server: u32) -> Result<(), String> {
@@ -257,6 +260,21 @@ fn tool_version(tool: &str) -> Result<String, String> {
         .output()
         .map_err(|e| tool_missing(tool, &e))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs `a` and `b` at the same time (each waits on a process: a psql, a `--version`).
+fn alongside<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    std::thread::scope(|s| {
+        let other = s.spawn(b);
+        let first = a();
+        let second = other
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (first, second)
+    })
 }
 
 /// The major version of a client tool.
@@ -419,12 +437,13 @@ SELECT :'missing';"#,
     fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String> {
         let conn = Conn::of(source)?;
         // One psql and one `pg_dump --version` (each a process start, through Debian's
-        // wrapper script): their answers are also the backup's versions, asked next.
-        let (server, exists) = conn
-            .version_and_existence()
-            .map_err(|e| format!("instance `{instance}`: {e}"))?;
+        // wrapper script), run together: their answers are also the backup's versions,
+        // asked next.
         let dump_tool = conn.tool("pg_dump");
-        let dump = tool_version(&dump_tool)?;
+        let (answer, dump) =
+            alongside(|| conn.version_and_existence(), || tool_version(&dump_tool));
+        let (server, exists) = answer.map_err(|e| format!("instance `{instance}`: {e}"))?;
+        let dump = dump?;
         let major = parse_tool_major(&dump)
             .ok_or_else(|| format!("cannot read the version of {dump_tool} from `{dump}`"))?;
         conn.refuse_older(&dump_tool, major, server / 10000)
@@ -469,13 +488,18 @@ SELECT :'missing';"#,
 
     fn open_target(&self, source: &Source) -> Result<Box<dyn Target>, String> {
         let conn = Conn::of(source)?;
-        // pg_dump too: the pre-restore backup comes first.
-        conn.check_versions(&["pg_dump", "pg_restore"])?;
-        let owner = conn.psql(
-            MAINTENANCE_DB,
-            &[("db", &conn.db)],
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :'db';",
-        )?;
+        // The server's version and the owner in one psql; beside it, the versions of
+        // pg_dump (the pre-restore backup comes first) and pg_restore: three process starts
+        // at once rather than one after the other. Tools older than the server are refused
+        // (a dump made with them could miss what they do not know), before any work.
+        let (dump_tool, restore_tool) = (conn.tool("pg_dump"), conn.tool("pg_restore"));
+        let (answer, (dump, restore)) = alongside(
+            || conn.version_and_owner(),
+            || alongside(|| tool_major(&dump_tool), || tool_major(&restore_tool)),
+        );
+        let (server, owner) = answer?;
+        conn.refuse_older(&dump_tool, dump?, server / 10000)?;
+        conn.refuse_older(&restore_tool, restore?, server / 10000)?;
         if owner.is_empty() {
             return Err(format!(
                 "{} does not exist; nothing was restored",
@@ -485,6 +509,7 @@ SELECT :'missing';"#,
         Ok(Box::new(PgTarget {
             conn,
             owner,
+            server,
             restorer: Arc::new(Mutex::new(None)),
         }))
     }
@@ -581,11 +606,27 @@ impl RestoreSink {
     }
 }
 
+/// The capacity asked for `pg_restore`'s input pipe (Linux's default is 64 KiB; an
+/// unprivileged process may raise it to `/proc/sys/fs/pipe-max-size`, 1 MiB by default):
+/// the restored stream arrives in blobs of about 1 MiB, each of which would otherwise be
+/// written in sixteen turns, `pg_restore` and backplan waking each other.
+const PIPE_CAPACITY: libc::c_int = 1 << 20;
+
+/// Asks for a [`PIPE_CAPACITY`] pipe; a refusal (a lower system limit) leaves it as it was,
+/// which is slower but correct.
+fn widen_pipe(stdin: &ChildStdin) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; it changes only the pipe's capacity.
+    let _ = unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
+}
+
 /// A PostgreSQL database opened as a restore target.
 struct PgTarget {
     conn: Conn,
     /// The target's owner: it owns the staging database and what pg_restore creates in it.
     owner: String,
+    /// The server's `server_version_num`, read when the target was opened.
+    server: u32,
     restorer: Shared,
 }
 
@@ -607,6 +648,8 @@ SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
   WHERE datname = :'db' AND pid <> pg_backend_pid();
 ALTER DATABASE :"db" RENAME TO :"old";
 ALTER DATABASE :"staging" RENAME TO :"db";
+-- The staging database's own setting (CREATE_STAGING) goes; the old target's, if any, follows.
+ALTER DATABASE :"db" RESET backend_flush_after;
 -- Database-level settings, for all roles and per role.
 SELECT format('ALTER %s SET %I TO %s',
          CASE WHEN s.setrole = 0 THEN format('DATABASE %I', :'db')
@@ -636,11 +679,19 @@ SELECT format('COMMENT ON DATABASE %I IS %L', :'db', shobj_description(:old_oid,
 COMMIT;
 "#;
 
-/// The staging database: like the target (owner, encoding, locale), empty.
+/// The staging database: like the target (owner, encoding, locale), empty; a leftover of
+/// the same name dropped first.
 const CREATE_STAGING: &str = r#"
+DROP DATABASE IF EXISTS :"staging" WITH (FORCE);
 SELECT format('CREATE DATABASE %I OWNER %I TEMPLATE template0 ENCODING %L LC_COLLATE %L LC_CTYPE %L',
          :'staging', pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype)
   FROM pg_database WHERE datname = :'db' \gexec
+-- pg_restore's writes start going to disk as they are made (a hint to the kernel, nothing
+-- less durable): the checkpoint DROP DATABASE forces after the swap has little left to
+-- flush. The swap resets it. A server that refuses it restores without it.
+\set ON_ERROR_STOP off
+ALTER DATABASE :"staging" SET backend_flush_after = '2MB';
+\set ON_ERROR_STOP on
 "#;
 
 impl Target for PgTarget {
@@ -664,10 +715,8 @@ impl Target for PgTarget {
                 "the backup records an unreadable server version `{recorded}`; nothing was restored"
             )
         })? / 10000;
-        let here = self
-            .conn
-            .server_major()
-            .map_err(|e| format!("cannot reach {}: {e}", self.describe()))?;
+        // The server's version as `open_target` read it, a moment ago.
+        let here = self.server / 10000;
         if source > here {
             return Err(format!(
                 "the backup was dumped from a PostgreSQL {source} server and {} runs PostgreSQL {here}; pg_restore cannot restore into an older server, so nothing was done. Restore into a sandbox on PostgreSQL {source} or later",
@@ -680,10 +729,10 @@ impl Target for PgTarget {
     fn stage(&self, restore_key: &str) -> Result<RestoreInto, String> {
         let staging = self.staging(restore_key);
         let vars = [("db", self.conn.db.as_str()), ("staging", staging.as_str())];
-        // A leftover of an earlier try has this restore's own name.
+        // A leftover of an earlier try has this restore's own name: dropped first, in the
+        // same psql.
         self.conn
-            .drop_db(&staging)
-            .and_then(|()| self.conn.psql(MAINTENANCE_DB, &vars, CREATE_STAGING))
+            .psql(MAINTENANCE_DB, &vars, CREATE_STAGING)
             .map_err(|e| format!("creating the staging database \"{staging}\": {e}"))?;
         crate::failpoint!("postgres.staging-created");
         let mut child = Command::new(self.conn.tool("pg_restore"))
@@ -697,6 +746,7 @@ impl Target for PgTarget {
             .spawn()
             .map_err(|e| tool_missing("pg_restore", &e))?;
         let stdin = child.stdin.take().expect("piped");
+        widen_pipe(&stdin);
         let stderr = child.stderr.take().map(|mut err| {
             std::thread::spawn(move || {
                 let mut s = String::new();
@@ -888,6 +938,34 @@ mod tests {
         let shown = format!("{dump:?} {conn:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("PGPASSWORD=***"), "{shown}");
+    }
+
+    #[test]
+    fn pg_restore_s_input_pipe_is_widened() {
+        let max: i64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut child = Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
+        let size = || unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let before = size();
+        widen_pipe(&stdin);
+        let after = size();
+        if max >= i64::from(PIPE_CAPACITY) {
+            assert_eq!(after, PIPE_CAPACITY, "{before} -> {after}");
+        } else {
+            assert!(after >= before, "{before} -> {after}");
+        }
+        drop(stdin);
+        child.wait().unwrap();
     }
 
     #[test]

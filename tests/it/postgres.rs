@@ -370,6 +370,8 @@ fn postgres_backup_during_writes_restores_into_a_connected_sandbox() {
         ),
     );
     assert!(settings.contains("work_mem=7MB"), "{settings}");
+    // The staging database's own write-back setting does not stay with the restored one.
+    assert!(!settings.contains("backend_flush_after"), "{settings}");
     assert!(
         settings.contains(&format!("search_path=\"$user\", public, \"{reader}\"")),
         "{settings}"
@@ -585,6 +587,62 @@ fn postgres_tools_older_than_the_server_are_refused_before_any_work() {
         !bin.join("ran").exists(),
         "the old pg_dump was not run to dump"
     );
+}
+
+/// The restore's version checks (the server's version, the owner and both tools' versions,
+/// asked together): a `pg_restore` older than the server is refused before any work — no
+/// pre-restore backup, no staging database, the sandbox as it was.
+#[test]
+fn postgres_restore_tools_older_than_the_server_are_refused_before_any_work() {
+    let Some(pg) = server() else { return };
+    let prod = unique("old_restore");
+    let sandbox = unique("old_restore_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 1);
+    pg.must("postgres", &format!("CREATE DATABASE {}", ident(&sandbox)));
+    pg.must(
+        &sandbox,
+        "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)",
+    );
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    append_config(dir, "[instances.shop.backups.b]\nlabel = \"b\"");
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(
+        bin.join("pg_restore"),
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo 'pg_restore (PostgreSQL) 9.6.24' && exit 0\ntouch \"$(dirname \"$0\")/ran\"\nexit 1\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(bin.join("pg_restore"))
+        .status()
+        .unwrap();
+    append_config(
+        dir,
+        "[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("pg_restore is version 9, older than the server"),
+        "{stdout}"
+    );
+    assert!(!bin.join("ran").exists(), "the old pg_restore was not run");
+    assert_eq!(pg.count(&sandbox, "SELECT x FROM kept"), 42);
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+    // No pre-restore backup: the only snapshot is the backup to restore.
+    assert_eq!(restic_snapshots(dir).len(), 1);
 }
 
 #[test]

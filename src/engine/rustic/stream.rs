@@ -350,4 +350,68 @@ mod tests {
         }
         assert_eq!(got, data);
     }
+
+    /// The chunker's scan (the patched rustic_cdc's `slide_to_boundary`, several hashes at
+    /// once) stops where sliding one byte at a time and checking after each stops, and
+    /// leaves the same hash and window: on random, dump-like and periodic bytes, with masks
+    /// that cut every byte, often, or (at the real 1 MiB) rarely, windows primed with a
+    /// chunk's first bytes as the chunker does, and slices of every length.
+    #[test]
+    fn the_chunker_s_scan_cuts_where_one_byte_at_a_time_does() {
+        use rustic_cdc::{Rabin64, RollingHash64};
+        let reference = |r: &mut Rabin64, bytes: &[u8], mask: u64| {
+            for (i, b) in bytes.iter().enumerate() {
+                r.slide(*b);
+                if r.hash & mask == 0 {
+                    return i + 1;
+                }
+            }
+            bytes.len()
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut calls, mut cuts) = (0, 0);
+        for round in 0..240 {
+            let len = (next() % 40_000) as usize;
+            let data: Vec<u8> = (0..len + 200)
+                .map(|i| match round % 3 {
+                    0 => next() as u8,
+                    1 if i % 97 < 60 => b' ',
+                    1 => b'0' + (next() % 4) as u8,
+                    _ => (i % 7) as u8,
+                })
+                .collect();
+            let mask = [0u64, 0x3, 0xff, 0xfff, 0xffff, (1 << 20) - 1][(next() % 6) as usize];
+            let mut a = Rabin64::new_with_polynom(6, &0x003D_A335_8B4D_C173);
+            let pre = (next() % 65) as usize;
+            let _ = a.reset_and_prefill_window(&mut data[..pre].iter().copied());
+            let mut b = a.clone();
+            let mut off = pre;
+            while off < pre + len {
+                let end = (off + 1 + (next() % 9000) as usize).min(pre + len);
+                let n = reference(&mut a, &data[off..end], mask);
+                assert_eq!(
+                    b.slide_to_boundary(&data[off..end], mask),
+                    n,
+                    "round {round}"
+                );
+                assert_eq!(a.hash, b.hash, "round {round}");
+                cuts += usize::from(n < end - off || a.hash & mask == 0);
+                calls += 1;
+                off += n;
+            }
+            // Equal windows: the bytes leaving them from here on are the same.
+            for byte in &data[pre + len..] {
+                a.slide(*byte);
+                b.slide(*byte);
+                assert_eq!(a.hash, b.hash, "round {round}, after");
+            }
+        }
+        assert!(calls > 10_000 && cuts > 5_000, "{calls} calls, {cuts} cuts");
+    }
 }

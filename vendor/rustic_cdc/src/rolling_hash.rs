@@ -170,6 +170,119 @@ impl Rabin64 {
     }
 }
 
+impl Rabin64 {
+    /// [backplan patch] Slides `bytes` in one by one up to and including the first byte after
+    /// which `hash & split_mask == 0`; returns how many were slid (`bytes.len()` when none
+    /// is). The same hashes and the same final state (hash and window) as calling
+    /// [`RollingHash64::slide`] on each byte and checking after each.
+    ///
+    /// Faster on long inputs: after the first window's worth of bytes, the byte leaving the
+    /// window is read from `bytes` itself, and the rest is split into [`LANES`] segments,
+    /// each with its own hash (primed from the window of bytes before its segment: the hash
+    /// depends only on the window's bytes), advanced together. One hash's steps form a
+    /// chain of dependent table lookups; independent chains keep the processor busy.
+    pub fn slide_to_boundary(&mut self, bytes: &[u8], split_mask: Polynom64) -> usize {
+        let w = self.window_size;
+        // Too short to be worth priming lanes: one byte at a time.
+        if bytes.len() < w + LANES * 4 * w {
+            return self.slide_each(bytes, split_mask);
+        }
+        // The first window's worth through the window buffer (it holds the bytes before).
+        let head = self.slide_each(&bytes[..w], split_mask);
+        if head < w || self.hash & split_mask == 0 {
+            return head;
+        }
+        let rest = bytes.len() - w;
+        let seg = rest / LANES;
+        // Lane k covers bytes[start(k) .. start(k) + seg]; the last one also the remainder.
+        let start = |k: usize| w + k * seg;
+        let mut hash = [0 as Polynom64; LANES];
+        hash[0] = self.hash;
+        for (k, h) in hash.iter_mut().enumerate().skip(1) {
+            *h = self.hash_of_window(&bytes[start(k) - w..start(k)]);
+        }
+        let mut found = [usize::MAX; LANES];
+        let mut found_hash = [0 as Polynom64; LANES];
+        let ins: [&[u8]; LANES] = std::array::from_fn(|k| &bytes[start(k)..start(k) + seg]);
+        let outs: [&[u8]; LANES] = std::array::from_fn(|k| &bytes[start(k) - w..start(k) - w + seg]);
+        for k in 0..LANES {
+            // Lets the compiler drop the bounds checks below.
+            assert!(ins[k].len() == seg && outs[k].len() == seg);
+        }
+        for t in 0..seg {
+            let mut any = false;
+            for k in 0..LANES {
+                hash[k] = self.step(hash[k], outs[k][t], ins[k][t]);
+                any |= hash[k] & split_mask == 0;
+            }
+            if any {
+                for k in 0..LANES {
+                    if found[k] == usize::MAX && hash[k] & split_mask == 0 {
+                        found[k] = start(k) + t;
+                        found_hash[k] = hash[k];
+                    }
+                }
+                if found[0] != usize::MAX {
+                    break;
+                }
+            }
+        }
+        let (n, h) = match (0..LANES).find(|&k| found[k] != usize::MAX) {
+            Some(k) => (found[k] + 1, found_hash[k]),
+            None => {
+                // The remainder, on the last lane's hash.
+                let mut h = hash[LANES - 1];
+                let mut n = bytes.len();
+                for p in start(LANES - 1) + seg..bytes.len() {
+                    h = self.step(h, bytes[p - w], bytes[p]);
+                    if h & split_mask == 0 {
+                        n = p + 1;
+                        break;
+                    }
+                }
+                (n, h)
+            }
+        };
+        // The window now holds the last `w` bytes slid, oldest at `window_index`.
+        for (i, b) in bytes[n - w..n].iter().enumerate() {
+            self.window_data[(self.window_index + i) & self.window_size_mask] = *b;
+        }
+        self.hash = h;
+        n
+    }
+
+    /// The reference: one [`RollingHash64::slide`] per byte, checking after each.
+    fn slide_each(&mut self, bytes: &[u8], split_mask: Polynom64) -> usize {
+        for (i, b) in bytes.iter().enumerate() {
+            self.slide(*b);
+            if self.hash & split_mask == 0 {
+                return i + 1;
+            }
+        }
+        bytes.len()
+    }
+
+    /// One step of [`RollingHash64::slide`] on a hash given by value: `out` leaves the
+    /// window, `byte` enters it.
+    #[inline(always)]
+    fn step(&self, mut hash: Polynom64, out: u8, byte: u8) -> Polynom64 {
+        hash ^= self.out_table[usize::from(out)];
+        let mod_index = (hash >> self.polynom_shift) & 255;
+        hash <<= 8;
+        hash |= Polynom64::from(byte);
+        hash ^ self.mod_table[mod_index as usize]
+    }
+
+    /// The hash of a window holding exactly `window` (`window_size` bytes): the hash depends
+    /// only on the window's bytes, and a window of zeros hashes to 0.
+    fn hash_of_window(&self, window: &[u8]) -> Polynom64 {
+        window.iter().fold(0, |h, b| self.step(h, 0, *b))
+    }
+}
+
+/// [backplan patch] The independent hashes [`Rabin64::slide_to_boundary`] advances together.
+const LANES: usize = 4;
+
 impl RollingHash64 for Rabin64 {
     fn reset(&mut self) {
         self.window_data.clear();

@@ -9,7 +9,9 @@ pub(super) mod constants {
     /// The size of a kilobyte.
     pub(super) const KB: usize = 1024;
     /// Buffer size used for reading - TODO: Find out optimal size for best performance!
-    pub(super) const BUF_SIZE: usize = 4 * KB;
+    /// [backplan patch] was 4 KiB: each buffer's scan primes its hashes once (see
+    /// `Rabin64::slide_to_boundary`), and each refill is a read.
+    pub(super) const BUF_SIZE: usize = 64 * KB;
     /// Random polynomial maximum tries.
     pub(super) const RAND_POLY_MAX_TRIES: i32 = 1_000_000;
 }
@@ -91,8 +93,9 @@ impl<R: Read + Send> ChunkIter<R> {
         let chunk_size: u64 = chunk_size.try_into().unwrap();
         let split_mask: u64 = chunk_size - 1;
         Ok(Self {
-            buf: vec![0; constants::BUF_SIZE],
-            pos: constants::BUF_SIZE,
+            // [backplan patch] Allocated at the first refill: most files end before it.
+            buf: Vec::new(),
+            pos: 0,
             reader,
             split_mask,
             rabin,
@@ -160,6 +163,9 @@ impl<R: Read + Send> Iterator for ChunkIter<R> {
             }
 
             if self.buf.len() == self.pos {
+                if self.buf.is_empty() {
+                    self.buf.resize(constants::BUF_SIZE, 0); // [backplan patch]
+                }
                 match self.reader.read(&mut self.buf[..]) {
                     Ok(0) => {
                         self.finished = true;
@@ -184,17 +190,13 @@ impl<R: Read + Send> Iterator for ChunkIter<R> {
             // [backplan patch] The buffered bytes slid through the hash in one loop up to
             // the next cut (or the maximum size), then appended to the chunk at once; was one
             // `vec.push(byte)` and one refill check per byte. Same cut points.
+            // [backplan patch, second] The loop itself is `Rabin64::slide_to_boundary` (the
+            // patched rustic_cdc): the same hashes, several of them advanced at once.
             let avail = &self.buf[self.pos..];
             let limit = avail.len().min(self.max_size - vec.len());
-            let rabin = &mut self.rabin;
-            let mut n = 0;
-            while n < limit {
-                rabin.slide(avail[n]);
-                n += 1;
-                if (rabin.hash & self.split_mask) == 0 {
-                    break;
-                }
-            }
+            let n = self
+                .rabin
+                .slide_to_boundary(&avail[..limit], self.split_mask);
             vec.extend_from_slice(&avail[..n]);
             self.pos += n;
         }
