@@ -32,6 +32,8 @@
 # BENCH_BUILD=0 uses the binary already built; BENCH_PROFILE=dev (with
 # CARGO_PROFILE_DEV_OPT_LEVEL=2 and a CARGO_TARGET_DIR of its own) measures a `dev` build where a
 # release build of the dependencies is too slow; the report names the build.
+# BENCH_STEPS=restore: only the restore rows (one cold backup per tool, BENCH_ROUNDS=1 implied,
+# then the 3 restores alternating, the checks of the restored trees and restic's check).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -321,6 +323,8 @@ restic_backup() { # STEP CACHE
 
 LOAD_BEFORE=$(load_avg)
 ROUNDS=${BENCH_ROUNDS:-3}
+ONLY_RESTORE=0
+if [ "${BENCH_STEPS:-all}" = restore ]; then ONLY_RESTORE=1 ROUNDS=1; fi
 # Cold backups before the last round: fresh state and repositories each, deleted afterwards.
 for ((round = 1; round < ROUNDS; round++)); do
   say "== cold backup, round $round of $ROUNDS"
@@ -348,6 +352,8 @@ say "== cold backup, round $ROUNDS of $ROUNDS (backplan creates its repository a
 bp_backup cold cold
 restic_backup cold cold
 
+CHANGED_NOTE="(not run: BENCH_STEPS=restore)"
+if [ "$ONLY_RESTORE" = 0 ]; then
 say "== unchanged re-backup, cold caches (3 runs each)"
 for _ in 1 2 3; do
   bp_backup unchanged-cold cold
@@ -373,6 +379,7 @@ for run in 1 2 3; do
   restic_backup touched cold
 done
 CHANGED_NOTE="each run: one dump rewritten (4 MiB), another: 1 MiB rewritten in the middle + 256 KiB appended, one small file per folder rewritten (200), 5 deleted, 5 added (tree $before -> $(du -sb "$DATA" | cut -f1) bytes after the three)"
+fi
 
 say "== restore of the latest backup into an empty folder (3 runs each)"
 for run in 1 2 3; do
@@ -439,6 +446,7 @@ daemon_backup() { # STEP CACHE
   say "   $(tail -n 1 "$RESULTS" | tr '\t' ' ')"
 }
 
+if [ "$ONLY_RESTORE" = 0 ]; then
 say "== the daemon: unchanged re-backup (cold caches) and after ~1% change, 3 runs each, alternating with restic"
 RUST_LOG=info,backplan=debug "$BP" run -c "$BPCFG" >"$LOGS/daemon.log" 2>&1 &
 DPID=$!
@@ -460,6 +468,7 @@ done
 kill "$DPID"
 wait "$DPID" 2>/dev/null || true
 trap - EXIT
+fi
 
 # restic reads and checks every pack backplan wrote (untimed).
 say "== restic check --read-data of backplan's repository"
@@ -484,6 +493,7 @@ R_SNAPS=$(find "$RREPO/snapshots" -type f | wc -l)
 row() { # LABEL STEP [RESTIC_STEP_TO_ADD]; BPTOOL: backplan (default) or backplan-daemon
   local bs bk bc rs rk rc bt=${BPTOOL:-backplan}
   bs=$(val "$2" "$bt" 3) bk=$(val "$2" "$bt" 4) bc=$(val "$2" "$bt" 5)
+  [ -n "$bs" ] || return 0 # a step not run (BENCH_STEPS)
   rs=$(val "$2" restic 3) rk=$(val "$2" restic 4) rc=$(val "$2" restic 5)
   if [ -n "${3:-}" ]; then # restic: two commands (init + backup): times add up, peak is the max
     rs=$(awk -v a="$rs" -v b="$(val "$3" restic 3)" 'BEGIN {printf "%.2f", a + b}')
@@ -522,15 +532,17 @@ REPORT=$WORK/report.md
   echo "Repository size (du -sb): backplan $(hr "$BP_REPO_BYTES") ($BP_SNAPS snapshots), restic $(hr "$R_REPO_BYTES") ($R_SNAPS snapshots); ratio $(ratio "$BP_REPO_BYTES" "$R_REPO_BYTES"). backplan's state besides the repository (sled, key): $(hr "$BP_STATE_BYTES")."
   echo
   echo "Details:"
+  if [ "$ONLY_RESTORE" = 0 ]; then
   echo "- every run, seconds: unchanged cold: backplan $(runs unchanged-cold backplan) / restic $(runs unchanged-cold restic); unchanged warm: backplan $(runs unchanged-warm backplan) / restic $(runs unchanged-warm restic)"
   echo "- every cold backup: backplan $(runs cold backplan) / restic $(runs cold restic)"
   echo "- every backup after a change: backplan $(runs changed backplan) / restic $(runs changed restic)"
   echo "- every backup after touching every file's mtime (all files read again): backplan $(runs touched backplan) / restic $(runs touched restic)"
+  fi
   echo "- every restore: backplan $(runs restore backplan) / restic $(runs restore restic)"
-  echo "- daemon rows: \`backplan run\` takes each backup when the file is saved; wall from the rename of the file to its \"backup finished\" log line (150 ms debounce included), CPU the daemon's over that span; every run: unchanged $(runs daemon-unchanged backplan-daemon) / restic $(runs daemon-unchanged restic); changed $(runs daemon-changed backplan-daemon) / restic $(runs daemon-changed restic)"
+  [ "$ONLY_RESTORE" = 1 ] || echo "- daemon rows: \`backplan run\` takes each backup when the file is saved; wall from the rename of the file to its \"backup finished\" log line (150 ms debounce included), CPU the daemon's over that span; every run: unchanged $(runs daemon-unchanged backplan-daemon) / restic $(runs daemon-unchanged restic); changed $(runs daemon-changed backplan-daemon) / restic $(runs daemon-changed restic)"
   echo "- restic alone: init $(val setup restic 3) s, cold backup $(val cold restic 3) s, $(val cold restic 5) s CPU ($(mib "$(val cold restic 4)") MiB); backplan creating the instances (no repository yet): $(val setup backplan 3) s"
   echo "- the backplan restore includes the pre-restore safety backup of the (empty) sandbox that \`apply\` takes first, the staging folder, the syncfs of the restored tree and the swap; restic does not sync: a \`sync\` right after it took $(val restore-sync restic 3) s more"
-  echo "- change: $CHANGED_NOTE"
+  [ "$ONLY_RESTORE" = 1 ] || echo "- change: $CHANGED_NOTE"
   echo "- $VERIFY_BP"
   echo "- $VERIFY_RESTIC"
   echo "- $CHECK_NOTE"

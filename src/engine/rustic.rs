@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::*;
 
+mod flush;
 mod gate;
 mod kept_key;
 mod listing;
@@ -573,8 +574,12 @@ impl Engine for RusticEngine {
                 })?;
             // rustic restores on 8 reader threads, each reading at most 2 MiB of a pack at
             // once (vendor/rustic_core/BACKPLAN.md): that bounds a restore's memory.
+            // Where a restore's time goes, at debug level (BENCHMARKS.md, "Storage engine").
+            tracing::debug!("restore: opening the repository");
             let (open, lock) = self.open_locked(repo, progress.clone(), lock::Mode::Shared)?;
+            tracing::debug!("restore: repository opened, lock landed");
             let indexed = open.to_indexed().map_err(err(repo))?;
+            tracing::debug!("restore: index read");
             let snap = find_snapshot(&indexed, repo, snapshot)?;
             let node = indexed
                 .node_from_snapshot_and_path(&snap, "")
@@ -585,6 +590,7 @@ impl Engine for RusticEngine {
             // Nothing is written into the destination before the lock's second look: a
             // conflict there runs the restore again, into the same empty folder.
             second_look(&lock, repo)?;
+            tracing::debug!("restore: lock settled");
             let destination = LocalDestination::new(dest_str, true, false).map_err(err(repo))?;
             let mut opts = RestoreOptions::default().numeric_id(true);
             // Sparse files back as sparse files. rustic 0.13 does not export the option's
@@ -597,11 +603,22 @@ impl Engine for RusticEngine {
                 files: plan.stats.files.restore,
                 bytes: plan.restore_size,
             };
-            indexed
-                .restore(plan, &opts, ls, &destination)
-                .map_err(err(repo))?;
+            tracing::debug!("restore: folders made, plan ready");
+            // The tree is flushed while it is written (`flush.rs`): the sync below, which
+            // makes it durable, then finds little left to write.
+            flush::while_flushing(
+                flush::INTERVAL,
+                || flush::sync_filesystem_of(dest),
+                || {
+                    indexed
+                        .restore(plan, &opts, ls, &destination)
+                        .map_err(err(repo))
+                },
+            )?;
+            tracing::debug!("restore: contents and metadata written");
             // Nothing is swapped into place before it is on disk.
             sync_filesystem(dest)?;
+            tracing::debug!("restore: tree synced");
             Ok(stats)
         })
     }
@@ -1070,23 +1087,14 @@ fn sync_snapshots(repo: &Repo) -> Result<(), EngineError> {
 
 /// Flushes the filesystem holding `path` (a restored tree: rustic syncs none of its files).
 fn sync_filesystem(path: &Path) -> Result<(), EngineError> {
-    let f = std::fs::File::open(path).map_err(|source| EngineError::Io {
-        op: "opening the restored tree",
+    // A large tree takes a while to flush: live work for the watchdog, up to half an hour.
+    crate::heartbeat::during(std::time::Duration::from_secs(1800), || {
+        flush::sync_filesystem_of(path)
+    })
+    .map_err(|source| EngineError::Io {
+        op: "syncing the restored tree",
         source,
-    })?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs takes a valid open descriptor, held by `f` for the call. A large tree
-    // takes a while to flush: live work for the watchdog, up to half an hour.
-    let flushed = crate::heartbeat::during(std::time::Duration::from_secs(1800), || unsafe {
-        libc::syncfs(f.as_raw_fd())
-    });
-    if flushed != 0 {
-        return Err(EngineError::Io {
-            op: "syncing the restored tree",
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    })
 }
 
 /// rustic's error reports span many lines (message, context, backtrace): keep the gist.

@@ -442,3 +442,52 @@ fn an_interactive_apply_applies_nothing_when_the_state_changed_meanwhile() {
     assert!(text.contains("the recorded state changed"), "{text}");
     assert_eq!(restic_snapshots(dir).len(), 1, "one backup, not two");
 }
+
+#[test]
+fn a_restore_whose_tree_cannot_be_synced_fails_and_leaves_the_sandbox() {
+    // The restored tree is flushed while it is written and synced before the swap; a flush
+    // that fails (a disk's write-back error, injected in debug builds) fails the restore and
+    // the sandbox keeps what it held.
+    let tmp = quickstart_copy();
+    let dir = tmp.path();
+    let prod = dir.join("data/contoso");
+    let sandbox = dir.join("data/contoso-sandbox");
+    std::fs::create_dir_all(&prod).unwrap();
+    rich_tree(&prod);
+    let run = apply(dir);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    std::fs::write(sandbox.join("sandbox-only.txt"), "the sandbox's own data\n").unwrap();
+    let before = snapshot(&sandbox);
+    append_config(
+        dir,
+        "[restores.r1]\nfrom = \"contoso/before-import\"\nto = \"contoso-sandbox\"",
+    );
+    let run = backplan_with_env(
+        dir,
+        &["apply", "-c", "backplan.toml", "--auto-approve"],
+        &[("BACKPLAN_FAIL_RESTORE_SYNC", "1")],
+    );
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    assert!(
+        run.stdout
+            .contains("restore failed, contoso-sandbox was left as it was")
+            && run.stdout.contains("syncing the restored tree")
+            && run.stdout.contains("Input/output error"),
+        "{}",
+        run.transcript()
+    );
+    assert_eq!(snapshot(&sandbox), before);
+    assert!(std::fs::read_dir(dir.join("data")).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("backplan-restore")
+    }));
+    // The pre-restore backup was taken and completed all the same.
+    let safety: Vec<_> = backups_json(dir)
+        .into_iter()
+        .filter(|b| b["kind"] == "pre-restore" && b["instance"] == "contoso-sandbox")
+        .collect();
+    assert_eq!(safety.len(), 1);
+    assert_eq!(safety[0]["status"], "completed");
+}
