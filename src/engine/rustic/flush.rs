@@ -59,8 +59,9 @@ pub(super) fn while_flushing<T>(
         let result = restore();
         drop(stop);
         let flushed = match flusher {
-            Ok(handle) => handle
-                .join()
+            // The flusher may be inside a long `syncfs` (a slow disk, much dirty memory): live
+            // work for the watchdog while it ends, as the final sync is (up to half an hour).
+            Ok(handle) => crate::heartbeat::during(Duration::from_secs(1800), || handle.join())
                 .unwrap_or_else(|_| Err(std::io::Error::other("the flush thread panicked"))),
             // No thread: nothing flushed early; the final sync does it all.
             Err(_) => Ok(()),

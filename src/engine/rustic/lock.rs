@@ -1095,7 +1095,11 @@ mod tests {
         )
         .unwrap();
         let first = lock.name();
-        std::thread::sleep(Duration::from_millis(1000));
+        // Refreshed every 300 ms: wait for one (a loaded machine may start the refresher late).
+        let give_up = std::time::Instant::now() + Duration::from_secs(30);
+        while lock.name() == first && std::time::Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // Listed while holding what the refresher holds for a whole refresh: never mid-swap.
         let current = lock.current.lock().unwrap();
         assert_ne!(first, *current, "refreshed");

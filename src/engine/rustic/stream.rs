@@ -29,7 +29,7 @@ const STDERR_KEPT: usize = 16 * 1024;
 /// bigger pipe lets the producer run ahead instead of waking the reader every 64 KiB.
 const PIPE_CAPACITY: libc::c_int = 1 << 20;
 
-/// The buffer between the pipe and the chunker: the chunker reads 4 KiB at a time, and each
+/// The buffer between the pipe and the chunker: the chunker reads 64 KiB at a time, and each
 /// of those would otherwise be a system call.
 const READ_BUFFER: usize = 1 << 20;
 

@@ -124,7 +124,9 @@ impl<R: Read + Send> Iterator for ChunkIter<R> {
             vec.resize(open_buf_len, 0);
             vec.copy_from_slice(&self.buf[self.pos..]);
             self.pos = self.buf.len();
-            min_size -= open_buf_len;
+            // backplan: saturating (the carried-over bytes can reach 64 KiB with the scan
+            // buffer, more than a foreign repository's `chunk_min_size` may be).
+            min_size = min_size.saturating_sub(open_buf_len);
         }
 
         let size = match (&mut self.reader)
