@@ -16,6 +16,7 @@ pub mod kinds;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod pipe;
 pub mod plan;
 pub mod query;
 pub mod records;

@@ -606,20 +606,6 @@ impl RestoreSink {
     }
 }
 
-/// The capacity asked for `pg_restore`'s input pipe (Linux's default is 64 KiB; an
-/// unprivileged process may raise it to `/proc/sys/fs/pipe-max-size`, 1 MiB by default):
-/// the restored stream arrives in blobs of about 1 MiB, each of which would otherwise be
-/// written in sixteen turns, `pg_restore` and backplan waking each other.
-const PIPE_CAPACITY: libc::c_int = 1 << 20;
-
-/// Asks for a [`PIPE_CAPACITY`] pipe; a refusal (a lower system limit) leaves it as it was,
-/// which is slower but correct.
-fn widen_pipe(stdin: &ChildStdin) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; it changes only the pipe's capacity.
-    let _ = unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
-}
-
 /// A PostgreSQL database opened as a restore target.
 struct PgTarget {
     conn: Conn,
@@ -746,7 +732,7 @@ impl Target for PgTarget {
             .spawn()
             .map_err(|e| tool_missing("pg_restore", &e))?;
         let stdin = child.stdin.take().expect("piped");
-        widen_pipe(&stdin);
+        crate::pipe::widen(&stdin);
         let stderr = child.stderr.take().map(|mut err| {
             std::thread::spawn(move || {
                 let mut s = String::new();
@@ -938,34 +924,6 @@ mod tests {
         let shown = format!("{dump:?} {conn:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("PGPASSWORD=***"), "{shown}");
-    }
-
-    #[test]
-    fn pg_restore_s_input_pipe_is_widened() {
-        let max: i64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let mut child = Command::new("cat")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
-        let size = || unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        let before = size();
-        widen_pipe(&stdin);
-        let after = size();
-        if max >= i64::from(PIPE_CAPACITY) {
-            assert_eq!(after, PIPE_CAPACITY, "{before} -> {after}");
-        } else {
-            assert!(after >= before, "{before} -> {after}");
-        }
-        drop(stdin);
-        child.wait().unwrap();
     }
 
     #[test]

@@ -24,11 +24,6 @@ use super::*;
 /// The last bytes a producer wrote to its standard error, for the failure message.
 const STDERR_KEPT: usize = 16 * 1024;
 
-/// The capacity asked for the producer's output pipe (Linux's default is 64 KiB; an
-/// unprivileged process may raise it to `/proc/sys/fs/pipe-max-size`, 1 MiB by default). A
-/// bigger pipe lets the producer run ahead instead of waking the reader every 64 KiB.
-const PIPE_CAPACITY: libc::c_int = 1 << 20;
-
 /// The buffer between the pipe and the chunker: the chunker reads 64 KiB at a time, and each
 /// of those would otherwise be a system call.
 const READ_BUFFER: usize = 1 << 20;
@@ -137,7 +132,7 @@ impl Producer {
                 message: format!("cannot start it: {e}"),
             })?;
         if let Some(out) = &child.stdout {
-            widen_pipe(out);
+            crate::pipe::widen(out);
         }
         let stderr = child.stderr.take().map(|mut err| {
             std::thread::spawn(move || {
@@ -185,14 +180,6 @@ impl Producer {
             Err(e) => Err(format!("waiting for {}: {e}", self.program)),
         }
     }
-}
-
-/// Asks for a [`PIPE_CAPACITY`] pipe; a refusal (an older kernel, a lower system limit)
-/// leaves the pipe as it was, which is slower but correct.
-fn widen_pipe(out: &ChildStdout) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; it changes only the pipe's capacity.
-    let _ = unsafe { libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
 }
 
 /// The one entry of a stream backup.
@@ -301,34 +288,6 @@ mod tests {
         assert_eq!(r.read(&mut buf).unwrap(), 4096);
         assert_eq!(r.read(&mut buf).unwrap(), 10_000 - 8192);
         assert_eq!(r.read(&mut buf).unwrap(), 0);
-    }
-
-    #[test]
-    fn the_producer_s_pipe_is_widened() {
-        let max: i64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let mut child = Command::new("cat")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
-        let before = unsafe { libc::fcntl(out.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        widen_pipe(&out);
-        let after = unsafe { libc::fcntl(out.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        if max >= i64::from(PIPE_CAPACITY) {
-            assert_eq!(after, PIPE_CAPACITY, "{before} -> {after}");
-        } else {
-            // A lower system limit: refused (or granted to a privileged process); never less.
-            assert!(after >= before, "{before} -> {after}");
-        }
-        drop(child.stdin.take());
-        child.wait().unwrap();
     }
 
     #[test]
