@@ -418,7 +418,9 @@ fn restic_cuts_the_same_chunks_as_backplan_from_a_stream() {
             .collect()
     };
     let before = data_blobs();
-    assert!(before.len() >= 12, "{} data blobs", before.len());
+    // How many depends on the repository's chunker polynomial, random per repository (10 to
+    // 17 seen over 36 MiB): a few whatever it is.
+    assert!(before.len() >= 6, "{} data blobs", before.len());
     restic(
         &[
             "backup",
