@@ -361,7 +361,9 @@ fn restic_cuts_the_same_chunks_as_backplan() {
             .collect()
     };
     let before = data_blobs();
-    assert!(before.len() >= 8, "{} data blobs", before.len());
+    // How many depends on the repository's chunker polynomial, random per repository (about
+    // 1.5 MiB a chunk on average over 14 MiB): a few whatever it is.
+    assert!(before.len() >= 4, "{} data blobs", before.len());
     restic(&["backup", "--force", src.to_str().unwrap()]);
     assert_eq!(
         data_blobs(),
