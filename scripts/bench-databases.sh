@@ -77,10 +77,12 @@ note load_at_start "$(cat /proc/loadavg)"
 note commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 # ---------------------------------------------------------------- data (made anew, untimed)
+if has pg; then
 log "pgbench -i -s $SCALE $DB"
 sql postgres "drop database if exists $DB with (force)"
 sql postgres "create database $DB"
 pgbench -q -i -s "$SCALE" "$DB" >&2
+fi
 
 if has app; then
 log "$ADB: pgbench's tables, filler with varied text"
@@ -113,7 +115,7 @@ SQL
 mv "$SQ.tmp" "$SQ"
 note sqlite_size "$(size "$SQ") bytes"
 fi
-note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
+has pg && note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
 has app && note pg_app_size "$(sql "$ADB" "select pg_database_size('$ADB')") bytes"
 
 # ---------------------------------------------------------------- one backplan file per round
