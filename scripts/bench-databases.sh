@@ -8,8 +8,8 @@
 #                                                # default WORKDIR /tmp/backplan-db-bench
 #   BACKPLAN_BEFORE=path                         # optional: another build (an earlier commit)
 #                                                # also backs up (into its own fresh repository,
-#                                                # folder bN) and restores into the full
-#                                                # sandbox, alternated
+#                                                # folder bN: PostgreSQL and SQLite) and restores
+#                                                # into the full sandbox, alternated
 #   BENCH_PARTS=pg,app,sqlite                    # the default: every part; pg = backup + restore
 #
 # Needs: a running PostgreSQL reachable as BENCH_PG_URL (default: target/test-postgres/url, a
@@ -77,10 +77,12 @@ note load_at_start "$(cat /proc/loadavg)"
 note commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 # ---------------------------------------------------------------- data (made anew, untimed)
+if has pg; then
 log "pgbench -i -s $SCALE $DB"
 sql postgres "drop database if exists $DB with (force)"
 sql postgres "create database $DB"
 pgbench -q -i -s "$SCALE" "$DB" >&2
+fi
 
 if has app; then
 log "$ADB: pgbench's tables, filler with varied text"
@@ -113,7 +115,7 @@ SQL
 mv "$SQ.tmp" "$SQ"
 note sqlite_size "$(size "$SQ") bytes"
 fi
-note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
+has pg && note pg_size "$(sql "$DB" "select pg_database_size('$DB')") bytes"
 has app && note pg_app_size "$(sql "$ADB" "select pg_database_size('$ADB')") bytes"
 
 # ---------------------------------------------------------------- one backplan file per round
@@ -286,6 +288,13 @@ for r in $(seq 1 "$ROUNDS"); do
   B0=$(size "$(repo "$r")")
   timed "backplan_sqlite_backup.$r" sh -c "cd '$W/r$r' && '$BP' apply -c backplan.toml --auto-approve"
   note "sqlite_first_backup_stored.$r" "$(($(size "$(repo "$r")") - B0)) bytes"
+  if [[ -n ${BACKPLAN_BEFORE:-} ]]; then
+    # The other build's backup of the same file into its own repository: an A/B in one run.
+    printf '\n[instances.sq.backups.day1]\nlabel = "day1"\n' >>"$W/b$r/backplan.toml"
+    B0=$(size "$W/b$r/state/repository")
+    timed "before_sqlite_backup.$r" sh -c "cd '$W/b$r' && '$BACKPLAN_BEFORE' apply -c backplan.toml --auto-approve"
+    note "before_sqlite_first_backup_stored.$r" "$(($(size "$W/b$r/state/repository") - B0)) bytes"
+  fi
   [[ $r == 1 ]] || rm -f "$W/dumps/app$r.backup"
 done
 

@@ -327,6 +327,76 @@ fn restic_reads_what_backplan_writes() {
     assert_same_tree(&src, &target);
 }
 
+/// Data blobs are compressed per blob (vendor/rustic_core, blob_codec.rs): bytes that do not
+/// compress are stored uncompressed (no `uncompressed_length` in the index, which restic's
+/// repository format version 2 allows), bytes that compress less than 2:1 at zstd level 1 and
+/// text at the repository's level. restic finds both kinds of entries in the index, checks
+/// every byte and restores the tree identical; backplan's own restore too.
+#[test]
+fn blobs_that_do_not_compress_are_stored_uncompressed_and_restic_reads_every_kind() {
+    let f = fixture();
+    let src = f.root.join("src");
+    std::fs::create_dir(&src).unwrap();
+    // Several chunks each (chunks are 512 KiB to 8 MiB): random, hex of random, text.
+    let random = random_bytes(3 << 20);
+    std::fs::write(src.join("random.bin"), &random).unwrap();
+    let hex: String = random[..3 << 19]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(src.join("hex.txt"), hex).unwrap();
+    let text: String = (0..90_000)
+        .map(|i| format!("row {i} status shipped on 2024-01-{:02}\n", i % 28 + 1))
+        .collect();
+    std::fs::write(src.join("rows.txt"), text).unwrap();
+    // Too short for zstd's frame to be smaller: stored as it is too.
+    let small = "a file of one blob\n";
+    std::fs::write(src.join("small.txt"), small).unwrap();
+    let snap = f
+        .engine
+        .backup_dir(&f.repo, &src, &[], &tags("mixed"), no_progress())
+        .unwrap();
+    let restic = |args: &[&str]| restic_on(&f.repo, args, None);
+    let (mut plain, mut compressed) = (0u64, 0u64);
+    for index in restic(&["list", "index"]).lines() {
+        let index: serde_json::Value =
+            serde_json::from_str(&restic(&["cat", "index", index])).unwrap();
+        for pack in index["packs"].as_array().unwrap() {
+            for blob in pack["blobs"].as_array().unwrap() {
+                if blob["type"] != "data" {
+                    continue;
+                }
+                let length = blob["length"].as_u64().unwrap();
+                match blob["uncompressed_length"].as_u64() {
+                    Some(u) => {
+                        assert!(u > length, "a compressed blob is smaller: {blob}");
+                        compressed += u;
+                    }
+                    None => plain += length - 32, // nonce and MAC
+                }
+            }
+        }
+    }
+    assert_eq!(
+        plain,
+        (3 << 20) + small.len() as u64,
+        "the random file and the short one are stored uncompressed, whole"
+    );
+    assert!(
+        compressed >= (3 << 20) + 2_000_000,
+        "hex and text are compressed: {compressed} bytes"
+    );
+    restic(&["check", "--read-data"]);
+    let by_restic = f.root.join("by-restic");
+    restic(&["restore", &snap.id, "--target", by_restic.to_str().unwrap()]);
+    assert_same_tree(&src, &by_restic);
+    let by_backplan = f.root.join("by-backplan");
+    f.engine
+        .restore_dir(&f.repo, &snap.id, &by_backplan, no_progress())
+        .unwrap();
+    assert_same_tree(&src, &by_backplan);
+}
+
 /// The chunker's tables are computed once per polynomial (vendor/rustic_cdc): the chunks must
 /// still be exactly restic's. restic, forced to read every file again (`--force`, no parent),
 /// cuts the same files of the same repository (same polynomial) and must find every data blob

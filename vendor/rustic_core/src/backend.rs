@@ -1,4 +1,5 @@
 //! Module for backend related functionality.
+pub(crate) mod blob_codec; // [backplan patch]
 pub(crate) mod cache;
 pub(crate) mod childstdout;
 pub(crate) mod decrypt;

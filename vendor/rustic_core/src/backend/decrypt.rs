@@ -3,13 +3,13 @@ use std::{num::NonZeroU32, sync::Arc};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, bounded};
 use rayon::{prelude::*, spawn};
-use zstd::stream::{copy_encode, decode_all, encode_all};
+use zstd::stream::{copy_encode, decode_all}; // [backplan patch] encode_all: blob_codec.rs
 
 pub use zstd::compression_level_range;
 
 use crate::{
     BytesList, Progress,
-    backend::{FileType, ReadBackend, WriteBackend},
+    backend::{FileType, ReadBackend, WriteBackend, blob_codec},
     blob::BlobLocation,
     crypto::{CryptoKey, hasher::hash},
     error::{ErrorKind, RusticError, RusticResult},
@@ -489,18 +489,22 @@ impl<C: CryptoKey> DecryptBackend<C> {
         let (data_encrypted, uncompressed_length) = match self.zstd {
             None => (self.key.encrypt_data(data)?, None),
             // compress if requested
-            Some(level) => (
-                self.key
-                    .encrypt_data(&encode_all(data, level).map_err(|err| {
-                        RusticError::with_source(
-                            ErrorKind::Internal,
-                            "Failed to encode zstd compressed data. The data may be corrupted.",
-                            err,
-                        )
-                        .attach_context("compression_level", level.to_string())
-                    })?)?,
-                NonZeroU32::new(data_len),
-            ),
+            // [backplan patch] level per blob, one context per thread, and stored
+            // uncompressed when compression does not make it smaller (blob_codec.rs)
+            Some(level) => match blob_codec::compress(data, level).map_err(|err| {
+                RusticError::with_source(
+                    ErrorKind::Internal,
+                    "Failed to encode zstd compressed data. The data may be corrupted.",
+                    err,
+                )
+                .attach_context("compression_level", level.to_string())
+            })? {
+                Some(compressed) => (
+                    self.key.encrypt_data(&compressed)?,
+                    NonZeroU32::new(data_len),
+                ),
+                None => (self.key.encrypt_data(data)?, None),
+            },
         };
         Ok((data_encrypted, data_len, uncompressed_length))
     }
@@ -512,8 +516,19 @@ impl<C: CryptoKey> DecryptBackend<C> {
         data: &[u8],
     ) -> RusticResult<()> {
         if self.extra_verify {
-            let data_check =
-                self.read_encrypted_from_partial(data_encrypted, uncompressed_length)?;
+            // [backplan patch] decrypted and decompressed as before, with this thread's
+            // zstd context (blob_codec.rs) instead of a new one per blob
+            let mut data_check = self.decrypt(data_encrypted)?;
+            if let Some(length) = uncompressed_length {
+                data_check = blob_codec::decompress(&data_check, length.get() as usize)
+                    .map_err(|err| {
+                        RusticError::with_source(
+                            ErrorKind::Internal,
+                            "Failed to decode zstd compressed data. The data may be corrupted.",
+                            err,
+                        )
+                    })?;
+            }
 
             if data != data_check {
                 return Err(

@@ -19,7 +19,7 @@ use crate::{
         decrypt::{DecryptFullBackend, DecryptWriteBackend},
     },
     blob::{BlobId, BlobLocations, BlobType},
-    crypto::{CryptoKey, hasher::hash_reader},
+    crypto::{CryptoKey, hasher::Hasher}, // [backplan patch] was hasher::hash_reader
     error::{ErrorKind, RusticError, RusticResult},
     index::{IndexEntry, indexer::SharedIndexer},
     repofile::{
@@ -830,8 +830,13 @@ impl Actor {
                     .into_iter()
                     .readahead_scoped(scope)
                     .map(|(file, index): (BytesList, IndexPack)| {
-                        let id = hash_reader(file.clone().reader())
-                            .expect("reading from memory cannot fail");
+                        // [backplan patch] hashed from the pack's buffers themselves, not
+                        // copied through a 4 KiB reader (`hash_reader`)
+                        let mut hasher = Hasher::new();
+                        for bytes in file.slice() {
+                            hasher.update(bytes);
+                        }
+                        let id = hasher.finalize();
                         (file, PackId::from(id), index)
                     })
                     .readahead_scoped(scope)
