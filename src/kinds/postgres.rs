@@ -230,12 +230,25 @@ impl Conn {
     }
 
     fn drop_db(&self, db: &str) -> Result<(), String> {
-        self.psql(
-            MAINTENANCE_DB,
+        self.psql_holding(
+            db,
             &[("db", db)],
             "DROP DATABASE IF EXISTS :\"db\" WITH (FORCE);",
         )
         .map(|_| ())
+    }
+
+    /// `script` run by one psql on the maintenance database that first takes `name`'s lock
+    /// (`LOCK_NAME`), for as long as its session lasts.
+    fn psql_holding(
+        &self,
+        name: &str,
+        vars: &[(&str, &str)],
+        script: &str,
+    ) -> Result<String, String> {
+        let mut vars = vars.to_vec();
+        vars.push(("locked", name));
+        self.psql(MAINTENANCE_DB, &vars, &format!("{LOCK_NAME}{script}"))
     }
 }
 
@@ -667,6 +680,18 @@ COMMIT;
 
 /// The staging database: like the target (owner, encoding, locale), empty; a leftover of
 /// the same name dropped first.
+/// Run first by every psql that creates or drops a database of backplan's own: a lock on the
+/// name `:locked`, held until psql's session ends. A run killed while its psql was creating
+/// the staging database leaves that `CREATE DATABASE` running on the server; the next run's
+/// `DROP DATABASE IF EXISTS` would find nothing yet, and its own `CREATE` then fail on the
+/// name the orphan commits (seen in `crash::postgres_safety_taken`). With the lock, the next
+/// run waits for the orphan's session to end, then drops what it made.
+const LOCK_NAME: &str = r#"
+SET lock_timeout = '10min';
+SELECT pg_advisory_lock(hashtext('backplan database ' || :'locked')) IS NULL AS unused \gset
+RESET lock_timeout;
+"#;
+
 const CREATE_STAGING: &str = r#"
 DROP DATABASE IF EXISTS :"staging" WITH (FORCE);
 SELECT format('CREATE DATABASE %I OWNER %I TEMPLATE template0 ENCODING %L LC_COLLATE %L LC_CTYPE %L',
@@ -718,7 +743,7 @@ impl Target for PgTarget {
         // A leftover of an earlier try has this restore's own name: dropped first, in the
         // same psql.
         self.conn
-            .psql(MAINTENANCE_DB, &vars, CREATE_STAGING)
+            .psql_holding(&staging, &vars, CREATE_STAGING)
             .map_err(|e| format!("creating the staging database \"{staging}\": {e}"))?;
         crate::failpoint!("postgres.staging-created");
         let mut child = Command::new(self.conn.tool("pg_restore"))
