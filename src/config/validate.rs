@@ -1460,8 +1460,9 @@ impl Walk {
 }
 
 /// [`resolved`] for many paths, each folder looked up once: 10,000 instances under `/srv`
-/// are 10,001 look-ups, not 20,000 (and validation resolves each store twice). The same
-/// answers as [`resolved`], whose walk is continued from the walk of the parent folder.
+/// are 10,002 look-ups (`/`, `/srv`, each instance's folder), not 30,000 per pass (and
+/// validation resolves each store twice). The same answers as [`resolved`]: a path's walk is
+/// its parent folder's walk, remembered, continued through its last component.
 #[derive(Debug, Default)]
 pub struct Resolver {
     walks: std::collections::HashMap<PathBuf, Walk>,

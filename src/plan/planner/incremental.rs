@@ -128,8 +128,8 @@ impl PlanCache {
     ///
     /// Returns the file the cache held when `cfg` is another one: the cache lets go of it,
     /// and the caller frees it where that delays nothing (the daemon: once the plan is
-    /// applied, see `daemon::reconcile`). Freeing the model of a large file is a good part of
-    /// the time of reading it.
+    /// applied, see `daemon::reconcile`): the model of 10,000 instances is hundreds of
+    /// thousands of allocations to free.
     pub fn update(
         &mut self,
         cfg: &Arc<Config>,
