@@ -43,7 +43,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use backplan::config::values::Version;
@@ -420,12 +420,17 @@ struct State {
     recorded: Recorded,
 }
 
+/// Folders the fixtures made, removed when `main` returns: a static is never dropped, and
+/// each run's store takes ~700 MiB of the temporary folder.
+static MADE: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+
 static STATE: LazyLock<State> = LazyLock::new(|| {
     let f = &*FIXTURE;
     let t = Instant::now();
     let generated = recorded(&f.config);
     let took = t.elapsed();
     let dir = tempfile::tempdir().expect("a temporary directory");
+    MADE.lock().unwrap().push(dir.path().to_path_buf());
     let t = Instant::now();
     {
         let store = state::Store::open(dir.path()).expect("a sled store");
@@ -602,6 +607,13 @@ fn write_host(dir: &Path) {
 }
 
 fn main() {
+    run();
+    for dir in MADE.lock().unwrap().iter() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn run() {
     // `BACKPLAN_BENCH_WRITE=DIR`: only write the host to DIR (for `backplan plan`).
     if let Some(dir) = std::env::var_os("BACKPLAN_BENCH_WRITE") {
         write_host(Path::new(&dir));
