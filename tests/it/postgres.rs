@@ -3,6 +3,7 @@
 //! `BACKPLAN_TEST_PG_PASSWORD_FILE` point elsewhere). With `CI=true` a missing server fails
 //! the tests; otherwise they are skipped with a loud message.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -545,6 +546,104 @@ fn postgres_restore_killed_at_the_swap_converges() {
     assert_eq!(consistent_orders(&pg, &sandbox), 5);
     assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
     assert_eq!(consistent_orders(&pg, &prod), 5, "production untouched");
+}
+
+/// A run killed while its psql was creating the staging database leaves that CREATE DATABASE
+/// running on the server. The next run waits for it (every psql of backplan's that creates or
+/// drops a database holds a session lock on the name: `'backplan database ' || name`), then
+/// drops what it made, instead of failing on the name the orphan commits.
+#[test]
+fn postgres_a_restore_waits_for_a_killed_run_s_staging_database() {
+    let Some(pg) = server() else { return };
+    let prod = unique("orphan_prod");
+    let sandbox = unique("orphan_sandbox");
+    let _guard = cleanup(&pg, &[&prod, &sandbox]);
+    shop(&pg, &prod, 5);
+    shop(&pg, &sandbox, 1);
+    let tmp = setup(&pg, &prod, &sandbox);
+    let dir = tmp.path();
+    append_config(
+        dir,
+        "[instances.shop.backups.b]\nlabel = \"b\"\n\n[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
+    );
+    // Killed right after the staging database was made: its name is known from here on.
+    let status = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .env("BACKPLAN_FAILPOINT", "postgres.staging-created")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let staging = side_databases(&pg, &sandbox);
+    assert_eq!(staging.len(), 1, "{staging:?}");
+    let staging = &staging[0];
+    // The killed run's psql, still creating the staging database: it holds the name's lock.
+    let mut orphan = pg
+        .psql("postgres")
+        .arg("--file=-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut orphan_in = orphan.stdin.take().unwrap();
+    writeln!(
+        orphan_in,
+        "SELECT pg_advisory_lock(hashtext('backplan database ' || {}));",
+        literal(staging)
+    )
+    .unwrap();
+    // That lock in pg_locks (other tests' restores take locks of their own names).
+    let held = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+         AND ((classid::bigint << 32) | objid::bigint) = hashtext('backplan database ' || {})::bigint",
+        literal(staging)
+    );
+    wait_for(|| pg.count("postgres", &format!("{held} AND granted")) > 0);
+    let run = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The new run waits on the name before it drops or creates anything.
+    wait_for(|| pg.count("postgres", &format!("{held} AND NOT granted")) > 0);
+    // The orphan's CREATE DATABASE commits now, and its session ends.
+    writeln!(
+        orphan_in,
+        "DROP DATABASE {s} WITH (FORCE); CREATE DATABASE {s};",
+        s = ident(staging)
+    )
+    .unwrap();
+    drop(orphan_in);
+    assert!(orphan.wait().unwrap().success());
+    let out = run.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(consistent_orders(&pg, &sandbox), 5);
+    assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+}
+
+/// Waits up to 60 s for `done`.
+fn wait_for(done: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "waited 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[test]
