@@ -34,6 +34,9 @@
 # release build of the dependencies is too slow; the report names the build.
 # BENCH_STEPS=restore: only the restore rows (one cold backup per tool, BENCH_ROUNDS=1 implied,
 # then the 3 restores alternating, the checks of the restored trees and restic's check).
+# BENCH_BASELINE=/path/to/backplan: in each restore round, also a restore by that other build
+# of backplan (e.g. main's) into a sandbox of its own, after backplan's and restic's: an A/B
+# of two builds in the same run, reported as its own row (its ratio is to restic's).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -266,6 +269,7 @@ caches_init
 # sandboxes SANDBOX1..3.
 write_config() {
   mkdir -p "$2"1 "$2"2 "$2"3
+  [ -z "${BENCH_BASELINE:-}" ] || mkdir -p "$2"4 "$2"5 "$2"6
   cat >"$1" <<EOF
 # Written by benches/engine-vs-restic.sh; on-demand backups and the restore are appended below.
 [daemon]
@@ -283,7 +287,7 @@ version = "1"
 source = { kind = "directory", path = "$DATA" }
 
 EOF
-  for i in 1 2 3; do
+  for i in 1 2 3 ${BENCH_BASELINE:+4 5 6}; do
     printf '\n[instances.sandbox%d]\ntype = "sandbox"\nversion = "1"\nsource = { kind = "directory", path = "%s" }\n' \
       "$i" "$2$i" >>"$1"
   done
@@ -321,6 +325,11 @@ restic_backup() { # STEP CACHE
 # ------------------------------------------------------------------------------------------
 # The run
 
+EXTRA_SANDBOXES=
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  [ -x "$BENCH_BASELINE" ] || die "BENCH_BASELINE: no binary at $BENCH_BASELINE"
+  EXTRA_SANDBOXES=" create:instance.sandbox4 create:instance.sandbox5 create:instance.sandbox6"
+fi
 LOAD_BEFORE=$(load_avg)
 ROUNDS=${BENCH_ROUNDS:-3}
 ONLY_RESTORE=0
@@ -333,7 +342,7 @@ for ((round = 1; round < ROUNDS; round++)); do
   mkdir -p "$RDIR"
   BPCFG=$RDIR/backplan.toml BP_RUN=0
   write_config "$BPCFG" "$RDIR/sandbox"
-  bp_expect "create:instance.bench create:instance.sandbox1 create:instance.sandbox2 create:instance.sandbox3"
+  bp_expect "create:instance.bench create:instance.sandbox1 create:instance.sandbox2 create:instance.sandbox3$EXTRA_SANDBOXES"
   timed setup backplan warm "$BP" apply -c "$BPCFG" --auto-approve
   bp_backup cold cold
   RESTIC_REPOSITORY=$RDIR/restic-repo timed setup restic warm restic --no-cache init
@@ -344,7 +353,7 @@ BPCFG=$WORK/backplan.toml BP_RUN=0
 write_config "$BPCFG" "$SANDBOX"
 
 say "== setup"
-bp_expect "create:instance.bench create:instance.sandbox1 create:instance.sandbox2 create:instance.sandbox3"
+bp_expect "create:instance.bench create:instance.sandbox1 create:instance.sandbox2 create:instance.sandbox3$EXTRA_SANDBOXES"
 timed setup backplan warm "$BP" apply -c "$BPCFG" --auto-approve
 timed setup restic warm restic --no-cache init
 
@@ -392,6 +401,12 @@ for run in 1 2 3; do
   timed restore restic cold restic --no-cache restore latest --target "$RRESTORE"
   # backplan syncs the restored tree before swapping it in (syncfs); restic does not sync.
   timed restore-sync restic asis sync
+  if [ -n "${BENCH_BASELINE:-}" ]; then
+    b=$((run + 3))
+    printf '\n[restores.r%d]\nfrom = "bench/run%d"\nto = "sandbox%d"\n' "$b" "$BP_RUN" "$b" >>"$BPCFG"
+    bp_expect "restore:restore.r$b"
+    timed restore backplan-baseline cold "$BENCH_BASELINE" apply -c "$BPCFG" --auto-approve
+  fi
 done
 
 # ------------------------------------------------------------------------------------------
@@ -526,6 +541,7 @@ REPORT=$WORK/report.md
   row "backup after ~1% change (3 runs)" changed
   row "backup after every file's mtime was touched (3 runs)" touched
   row "restore latest into an empty folder (3 runs)" restore
+  [ -z "${BENCH_BASELINE:-}" ] || BPTOOL=backplan-baseline row "restore, the baseline build BENCH_BASELINE=$BENCH_BASELINE (3 runs, in the same rounds)" restore
   BPTOOL=backplan-daemon row "daemon: unchanged re-backup, cold caches (3 runs)" daemon-unchanged
   BPTOOL=backplan-daemon row "daemon: backup after ~1% change (3 runs)" daemon-changed
   echo
@@ -539,6 +555,7 @@ REPORT=$WORK/report.md
   echo "- every backup after touching every file's mtime (all files read again): backplan $(runs touched backplan) / restic $(runs touched restic)"
   fi
   echo "- every restore: backplan $(runs restore backplan) / restic $(runs restore restic)"
+  [ -z "${BENCH_BASELINE:-}" ] || echo "- every restore by the baseline build: $(runs restore backplan-baseline)"
   [ "$ONLY_RESTORE" = 1 ] || echo "- daemon rows: \`backplan run\` takes each backup when the file is saved; wall from the rename of the file to its \"backup finished\" log line (150 ms debounce included), CPU the daemon's over that span; every run: unchanged $(runs daemon-unchanged backplan-daemon) / restic $(runs daemon-unchanged restic); changed $(runs daemon-changed backplan-daemon) / restic $(runs daemon-changed restic)"
   echo "- restic alone: init $(val setup restic 3) s, cold backup $(val cold restic 3) s, $(val cold restic 5) s CPU ($(mib "$(val cold restic 4)") MiB); backplan creating the instances (no repository yet): $(val setup backplan 3) s"
   echo "- the backplan restore includes the pre-restore safety backup of the (empty) sandbox that \`apply\` takes first, the staging folder, the syncfs of the restored tree and the swap; restic does not sync: a \`sync\` right after it took $(val restore-sync restic 3) s more"

@@ -27,6 +27,7 @@ mod kept_key;
 mod listing;
 mod lock;
 mod remote;
+mod restore;
 mod stream;
 
 pub struct RusticEngine {
@@ -587,6 +588,21 @@ impl Engine for RusticEngine {
             let ls = indexed
                 .ls(&node, &LsOptions::default())
                 .map_err(err(repo))?;
+            // The tree walked once, here, while the lock settles (read-only work), and kept
+            // for the plan and the metadata pass when not too large (`restore.rs`).
+            let kept = restore::keep_walk(ls.clone(), restore::KEEP_AT_MOST).map_err(err(repo))?;
+            tracing::debug!("restore: tree walked");
+            type Nodes<'a> = Box<
+                dyn Iterator<
+                        Item = rustic_core::RusticResult<(PathBuf, rustic_core::repofile::Node)>,
+                    > + 'a,
+            >;
+            let nodes = || -> Nodes<'_> {
+                match &kept {
+                    Some(kept) => Box::new(kept.iter().cloned().map(Ok)),
+                    None => Box::new(ls.clone()),
+                }
+            };
             // Nothing is written into the destination before the lock's second look: a
             // conflict there runs the restore again, into the same empty folder.
             second_look(&lock, repo)?;
@@ -597,7 +613,7 @@ impl Engine for RusticEngine {
             // type, but the field is public and the type deserialises by name.
             opts.sparse = serde_json::from_str("\"ByContent\"").ok();
             let plan = indexed
-                .prepare_restore(&opts, ls.clone(), &destination, false)
+                .prepare_restore(&opts, nodes(), &destination, false)
                 .map_err(err(repo))?;
             let stats = RestoreStats {
                 files: plan.stats.files.restore,
@@ -611,7 +627,7 @@ impl Engine for RusticEngine {
                 || flush::sync_filesystem_of(dest),
                 || {
                     indexed
-                        .restore(plan, &opts, ls, &destination)
+                        .restore(plan, &opts, nodes(), &destination)
                         .map_err(err(repo))
                 },
             )?;

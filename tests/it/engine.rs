@@ -288,6 +288,85 @@ fn restore_gives_back_an_identical_tree() {
     );
 }
 
+/// The restore sets metadata on a thread pool, a batch of entries at a time, and writes each
+/// blob with one open (vendor/rustic_core/BACKPLAN.md): more entries than one batch, in
+/// nested folders whose own mtimes and modes must be set after everything inside them
+/// (symlinks and hard links made there change them), read-only files and folders, files of
+/// several blobs, empty files. Every entry must come back as it was, hard links as links.
+#[test]
+fn a_restore_of_many_nested_entries_gives_back_every_entrys_metadata() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = fixture();
+    let src = f.root.join("src");
+    let set_mtime = |path: &Path, secs: u64| {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(4321);
+        std::fs::File::open(path)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
+            .unwrap();
+    };
+    let mut folders = Vec::new();
+    let mut n = 0u64;
+    for a in 0..4 {
+        for b in 0..4 {
+            let dir = src.join(format!("d{a}")).join(format!("e{b}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..80 {
+                n += 1;
+                let file = dir.join(format!("f{i}.txt"));
+                std::fs::write(&file, format!("{a}/{b}/{i}\n").repeat(i)).unwrap();
+                if i % 7 == 0 {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400))
+                        .unwrap();
+                }
+                set_mtime(&file, 1_500_000_000 + n);
+            }
+            std::os::unix::fs::symlink("f1.txt", dir.join("link")).unwrap();
+            std::fs::hard_link(dir.join("f2.txt"), dir.join("hard")).unwrap();
+            folders.push(dir);
+        }
+        folders.push(src.join(format!("d{a}")));
+    }
+    // Files of several blobs (the chunker cuts random data at ~1 MiB on average).
+    std::fs::write(src.join("d0/big.bin"), random_bytes(5 << 20)).unwrap();
+    std::fs::write(src.join("d1/e1/big.bin"), random_bytes(3 << 20)).unwrap();
+    std::fs::create_dir(src.join("d2/empty")).unwrap();
+    folders.push(src.join("d2/empty"));
+    // Folders last (deepest first: the list is in that order), one read-only.
+    for (i, dir) in folders.iter().enumerate() {
+        set_mtime(dir, 1_600_000_000 + i as u64);
+    }
+    std::fs::set_permissions(src.join("d3/e3"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    assert!(
+        n as usize > 1024,
+        "more entries than one metadata batch (1024)"
+    );
+    let snap = f
+        .engine
+        .backup_dir(&f.repo, &src, &[], &tags("i"), no_progress())
+        .unwrap();
+    let dest = f.root.join("restored");
+    f.engine
+        .restore_dir(&f.repo, &snap.id, &dest, no_progress())
+        .unwrap();
+    assert_same_tree(&src, &dest);
+    for dir in &folders {
+        let rel = dir.strip_prefix(&src).unwrap();
+        if rel.starts_with("d2/empty") || rel.components().count() < 2 {
+            continue;
+        }
+        let a = std::fs::metadata(dest.join(rel).join("f2.txt")).unwrap();
+        let b = std::fs::metadata(dest.join(rel).join("hard")).unwrap();
+        assert_eq!(
+            a.ino(),
+            b.ino(),
+            "{}: hard link restored as a link",
+            rel.display()
+        );
+        assert_eq!(a.nlink(), 2);
+    }
+}
+
 #[test]
 fn restic_reads_what_backplan_writes() {
     let f = fixture();

@@ -119,6 +119,7 @@ pub enum LocalDestinationErrorKind {
     /// can't jump to position in file: `{0:?}`
     CouldNotSeekToPositionInFile(std::io::Error),
     /// couldn't write to buffer: `{0:?}`
+    #[allow(dead_code)] // [backplan patch] restores write with `write_blob` (commands/restore.rs)
     CouldNotWriteToBuffer(std::io::Error),
     /// reading exact length of file contents failed: `{0:?}`
     ReadingExactLengthOfFileFailed(std::io::Error),
@@ -811,6 +812,7 @@ impl LocalDestination {
     /// # Notes
     ///
     /// This will create the file if it doesn't exist.
+    #[allow(dead_code)] // [backplan patch] restores write with `write_blob` (commands/restore.rs)
     pub(crate) fn write_at(
         &self,
         item: impl AsRef<Path>,

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use std::{cmp::Ordering, collections::BTreeMap, path::PathBuf, sync::Mutex};
+use std::{cell::RefCell, num::NonZeroU32}; // [backplan patch]
+
+use bytes::Bytes; // [backplan patch]
+use rayon::prelude::{IntoParallelRefIterator, ParallelIterator}; // [backplan patch]
 
 use itertools::Itertools;
 use rayon::ThreadPoolBuilder;
@@ -30,6 +34,8 @@ pub(crate) mod constants {
     pub(crate) const MAX_READER_THREADS_NUM: usize = 8; // [backplan patch] was 20
     /// [backplan patch] The longest run of a pack read at once by a restore (was 40 MiB).
     pub(crate) const LIMIT_RESTORE_READ: u32 = 2 * 1024 * 1024;
+    /// [backplan patch] Entries whose metadata is set at once on the pool (see `restore_metadata`).
+    pub(crate) const METADATA_BATCH: usize = 1024;
 }
 
 type Filenames = Vec<PathBuf>;
@@ -381,6 +387,38 @@ fn restore_metadata(
     opts: RestoreOptions,
     dest: &LocalDestination,
 ) -> RusticResult<()> {
+    // [backplan patch] Upstream sets every entry's metadata one after the other on this
+    // thread (~5 path syscalls each). Here entries are gathered in batches (at most
+    // `METADATA_BATCH`) and each batch is set on a pool, one thread per core. The order that
+    // matters is kept: hard links are made here, between batches, as before; a folder's own
+    // metadata is set only after the batch holding everything inside it has run (making a
+    // symlink or hard link in a folder changes its mtime), and after its sub-folders' (they
+    // are popped, and so run, first).
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(constants::MAX_READER_THREADS_NUM);
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|err| {
+            RusticError::with_source(
+                ErrorKind::Internal,
+                "Failed to create the thread pool with `{num_threads}` threads. Please try again.",
+                err,
+            )
+            .attach_context("num_threads", threads.to_string())
+        })?;
+    let mut batch: Vec<(PathBuf, Node)> = Vec::new();
+    let run = |batch: &mut Vec<(PathBuf, Node)>| {
+        if !batch.is_empty() {
+            pool.install(|| {
+                batch
+                    .par_iter()
+                    .for_each(|(path, node)| set_metadata(dest, opts, path, node));
+            });
+            batch.clear();
+        }
+    };
     let mut dir_stack = Vec::new();
     while let Some((path, node)) = node_streamer.next().transpose()? {
         // Create hardlink directly, if this is one.
@@ -411,15 +449,22 @@ fn restore_metadata(
                     if path.starts_with(stackpath) {
                         break;
                     }
-                    let (path, node) = dir_stack.pop().unwrap();
-                    set_metadata(dest, opts, &path, &node);
+                    // Everything inside it first.
+                    run(&mut batch);
+                    batch.push(dir_stack.pop().unwrap());
                 }
                 // push current path to the stack
                 dir_stack.push((path, node));
             }
-            _ => set_metadata(dest, opts, &path, &node),
+            _ => {
+                batch.push((path, node));
+                if batch.len() >= constants::METADATA_BATCH {
+                    run(&mut batch);
+                }
+            }
         }
     }
+    run(&mut batch);
 
     // empty dir stack and set metadata
     for (path, node) in dir_stack.into_iter().rev() {
@@ -639,11 +684,9 @@ fn restore_contents<S: Open>(
                                 .expect("convert from u32 to usize should not fail!");
                             let end = usize::try_from(bl.offset + bl.length - offset)
                                 .expect("convert from u32 to usize should not fail!");
-                            be.read_encrypted_from_partial(
-                                &read_data[start..end],
-                                bl.uncompressed_length,
-                            )
-                            .unwrap()
+                            // [backplan patch] was `be.read_encrypted_from_partial`
+                            decode_blob(be, &read_data[start..end], bl.uncompressed_length)
+                                .unwrap()
                         };
                         let is_sparse = match sparse {
                             SparseRestore::ByContent => data.iter().all(|&b| b == 0),
@@ -654,17 +697,13 @@ fn restore_contents<S: Open>(
                             let data = data.clone();
                             s1.spawn(move |_| {
                                 let path = &filenames[file_idx];
-                                // Allocate file if it is not yet allocated
-                                let mut sizes_guard = sizes.lock().unwrap();
-                                let filesize = sizes_guard[file_idx];
-                                if filesize > 0 {
-                                    dest.set_length(path, filesize).unwrap();
-                                    sizes_guard[file_idx] = 0;
-                                }
-                                drop(sizes_guard);
-                                if !is_sparse {
-                                    dest.write_at(path, start, &data).unwrap();
-                                }
+                                // [backplan patch] The size is taken under the lock, the file
+                                // set to it outside (upstream held the lock over the create
+                                // and `set_len`: every file's creation one at a time), and the
+                                // file opened once for both (upstream: once for each).
+                                let filesize = std::mem::take(&mut sizes.lock().unwrap()[file_idx]);
+                                write_blob(dest, path, filesize, start, (!is_sparse).then_some(&data))
+                                    .unwrap();
                                 p.inc(size);
                             });
                         }
@@ -676,6 +715,106 @@ fn restore_contents<S: Open>(
 
     p.finish();
 
+    Ok(())
+}
+
+/// [backplan patch] Decrypts a blob and decompresses it into a buffer of its known size, with
+/// this thread's zstd context, made once (upstream's `read_encrypted_from_partial` makes a
+/// streaming decoder per blob and grows its buffer as it goes). A length that differs from
+/// the index's fails as upstream's does.
+fn decode_blob(
+    be: &impl DecryptReadBackend,
+    data: &[u8],
+    uncompressed_length: Option<NonZeroU32>,
+) -> RusticResult<Bytes> {
+    thread_local! {
+        static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    }
+    let data = be.decrypt(data)?;
+    let Some(length) = uncompressed_length else {
+        return Ok(data.into());
+    };
+    let failed = |err: std::io::Error| {
+        RusticError::with_source(
+            ErrorKind::Internal,
+            "Failed to decode zstd compressed data. The data may be corrupted.",
+            err,
+        )
+    };
+    let length = length.get() as usize;
+    let mut out = Vec::with_capacity(length);
+    DCTX.with(|cell| -> RusticResult<()> {
+        let mut cell = cell.borrow_mut();
+        let dctx = match &mut *cell {
+            Some(dctx) => dctx,
+            None => cell.insert(zstd::bulk::Decompressor::new().map_err(failed)?),
+        };
+        // Fails when the data decompresses to more than `length` bytes.
+        _ = dctx.decompress_to_buffer(&data, &mut out).map_err(failed)?;
+        Ok(())
+    })?;
+    if out.len() != length {
+        return Err(RusticError::new(
+            ErrorKind::Internal,
+            "Length of uncompressed data `{actual_length}` does not match the given length `{expected_length}`.",
+        )
+        .attach_context("expected_length", length.to_string())
+        .attach_context("actual_length", out.len().to_string())
+        .ask_report());
+    }
+    Ok(out.into())
+}
+
+/// [backplan patch] Writes one blob of a restored file: opens it once (created if missing),
+/// sets its length first when `filesize` is not 0 (its first write), then writes `data` at
+/// `start` (`None`: a blob of zeros in a sparse file, nothing to write).
+fn write_blob(
+    dest: &LocalDestination,
+    path: &PathBuf,
+    filesize: u64,
+    start: u64,
+    data: Option<&Bytes>,
+) -> RusticResult<()> {
+    if filesize == 0 && data.is_none() {
+        return Ok(());
+    }
+    let io = |what: &'static str| {
+        move |err: std::io::Error| {
+            RusticError::with_source(
+                ErrorKind::InputOutput,
+                "Failed to {what} the file `{path}`.",
+                err,
+            )
+            .attach_context("what", what)
+            .attach_context("path", path.display().to_string())
+        }
+    };
+    let filename = dest.path(path);
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&filename)
+    };
+    let file = match open() {
+        // The folders are made beforehand; upstream's `set_length` made a missing one too.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = filename.parent() {
+                std::fs::create_dir_all(dir).map_err(io("create the folder of"))?;
+            }
+            open()
+        }
+        other => other,
+    }
+    .map_err(io("open"))?;
+    if filesize > 0 {
+        file.set_len(filesize).map_err(io("set the length of"))?;
+    }
+    if let Some(data) = data {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(data, start).map_err(io("write"))?;
+    }
     Ok(())
 }
 
