@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use std::{cmp::Ordering, collections::BTreeMap, path::PathBuf, sync::Mutex};
-use std::{cell::RefCell, num::NonZeroU32}; // [backplan patch]
+use std::num::NonZeroU32; // [backplan patch]
 
 use bytes::Bytes; // [backplan patch]
 use rayon::prelude::{IntoParallelRefIterator, ParallelIterator}; // [backplan patch]
@@ -727,9 +727,6 @@ fn decode_blob(
     data: &[u8],
     uncompressed_length: Option<NonZeroU32>,
 ) -> RusticResult<Bytes> {
-    thread_local! {
-        static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-    }
     let data = be.decrypt(data)?;
     let Some(length) = uncompressed_length else {
         return Ok(data.into());
@@ -742,17 +739,9 @@ fn decode_blob(
         )
     };
     let length = length.get() as usize;
-    let mut out = Vec::with_capacity(length);
-    DCTX.with(|cell| -> RusticResult<()> {
-        let mut cell = cell.borrow_mut();
-        let dctx = match &mut *cell {
-            Some(dctx) => dctx,
-            None => cell.insert(zstd::bulk::Decompressor::new().map_err(failed)?),
-        };
-        // Fails when the data decompresses to more than `length` bytes.
-        _ = dctx.decompress_to_buffer(&data, &mut out).map_err(failed)?;
-        Ok(())
-    })?;
+    // Fails when the data decompresses to more than `length` bytes; one zstd context per
+    // thread, shared with the backup's verification (`blob_codec.rs`).
+    let out = crate::backend::blob_codec::decompress(&data, length).map_err(failed)?;
     if out.len() != length {
         return Err(RusticError::new(
             ErrorKind::Internal,
