@@ -30,8 +30,8 @@
 //! daemon's start); (c2) `plan::plan` of the same state, for comparison; (e) a daemon wake's
 //! next deadline from the cache (`wake_cache`).
 //!
-//! Memory: a counting global allocator (over mimalloc, the binary's allocator) tracks current
-//! and peak heap bytes. Before the timed runs, each step is run once under it and its peak
+//! Memory: a counting global allocator (over the system's, the binary's allocator) tracks
+//! current and peak heap bytes. Before the timed runs, each step is run once under it and its peak
 //! printed.
 //!
 //! Environment: `BACKPLAN_BENCH_ONESHOT=1` runs only the memory report (for
@@ -58,11 +58,11 @@ use uuid::Uuid;
 
 // ------------------------------------------------------------------------------------------
 // Counting allocator: current and peak live heap bytes, over the binary's own allocator
-// (mimalloc, see src/main.rs), so the timings are those of the daemon's allocator.
+// (the system's: see src/main.rs), so the timings are those of the daemon's allocator.
 
 struct Counting;
 
-static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static INNER: std::alloc::System = std::alloc::System;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
