@@ -144,6 +144,25 @@ impl Handles {
                 .flush_every_ms(Some(60_000))
                 .open()
         };
+        // sled's lock on its files (flock) outlives a dropped `Db` for as long as one of its
+        // background threads still holds the files: a store closed a moment ago in this
+        // process can refuse a new open for that moment (seen in a unit test that reopens
+        // at once). So a lock is tried again for up to 3 s before it is reported; another
+        // process's lock (a running daemon) is reported after those 3 s.
+        let open = || {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            loop {
+                match open() {
+                    Err(sled::Error::Io(ref io))
+                        if io.kind() == std::io::ErrorKind::WouldBlock
+                            && std::time::Instant::now() < until =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => return other,
+                }
+            }
+        };
         // Only after sled refused the store (and so does not hold it): a process that holds
         // it may be writing a snapshot at this very moment.
         let db = match open() {
