@@ -525,18 +525,7 @@ fn postgres_restore_killed_at_the_swap_converges() {
         dir,
         "[instances.shop.backups.b]\nlabel = \"b\"\n\n[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
     );
-    let status = Command::new(env!("CARGO_BIN_EXE_backplan"))
-        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
-        .current_dir(dir)
-        .env("BACKPLAN_CRASH_AFTER", "swap:started")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9)
-    );
+    apply_killed(dir, "BACKPLAN_CRASH_AFTER", "swap:started");
     // Killed right before the swap: the target as it was, the staged copy beside it.
     assert_eq!(pg.count(&sandbox, "SELECT count(*) FROM orders"), 1);
     assert_eq!(side_databases(&pg, &sandbox).len(), 1);
@@ -567,18 +556,7 @@ fn postgres_a_restore_waits_for_a_killed_run_s_staging_database() {
         "[instances.shop.backups.b]\nlabel = \"b\"\n\n[restores.r]\nfrom = \"shop/b\"\nto = \"shop-sandbox\"",
     );
     // Killed right after the staging database was made: its name is known from here on.
-    let status = Command::new(env!("CARGO_BIN_EXE_backplan"))
-        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
-        .current_dir(dir)
-        .env("BACKPLAN_FAILPOINT", "postgres.staging-created")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9)
-    );
+    apply_killed(dir, "BACKPLAN_FAILPOINT", "postgres.staging-created");
     let staging = side_databases(&pg, &sandbox);
     assert_eq!(staging.len(), 1, "{staging:?}");
     let staging = &staging[0];
@@ -631,6 +609,22 @@ fn postgres_a_restore_waits_for_a_killed_run_s_staging_database() {
     );
     assert_eq!(consistent_orders(&pg, &sandbox), 5);
     assert_eq!(side_databases(&pg, &sandbox), Vec::<String>::new());
+}
+
+/// `apply` in `dir` with `var` set to `point`: the run kills itself there (SIGKILL).
+fn apply_killed(dir: &Path, var: &str, point: &str) {
+    let status = Command::new(env!("CARGO_BIN_EXE_backplan"))
+        .args(["apply", "-c", "backplan.toml", "--auto-approve"])
+        .current_dir(dir)
+        .env(var, point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
 }
 
 /// Waits up to 60 s for `done`.
