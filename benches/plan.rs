@@ -66,9 +66,13 @@ static INNER: std::alloc::System = std::alloc::System;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Calls to the allocator (alloc, alloc_zeroed, realloc): each is work for malloc and, for
+/// most, a later free.
+static CALLS: AtomicUsize = AtomicUsize::new(0);
 
 #[inline]
 fn grow(n: usize) {
+    CALLS.fetch_add(1, Relaxed);
     let now = CURRENT.fetch_add(n, Relaxed) + n;
     if now > PEAK.load(Relaxed) {
         PEAK.fetch_max(now, Relaxed);
@@ -122,14 +126,16 @@ struct Heap {
     before: usize,
     peak: usize,
     after: usize,
+    calls: usize,
 }
 
 impl Heap {
     fn show(&self, what: &str) {
         eprintln!(
-            "heap, {what}: peak {:.1} MiB above what was live before, result holds {:.1} MiB",
+            "heap, {what}: peak {:.1} MiB above what was live before, result holds {:.1} MiB, {} allocator calls",
             mib(self.peak - self.before),
             mib(self.after.saturating_sub(self.before)),
+            self.calls,
         );
     }
 }
@@ -138,6 +144,7 @@ impl Heap {
 fn heap_of<T>(f: impl FnOnce() -> T) -> (T, Heap) {
     let before = CURRENT.load(Relaxed);
     PEAK.store(before, Relaxed);
+    let calls = CALLS.load(Relaxed);
     let out = f();
     let after = CURRENT.load(Relaxed);
     (
@@ -146,6 +153,7 @@ fn heap_of<T>(f: impl FnOnce() -> T) -> (T, Heap) {
             before,
             peak: PEAK.load(Relaxed),
             after,
+            calls: CALLS.load(Relaxed) - calls,
         },
     )
 }
@@ -564,6 +572,12 @@ fn memory_report() {
     let (r, h) = heap_of(|| backplan::config::raw::read(&f.text));
     drop(r);
     h.show("(b1) raw::read");
+    let raw = backplan::config::raw::read(&f.text).config.expect("TOML");
+    let skipped = Default::default();
+    let (c, h) =
+        heap_of(|| backplan::config::validate::validate(raw, &skipped, Path::new(FILE), &f.text));
+    drop(c);
+    h.show("(b2) validate");
     let (p, h) = heap_of(|| plan::plan(&f.config, &s.recorded, f.now, PlanOptions::default()));
     drop(p);
     h.show("(c) plan");
