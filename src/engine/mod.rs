@@ -181,8 +181,11 @@ pub struct WrittenStream {
     /// What writes the stream, for messages (`SQLite /srv/app.db`).
     pub producer: String,
     /// Writes the whole stream into its argument; `Err` says why it could not.
-    pub write: Arc<dyn Fn(&mut dyn std::io::Write) -> Result<(), String> + Send + Sync>,
+    pub write: Arc<WriteStream>,
 }
+
+/// What writes a [`WrittenStream`]: the whole stream into its argument each time it is called.
+pub type WriteStream = dyn Fn(&mut dyn std::io::Write) -> Result<(), String> + Send + Sync;
 
 impl std::fmt::Debug for WrittenStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
