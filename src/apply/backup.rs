@@ -326,6 +326,7 @@ impl Executor<'_> {
                         .backup_dir(&repo, &path, &exclude, &tags, progress)
                 }
                 BackupSource::Stream(s) => self.engine.backup_stream(&repo, &s, &tags, progress),
+                BackupSource::Written(w) => self.engine.backup_written(&repo, &w, &tags, progress),
             }
             .map_err(|e: EngineError| {
                 if let EngineError::Unreadable { total, items, .. } = &e {

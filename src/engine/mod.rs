@@ -168,6 +168,34 @@ impl std::fmt::Debug for StreamSource {
     }
 }
 
+/// A backup source that is a byte stream written by code of this process (the pages of a
+/// SQLite database, ...), stored in the snapshot as one file named `name`, exactly as a
+/// [`StreamSource`]'s output is. `write` runs on a thread of its own while the engine chunks,
+/// compresses and stores what it has written so far; the backup succeeds only if `write`
+/// returns `Ok`, otherwise no snapshot is kept. `write` may be called again, for a whole new
+/// stream, when the engine starts the backup over (as a process source is started again).
+#[derive(Clone)]
+pub struct WrittenStream {
+    /// The file name inside the snapshot.
+    pub name: String,
+    /// What writes the stream, for messages (`SQLite /srv/app.db`).
+    pub producer: String,
+    /// Writes the whole stream into its argument; `Err` says why it could not.
+    pub write: Arc<WriteStream>,
+}
+
+/// What writes a [`WrittenStream`]: the whole stream into its argument each time it is called.
+pub type WriteStream = dyn Fn(&mut dyn std::io::Write) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for WrittenStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrittenStream")
+            .field("name", &self.name)
+            .field("producer", &self.producer)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RestoreStats {
     pub files: u64,
@@ -291,6 +319,16 @@ pub trait Engine: Send + Sync {
         &self,
         repo: &Repo,
         source: &StreamSource,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<SnapshotInfo, EngineError>;
+    /// Backs up what `source.write` writes (on a thread of its own) as one file, as
+    /// [`Engine::backup_stream`] does a process's output: no parent snapshot; nothing kept
+    /// unless `write` returns `Ok`.
+    fn backup_written(
+        &self,
+        repo: &Repo,
+        source: &WrittenStream,
         tags: &SnapshotTags,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<SnapshotInfo, EngineError>;

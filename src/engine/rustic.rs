@@ -503,6 +503,16 @@ impl Engine for RusticEngine {
         self.stream_backup(repo, source, tags, progress)
     }
 
+    fn backup_written(
+        &self,
+        repo: &Repo,
+        source: &WrittenStream,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        self.written_backup(repo, source, tags, progress)
+    }
+
     fn restore_stream(
         &self,
         repo: &Repo,

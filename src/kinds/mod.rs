@@ -14,9 +14,13 @@
 //!   atomically; the engine writes only into what `stage` returns; `commit` swaps it in with
 //!   one atomic step; before `commit` the store is untouched, after it the store holds the
 //!   restored data, whatever fails next.
-//! - **A temporary copy made for a backup** (a database copied online) lives beside the
-//!   store, on its filesystem, and is removed by `backup_finished` in every outcome (and by
-//!   `discard_leftovers` after a crash).
+//! - **A backup reads the store without a temporary copy when it can**: a database's own
+//!   consistent read is streamed into the engine ([`BackupSource::Stream`] from a dump tool,
+//!   [`BackupSource::Written`] from a read transaction of this process). A temporary copy,
+//!   where a kind makes one (or made one in an older version: SQLite's
+//!   `.<file>.backplan-backup/`), lives beside the store, on its filesystem, and is removed
+//!   by `backup_finished` in every outcome and by `discard_leftovers` after a crash or an
+//!   upgrade.
 //! - **`discard` and `discard_leftovers` remove only what this kind's restores created**
 //!   (staging places with backplan's own names).
 //! - **`store_path` names the place a store occupies** (for the shared-store check), or
@@ -33,15 +37,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::config::{Source, SourceKind};
-use crate::engine::StreamSource;
+use crate::engine::{StreamSource, WrittenStream};
 
 /// What the engine reads for a backup.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum BackupSource {
     /// The contents of a folder, stored relative to it.
     Tree(PathBuf),
     /// The standard output of a producer process, stored as one file.
     Stream(StreamSource),
+    /// What code of this process writes (on a thread of its own), stored as one file.
+    Written(WrittenStream),
 }
 
 /// Where the engine writes a restore.
@@ -62,7 +68,8 @@ pub trait Kind: Sync {
     /// What the engine reads to back up `instance`, checked to be what the kind expects.
     fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String>;
     /// Called once the engine is done with what `backup_source` returned, whatever the
-    /// outcome: removes a temporary copy the kind made for it, if any.
+    /// outcome: removes a temporary copy the kind made for it (or an older version left), if
+    /// any.
     fn backup_finished(&self, _source: &Source, _instance: &str) {}
     /// The versions of the software behind the store (a server's, a dump tool's), asked
     /// right before a backup and kept in its record; [`Target::check_backup`] reads them.

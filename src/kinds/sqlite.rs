@@ -1,13 +1,19 @@
-//! SQLite instances (`source = { kind = "sqlite", path = ... }`): online backups through
-//! SQLite's backup API, restores renamed over the database file in one step.
+//! SQLite instances (`source = { kind = "sqlite", path = ... }`): online backups streamed from
+//! one read transaction, restores renamed over the database file in one step.
 //!
-//! **Backup**: the backup API copies the database in one step (`sqlite3_backup_step(-1)`),
-//! which is one read transaction: a consistent copy as of its start, while writers keep
-//! writing (in WAL mode they are not even held up; in rollback mode their commits wait for
-//! the copy, as for any reader). The copy goes into a private folder beside the database
-//! (`.<file>.backplan-backup/`, on the database's own filesystem, never `/tmp`), which is
-//! backed up as a tree holding only [`FILE_IN_SNAPSHOT`] and removed afterwards
-//! ([`Kind::backup_finished`]), or at the next backup or start after a crash.
+//! **Backup**: the database's pages 1 to N are read through SQLite's `sqlite_dbpage` table
+//! ([`write_pages`]) inside one read transaction, and streamed in order straight into the
+//! engine as the one file [`FILE_IN_SNAPSHOT`]: the database file image as of one commit (in
+//! WAL mode too: pages are read through the pager, which takes a page's latest committed
+//! version from the `-wal`), with no copy on disk, read while the engine chunks, compresses
+//! and stores what came before. Writers keep writing meanwhile (in WAL mode they are not held
+//! up; in rollback mode their commits wait for the read, which lasts as long as the backup, as
+//! for any reader). A writer's lock is waited for up to [`BUSY_WAIT`]. A read that fails
+//! half-way leaves no snapshot (the engine deletes it). Snapshots hold the file at their root,
+//! as the folder copies of older versions did, so both restore the same way; the copy folder
+//! those versions made beside the database (`.<file>.backplan-backup/`) is removed if found
+//! ([`Kind::backup_finished`], and the leftovers sweep at start). The bundled SQLite needs
+//! `SQLITE_ENABLE_DBPAGE_VTAB` (`.cargo/config.toml`).
 //!
 //! **Restore**: the backup is written into a hidden staging file beside the database
 //! (`.<file>.backplan-restore-<key>`), given the database's mode and owner, synced, and
@@ -19,15 +25,18 @@
 //! with the restored file.
 
 use std::ffi::CString;
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
 use super::directory::{self, Entry, cstr, identity_chain_at, open_at, stat_at};
 use super::{BackupSource, Kind, RestoreInto, Target};
 use crate::config::Source;
+use crate::engine::WrittenStream;
 
 /// The SQLite kind.
 pub struct Sqlite;
@@ -63,7 +72,7 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The private folder the backup copy of `db` is made in.
+/// The private folder older versions made the backup copy of `db` in (removed if found).
 pub fn copy_folder(db: &Path) -> PathBuf {
     db.with_file_name(format!(".{}.backplan-backup", file_name(db)))
 }
@@ -85,28 +94,18 @@ impl Kind for Sqlite {
     fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String> {
         let db = path_of(source)?;
         check_source(db, instance)?;
-        let folder = copy_folder(db);
-        let made = remove_dir(&folder)
-            .and_then(|()| {
-                std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-                    .create(&folder)
-            })
-            .map_err(|e| format!("cannot prepare {}: {e}", folder.display()))
-            .and_then(|()| {
-                // One blocking call with no progress of its own: the watchdog is fed meanwhile.
-                crate::heartbeat::during(LONGEST, || {
-                    online_copy(db, &folder.join(FILE_IN_SNAPSHOT))
-                })
-            });
-        match made {
-            Ok(()) => Ok(BackupSource::Tree(folder)),
-            Err(e) => {
-                let _ = remove_dir(&folder);
-                Err(format!("copying {} online: {e}", db.display()))
-            }
-        }
+        let path = db.to_path_buf();
+        Ok(BackupSource::Written(WrittenStream {
+            name: FILE_IN_SNAPSHOT.to_string(),
+            producer: format!("reading the SQLite database {}", db.display()),
+            // A lock wait, or a long read with the engine busy: the watchdog is fed meanwhile.
+            write: Arc::new(move |out: &mut dyn Write| {
+                crate::heartbeat::during(LONGEST, || write_pages(&path, out)).map(|_| ())
+            }),
+        }))
     }
 
+    /// Removes the copy folder older versions made for a backup, if one is left.
     fn backup_finished(&self, source: &Source, _instance: &str) {
         if let Ok(db) = path_of(source) {
             let folder = copy_folder(db);
@@ -236,41 +235,76 @@ pub fn check_source(db: &Path, instance: &str) -> Result<(), String> {
     }
 }
 
-/// Copies the database `db` into the new file `copy` with the backup API, in one step: one
-/// read transaction, so the copy is the database as of one commit. Waits for writers' locks
-/// up to [`BUSY_WAIT`].
-pub fn online_copy(db: &Path, copy: &Path) -> Result<(), String> {
+/// Writes the database file image of `db` as of one read transaction into `out` and returns
+/// its size: its pages 1 to N in order, each read through SQLite's pager from the
+/// `sqlite_dbpage` table (so a page whose latest version is in the `-wal` is read from there),
+/// all in the one transaction, so the image is the database as of one commit. Waits for a
+/// writer's lock up to [`BUSY_WAIT`]. Writers are held up as by any reader while it runs (in
+/// rollback mode their commits wait; in WAL mode only checkpoints stop at this read).
+pub fn write_pages(db: &Path, out: &mut dyn Write) -> Result<u64, String> {
     let sql = |e: rusqlite::Error| e.to_string();
     // Read-only: the backup never writes to the instance's database.
-    let from = Connection::open_with_flags(
+    let conn = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sql)?;
-    from.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
-    let mut to = Connection::open(copy).map_err(sql)?;
-    // The copy is thrown away if anything fails: no journal, no syncs.
-    to.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF")
+    conn.busy_timeout(BUSY_WAIT).map_err(sql)?;
+    conn.execute_batch("BEGIN").map_err(sql)?;
+    // The first read starts the transaction (and, in rollback mode, waits for a writer).
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) => format!(
+                "the database stayed locked by a writer for {} s",
+                BUSY_WAIT.as_secs()
+            ),
+            _ => e.to_string(),
+        })?;
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
         .map_err(sql)?;
-    {
-        let backup = rusqlite::backup::Backup::new(&from, &mut to).map_err(sql)?;
-        let deadline = Instant::now() + BUSY_WAIT;
-        loop {
-            match backup.step(-1).map_err(sql)? {
-                rusqlite::backup::StepResult::Done => break,
-                _ if Instant::now() > deadline => {
-                    return Err(format!(
-                        "the database stayed locked by a writer for {} s",
-                        BUSY_WAIT.as_secs()
-                    ));
-                }
-                _ => std::thread::sleep(Duration::from_millis(100)),
+    let mut stmt = conn
+        .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
+        .map_err(|e| {
+            if e.to_string().contains("no such table") {
+                format!("this build's SQLite has no sqlite_dbpage table (it must be built with SQLITE_ENABLE_DBPAGE_VTAB): {e}")
+            } else {
+                e.to_string()
             }
+        })?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    let mut written: i64 = 0;
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| format!("reading page {} of {pages}: {e}", written + 1))?
+    {
+        let pgno: i64 = row.get(0).map_err(sql)?;
+        let data = row
+            .get_ref(1)
+            .map_err(sql)?
+            .as_blob()
+            .map_err(|e| e.to_string())?;
+        if pgno != written + 1 || data.len() as i64 != page_size {
+            return Err(format!(
+                "SQLite gave page {pgno} of {} bytes after page {written} (pages of {page_size} bytes expected, in order)",
+                data.len()
+            ));
         }
+        out.write_all(data)
+            .map_err(|e| format!("after {written} of {pages} pages: {e}"))?;
+        written += 1;
     }
-    to.close().map_err(|(_, e)| e.to_string())?;
-    from.close().map_err(|(_, e)| e.to_string())?;
-    Ok(())
+    if written != pages {
+        return Err(format!(
+            "SQLite gave {written} pages of a database of {pages}"
+        ));
+    }
+    drop(rows);
+    drop(stmt);
+    conn.execute_batch("COMMIT").map_err(sql)?;
+    conn.close().map_err(|(_, e)| e.to_string())?;
+    Ok((pages * page_size) as u64)
 }
 
 /// `PRAGMA integrity_check` of the database at `db`: `Ok` when it says `ok`.
@@ -652,6 +686,7 @@ fn drill_integrity_check(db: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn db_with_rows(path: &Path, rows: i64) {
         let mut c = Connection::open(path).unwrap();
@@ -705,25 +740,147 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a database");
     }
 
+    /// What [`Sqlite::backup_source`] streams for `db`, written into memory.
+    fn streamed(db: &Path) -> Vec<u8> {
+        let source = Source::Sqlite {
+            path: db.to_path_buf(),
+        };
+        let BackupSource::Written(w) = Sqlite.backup_source(&source, "app").unwrap() else {
+            panic!("a stream written by this process")
+        };
+        assert_eq!(w.name, FILE_IN_SNAPSHOT);
+        let mut out = Vec::new();
+        (w.write)(&mut out).unwrap();
+        out
+    }
+
+    /// Without `SQLITE_ENABLE_DBPAGE_VTAB` (`.cargo/config.toml`) there is no such table, and
+    /// no SQLite backup works.
     #[test]
-    fn backup_copy_is_made_beside_the_database_and_leftovers_are_removed() {
+    fn the_bundled_sqlite_has_sqlite_dbpage() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let pages: i64 = c
+            .query_row("SELECT count(*) FROM sqlite_dbpage", [], |r| r.get(0))
+            .expect("the bundled SQLite is built with SQLITE_ENABLE_DBPAGE_VTAB");
+        assert_eq!(pages, 2);
+    }
+
+    #[test]
+    fn the_stream_is_the_database_file_in_rollback_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("app.db");
+        db_with_rows(&db, 5);
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE big(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO big SELECT randomblob(3000) FROM n;")
+            .unwrap();
+        let file = std::fs::read(&db).unwrap();
+        assert!(file.len() > 6 << 20);
+        let bytes = streamed(&db);
+        assert!(
+            bytes == file,
+            "{} bytes streamed, {} in the file",
+            bytes.len(),
+            file.len()
+        );
+        assert_eq!(
+            write_pages(&db, &mut std::io::sink()).unwrap(),
+            file.len() as u64
+        );
+        assert_eq!(
+            std::fs::read(&db).unwrap(),
+            file,
+            "the database is not written to"
+        );
+    }
+
+    /// Pages whose latest version is still in the `-wal` are read from there: the stream is
+    /// what the file becomes once the log is checkpointed into it.
+    #[test]
+    fn the_stream_reads_the_pages_a_wal_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("app.db");
+        db_with_rows(&db, 5);
+        let c = Connection::open(&db).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        c.execute_batch("CREATE TABLE big(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO big SELECT randomblob(3000) FROM n; DELETE FROM t WHERE n < 2;")
+            .unwrap();
+        assert!(std::fs::metadata(companion(&db, "-wal")).unwrap().len() > 6 << 20);
+        let bytes = streamed(&db);
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        let file = std::fs::read(&db).unwrap();
+        assert!(
+            bytes == file,
+            "{} bytes streamed, {} in the file",
+            bytes.len(),
+            file.len()
+        );
+        let copy = tmp.path().join("copy.db");
+        std::fs::write(&copy, &bytes).unwrap();
+        assert!(integrity_check(&copy).is_ok());
+        assert_eq!(rows(&copy), 3);
+    }
+
+    /// In rollback mode a writer's commit holds the lock: the read waits for it (as the
+    /// backup API's copy did) and then sees the commit whole.
+    #[test]
+    fn the_read_waits_for_a_writer_s_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("app.db");
+        db_with_rows(&db, 1);
+        let writer = Connection::open(&db).unwrap();
+        writer
+            .execute_batch("BEGIN EXCLUSIVE; INSERT INTO t VALUES (1), (2);")
+            .unwrap();
+        let started = Instant::now();
+        let reading = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                write_pages(&db, &mut out).map(|_| out)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!reading.is_finished(), "the read did not wait for the lock");
+        writer.execute_batch("COMMIT").unwrap();
+        let bytes = reading.join().unwrap().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        let copy = tmp.path().join("copy.db");
+        std::fs::write(&copy, &bytes).unwrap();
+        assert_eq!(rows(&copy), 3);
+    }
+
+    #[test]
+    fn no_copy_is_made_and_an_older_version_s_copy_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("app.db");
         db_with_rows(&db, 5);
         let source = Source::Sqlite { path: db.clone() };
-        let BackupSource::Tree(folder) = Sqlite.backup_source(&source, "app").unwrap() else {
-            panic!("a tree")
-        };
-        assert_eq!(folder, tmp.path().join(".app.db.backplan-backup"));
-        let names: Vec<_> = std::fs::read_dir(&folder)
+        let before: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, [FILE_IN_SNAPSHOT]);
-        assert_eq!(rows(&folder.join(FILE_IN_SNAPSHOT)), 5);
+        let copy = tmp.path().join("copy.db");
+        std::fs::write(&copy, streamed(&db)).unwrap();
+        assert_eq!(rows(&copy), 5);
+        std::fs::remove_file(&copy).unwrap();
+        let after: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before, after, "nothing made beside the database");
+        // The copy folder an older version made (left by a crash, or by the upgrade itself)
+        // goes after the next backup...
+        let folder = copy_folder(&db);
+        assert_eq!(folder, tmp.path().join(".app.db.backplan-backup"));
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join(FILE_IN_SNAPSHOT), "old copy").unwrap();
         Sqlite.backup_finished(&source, "app");
         assert!(!folder.exists());
-        // A copy and a staging file left by a crash are removed by the leftovers sweep.
+        // ...and with a restore's staging file at start-up, by the leftovers sweep.
         std::fs::create_dir(&folder).unwrap();
         let staging = directory::staging_path(&db, "r1");
         std::fs::write(&staging, "").unwrap();

@@ -699,6 +699,108 @@ fn a_failing_producer_leaves_no_snapshot_and_its_message() {
     );
 }
 
+/// A stream written by code of this process, `write` called with the writer.
+fn written(
+    name: &str,
+    write: impl Fn(&mut dyn std::io::Write) -> Result<(), String> + Send + Sync + 'static,
+) -> backplan::engine::WrittenStream {
+    backplan::engine::WrittenStream {
+        name: name.into(),
+        producer: "the test's writer".into(),
+        write: Arc::new(write),
+    }
+}
+
+/// Bytes in writes of every size (one byte, odd sizes, several MiB at once) are stored whole
+/// and in order; the stock restic reads them back.
+#[test]
+fn a_stream_written_in_process_is_stored_whole_and_read_back_by_restic() {
+    let f = fixture();
+    let data: Vec<u8> = (0..9_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let expected = data.clone();
+    let source = written("pages.bin", move |out| {
+        let mut at = 0;
+        let mut size = 1;
+        while at < data.len() {
+            let end = (at + size).min(data.len());
+            out.write_all(&data[at..end]).map_err(|e| e.to_string())?;
+            at = end;
+            size = (size * 7 + 3) % 5_000_000;
+        }
+        Ok(())
+    });
+    let info = f
+        .engine
+        .backup_written(&f.repo, &source, &tags("pages"), no_progress())
+        .unwrap();
+    assert_eq!(info.bytes_read, expected.len() as u64);
+    assert!(restored(&f, &info.id, "pages.bin") == expected);
+    let into = f.root.join("restored");
+    restic_on(
+        &f.repo,
+        &["restore", &info.id, "--target", into.to_str().unwrap()],
+        None,
+    );
+    assert!(std::fs::read(into.join("pages.bin")).unwrap() == expected);
+}
+
+/// A writer that fails after several MiB, or panics, fails the backup with its reason, and
+/// no snapshot is kept.
+#[test]
+fn a_stream_writer_failing_half_way_leaves_no_snapshot_and_its_reason() {
+    let f = fixture();
+    let failing = written("pages.bin", |out| {
+        out.write_all(&vec![1u8; 5 << 20])
+            .map_err(|e| e.to_string())?;
+        Err("reading page 1281 of 4000: disk I/O error".into())
+    });
+    let e = f
+        .engine
+        .backup_written(&f.repo, &failing, &tags("pages"), no_progress())
+        .unwrap_err();
+    assert!(matches!(e, EngineError::Producer { .. }), "{e:?}");
+    let shown = e.to_string();
+    assert!(shown.contains("the test's writer failed"), "{shown}");
+    assert!(
+        shown.contains("page 1281 of 4000: disk I/O error"),
+        "{shown}"
+    );
+    assert!(shown.contains("no backup was kept"), "{shown}");
+    let panicking = written("pages.bin", |out| {
+        out.write_all(&vec![2u8; 3 << 20])
+            .map_err(|e| e.to_string())?;
+        panic!("a bug in the writer")
+    });
+    let e = f
+        .engine
+        .backup_written(&f.repo, &panicking, &tags("pages"), no_progress())
+        .unwrap_err();
+    assert!(e.to_string().contains("a bug in the writer"), "{e}");
+    assert!(
+        f.engine.list(&f.repo).unwrap().is_empty(),
+        "no snapshot kept"
+    );
+    assert_eq!(
+        restic_on(&f.repo, &["snapshots", "--json"], None).trim(),
+        "[]"
+    );
+    // The same writer's stream is read whole the next time, with no parent.
+    let ok = f
+        .engine
+        .backup_written(
+            &f.repo,
+            &written("pages.bin", |out| {
+                out.write_all(b"whole").map_err(|e| e.to_string())
+            }),
+            &tags("pages"),
+            no_progress(),
+        )
+        .unwrap();
+    assert_eq!(restored(&f, &ok.id, "pages.bin"), b"whole");
+}
+
 #[test]
 fn a_stream_never_takes_its_content_from_a_parent() {
     let f = fixture();

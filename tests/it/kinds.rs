@@ -154,6 +154,7 @@ fn back_up<F: KindFixture>(engine: &RusticEngine, repo: &Repo, source: &Source) 
     let done = match kind::<F>().backup_source(source, "contract").unwrap() {
         BackupSource::Tree(path) => engine.backup_dir(repo, &path, &[], &tags, progress),
         BackupSource::Stream(s) => engine.backup_stream(repo, &s, &tags, progress),
+        BackupSource::Written(w) => engine.backup_written(repo, &w, &tags, progress),
     };
     // As the executor does, whatever the outcome: the kind removes its backup copy.
     kind::<F>().backup_finished(source, "contract");

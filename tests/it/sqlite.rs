@@ -248,3 +248,176 @@ fn a_restore_killed_half_way_converges_on_the_next_apply() {
         assert_eq!(safety, 1, "one pre-restore backup after a kill {step}");
     }
 }
+
+/// `restic restore` of the snapshot `id` of the quickstart repository in `dir`, into `into`.
+fn restic_restore(dir: &Path, id: &str, into: &Path) {
+    let out = Command::new("restic")
+        .arg("-r")
+        .arg(dir.join("state/repository"))
+        .arg("--password-file")
+        .arg(dir.join("state/keys/local.key"))
+        .args(["--no-cache", "restore", id, "--target"])
+        .arg(into)
+        .output()
+        .expect("restic is installed (Debian package `restic`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The backup streams the database's pages from one read transaction: with commits still in
+/// the `-wal` (WAL mode) or not, the stock restic restores a file that is byte for byte the
+/// database as of that transaction (what the file is once the log is checkpointed into it).
+#[test]
+fn the_stock_restic_restores_the_streamed_database_byte_identical() {
+    for mode in ["wal", "delete"] {
+        let tmp = setup();
+        let dir = tmp.path();
+        let prod = dir.join("data/shop.db");
+        ledger(&prod, mode, 3000);
+        // A client keeps the database open; in WAL mode its commits stay in the log.
+        let c = Connection::open(&prod).unwrap();
+        c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        for _ in 0..500 {
+            insert(&c);
+        }
+        if mode == "wal" {
+            let wal = std::fs::metadata(dir.join("data/shop.db-wal")).unwrap();
+            assert!(wal.len() > 1 << 20, "{mode}: commits in the log");
+        }
+        let run = apply(dir);
+        assert_eq!(run.code, 0, "{mode}: {}", run.transcript());
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        let expected = std::fs::read(&prod).unwrap();
+
+        let snapshots = restic_snapshots(dir);
+        assert_eq!(snapshots.len(), 1, "{mode}");
+        let id = snapshots[0]["id"].as_str().unwrap();
+        let into = dir.join("restored");
+        restic_restore(dir, id, &into);
+        let names: Vec<_> = std::fs::read_dir(&into)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["database.sqlite"], "{mode}: one file at the root");
+        let got = std::fs::read(into.join("database.sqlite")).unwrap();
+        assert!(
+            got == expected,
+            "{mode}: {} bytes restored, the database has {}",
+            got.len(),
+            expected.len()
+        );
+        assert_eq!(assert_consistent(&into.join("database.sqlite")), 3500);
+        assert_eq!(leftovers(dir), Vec::<String>::new(), "{mode}");
+    }
+}
+
+/// A read that fails half-way (here the `-wal` is cut short under a live connection, so the
+/// last page, whose latest version is in the log, cannot be read) fails the backup with
+/// SQLite's reason, and no snapshot is kept.
+#[test]
+fn a_read_failing_half_way_keeps_no_snapshot_and_says_why() {
+    let tmp = setup();
+    let dir = tmp.path();
+    let prod = dir.join("data/shop.db");
+    ledger(&prod, "delete", 3000);
+    Connection::open(&prod)
+        .unwrap()
+        .execute_batch("CREATE TABLE tail(x); INSERT INTO tail VALUES (1);")
+        .unwrap();
+    let pages: i64 = Connection::open(&prod)
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    // Another process changes the last page in WAL mode and stays connected (its commit stays
+    // in the log, never checkpointed).
+    let mut shell = Command::new("sqlite3")
+        .arg(&prod)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 shell is installed");
+    let mut stdin = shell.stdin.take().unwrap();
+    std::io::Write::write_all(
+        &mut stdin,
+        b"PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; UPDATE tail SET x = 2; SELECT 'done';\n",
+    )
+    .unwrap();
+    let mut out = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("done") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0);
+    }
+    let wal = dir.join("data/shop.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+
+    let run = apply(dir);
+    shell.kill().unwrap();
+    shell.wait().unwrap();
+    assert_eq!(run.code, 1, "{}", run.transcript());
+    let list = backups_json(dir);
+    let failed: Vec<_> = list
+        .iter()
+        .filter(|b| b["instance"] == "shop" && b["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{list:?}");
+    let e = failed[0]["error"].as_str().unwrap();
+    assert!(
+        e.contains(&format!("reading page {pages} of {pages}")) && e.contains("disk I/O error"),
+        "{e}"
+    );
+    assert!(e.contains("no backup was kept"), "{e}");
+    assert!(restic_snapshots(dir).is_empty(), "no snapshot kept");
+    assert_eq!(leftovers(dir), Vec::<String>::new());
+}
+
+/// A snapshot made by an older version (its folder copy backed up as a tree holding
+/// `database.sqlite`) restores into a SQLite target as a streamed one does.
+#[test]
+fn a_snapshot_of_an_older_version_s_copy_folder_still_restores() {
+    use backplan::engine::{Engine, NoProgress, SnapshotTags};
+    use backplan::kinds::{Kind, RestoreInto};
+    let f = crate::engine::fixture();
+    let copy = f.root.join(".shop.db.backplan-backup");
+    std::fs::create_dir(&copy).unwrap();
+    ledger(&copy.join("database.sqlite"), "delete", 300);
+    let tags = SnapshotTags {
+        instance: "shop".into(),
+        backup: uuid::Uuid::from_u128(7),
+        kind: "on-demand".into(),
+        ..Default::default()
+    };
+    let info = f
+        .engine
+        .backup_dir(&f.repo, &copy, &[], &tags, Arc::new(NoProgress))
+        .unwrap();
+
+    let sandbox = f.root.join("sandbox.db");
+    ledger(&sandbox, "delete", 2);
+    let source = backplan::config::Source::Sqlite {
+        path: sandbox.clone(),
+    };
+    let target = backplan::kinds::sqlite::Sqlite
+        .open_target(&source)
+        .unwrap();
+    let RestoreInto::Stream { name, mut sink } = target.stage("r1").unwrap() else {
+        panic!("a SQLite target receives a stream")
+    };
+    f.engine
+        .restore_stream(&f.repo, &info.id, &name, &mut sink)
+        .unwrap();
+    drop(sink);
+    target.prepare("r1").unwrap();
+    target.commit("r1").unwrap();
+    target.finish("r1").unwrap();
+    assert_eq!(assert_consistent(&sandbox), 300);
+}

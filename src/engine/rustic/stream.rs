@@ -1,5 +1,7 @@
-//! Byte-stream backups: the standard output of a producer process (`pg_dump`, ...) stored as
-//! one file of a snapshot, and streamed back out into a sink.
+//! Byte-stream backups: the standard output of a producer process (`pg_dump`, ...), or what a
+//! writer of this process writes on a thread of its own (SQLite's pages), stored as one file
+//! of a snapshot, and streamed back out into a sink. Both kinds of producer go through the
+//! same archiving and the same guards.
 //!
 //! Guards for the stream hazards of rustic_core 0.13 (each has a test below):
 //! - **short reads**: the chunker shrinks its read buffer after a short read and never grows it
@@ -8,12 +10,13 @@
 //! - **no parent**: a stream has no metadata to compare, so with a parent snapshot rustic would
 //!   take the parent's content for "unchanged" and never read the stream. Streams never use one.
 //! - **no snapshot when the producer fails**: rustic saves the snapshot of whatever it read; the
-//!   producer's exit status is checked afterwards, and on failure the snapshot is deleted
-//!   before the error (with the producer's own message) is returned.
+//!   producer's exit status (a writer's result, or its panic) is checked afterwards, and on
+//!   failure the snapshot is deleted before the error (with the producer's own message) is
+//!   returned.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
 use rustic_core::repofile::{Metadata, Node, NodeType};
@@ -37,39 +40,119 @@ impl RusticEngine {
         progress: Arc<dyn ProgressSink>,
     ) -> Result<SnapshotInfo, EngineError> {
         self.guarded(repo, "stream backup", || {
-            let (open, _lock) =
-                self.open_locked(repo, progress.clone(), super::lock::Mode::Shared)?;
-            let indexed = open.to_indexed_ids().map_err(err(repo))?;
-            let snap = new_snapshot(repo, tags)?;
-            // No parent, ever: see the module's comment.
-            let opts = BackupOptions::default().parent_opts(ParentOptions::default().force(true));
-
-            let mut producer = Producer::start(source)?;
-            let src = PipeSource {
-                name: PathBuf::from(&source.name),
-                stdout: Mutex::new(producer.child.stdout.take()),
-            };
-            let saved = indexed.archive(&opts, &src, snap, &[PathBuf::from(&source.name)]);
-            // Whatever happened, the producer is done with: reap it (killed if rustic stopped
-            // reading early), and only then judge the snapshot.
-            if saved.is_err() {
-                let _ = producer.child.kill();
-            }
-            let outcome = producer.finish();
-            let saved = saved.map_err(err(repo))?;
-            let info = info(&saved);
-            if let Err(message) = outcome {
-                let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
-                indexed.delete_snapshots(&ids).map_err(err(repo))?;
-                sync_repository(repo)?;
-                return Err(EngineError::Producer {
-                    program: source.argv.first().cloned().unwrap_or_default(),
-                    message,
-                });
-            }
-            sync_repository(repo)?;
-            Ok(info)
+            let program = source.argv.first().cloned().unwrap_or_default();
+            self.archive_stream(repo, &source.name, &program, tags, progress.clone(), || {
+                let mut producer = Producer::start(source)?;
+                let Some(stdout) = producer.child.stdout.take() else {
+                    let _ = producer.child.kill();
+                    let _ = producer.finish();
+                    return Err(EngineError::Io {
+                        op: "starting the backup's producer",
+                        source: std::io::Error::other("no standard output to read"),
+                    });
+                };
+                let reader = std::io::BufReader::with_capacity(READ_BUFFER, stdout);
+                Ok((
+                    Box::new(reader) as Box<dyn Read + Send>,
+                    Box::new(move |stopped_early: bool| {
+                        // Killed if rustic stopped reading early; reaped in any case.
+                        if stopped_early {
+                            let _ = producer.child.kill();
+                        }
+                        producer.finish()
+                    }) as Finish,
+                ))
+            })
         })
+    }
+
+    pub(super) fn written_backup(
+        &self,
+        repo: &Repo,
+        source: &WrittenStream,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        self.guarded(repo, "stream backup", || {
+            self.archive_stream(
+                repo,
+                &source.name,
+                &source.producer,
+                tags,
+                progress.clone(),
+                || {
+                    let (reader, mut writer) = channel();
+                    let write = source.write.clone();
+                    let thread = std::thread::Builder::new()
+                        .name("stream-writer".into())
+                        .spawn(move || {
+                            write(&mut writer)?;
+                            writer
+                                .finish()
+                                .map_err(|e| format!("handing the last bytes over: {e}"))
+                        })
+                        .map_err(|source| EngineError::Io {
+                            op: "starting the backup's writer thread",
+                            source,
+                        })?;
+                    Ok((
+                        Box::new(reader) as Box<dyn Read + Send>,
+                        // The reading end is gone by now: a writer still writing stops at its next
+                        // hand-over, with an error.
+                        Box::new(move |_stopped_early: bool| match thread.join() {
+                            Ok(outcome) => outcome,
+                            Err(panic) => {
+                                Err(format!("it panicked: {}", super::panic_message(&panic)))
+                            }
+                        }) as Finish,
+                    ))
+                },
+            )
+        })
+    }
+
+    /// The one file `name` read from what `start` returns, archived as a snapshot of its own;
+    /// then the producer's outcome (`Finish`, told whether rustic stopped reading early)
+    /// decides: on `Err`, the snapshot is deleted and the error (naming `program`) returned.
+    fn archive_stream(
+        &self,
+        repo: &Repo,
+        name: &str,
+        program: &str,
+        tags: &SnapshotTags,
+        progress: Arc<dyn ProgressSink>,
+        start: impl FnOnce() -> Result<(Box<dyn Read + Send>, Finish), EngineError>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        let (open, _lock) = self.open_locked(repo, progress.clone(), super::lock::Mode::Shared)?;
+        let indexed = open.to_indexed_ids().map_err(err(repo))?;
+        let snap = new_snapshot(repo, tags)?;
+        // No parent, ever: see the module's comment.
+        let opts = BackupOptions::default().parent_opts(ParentOptions::default().force(true));
+
+        let (reader, finish) = start()?;
+        let src = StreamRead {
+            name: PathBuf::from(name),
+            reader: Mutex::new(Some(reader)),
+        };
+        let saved = indexed.archive(&opts, &src, snap, &[PathBuf::from(name)]);
+        // The reading end goes before the producer is waited for: a writer thread blocked on a
+        // full hand-over sees it gone (a process killed below is not read either).
+        drop(src);
+        // Whatever happened, the producer is done with; only then is the snapshot judged.
+        let outcome = finish(saved.is_err());
+        let saved = saved.map_err(err(repo))?;
+        let info = info(&saved);
+        if let Err(message) = outcome {
+            let ids = open_ids(&indexed, std::slice::from_ref(&info.id), repo)?;
+            indexed.delete_snapshots(&ids).map_err(err(repo))?;
+            sync_repository(repo)?;
+            return Err(EngineError::Producer {
+                program: program.to_string(),
+                message,
+            });
+        }
+        sync_repository(repo)?;
+        Ok(info)
     }
 
     pub(super) fn stream_restore(
@@ -182,41 +265,51 @@ impl Producer {
     }
 }
 
+/// Ends a producer, told whether rustic stopped reading early: `Err` with its message unless
+/// it produced the whole stream.
+type Finish = Box<dyn FnOnce(bool) -> Result<(), String>>;
+
 /// The one entry of a stream backup.
-struct PipeSource {
+struct StreamRead {
     name: PathBuf,
-    stdout: Mutex<Option<ChildStdout>>,
+    reader: Mutex<Option<Box<dyn Read + Send>>>,
 }
 
-struct PipeOpen(ChildStdout);
+struct StreamOpen(Box<dyn Read + Send>);
 
-impl ReadSourceOpen for PipeOpen {
-    type Reader = FullReads<std::io::BufReader<ChildStdout>>;
+impl ReadSourceOpen for StreamOpen {
+    type Reader = FullReads<Box<dyn Read + Send>>;
     fn open(self) -> RusticResult<Self::Reader> {
-        Ok(FullReads(std::io::BufReader::with_capacity(
-            READ_BUFFER,
-            self.0,
-        )))
+        Ok(FullReads(self.0))
     }
 }
 
-impl ReadSource for PipeSource {
-    type Open = PipeOpen;
-    type Iter = std::iter::Once<RusticResult<ReadSourceEntry<PipeOpen>>>;
+impl ReadSource for StreamRead {
+    type Open = StreamOpen;
+    type Iter = std::iter::Once<RusticResult<ReadSourceEntry<StreamOpen>>>;
 
     fn size(&self) -> RusticResult<Option<u64>> {
         Ok(None)
     }
 
     fn entries(&self) -> Self::Iter {
-        let stdout = self.stdout.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let entry = match stdout {
-            Some(out) => {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let entry = match reader {
+            Some(reader) => {
                 let name = self.name.file_name().unwrap_or(self.name.as_os_str());
                 Ok(ReadSourceEntry {
                     path: self.name.clone(),
-                    node: Node::new_node(name, NodeType::File, Metadata::default()),
-                    open: Some(PipeOpen(out)),
+                    // The size is recorded once read (vendor/rustic_core's sixth patch); the
+                    // mode is what a restic restore gives the file (none would be 0000).
+                    node: Node::new_node(
+                        name,
+                        NodeType::File,
+                        Metadata {
+                            mode: Some(0o600),
+                            ..Metadata::default()
+                        },
+                    ),
+                    open: Some(StreamOpen(reader)),
                 })
             }
             None => Err(RusticError::new(
@@ -225,6 +318,93 @@ impl ReadSource for PipeSource {
             )),
         };
         std::iter::once(entry)
+    }
+}
+
+/// How many filled buffers may wait between a writer thread and the chunker.
+const HANDED_OVER: usize = 4;
+
+/// A writer thread's end of a [`channel`]: bytes are gathered into buffers of
+/// [`READ_BUFFER`] bytes, each handed over whole (no system call, no copy on the way).
+struct ChannelWriter {
+    buf: Vec<u8>,
+    to: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+/// The chunker's end of a [`channel`]: the stream ends when the writer's end is gone.
+struct ChannelReader {
+    buf: Vec<u8>,
+    at: usize,
+    from: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+fn channel() -> (ChannelReader, ChannelWriter) {
+    let (to, from) = std::sync::mpsc::sync_channel(HANDED_OVER);
+    (
+        ChannelReader {
+            buf: Vec::new(),
+            at: 0,
+            from,
+        },
+        ChannelWriter {
+            buf: Vec::with_capacity(READ_BUFFER),
+            to,
+        },
+    )
+}
+
+impl ChannelWriter {
+    fn hand_over(&mut self) -> std::io::Result<()> {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(READ_BUFFER));
+        self.to.send(full).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the backup stopped reading the stream",
+            )
+        })
+    }
+
+    /// Hands the last bytes over; only then is the stream complete.
+    fn finish(mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.hand_over()
+        }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len().min(READ_BUFFER - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == READ_BUFFER {
+            self.hand_over()?;
+        }
+        Ok(n)
+    }
+
+    /// Buffers go over whole: what `write` took is handed over by `finish`.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.buf.len() {
+            match self.from.recv() {
+                Ok(next) => {
+                    self.buf = next;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 

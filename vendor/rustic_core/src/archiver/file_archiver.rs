@@ -164,6 +164,11 @@ impl<'a, BE: DecryptWriteBackend, I: ReadGlobalIndex> FileArchiver<'a, BE, I> {
 
         let mut node = node;
         node.content = Some(content);
+        // [backplan patch] A file read without a size (a stream: known once read) records the
+        // bytes read: restic's `restore` writes a file of its node's size (none at 0).
+        if node.meta.size == 0 {
+            node.meta.size = filesize;
+        }
         Ok((node, filesize))
     }
 
