@@ -16,9 +16,10 @@
 //!   restored data, whatever fails next.
 //! - **A backup reads the store without a temporary copy when it can**: a database's own
 //!   consistent read is streamed into the engine ([`BackupSource::Stream`] from a dump tool,
-//!   [`BackupSource::Written`] from a read transaction of this process). A temporary copy,
-//!   where a kind makes one (or made one in an older version: SQLite's
-//!   `.<file>.backplan-backup/`), lives beside the store, on its filesystem, and is removed
+//!   [`BackupSource::Written`] from a read transaction of this process), unless a read that
+//!   long would hold the store's writers (a rollback-mode SQLite database). A temporary copy,
+//!   where a kind makes one (SQLite's `.<file>.backplan-backup/`), lives beside the store,
+//!   on its filesystem, and is removed
 //!   by `backup_finished` in every outcome and by `discard_leftovers` after a crash or an
 //!   upgrade.
 //! - **`discard` and `discard_leftovers` remove only what this kind's restores created**

@@ -2,17 +2,24 @@
 //! one read transaction, restores renamed over the database file in one step.
 //!
 //! **Backup**: the database's pages 1 to N are read through SQLite's `sqlite_dbpage` table
-//! ([`write_pages`]) inside one read transaction, and streamed in order straight into the
-//! engine as the one file [`FILE_IN_SNAPSHOT`]: the database file image as of one commit (in
-//! WAL mode too: pages are read through the pager, which takes a page's latest committed
-//! version from the `-wal`), with no copy on disk, read while the engine chunks, compresses
-//! and stores what came before. Writers keep writing meanwhile (in WAL mode they are not held
-//! up; in rollback mode their commits wait for the read, which lasts as long as the backup, as
-//! for any reader). A writer's lock is waited for up to [`BUSY_WAIT`]. A read that fails
-//! half-way leaves no snapshot (the engine deletes it). Snapshots hold the file at their root,
-//! as the folder copies of older versions did, so both restore the same way; the copy folder
-//! those versions made beside the database (`.<file>.backplan-backup/`) is removed if found
-//! ([`Kind::backup_finished`], and the leftovers sweep at start). The bundled SQLite needs
+//! ([`write_pages`]) inside one read transaction: the database file image as of one commit
+//! (in WAL mode too: pages are read through the pager, which takes a page's latest committed
+//! version from the `-wal`). A reader holds writers differently in the two journal modes, so:
+//! - **WAL mode** (the header says so, [`in_wal_mode`]): writers are not held up by a reader,
+//!   so the pages are streamed straight into the engine as the one file [`FILE_IN_SNAPSHOT`],
+//!   with no copy on disk, read while the engine chunks, compresses and stores what came
+//!   before. Only checkpoints stop at the read's snapshot until it ends.
+//! - **Rollback-journal mode**: a reader makes writers' commits wait for as long as it reads,
+//!   and a stream reads at the repository's pace (an upload included). So the pages are read
+//!   into a copy in a private folder beside the database first ([`copy_beside`]:
+//!   `.<file>.backplan-backup/`, on its own filesystem, never `/tmp`): writers wait for that
+//!   local copy only, as they did for the backup API's copy of earlier versions. The folder is
+//!   backed up as a tree holding only [`FILE_IN_SNAPSHOT`] and removed afterwards
+//!   ([`Kind::backup_finished`]), or at the next backup or start after a crash.
+//!
+//! Both give a snapshot with the file at its root, so they (and the folder copies of older
+//! versions) restore the same way. A writer's lock is waited for up to [`BUSY_WAIT`]. A read
+//! that fails half-way leaves no snapshot. The bundled SQLite needs
 //! `SQLITE_ENABLE_DBPAGE_VTAB` (`.cargo/config.toml`).
 //!
 //! **Restore**: the backup is written into a hidden staging file beside the database
@@ -94,6 +101,9 @@ impl Kind for Sqlite {
     fn backup_source(&self, source: &Source, instance: &str) -> Result<BackupSource, String> {
         let db = path_of(source)?;
         check_source(db, instance)?;
+        if !in_wal_mode(db).map_err(|e| format!("cannot read {}: {e}", db.display()))? {
+            return copy_beside(db);
+        }
         let path = db.to_path_buf();
         Ok(BackupSource::Written(WrittenStream {
             name: FILE_IN_SNAPSHOT.to_string(),
@@ -105,7 +115,7 @@ impl Kind for Sqlite {
         }))
     }
 
-    /// Removes the copy folder older versions made for a backup, if one is left.
+    /// Removes the copy folder of a rollback-mode backup (or of an older version's), if any.
     fn backup_finished(&self, source: &Source, _instance: &str) {
         if let Ok(db) = path_of(source) {
             let folder = copy_folder(db);
@@ -232,6 +242,54 @@ pub fn check_source(db: &Path, instance: &str) -> Result<(), String> {
             "the database {shown} of instance `{instance}` does not exist (is a disk not mounted?); nothing was backed up"
         )),
         Err(e) => Err(format!("cannot read {shown}: {e}")),
+    }
+}
+
+/// Whether the database file says it is in WAL mode (its header's write version, byte 18, is
+/// 2). An empty file, a rollback-journal one, or one changed to WAL since: `false`.
+fn in_wal_mode(db: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 19];
+    let mut f = std::fs::File::open(db)?;
+    let mut got = 0;
+    while got < head.len() {
+        match f.read(&mut head[got..])? {
+            0 => return Ok(false),
+            n => got += n,
+        }
+    }
+    Ok(head[18] == 2)
+}
+
+/// A rollback-journal database: its pages read ([`write_pages`]) into a copy in a private
+/// folder beside it (`.<file>.backplan-backup/`, 0700, on its own filesystem), backed up as a
+/// tree. Writers' commits wait only for this local copy, not for the whole backup (the stream
+/// of a WAL database goes at the repository's pace, an upload included, and a rollback-mode
+/// reader holds writers for as long as it reads).
+fn copy_beside(db: &Path) -> Result<BackupSource, String> {
+    let folder = copy_folder(db);
+    let made = remove_dir(&folder)
+        .and_then(|()| {
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(&folder)
+        })
+        .map_err(|e| format!("cannot prepare {}: {e}", folder.display()))
+        .and_then(|()| {
+            let copy = folder.join(FILE_IN_SNAPSHOT);
+            let file = std::fs::File::create_new(&copy)
+                .map_err(|e| format!("cannot create {}: {e}", copy.display()))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            // One blocking call with no progress of its own: the watchdog is fed meanwhile.
+            crate::heartbeat::during(LONGEST, || write_pages(db, &mut out))?;
+            out.flush()
+                .map_err(|e| format!("cannot write {}: {e}", copy.display()))
+        });
+    match made {
+        Ok(()) => Ok(BackupSource::Tree(folder)),
+        Err(e) => {
+            let _ = remove_dir(&folder);
+            Err(format!("copying {} online: {e}", db.display()))
+        }
     }
 }
 
@@ -740,18 +798,39 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a database");
     }
 
-    /// What [`Sqlite::backup_source`] streams for `db`, written into memory.
-    fn streamed(db: &Path) -> Vec<u8> {
+    /// What [`Sqlite::backup_source`] gives the engine for `db`, read into memory: the stream
+    /// of a WAL database, the copy of a rollback-mode one (which `backup_finished` removes).
+    fn backed_up(db: &Path) -> (Vec<u8>, &'static str) {
         let source = Source::Sqlite {
             path: db.to_path_buf(),
         };
-        let BackupSource::Written(w) = Sqlite.backup_source(&source, "app").unwrap() else {
-            panic!("a stream written by this process")
-        };
-        assert_eq!(w.name, FILE_IN_SNAPSHOT);
-        let mut out = Vec::new();
-        (w.write)(&mut out).unwrap();
-        out
+        match Sqlite.backup_source(&source, "app").unwrap() {
+            BackupSource::Written(w) => {
+                assert_eq!(w.name, FILE_IN_SNAPSHOT);
+                let mut out = Vec::new();
+                (w.write)(&mut out).unwrap();
+                (out, "stream")
+            }
+            BackupSource::Tree(folder) => {
+                assert_eq!(folder, copy_folder(db));
+                let names: Vec<_> = std::fs::read_dir(&folder)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                assert_eq!(names, [FILE_IN_SNAPSHOT], "only the copy is in the folder");
+                let bytes = std::fs::read(folder.join(FILE_IN_SNAPSHOT)).unwrap();
+                Sqlite.backup_finished(&source, "app");
+                assert!(!folder.exists(), "the copy is removed once stored");
+                (bytes, "copy")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn streamed(db: &Path) -> Vec<u8> {
+        let (bytes, how) = backed_up(db);
+        assert_eq!(how, "stream", "a WAL database is streamed");
+        bytes
     }
 
     /// Without `SQLITE_ENABLE_DBPAGE_VTAB` (`.cargo/config.toml`) there is no such table, and
@@ -767,8 +846,10 @@ mod tests {
         assert_eq!(pages, 2);
     }
 
+    /// A rollback-journal database is copied beside itself first, so that writers wait for
+    /// the local copy only, not for the whole backup.
     #[test]
-    fn the_stream_is_the_database_file_in_rollback_mode() {
+    fn a_rollback_mode_database_is_copied_beside_it_and_the_copy_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("app.db");
         db_with_rows(&db, 5);
@@ -778,10 +859,11 @@ mod tests {
             .unwrap();
         let file = std::fs::read(&db).unwrap();
         assert!(file.len() > 6 << 20);
-        let bytes = streamed(&db);
+        let (bytes, how) = backed_up(&db);
+        assert_eq!(how, "copy");
         assert!(
             bytes == file,
-            "{} bytes streamed, {} in the file",
+            "{} bytes copied, {} in the file",
             bytes.len(),
             file.len()
         );
@@ -854,24 +936,33 @@ mod tests {
     }
 
     #[test]
-    fn no_copy_is_made_and_an_older_version_s_copy_is_removed() {
+    fn no_copy_is_made_of_a_wal_database_and_an_older_version_s_copy_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("app.db");
         db_with_rows(&db, 5);
+        // The application has the database open, as in production (its `-wal` and `-shm`
+        // exist; a reader of a WAL database would make them otherwise).
+        let app = Connection::open(&db).unwrap();
+        app.pragma_update(None, "journal_mode", "WAL").unwrap();
+        app.execute_batch("INSERT INTO t VALUES (5)").unwrap();
+        assert!(in_wal_mode(&db).unwrap());
         let source = Source::Sqlite { path: db.clone() };
-        let before: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let listing = || {
+            let mut names: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        assert_eq!(before.len(), 3, "{before:?}");
         let copy = tmp.path().join("copy.db");
         std::fs::write(&copy, streamed(&db)).unwrap();
-        assert_eq!(rows(&copy), 5);
+        assert_eq!(rows(&copy), 6);
         std::fs::remove_file(&copy).unwrap();
-        let after: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(before, after, "nothing made beside the database");
+        assert_eq!(before, listing(), "nothing made beside the database");
+        drop(app);
         // The copy folder an older version made (left by a crash, or by the upgrade itself)
         // goes after the next backup...
         let folder = copy_folder(&db);
@@ -890,7 +981,7 @@ mod tests {
         assert!(!folder.exists());
         assert!(!staging.exists());
         assert!(!companion(&staging, "-wal").exists());
-        assert_eq!(rows(&db), 5);
+        assert_eq!(rows(&db), 6);
     }
 
     #[test]
