@@ -108,22 +108,19 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
 /// Reads and validates a configuration text. `path` locates relative paths and names the file.
 /// Returns the model and its warnings, or every diagnostic (errors and warnings) in file order.
 pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let (config, mut diags) = raw::read_then(text, |read| {
-        let raw::Read {
-            config: raw,
-            skipped,
-            diagnostics: mut diags,
-        } = read;
-        let config = match raw {
-            Some(raw) => {
-                let (config, more) = validate::validate(raw, &skipped, path, text);
-                diags.extend(more);
-                config
-            }
-            None => None,
-        };
-        (config, diags)
-    });
+    let raw::Read {
+        config: raw,
+        skipped,
+        diagnostics: mut diags,
+    } = raw::read(text);
+    let config = match raw {
+        Some(raw) => {
+            let (config, more) = validate::validate(raw, &skipped, path, text);
+            diags.extend(more);
+            config
+        }
+        None => None,
+    };
     diags.sort_by(|a, b| (a.span.start, a.rule).cmp(&(b.span.start, b.rule)));
     match config {
         Some(c) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok((c, diags)),

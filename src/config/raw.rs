@@ -428,38 +428,6 @@ pub struct Read {
 
 /// Reads a TOML text into [`RawConfig`], with every structural problem found.
 pub fn read(src: &str) -> Read {
-    read_keeping_tree(src).0
-}
-
-/// [`read`], then `then` on its result, while TOML's parse tree (some 250,000 allocations for
-/// a file of 10,000 instances) is freed on another thread: the daemon's reload of a large
-/// file does not wait for that. A text under [`FREE_APART_BYTES`], or when no thread can be
-/// started, has its tree freed here first.
-pub fn read_then<R>(src: &str, then: impl FnOnce(Read) -> R) -> R {
-    let (read, tree) = read_keeping_tree(src);
-    if src.len() < FREE_APART_BYTES {
-        drop(tree);
-        return then(read);
-    }
-    std::thread::scope(|s| {
-        let freeing = std::thread::Builder::new()
-            .name("backplan-free".into())
-            .spawn_scoped(s, move || drop(tree));
-        if let Err(e) = freeing {
-            tracing::debug!("the parse tree is freed on this thread: {e}");
-        }
-        then(read)
-    })
-}
-
-/// From this size on, [`read_then`] frees the parse tree on another thread (starting one costs
-/// tens of microseconds; freeing the tree of a 1 MiB file, a millisecond or more).
-pub const FREE_APART_BYTES: usize = 1 << 20;
-
-/// The parse tree [`read`] was made from.
-type Tree<'i> = Spanned<DeTable<'i>>;
-
-fn read_keeping_tree(src: &str) -> (Read, Tree<'_>) {
     let (root, errors) = DeTable::parse_recoverable(src);
     if !errors.is_empty() {
         let diags = errors
@@ -470,12 +438,11 @@ fn read_keeping_tree(src: &str) -> (Read, Tree<'_>) {
                     .hint("the file is not valid TOML; see https://toml.io for the syntax")
             })
             .collect();
-        let read = Read {
+        return Read {
             config: None,
             skipped: BTreeSet::new(),
             diagnostics: diags,
         };
-        return (read, root);
     }
     let mut r = Reader {
         diags: Vec::new(),
@@ -515,12 +482,11 @@ fn read_keeping_tree(src: &str) -> (Read, Tree<'_>) {
         }),
         notify: r.notify(t),
     };
-    let read = Read {
+    Read {
         config: Some(cfg),
         skipped: r.skipped,
         diagnostics: r.diags,
-    };
-    (read, root)
+    }
 }
 
 /// The `[daemon]` section alone, for commands that show what is recorded even when the rest
@@ -1122,44 +1088,4 @@ fn looks_secret(key: &str, suggestion: Option<&str>) -> bool {
         .any(|w| matches!(*w, "key" | "keys") || close(w))
         || pairs.into_iter().any(|p| close(&p))
         || close(&key)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A text large enough for [`read_then`] to free the tree on another thread, with a problem
-    /// in the middle.
-    fn large_text() -> String {
-        let mut s = String::new();
-        let mut i = 0;
-        while s.len() < FREE_APART_BYTES + 4096 {
-            i += 1;
-            s.push_str(&format!(
-                "[instances.app{i}]\ntype = \"production\"\nversion = \"1.0\"\nsource = {{ kind = \"directory\", path = \"/srv/app{i}\" }}\n[instances.app{i}.backups.before-migration]\nlabel = \"{}\"\n\n",
-                "x".repeat(200)
-            ));
-            if i == 2000 {
-                s.push_str("[instances.broken]\ntype = \"production\"\nversoin = \"1\"\n\n");
-            }
-        }
-        s
-    }
-
-    #[test]
-    fn read_then_hands_over_what_read_reads_for_a_large_text() {
-        let text = large_text();
-        assert!(text.len() >= FREE_APART_BYTES);
-        let alone = read(&text);
-        let (config, skipped, diagnostics) =
-            read_then(&text, |r| (r.config, r.skipped, r.diagnostics));
-        assert_eq!(config, alone.config);
-        assert_eq!(skipped, alone.skipped);
-        assert_eq!(diagnostics, alone.diagnostics);
-        assert!(skipped.contains("instances.broken"), "{skipped:?}");
-        assert_eq!(
-            config.expect("TOML").instances.len(),
-            text.matches("backups.before-migration]").count()
-        );
-    }
 }
