@@ -288,7 +288,10 @@ fn copy_beside(db: &Path) -> Result<BackupSource, String> {
         Ok(()) => Ok(BackupSource::Tree(folder)),
         Err(e) => {
             let _ = remove_dir(&folder);
-            Err(format!("copying {} online: {e}", db.display()))
+            Err(format!(
+                "copying {} online: {e} (a database in rollback-journal mode is copied beside itself before it is stored, and needs room for one copy there; one in WAL mode is streamed and needs none)",
+                db.display()
+            ))
         }
     }
 }
