@@ -250,15 +250,11 @@ pub fn check_source(db: &Path, instance: &str) -> Result<(), String> {
 fn in_wal_mode(db: &Path) -> std::io::Result<bool> {
     use std::io::Read;
     let mut head = [0u8; 19];
-    let mut f = std::fs::File::open(db)?;
-    let mut got = 0;
-    while got < head.len() {
-        match f.read(&mut head[got..])? {
-            0 => return Ok(false),
-            n => got += n,
-        }
+    match std::fs::File::open(db)?.read_exact(&mut head) {
+        Ok(()) => Ok(head[18] == 2),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(head[18] == 2)
 }
 
 /// A rollback-journal database: its pages read ([`write_pages`]) into a copy in a private
@@ -278,7 +274,7 @@ fn copy_beside(db: &Path) -> Result<BackupSource, String> {
             let copy = folder.join(FILE_IN_SNAPSHOT);
             let file = std::fs::File::create_new(&copy)
                 .map_err(|e| format!("cannot create {}: {e}", copy.display()))?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let mut out = CopyFile(std::io::BufWriter::with_capacity(1 << 20, file));
             // One blocking call with no progress of its own: the watchdog is fed meanwhile.
             crate::heartbeat::during(LONGEST, || write_pages(db, &mut out))?;
             out.flush()
@@ -288,11 +284,36 @@ fn copy_beside(db: &Path) -> Result<BackupSource, String> {
         Ok(()) => Ok(BackupSource::Tree(folder)),
         Err(e) => {
             let _ = remove_dir(&folder);
-            Err(format!(
-                "copying {} online: {e} (a database in rollback-journal mode is copied beside itself before it is stored, and needs room for one copy there; one in WAL mode is streamed and needs none)",
-                db.display()
-            ))
+            Err(format!("copying {} online: {e}", db.display()))
         }
+    }
+}
+
+/// The file of [`copy_beside`]: a full disk says what the copy needs (and other errors are
+/// left as they are: a damaged database is not a matter of room).
+struct CopyFile(std::io::BufWriter<std::fs::File>);
+
+impl CopyFile {
+    fn room(e: std::io::Error) -> std::io::Error {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        if !matches!(e.kind(), StorageFull | QuotaExceeded) {
+            return e;
+        }
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{e} (a database in rollback-journal mode is copied beside itself before it is stored, and needs room for one copy there; one in WAL mode is streamed and needs none)"
+            ),
+        )
+    }
+}
+
+impl Write for CopyFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(Self::room)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(Self::room)
     }
 }
 
