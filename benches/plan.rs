@@ -66,8 +66,8 @@ static INNER: std::alloc::System = std::alloc::System;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
-/// Calls to the allocator (alloc, alloc_zeroed, realloc): each is work for malloc and, for
-/// most, a later free.
+/// Calls to the allocator (alloc, alloc_zeroed, and a realloc that grows): each is work for
+/// malloc and, for most, a later free.
 static CALLS: AtomicUsize = AtomicUsize::new(0);
 
 #[inline]

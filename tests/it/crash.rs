@@ -280,16 +280,6 @@ fn converge(dir: &Path, daemon: bool) {
     assert_eq!(again.code, 0, "converged: {}", again.transcript());
 }
 
-fn restic(dir: &Path) -> Command {
-    let mut c = Command::new("restic");
-    c.arg("-r")
-        .arg(dir.join("state/repository"))
-        .arg("--password-file")
-        .arg(dir.join("state/keys/local.key"))
-        .arg("--no-cache");
-    c
-}
-
 /// The repository and the records agree, the repository is sound, and every completed
 /// backup restores. Returns the restored trees of the directory backups, by instance.
 fn assert_repository_converged(dir: &Path, label: &str) -> Vec<(String, PathBuf)> {
@@ -328,7 +318,10 @@ fn assert_repository_converged(dir: &Path, label: &str) -> Vec<(String, PathBuf)
             );
         }
     }
-    let check = restic(dir).args(["check", "--read-data"]).output().unwrap();
+    let check = quickstart_restic(dir)
+        .args(["check", "--read-data"])
+        .output()
+        .unwrap();
     assert!(
         check.status.success(),
         "{label}: restic check --read-data: {}{}",
@@ -342,7 +335,7 @@ fn assert_repository_converged(dir: &Path, label: &str) -> Vec<(String, PathBuf)
         .enumerate()
     {
         let target = dir.join(format!("restored-{n}"));
-        let out = restic(dir)
+        let out = quickstart_restic(dir)
             .args(["restore", b["snapshot_id"].as_str().unwrap(), "--target"])
             .arg(&target)
             .output()

@@ -120,14 +120,21 @@ pub fn backups_json(dir: &Path) -> Vec<serde_json::Value> {
         .clone()
 }
 
-/// The snapshots of the quickstart's local repository in `dir`, as the real restic lists them.
-pub fn restic_snapshots(dir: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new("restic")
-        .arg("-r")
+/// The real restic on the quickstart's local repository in `dir` (no cache).
+pub fn quickstart_restic(dir: &Path) -> Command {
+    let mut c = Command::new("restic");
+    c.arg("-r")
         .arg(dir.join("state/repository"))
         .arg("--password-file")
         .arg(dir.join("state/keys/local.key"))
-        .args(["--no-cache", "snapshots", "--json"])
+        .arg("--no-cache");
+    c
+}
+
+/// The snapshots of the quickstart's local repository in `dir`, as the real restic lists them.
+pub fn restic_snapshots(dir: &Path) -> Vec<serde_json::Value> {
+    let out = quickstart_restic(dir)
+        .args(["snapshots", "--json"])
         .output()
         .expect("restic is installed (Debian package `restic`)");
     assert!(

@@ -251,12 +251,8 @@ fn a_restore_killed_half_way_converges_on_the_next_apply() {
 
 /// `restic restore` of the snapshot `id` of the quickstart repository in `dir`, into `into`.
 fn restic_restore(dir: &Path, id: &str, into: &Path) {
-    let out = Command::new("restic")
-        .arg("-r")
-        .arg(dir.join("state/repository"))
-        .arg("--password-file")
-        .arg(dir.join("state/keys/local.key"))
-        .args(["--no-cache", "restore", id, "--target"])
+    let out = quickstart_restic(dir)
+        .args(["restore", id, "--target"])
         .arg(into)
         .output()
         .expect("restic is installed (Debian package `restic`)");
@@ -267,9 +263,10 @@ fn restic_restore(dir: &Path, id: &str, into: &Path) {
     );
 }
 
-/// The backup streams the database's pages from one read transaction: with commits still in
-/// the `-wal` (WAL mode) or not, the stock restic restores a file that is byte for byte the
-/// database as of that transaction (what the file is once the log is checkpointed into it).
+/// The backup reads the database's pages in one read transaction (streamed in WAL mode, with
+/// commits still in the `-wal`; copied beside the database first in rollback mode): the stock
+/// restic restores a file that is byte for byte the database as of that transaction (what the
+/// file is once the log is checkpointed into it).
 #[test]
 fn the_stock_restic_restores_the_streamed_database_byte_identical() {
     for mode in ["wal", "delete"] {
