@@ -129,6 +129,15 @@ fn a_real_scrape_passes_promtool_and_follows_backups_failures_and_the_file() {
     let tmp = prepared();
     let dir = tmp.path();
     let (d, port) = daemon_with_metrics(dir);
+    // The repository is measured after the run that wrote the backup record ends: a scrape
+    // right after the record may come first (seen once in CI).
+    d.wait_for("the repository measured", || {
+        value(
+            &get(port, "/metrics").2,
+            "backplan_repository_size_bytes{storage=\"local\"}",
+        )
+        .is_some()
+    });
 
     let (status, head, metrics) = get(port, "/metrics");
     assert_eq!(status, 200, "{head}");
