@@ -11,9 +11,10 @@
 //! expiries (the 30-day-old daily of each instance, retention being `30d`).
 //!
 //! Timed (divan): (a) the whole `config::parse` + `plan::plan`, (b) parse + validate alone,
-//! split into (b1) `raw::read` and (b2) `validate::validate`, (c) `plan::plan` alone; the
-//! TOML floors `toml::from_str::<toml::Table>` and the span-keeping
-//! `DeTable::parse_recoverable` that `raw::read` is built on; `state::read` of the sled
+//! split into (b1) `raw::read` and (b2) `validate::validate`, (b0) the TOML tree `raw::read`
+//! walks (`config::doc::parse`), (c) `plan::plan` alone; the TOML floors
+//! `toml::from_str::<toml::Table>` and toml's span-keeping `DeTable::parse_recoverable` (which
+//! `raw::read` was built on, and still falls back to); `state::read` of the sled
 //! store (open, load, close, as the CLI does), every record read from sled on an open store
 //! (`sled_load`) and `Store::load` once the records are in memory (`memory_load`); a daemon
 //! wake (records + `planner::next_deadline`) reading sled (`wake_sled`, as before the daemon
@@ -587,6 +588,9 @@ fn memory_report() {
     let (t, h) = heap_of(|| toml::de::DeTable::parse_recoverable(&f.text));
     drop(t);
     h.show("baseline DeTable::parse_recoverable");
+    let (t, h) = heap_of(|| backplan::config::doc::parse(&f.text).is_ok());
+    assert!(t, "the generated file is TOML");
+    h.show("(b0) config::doc::parse");
     let t = Instant::now();
     let (r, h) = heap_of(|| state::read(s.dir.path()).expect("the state reads back"));
     let took = t.elapsed();
@@ -895,4 +899,12 @@ fn floor_one_pass_over_backups(b: Bencher) {
             .filter(|b| b.status == BackupStatus::Completed && b.instance.as_bytes()[0] == b'i')
             .count()
     });
+}
+
+/// (b0) the TOML tree the reader walks (`config::doc::parse`, its quick builder on this file),
+/// built and freed: against `baseline_toml_detable`, toml's tree of the same text.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn b0_toml_tree(b: Bencher) {
+    let f = &*FIXTURE;
+    b.bench(|| backplan::config::doc::parse(divan::black_box(&f.text)).is_ok());
 }

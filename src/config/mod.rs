@@ -3,6 +3,7 @@
 //! **A `Config` exists only for a file without errors**: nothing downstream ever plans
 //! against a file that failed validation.
 
+pub mod doc;
 pub mod model;
 pub mod raw;
 pub mod validate;

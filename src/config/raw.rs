@@ -14,8 +14,8 @@ use std::ops::Range;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
 
+use super::doc::{self, Item, Table, Value};
 use crate::diagnostic::{Diagnostic, did_you_mean};
 
 pub type S<T> = Spanned<T>;
@@ -413,8 +413,6 @@ impl RawRestore {
 // ---------------------------------------------------------------------------------------------
 // The reader.
 
-type Value<'i> = Spanned<DeValue<'i>>;
-
 /// What [`read`] made of a text.
 pub struct Read {
     /// `None` only when the text is not TOML at all. Otherwise holds everything that could be
@@ -428,27 +426,15 @@ pub struct Read {
 
 /// Reads a TOML text into [`RawConfig`], with every structural problem found.
 pub fn read(src: &str) -> Read {
-    let (root, errors) = DeTable::parse_recoverable(src);
-    if !errors.is_empty() {
-        let diags = errors
-            .into_iter()
-            .map(|e| {
-                let span = e.span().unwrap_or(0..0);
-                Diagnostic::error("syntax", span, e.message().trim().to_string())
-                    .hint("the file is not valid TOML; see https://toml.io for the syntax")
-            })
-            .collect();
-        return Read {
-            config: None,
-            skipped: BTreeSet::new(),
-            diagnostics: diags,
-        };
-    }
+    let root = match doc::parse(src) {
+        Ok(root) => root,
+        Err(errors) => return syntax_errors(errors),
+    };
     let mut r = Reader {
         diags: Vec::new(),
         skipped: BTreeSet::new(),
     };
-    let t = root.get_ref();
+    let t = &root;
     r.keys(t, &"the top level", RawConfig::KEYS);
     let cfg = RawConfig {
         daemon: r.section(t, "daemon", Reader::daemon),
@@ -494,19 +480,36 @@ pub fn read(src: &str) -> Read {
 /// the file is not TOML, or the section itself has a problem (a misspelled `state_dir` would
 /// send them to the wrong state).
 pub fn read_daemon(src: &str) -> Result<RawDaemon, Diagnostic> {
-    let (root, errors) = DeTable::parse_recoverable(src);
-    if !errors.is_empty() {
+    let root = match doc::parse(src) {
+        Ok(root) => root,
         // Not TOML: the reader's syntax diagnostic.
-        return Err(read(src).diagnostics.swap_remove(0));
-    }
+        Err(errors) => return Err(syntax_errors(errors).diagnostics.swap_remove(0)),
+    };
     let mut r = Reader {
         diags: Vec::new(),
         skipped: BTreeSet::new(),
     };
-    let daemon = r.section(root.get_ref(), "daemon", Reader::daemon);
+    let daemon = r.section(&root, "daemon", Reader::daemon);
     match r.diags.into_iter().next() {
         Some(d) => Err(d),
         None => Ok(daemon),
+    }
+}
+
+/// The text is not TOML: one diagnostic per error toml reports.
+fn syntax_errors(errors: Vec<toml::de::Error>) -> Read {
+    let diagnostics = errors
+        .into_iter()
+        .map(|e| {
+            let span = e.span().unwrap_or(0..0);
+            Diagnostic::error("syntax", span, e.message().trim().to_string())
+                .hint("the file is not valid TOML; see https://toml.io for the syntax")
+        })
+        .collect();
+    Read {
+        config: None,
+        skipped: BTreeSet::new(),
+        diagnostics,
     }
 }
 
@@ -516,7 +519,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn daemon(&mut self, t: &DeTable<'_>) -> RawDaemon {
+    fn daemon(&mut self, t: &Table<'_>) -> RawDaemon {
         RawDaemon {
             state_dir: self.string(t, "state_dir"),
             control_socket: self.string(t, "control_socket"),
@@ -527,7 +530,7 @@ impl Reader {
 
     /// `[notify]`: an inline URL (`webhook_url`, `ping_url`, `url`) is refused as a secret
     /// in the file, its value never shown; other unknown keys as usual.
-    fn notify(&mut self, root: &DeTable<'_>) -> RawNotify {
+    fn notify(&mut self, root: &Table<'_>) -> RawNotify {
         let Some(v) = root.get("notify") else {
             return RawNotify::default();
         };
@@ -576,7 +579,7 @@ impl Reader {
 
     /// Reports the keys of `t` that are not in `known`.
     /// `what` names the table in messages; it is formatted only when a problem is reported.
-    fn keys(&mut self, t: &DeTable<'_>, what: &dyn Display, known: &[&str]) {
+    fn keys(&mut self, t: &Table<'_>, what: &dyn Display, known: &[&str]) {
         self.keys_with_secrets(t, what, known, None)
     }
 
@@ -584,7 +587,7 @@ impl Reader {
     /// inline secret when the key itself has none (default: those of `known`).
     fn keys_with_secrets(
         &mut self,
-        t: &DeTable<'_>,
+        t: &Table<'_>,
         what: &dyn Display,
         known: &[&str],
         secret_homes: Option<&[&str]>,
@@ -651,9 +654,9 @@ impl Reader {
         }
     }
 
-    fn table<'t, 'i>(&mut self, v: &'t Value<'i>, what: &dyn Display) -> Option<&'t DeTable<'i>> {
+    fn table<'t, 'i>(&mut self, v: &'t Item<'i>, what: &dyn Display) -> Option<&'t Table<'i>> {
         match v.get_ref() {
-            DeValue::Table(t) => Some(t),
+            Value::Table(t) => Some(t),
             other => {
                 self.type_error(v.span(), what, "a table", other);
                 None
@@ -666,7 +669,7 @@ impl Reader {
         span: Range<usize>,
         what: &dyn Display,
         expected: &str,
-        found: &DeValue<'_>,
+        found: &Value<'_>,
     ) {
         self.diags.push(Diagnostic::error(
             "wrong-type",
@@ -681,9 +684,9 @@ impl Reader {
     /// A fixed section such as `[daemon]`: absent is the default.
     fn section<T: Default>(
         &mut self,
-        root: &DeTable<'_>,
+        root: &Table<'_>,
         name: &str,
-        f: impl FnOnce(&mut Self, &DeTable<'_>) -> T,
+        f: impl FnOnce(&mut Self, &Table<'_>) -> T,
     ) -> T {
         let Some(v) = root.get(name) else {
             return T::default();
@@ -705,9 +708,9 @@ impl Reader {
     /// (their problems are reported).
     fn map<T>(
         &mut self,
-        section: Option<&Value<'_>>,
+        section: Option<&Item<'_>>,
         name: &dyn Display,
-        mut f: impl FnMut(&mut Self, &DeTable<'_>, Range<usize>, &str) -> Option<T>,
+        mut f: impl FnMut(&mut Self, &Table<'_>, Range<usize>, &str) -> Option<T>,
     ) -> BTreeMap<S<String>, T> {
         let mut out = BTreeMap::new();
         let Some(v) = section else {
@@ -742,7 +745,7 @@ impl Reader {
     }
 
     /// `None` when `kind` is given but unreadable: the storage is then left out whole.
-    fn storage(&mut self, t: &DeTable<'_>, name: &str) -> Option<RawStorage> {
+    fn storage(&mut self, t: &Table<'_>, name: &str) -> Option<RawStorage> {
         let s = RawStorage {
             kind: self.keyword(
                 t,
@@ -784,7 +787,7 @@ impl Reader {
         (s.kind.is_some() || t.get("kind").is_none()).then_some(s)
     }
 
-    fn instance(&mut self, t: &DeTable<'_>, span: Range<usize>, name: &str) -> Option<RawInstance> {
+    fn instance(&mut self, t: &Table<'_>, span: Range<usize>, name: &str) -> Option<RawInstance> {
         let what = format_args!("[instances.{name}]");
         let kind = self.required(t, span.clone(), "type", &what, |r, t, k| {
             r.keyword(
@@ -870,11 +873,11 @@ impl Reader {
     }
 
     /// An instance's `drill`: `true`, `false` or a string (read by validation).
-    fn drill(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<RawDrill>> {
+    fn drill(&mut self, t: &Table<'_>, key: &str) -> Option<S<RawDrill>> {
         let v = t.get(key)?;
         match v.get_ref() {
-            DeValue::Boolean(b) => Some(Spanned::new(v.span(), RawDrill::Switch(*b))),
-            DeValue::String(s) => Some(Spanned::new(v.span(), RawDrill::Every(s.to_string()))),
+            Value::Boolean(b) => Some(Spanned::new(v.span(), RawDrill::Switch(*b))),
+            Value::String(s) => Some(Spanned::new(v.span(), RawDrill::Every(s.to_string()))),
             other => {
                 self.type_error(
                     v.span(),
@@ -890,11 +893,11 @@ impl Reader {
     /// A key that must be present; a missing one is reported at the table's name.
     fn required<T>(
         &mut self,
-        t: &DeTable<'_>,
+        t: &Table<'_>,
         table_span: Range<usize>,
         key: &str,
         what: &dyn Display,
-        f: impl FnOnce(&mut Self, &DeTable<'_>, &str) -> Option<T>,
+        f: impl FnOnce(&mut Self, &Table<'_>, &str) -> Option<T>,
     ) -> Option<T> {
         if t.get(key).is_none() {
             self.diags.push(
@@ -906,10 +909,10 @@ impl Reader {
         f(self, t, key)
     }
 
-    fn string(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<String>> {
+    fn string(&mut self, t: &Table<'_>, key: &str) -> Option<S<String>> {
         let v = t.get(key)?;
         match v.get_ref() {
-            DeValue::String(s) => Some(Spanned::new(v.span(), s.to_string())),
+            Value::String(s) => Some(Spanned::new(v.span(), s.to_string())),
             other => {
                 self.type_error(v.span(), &format_args!("`{key}`"), "a string", other);
                 None
@@ -917,10 +920,10 @@ impl Reader {
         }
     }
 
-    fn int(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<i64>> {
+    fn int(&mut self, t: &Table<'_>, key: &str) -> Option<S<i64>> {
         let v = t.get(key)?;
         match v.get_ref() {
-            DeValue::Integer(i) => {
+            Value::Integer(i) => {
                 match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
                     Ok(n) => Some(Spanned::new(v.span(), n)),
                     Err(_) => {
@@ -940,10 +943,10 @@ impl Reader {
         }
     }
 
-    fn boolean(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<bool>> {
+    fn boolean(&mut self, t: &Table<'_>, key: &str) -> Option<S<bool>> {
         let v = t.get(key)?;
         match v.get_ref() {
-            DeValue::Boolean(b) => Some(Spanned::new(v.span(), *b)),
+            Value::Boolean(b) => Some(Spanned::new(v.span(), *b)),
             other => {
                 self.type_error(
                     v.span(),
@@ -956,17 +959,17 @@ impl Reader {
         }
     }
 
-    fn string_array(&mut self, t: &DeTable<'_>, key: &str) -> Option<S<Vec<String>>> {
+    fn string_array(&mut self, t: &Table<'_>, key: &str) -> Option<S<Vec<String>>> {
         let v = t.get(key)?;
         let what = format_args!("`{key}`");
-        let DeValue::Array(items) = v.get_ref() else {
+        let Value::Array(items) = v.get_ref() else {
             self.type_error(v.span(), &what, "an array of strings", v.get_ref());
             return None;
         };
         let mut out = Vec::new();
         for item in items.iter() {
             match item.get_ref() {
-                DeValue::String(s) => out.push(s.to_string()),
+                Value::String(s) => out.push(s.to_string()),
                 other => {
                     self.type_error(
                         item.span(),
@@ -981,15 +984,10 @@ impl Reader {
         Some(Spanned::new(v.span(), out))
     }
 
-    fn keyword<T: Copy>(
-        &mut self,
-        t: &DeTable<'_>,
-        key: &str,
-        words: &[(&str, T)],
-    ) -> Option<S<T>> {
+    fn keyword<T: Copy>(&mut self, t: &Table<'_>, key: &str, words: &[(&str, T)]) -> Option<S<T>> {
         // As `string`, without copying the text.
         let v = t.get(key)?;
-        let DeValue::String(s) = v.get_ref() else {
+        let Value::String(s) = v.get_ref() else {
             self.type_error(v.span(), &format_args!("`{key}`"), "a string", v.get_ref());
             return None;
         };
