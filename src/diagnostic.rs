@@ -10,6 +10,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::ops::Range;
 
@@ -75,6 +76,8 @@ pub struct Loc {
 pub struct LineIndex<'s> {
     src: &'s str,
     starts: Vec<usize>,
+    /// The line of the last look-up: validation asks in file order, mostly a few lines on.
+    last: Cell<usize>,
 }
 
 impl<'s> LineIndex<'s> {
@@ -82,18 +85,40 @@ impl<'s> LineIndex<'s> {
         let starts = std::iter::once(0)
             .chain(memchr::memchr_iter(b'\n', src.as_bytes()).map(|i| i + 1))
             .collect();
-        LineIndex { src, starts }
+        LineIndex {
+            src,
+            starts,
+            last: Cell::new(0),
+        }
     }
 
     pub fn loc(&self, offset: usize) -> Loc {
         let offset = offset.min(self.src.len());
-        let line = self.starts.partition_point(|&s| s <= offset) - 1;
-        let start = self.starts[line];
-        let col = self.src[start..offset].chars().count() + 1;
+        let line = self.line_of(offset);
+        let before = &self.src[self.starts[line]..offset];
+        // Columns count characters; in ASCII (nearly every line) that is the byte count.
+        let col = if before.is_ascii() {
+            before.len()
+        } else {
+            before.chars().count()
+        } + 1;
         Loc {
             line: line as u32 + 1,
             col: col as u32,
         }
+    }
+
+    /// The index of the line holding `offset`: first among the 64 lines from the last one
+    /// found, then in all of them.
+    fn line_of(&self, offset: usize) -> usize {
+        let last = self.last.get();
+        let near = &self.starts[last..(last + 64).min(self.starts.len())];
+        let line = match near.partition_point(|&s| s <= offset) {
+            n if n > 0 && n < near.len() => last + n - 1,
+            _ => self.starts.partition_point(|&s| s <= offset) - 1,
+        };
+        self.last.set(line);
+        line
     }
 
     /// The text of a line (without its end), and the byte offset where it starts.
@@ -248,6 +273,37 @@ mod tests {
         assert_eq!(idx.loc(src.find('=').unwrap()), Loc { line: 1, col: 3 });
         let second_eq = src.rfind('=').unwrap();
         assert_eq!(idx.loc(second_eq), Loc { line: 2, col: 4 });
+    }
+
+    #[test]
+    fn a_location_does_not_depend_on_the_look_ups_before_it() {
+        // 300 lines, some with a character of two bytes; offsets looked up in file order,
+        // backwards and jumping, against counting from the start each time.
+        let src: String = (0..300)
+            .map(|i| {
+                if i % 7 == 0 {
+                    format!("é{i} = 1\n")
+                } else {
+                    format!("k{i} = 2\n")
+                }
+            })
+            .collect();
+        let plain = |offset: usize| {
+            let before = &src[..offset];
+            let line = before.matches('\n').count() as u32 + 1;
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            let col = src[start..offset].chars().count() as u32 + 1;
+            Loc { line, col }
+        };
+        let offsets: Vec<usize> = src.match_indices('=').map(|(i, _)| i).collect();
+        let idx = LineIndex::new(&src);
+        let jumps = offsets
+            .iter()
+            .step_by(37)
+            .chain(offsets.iter().rev().step_by(5));
+        for &o in offsets.iter().chain(jumps).chain([&0, &src.len()]) {
+            assert_eq!(idx.loc(o), plain(o), "offset {o}");
+        }
     }
 
     #[test]

@@ -38,10 +38,15 @@ pub struct Table<'i> {
 
 impl<'i> Table<'i> {
     pub fn get(&self, key: &str) -> Option<&Item<'i>> {
-        self.entries
-            .binary_search_by(|(k, _)| k.get_ref().as_ref().cmp(key))
-            .ok()
-            .map(|i| &self.entries[i].1)
+        // Most tables hold a few keys: comparing lengths first spares most byte comparisons.
+        let i = if self.entries.len() <= 16 {
+            self.entries.iter().position(|(k, _)| k.get_ref() == key)
+        } else {
+            self.entries
+                .binary_search_by(|(k, _)| k.get_ref().as_ref().cmp(key))
+                .ok()
+        };
+        i.map(|i| &self.entries[i].1)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Key<'i>, &Item<'i>)> {
@@ -148,10 +153,11 @@ fn quick(src: &str) -> Option<Table<'_>> {
         src,
         nodes: vec![Node {
             entries: Vec::new(),
-            index: HashMap::new(),
+            indexed: false,
             origin: Origin::Header,
             at: (0, 0),
         }],
+        indexes: HashMap::new(),
         current: 0,
         header: None,
         key: None,
@@ -191,7 +197,8 @@ enum Origin {
 /// [`Table`] that names its node.
 struct Node<'i> {
     entries: Vec<(Key<'i>, Item<'i>)>,
-    index: HashMap<Cow<'i, str>, usize>,
+    /// Whether `Quick::indexes` has its keys (past `INDEX_FROM` entries).
+    indexed: bool,
     origin: Origin,
     /// Where the table sits: its parent's node and its entry there (the root: `(0, 0)`).
     at: (u32, u32),
@@ -226,6 +233,8 @@ struct Header<'i> {
 struct Quick<'i> {
     src: &'i str,
     nodes: Vec<Node<'i>>,
+    /// Key to entry, of the nodes with more than `INDEX_FROM` entries (`instances`).
+    indexes: HashMap<usize, HashMap<Cow<'i, str>, usize>>,
     /// The table that `key = value` lines go into: the last header's.
     current: usize,
     header: Option<Header<'i>>,
@@ -247,8 +256,8 @@ impl<'i> Quick<'i> {
 
     fn find(&self, node: usize, key: &str) -> Option<usize> {
         let n = &self.nodes[node];
-        if n.entries.len() > INDEX_FROM {
-            n.index.get(key).copied()
+        if n.indexed {
+            self.indexes[&node].get(key).copied()
         } else {
             n.entries.iter().position(|(k, _)| k.get_ref() == key)
         }
@@ -265,17 +274,15 @@ impl<'i> Quick<'i> {
         }
         let n = &mut self.nodes[node];
         n.entries.push((key, value));
-        let len = n.entries.len();
-        if len == INDEX_FROM + 1 {
-            n.index = n
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(i, (k, _))| (k.get_ref().clone(), i))
-                .collect();
-        } else if len > INDEX_FROM + 1 {
-            let k = n.entries[len - 1].0.get_ref().clone();
-            n.index.insert(k, len - 1);
+        let last = n.entries.len() - 1;
+        if n.indexed {
+            let k = n.entries[last].0.get_ref().clone();
+            self.indexes.entry(node).or_default().insert(k, last);
+        } else if last == INDEX_FROM {
+            n.indexed = true;
+            let keys = n.entries.iter().enumerate();
+            let index = keys.map(|(i, (k, _))| (k.get_ref().clone(), i)).collect();
+            self.indexes.insert(node, index);
         }
     }
 
@@ -284,7 +291,7 @@ impl<'i> Quick<'i> {
         let id = self.nodes.len();
         self.nodes.push(Node {
             entries: Vec::new(),
-            index: HashMap::new(),
+            indexed: false,
             origin,
             at: (0, 0),
         });

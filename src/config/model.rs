@@ -293,7 +293,6 @@ pub struct InstanceHooks {
 
 #[derive(Debug, Clone)]
 pub struct BackupDecl {
-    pub key: String,
     pub label: String,
     pub notes: String,
     pub storage: String,

@@ -857,6 +857,10 @@ impl Validator<'_> {
                     (&b.notes, "notes", MAX_NOTES_CHARS),
                 ] {
                     let Some(v) = v else { continue };
+                    // No more bytes than allowed characters: short enough without counting.
+                    if v.get_ref().len() <= max {
+                        continue;
+                    }
                     let n = v.get_ref().chars().count();
                     if n > max {
                         self.err(
@@ -912,19 +916,21 @@ impl Validator<'_> {
                             format!("update the instance to version {min} or later first, or lower `min_backup_version`"),
                         );
                 }
-                let storage = storage.to_string();
                 let loc = self.lines.loc(key.span().start);
-                let storage_loc = match &b.storage {
-                    Some(_) => self.lines.loc(storage_span.start),
-                    None => loc, // the key's span: the same place
+                let (storage, storage_loc) = match b.storage {
+                    Some(s) => (s.into_inner(), self.lines.loc(storage_span.start)),
+                    None => ("local".to_string(), loc), // the key's span: the same place
                 };
                 let key = key.into_inner();
+                let label = match b.label {
+                    Some(label) => label.into_inner(),
+                    None => key.clone(),
+                };
                 backups.insert(
-                    key.clone(),
+                    key,
                     BackupDecl {
-                        label: b.label.map(S::into_inner).unwrap_or_else(|| key.clone()),
+                        label,
                         notes: b.notes.map(S::into_inner).unwrap_or_default(),
-                        key,
                         storage,
                         loc,
                         storage_loc,

@@ -551,7 +551,6 @@ fn same_instance(a: &Instance, b: &Instance) -> bool {
     let same_backups = backups.len() == b.backups.len()
         && backups.iter().zip(&b.backups).all(|((k, x), (l, y))| {
             let BackupDecl {
-                key,
                 label,
                 notes,
                 storage,
@@ -559,7 +558,6 @@ fn same_instance(a: &Instance, b: &Instance) -> bool {
                 storage_loc,
             } = x;
             k == l
-                && key == &y.key
                 && label == &y.label
                 && notes == &y.notes
                 && storage == &y.storage
