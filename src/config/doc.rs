@@ -22,7 +22,7 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 use toml_parser::decoder::{Encoding, ScalarKind};
-use toml_parser::parser::{EventReceiver, RecursionGuard, ValidateWhitespace};
+use toml_parser::parser::EventReceiver;
 use toml_parser::{ErrorSink, ParseError, Raw, Source, Span};
 
 pub type Key<'i> = Spanned<Cow<'i, str>>;
@@ -141,7 +141,7 @@ fn from_toml(v: Spanned<DeValue<'_>>) -> Item<'_> {
 // The quick builder.
 
 /// toml refuses deeper nesting (its `RecursionGuard` limit) and longer header paths.
-const DEPTH_LIMIT: u32 = 80;
+const DEPTH_LIMIT: usize = 80;
 const PATH_LIMIT: usize = 64;
 /// Tables with more entries than this get a hash index while built (`instances`).
 const INDEX_FROM: usize = 16;
@@ -160,16 +160,14 @@ fn quick(src: &str) -> Option<Table<'_>> {
         indexes: HashMap::new(),
         current: 0,
         header: None,
+        header_keys: Vec::new(),
+        path: Vec::new(),
         key: None,
         frames: Vec::new(),
         failed: false,
     };
     let mut errors = Failed(false);
-    {
-        let mut ws = ValidateWhitespace::new(&mut b, source);
-        let mut guard = RecursionGuard::new(&mut ws, DEPTH_LIMIT);
-        toml_parser::parser::parse_document(&tokens, &mut guard, &mut errors);
-    }
+    toml_parser::parser::parse_document(&tokens, &mut b, &mut errors);
     if b.failed || errors.0 || b.header.is_some() || b.key.is_some() || !b.frames.is_empty() {
         return None;
     }
@@ -225,11 +223,6 @@ enum Frame<'i> {
     },
 }
 
-struct Header<'i> {
-    start: usize,
-    keys: Vec<Key<'i>>,
-}
-
 struct Quick<'i> {
     src: &'i str,
     nodes: Vec<Node<'i>>,
@@ -237,7 +230,11 @@ struct Quick<'i> {
     indexes: HashMap<usize, HashMap<Cow<'i, str>, usize>>,
     /// The table that `key = value` lines go into: the last header's.
     current: usize,
-    header: Option<Header<'i>>,
+    /// Where the header being read starts, and its keys so far.
+    header: Option<usize>,
+    header_keys: Vec<Key<'i>>,
+    /// The last header's path: its keys and their tables' nodes.
+    path: Vec<(Cow<'i, str>, usize)>,
     /// The key of the `key = value` being read at the top of a table.
     key: Option<Key<'i>>,
     frames: Vec<Frame<'i>>,
@@ -287,6 +284,14 @@ impl<'i> Quick<'i> {
     }
 
     /// A new table's node, and the empty table that stands for it.
+    /// As toml's `RecursionGuard`: no deeper than `DEPTH_LIMIT` arrays and inline tables (the
+    /// parser then does not descend).
+    fn within_depth(&mut self) -> bool {
+        let ok = self.frames.len() <= DEPTH_LIMIT;
+        self.failed |= !ok;
+        ok
+    }
+
     fn new_node(&mut self, origin: Origin) -> (usize, Value<'i>) {
         let id = self.nodes.len();
         self.nodes.push(Node {
@@ -304,9 +309,14 @@ impl<'i> Quick<'i> {
 
     /// `[a.b.c]`: `a` and `b` found or created as implicit tables, `c` created, or defined
     /// when a longer header created it implicitly. Anything else is for toml to report.
-    fn header(&mut self, h: Header<'i>, end: usize) {
-        let span = h.start..end;
-        let mut keys = h.keys;
+    fn header(&mut self, start: usize, end: usize) {
+        let mut keys = std::mem::take(&mut self.header_keys);
+        self.define(&mut keys, start..end);
+        keys.clear();
+        self.header_keys = keys;
+    }
+
+    fn define(&mut self, keys: &mut Vec<Key<'i>>, span: Range<usize>) {
         let Some(last) = keys.pop() else {
             self.failed = true;
             return;
@@ -315,8 +325,15 @@ impl<'i> Quick<'i> {
             self.failed = true;
             return;
         }
-        let mut node = 0;
-        for k in keys {
+        // The steps this header shares with the previous one are not looked up again (each
+        // `[instances.<name>.backups.<key>]` shares three).
+        let same = (self.path.iter().zip(keys.iter()))
+            .take_while(|((p, _), k)| p == k.get_ref())
+            .count();
+        self.path.truncate(same);
+        let mut node = self.path.last().map_or(0, |(_, n)| *n);
+        for k in keys.drain(same..) {
+            let name = k.get_ref().clone();
             node = match self.find(node, k.get_ref()) {
                 Some(i) => match node_of(&self.nodes[node].entries[i].1) {
                     Some(t) if self.nodes[t].origin != Origin::Inline => t,
@@ -332,7 +349,9 @@ impl<'i> Quick<'i> {
                     t
                 }
             };
+            self.path.push((name, node));
         }
+        let name = last.get_ref().clone();
         match self.find(node, last.get_ref()) {
             Some(i) => {
                 let t = match node_of(&self.nodes[node].entries[i].1) {
@@ -356,6 +375,7 @@ impl<'i> Quick<'i> {
                 self.current = t;
             }
         }
+        self.path.push((name, self.current));
     }
 
     /// A value read: into the open array, the open inline table, or the current table.
@@ -402,15 +422,12 @@ impl EventReceiver for Quick<'_> {
         if self.header.is_some() || self.key.is_some() || !self.frames.is_empty() {
             self.failed = true;
         }
-        self.header = Some(Header {
-            start: span.start(),
-            keys: Vec::new(),
-        });
+        self.header = Some(span.start());
     }
 
     fn std_table_close(&mut self, span: Span, _error: &mut dyn ErrorSink) {
         match self.header.take() {
-            Some(h) if !self.failed => self.header(h, span.end()),
+            Some(start) if !self.failed => self.header(start, span.end()),
             _ => self.failed = true,
         }
     }
@@ -431,7 +448,7 @@ impl EventReceiver for Quick<'_> {
             stand_in,
             key: None,
         });
-        true
+        self.within_depth()
     }
 
     fn inline_table_close(&mut self, span: Span, _error: &mut dyn ErrorSink) {
@@ -451,7 +468,7 @@ impl EventReceiver for Quick<'_> {
             start: span.start(),
             items: Vec::new(),
         });
-        true
+        self.within_depth()
     }
 
     fn array_close(&mut self, span: Span, _error: &mut dyn ErrorSink) {
@@ -472,9 +489,9 @@ impl EventReceiver for Quick<'_> {
         raw.decode_key(&mut decoded, error);
         let key = Spanned::new(range(span), decoded);
         // A second key before the value is a dotted key: toml's to read.
-        let slot = match (&mut self.header, self.frames.last_mut()) {
-            (Some(h), _) => {
-                h.keys.push(key);
+        let slot = match (self.header, self.frames.last_mut()) {
+            (Some(_), _) => {
+                self.header_keys.push(key);
                 return;
             }
             (None, Some(Frame::Inline { key: slot, .. })) => slot,
@@ -520,6 +537,21 @@ impl EventReceiver for Quick<'_> {
 
     fn error(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
         self.failed = true;
+    }
+
+    // What toml's `ValidateWhitespace` checks (control characters in comments, a lone CR).
+    fn comment(&mut self, span: Span, error: &mut dyn ErrorSink) {
+        match self.raw(span, None) {
+            Some(raw) => raw.decode_comment(error),
+            None => self.failed = true,
+        }
+    }
+
+    fn newline(&mut self, span: Span, error: &mut dyn ErrorSink) {
+        match self.raw(span, None) {
+            Some(raw) => raw.decode_newline(error),
+            None => self.failed = true,
+        }
     }
 }
 
@@ -638,6 +670,8 @@ mod tests {
             "a = \n",
             "[a\n",
             "a = 1 b = 2\n",
+            "a = 1 # a bell \u{7} in a comment\n",
+            "a = 1\rb = 2\n",
         ];
         for src in refused {
             assert!(quick(src).is_none(), "taken:\n{src}");
@@ -659,6 +693,9 @@ mod tests {
         }
         // Deeper than toml allows.
         let deep = format!("v = {}1{}\n", "[".repeat(100), "]".repeat(100));
+        assert!(quick(&deep).is_none());
+        assert!(toml_tree(&deep).is_none(), "toml refuses it too");
+        let deep = format!("v = {}1{}\n", "{ a = ".repeat(100), " }".repeat(100));
         assert!(quick(&deep).is_none());
         let long = format!("[{}]\n", vec!["k"; 100].join("."));
         assert!(quick(&long).is_none());
