@@ -49,8 +49,17 @@ impl<'i> Table<'i> {
         i.map(|i| &self.entries[i].1)
     }
 
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Item<'i>> {
+        let i = self.entries.iter().position(|(k, _)| k.get_ref() == key)?;
+        Some(&mut self.entries[i].1)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&Key<'i>, &Item<'i>)> {
         self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Key<'i>, &mut Item<'i>)> {
+        self.entries.iter_mut().map(|(k, v)| (&*k, v))
     }
 }
 

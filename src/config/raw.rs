@@ -426,7 +426,7 @@ pub struct Read {
 
 /// Reads a TOML text into [`RawConfig`], with every structural problem found.
 pub fn read(src: &str) -> Read {
-    let root = match doc::parse(src) {
+    let mut root = match doc::parse(src) {
         Ok(root) => root,
         Err(errors) => return syntax_errors(errors),
     };
@@ -434,7 +434,7 @@ pub fn read(src: &str) -> Read {
         diags: Vec::new(),
         skipped: BTreeSet::new(),
     };
-    let t = &root;
+    let t = &mut root;
     r.keys(t, &"the top level", RawConfig::KEYS);
     let cfg = RawConfig {
         daemon: r.section(t, "daemon", Reader::daemon),
@@ -450,13 +450,13 @@ pub fn read(src: &str) -> Read {
             drill: r.string(t, "drill"),
             drill_dir: r.string(t, "drill_dir"),
         }),
-        storage: r.map(t.get("storage"), &"storage", |r, t, _, name| {
+        storage: r.map(t.get_mut("storage"), &"storage", |r, t, _, name| {
             r.storage(t, name)
         }),
-        instances: r.map(t.get("instances"), &"instances", |r, t, span, name| {
+        instances: r.map(t.get_mut("instances"), &"instances", |r, t, span, name| {
             r.instance(t, span, name)
         }),
-        restores: r.map(t.get("restores"), &"restores", |r, t, span, name| {
+        restores: r.map(t.get_mut("restores"), &"restores", |r, t, span, name| {
             let what = format_args!("[restores.{name}]");
             let from = r.required(t, span.clone(), "from", &what, Reader::string);
             let to = r.required(t, span, "to", &what, Reader::string);
@@ -706,20 +706,27 @@ impl Reader {
 
     /// A map section such as `[instances.<name>]`. Entries that could not be read are left out
     /// (their problems are reported).
+    /// Each entry's table is freed once read, while it is still in the cache (rather than in
+    /// the walk that frees the whole tree afterwards).
     fn map<T>(
         &mut self,
-        section: Option<&Item<'_>>,
+        section: Option<&mut Item<'_>>,
         name: &dyn Display,
-        mut f: impl FnMut(&mut Self, &Table<'_>, Range<usize>, &str) -> Option<T>,
+        mut f: impl FnMut(&mut Self, &mut Table<'_>, Range<usize>, &str) -> Option<T>,
     ) -> BTreeMap<S<String>, T> {
         let mut out = BTreeMap::new();
         let Some(v) = section else {
             return out;
         };
-        let Some(t) = self.table(v, &format_args!("[{name}]")) else {
-            return out;
+        let span = v.span();
+        let t = match v.get_mut() {
+            Value::Table(t) => t,
+            other => {
+                self.type_error(span, &format_args!("[{name}]"), "a table", other);
+                return out;
+            }
         };
-        for (k, v) in t.iter() {
+        for (k, v) in t.iter_mut() {
             let key: &str = k.get_ref();
             let what = format_args!("[{name}.{key}]");
             if let Err(msg) = crate::config::values::check_name(key) {
@@ -729,9 +736,18 @@ impl Reader {
                 self.skipped.insert(format!("{name}.{key}"));
                 continue;
             }
-            let item = self
-                .table(v, &what)
-                .and_then(|entry| f(self, entry, k.span(), key));
+            let span = v.span();
+            let item = match v.get_mut() {
+                Value::Table(entry) => {
+                    let item = f(self, entry, k.span(), key);
+                    drop(std::mem::take(entry));
+                    item
+                }
+                other => {
+                    self.type_error(span, &what, "a table", other);
+                    None
+                }
+            };
             match item {
                 Some(item) => {
                     out.insert(Spanned::new(k.span(), key.to_string()), item);
@@ -787,7 +803,12 @@ impl Reader {
         (s.kind.is_some() || t.get("kind").is_none()).then_some(s)
     }
 
-    fn instance(&mut self, t: &Table<'_>, span: Range<usize>, name: &str) -> Option<RawInstance> {
+    fn instance(
+        &mut self,
+        t: &mut Table<'_>,
+        span: Range<usize>,
+        name: &str,
+    ) -> Option<RawInstance> {
         let what = format_args!("[instances.{name}]");
         let kind = self.required(t, span.clone(), "type", &what, |r, t, k| {
             r.keyword(
@@ -839,7 +860,7 @@ impl Reader {
         let exclude = self.string_array(t, "exclude");
         let drill = self.drill(t, "drill");
         let backups = self.map(
-            t.get("backups"),
+            t.get_mut("backups"),
             &format_args!("instances.{name}.backups"),
             |r, b, _, key| {
                 let out = RawBackup {
