@@ -54,6 +54,14 @@ impl<'i> Table<'i> {
         Some(&mut self.entries[i].1)
     }
 
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&Key<'i>, &Item<'i>)> {
         self.entries.iter().map(|(k, v)| (k, v))
     }

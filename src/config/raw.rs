@@ -714,18 +714,19 @@ impl Reader {
         name: &dyn Display,
         mut f: impl FnMut(&mut Self, &mut Table<'_>, Range<usize>, &str) -> Option<T>,
     ) -> BTreeMap<S<String>, T> {
-        let mut out = BTreeMap::new();
         let Some(v) = section else {
-            return out;
+            return BTreeMap::new();
         };
         let span = v.span();
         let t = match v.get_mut() {
             Value::Table(t) => t,
             other => {
                 self.type_error(span, &format_args!("[{name}]"), "a table", other);
-                return out;
+                return BTreeMap::new();
             }
         };
+        // Read in the tree's order, which is the map's: built at once from the sorted list.
+        let mut out = Vec::with_capacity(t.len());
         for (k, v) in t.iter_mut() {
             let key: &str = k.get_ref();
             let what = format_args!("[{name}.{key}]");
@@ -750,14 +751,14 @@ impl Reader {
             };
             match item {
                 Some(item) => {
-                    out.insert(Spanned::new(k.span(), key.to_string()), item);
+                    out.push((Spanned::new(k.span(), key.to_string()), item));
                 }
                 None => {
                     self.skipped.insert(format!("{name}.{key}"));
                 }
             }
         }
-        out
+        BTreeMap::from_iter(out)
     }
 
     /// `None` when `kind` is given but unreadable: the storage is then left out whole.

@@ -823,7 +823,7 @@ impl Validator<'_> {
         schedule: &Schedule,
         storages: &BTreeMap<String, Storage>,
     ) -> BTreeMap<String, Instance> {
-        let mut out = BTreeMap::new();
+        let mut out = Vec::with_capacity(raw.instances.len());
         // The commands, exclusions and backups move into the model; the later checks read
         // only the instances' names and sources from `raw`.
         for (name, i) in raw.instances.iter_mut() {
@@ -850,7 +850,8 @@ impl Validator<'_> {
                     RawDrill::Every(text) => self.drill_interval(text, d.span()),
                 },
             };
-            let mut backups = BTreeMap::new();
+            // Read in key order: the map is built at once from the sorted list.
+            let mut backups = Vec::with_capacity(i.backups.len());
             for (key, b) in std::mem::take(&mut i.backups) {
                 for (v, what, max) in [
                     (&b.label, "label", MAX_LABEL_CHARS),
@@ -926,7 +927,7 @@ impl Validator<'_> {
                     Some(label) => label.into_inner(),
                     None => key.clone(),
                 };
-                backups.insert(
+                backups.push((
                     key,
                     BackupDecl {
                         label,
@@ -935,10 +936,11 @@ impl Validator<'_> {
                         loc,
                         storage_loc,
                     },
-                );
+                ));
             }
+            let backups = BTreeMap::from_iter(backups);
             if let (Some(version), Some(source)) = (version, source) {
-                out.insert(
+                out.push((
                     name.get_ref().clone(),
                     Instance {
                         name: name.get_ref().clone(),
@@ -955,10 +957,11 @@ impl Validator<'_> {
                         version_loc: self.lines.loc(i.version.span().start),
                         source_loc: self.lines.loc(i.source.kind.span().start),
                     },
-                );
+                ));
             }
         }
-        out
+        // In name order (the file's map): built at once.
+        BTreeMap::from_iter(out)
     }
 
     /// An operator's command (`on_update`, `before_restore`, ...): a list starting with a
