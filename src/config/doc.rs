@@ -258,6 +258,32 @@ struct Quick<'i> {
     failed: bool,
 }
 
+/// The decoded text of a bare key, or of a one-line string without escapes: the token
+/// itself or its inside, which is what `toml_parser`'s decoders return for them after walking
+/// them character by character (`tests::plain_text_is_what_the_decoder_returns`). `None`:
+/// anything else, for the decoder.
+fn plain(raw: &str, encoding: Option<Encoding>, key: bool) -> Option<&str> {
+    match encoding {
+        None if key && !raw.is_empty() => raw
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            .then_some(raw),
+        Some(Encoding::BasicString) => {
+            let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+            (inner.bytes())
+                .all(|c| c == b'\t' || (c >= 0x20 && c != b'"' && c != b'\\' && c != 0x7f))
+                .then_some(inner)
+        }
+        Some(Encoding::LiteralString) => {
+            let inner = raw.strip_prefix('\'')?.strip_suffix('\'')?;
+            (inner.bytes())
+                .all(|c| c == b'\t' || (c >= 0x20 && c != b'\'' && c != 0x7f))
+                .then_some(inner)
+        }
+        _ => None,
+    }
+}
+
 fn range(span: Span) -> Range<usize> {
     span.start()..span.end()
 }
@@ -502,8 +528,14 @@ impl EventReceiver for Quick<'_> {
             self.failed = true;
             return;
         };
-        let mut decoded = Cow::Borrowed("");
-        raw.decode_key(&mut decoded, error);
+        let decoded = match plain(raw.as_str(), encoding, true) {
+            Some(text) => Cow::Borrowed(text),
+            None => {
+                let mut decoded = Cow::Borrowed("");
+                raw.decode_key(&mut decoded, error);
+                decoded
+            }
+        };
         let key = Spanned::new(range(span), decoded);
         // A second key before the value is a dotted key: toml's to read.
         let slot = match (self.header, self.frames.last_mut()) {
@@ -536,6 +568,10 @@ impl EventReceiver for Quick<'_> {
             self.failed = true;
             return;
         };
+        if let Some(text) = plain(raw.as_str(), encoding, false) {
+            self.value(range(span), Value::String(Cow::Borrowed(text)));
+            return;
+        }
         let mut decoded = Cow::Borrowed("");
         let value = match raw.decode_scalar(&mut decoded, error) {
             ScalarKind::String => Value::String(decoded),
@@ -717,6 +753,40 @@ mod tests {
         let long = format!("[{}]\n", vec!["k"; 100].join("."));
         assert!(quick(&long).is_none());
         assert_eq!(toml_tree(&long).is_some(), parse(&long).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn plain_text_is_what_the_decoder_returns(
+            text in prop::collection::vec(
+                prop::sample::select(vec!["a", "Z", "0", "-", "_", " ", "\t", "\"", "'", "\\", "n", "\u{1}", "\u{7f}", "é", "\u{1f600}", "."]),
+                0..8,
+            ),
+            form in 0..3usize,
+        ) {
+            let text: String = text.concat();
+            let (raw, encoding, key) = match form {
+                0 => (text.clone(), None, true),
+                1 => (format!("\"{text}\""), Some(Encoding::BasicString), false),
+                _ => (format!("'{text}'"), Some(Encoding::LiteralString), false),
+            };
+            if let Some(plain) = plain(&raw, encoding, key) {
+                let span = Span::new_unchecked(0, raw.len());
+                let raw = Raw::new_unchecked(&raw, encoding, span);
+                let mut decoded = Cow::Borrowed("");
+                let mut errors = Failed(false);
+                if key {
+                    raw.decode_key(&mut decoded, &mut errors);
+                } else {
+                    let kind = raw.decode_scalar(&mut decoded, &mut errors);
+                    prop_assert!(matches!(kind, ScalarKind::String));
+                }
+                prop_assert!(!errors.0, "the decoder refuses {:?}", raw.as_str());
+                prop_assert_eq!(plain, decoded.as_ref());
+            }
+        }
     }
 
     fn key() -> impl Strategy<Value = String> {
