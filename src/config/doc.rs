@@ -695,6 +695,8 @@ mod tests {
             "v = { a = { b = 1 }, c = [] }\n",
             "n = [0x1f, 0o17, 0b101, 1_000, -5, +7]\n",
             "s = \"\"\"\nmulti\nline\"\"\"\nl = '''\nraw'''\n",
+            "a = 1\r\n[t]\r\nb = 'x' # crlf\r\n",
+            "\u{feff}a = 1\n",
         ] {
             assert!(agrees(src), "not taken:\n{src}");
         }
