@@ -11,9 +11,10 @@
 //! about three times the events it is built from (BENCHMARKS.md, "Planner").
 //!
 //! **Invariant: the quick builder accepts a text only where toml accepts it, and builds the
-//! same tree, spans included** (`tests::the_quick_builder_agrees_with_toml`, generated
-//! documents, and every TOML file of the repository's examples and fixtures). When in doubt it
-//! gives up: giving up costs time, never a wrong reading.
+//! same tree, spans included** (property-tested on generated documents,
+//! `tests::the_quick_builder_never_reads_a_document_otherwise_than_toml`, and checked on every
+//! TOML file of the repository's examples and fixtures). When in doubt it gives up: giving up
+//! costs time, never a wrong reading.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
