@@ -14,7 +14,8 @@
 //! split into (b1) `raw::read` and (b2) `validate::validate`, (b0) the TOML tree `raw::read`
 //! walks (`config::doc::parse`), (c) `plan::plan` alone; the TOML floors
 //! `toml::from_str::<toml::Table>` and toml's span-keeping `DeTable::parse_recoverable` (which
-//! `raw::read` was built on, and still falls back to); `state::read` of the sled
+//! `raw::read` was built on, and still falls back to), and under both `toml_parser`'s lexing
+//! and events alone (`floor_toml_events`); `state::read` of the sled
 //! store (open, load, close, as the CLI does), every record read from sled on an open store
 //! (`sled_load`) and `Store::load` once the records are in memory (`memory_load`); a daemon
 //! wake (records + `planner::next_deadline`) reading sled (`wake_sled`, as before the daemon
@@ -674,6 +675,14 @@ fn b_parse_validate(b: Bencher) {
     b.bench(|| parse(divan::black_box(&f.text)));
 }
 
+/// (b0) the TOML tree the reader walks (`config::doc::parse`, its quick builder on this file),
+/// built and freed: against `baseline_toml_detable`, toml's tree of the same text.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn b0_toml_tree(b: Bencher) {
+    let f = &*FIXTURE;
+    b.bench(|| backplan::config::doc::parse(divan::black_box(&f.text)).is_ok());
+}
+
 /// (b1) the reader alone: TOML with spans to `RawConfig`, structural checks.
 #[divan::bench(sample_count = 10, sample_size = 1, max_time = 60)]
 fn b1_raw_read(b: Bencher) {
@@ -724,6 +733,32 @@ fn baseline_toml_table(b: Bencher) {
 fn baseline_toml_detable(b: Bencher) {
     let text = &*TEXT;
     b.bench(|| toml::de::DeTable::parse_recoverable(divan::black_box(text)));
+}
+
+/// The floor under both trees: `toml_parser` lexing the text and parsing it into events,
+/// each event handed to a receiver that only counts the keys.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn floor_toml_events(b: Bencher) {
+    struct Keys(usize);
+    impl toml_parser::parser::EventReceiver for Keys {
+        fn simple_key(
+            &mut self,
+            _: toml_parser::Span,
+            _: Option<toml_parser::decoder::Encoding>,
+            _: &mut dyn toml_parser::ErrorSink,
+        ) {
+            self.0 += 1;
+        }
+    }
+    let text = &*TEXT;
+    b.bench(|| {
+        let source = toml_parser::Source::new(divan::black_box(text));
+        let tokens = source.lex().into_vec();
+        let (mut keys, mut errors) = (Keys(0), Vec::<toml_parser::ParseError>::new());
+        toml_parser::parser::parse_document(&tokens, &mut keys, &mut errors);
+        assert!(errors.is_empty(), "the generated file is TOML");
+        keys.0
+    });
 }
 
 /// `state::read`: open the sled store, load the 410k records (10k instances, 400k backups),
@@ -907,12 +942,4 @@ fn floor_one_pass_over_backups(b: Bencher) {
             .filter(|b| b.status == BackupStatus::Completed && b.instance.as_bytes()[0] == b'i')
             .count()
     });
-}
-
-/// (b0) the TOML tree the reader walks (`config::doc::parse`, its quick builder on this file),
-/// built and freed: against `baseline_toml_detable`, toml's tree of the same text.
-#[divan::bench(sample_count = 10, sample_size = 1)]
-fn b0_toml_tree(b: Bencher) {
-    let f = &*FIXTURE;
-    b.bench(|| backplan::config::doc::parse(divan::black_box(&f.text)).is_ok());
 }

@@ -220,6 +220,14 @@ struct Node<'i> {
     at: (u32, u32),
 }
 
+/// The empty table that stands for node `id` in its parent while the tree is built.
+fn stand_in<'i>(id: usize) -> Value<'i> {
+    Value::Table(Table {
+        entries: Vec::new(),
+        node: id as u32,
+    })
+}
+
 /// The node an entry's value stands for, when it is a table.
 fn node_of(item: &Item<'_>) -> Option<usize> {
     match item.get_ref() {
@@ -327,7 +335,6 @@ impl<'i> Quick<'i> {
         }
     }
 
-    /// A new table's node, and the empty table that stands for it.
     /// As toml's `RecursionGuard`: no deeper than `DEPTH_LIMIT` arrays and inline tables (the
     /// parser then does not descend).
     fn within_depth(&mut self) -> bool {
@@ -336,6 +343,7 @@ impl<'i> Quick<'i> {
         ok
     }
 
+    /// A new table's node, and the empty table that stands for it.
     fn new_node(&mut self, origin: Origin) -> (usize, Value<'i>) {
         let id = self.nodes.len();
         self.nodes.push(Node {
@@ -344,11 +352,7 @@ impl<'i> Quick<'i> {
             origin,
             at: (0, 0),
         });
-        let stand_in = Value::Table(Table {
-            entries: Vec::new(),
-            node: id as u32,
-        });
-        (id, stand_in)
+        (id, stand_in(id))
     }
 
     /// `[a.b.c]`: `a` and `b` found or created as implicit tables, `c` created, or defined
@@ -407,10 +411,7 @@ impl<'i> Quick<'i> {
                 };
                 // As toml: the entry now carries the defining header's key and span.
                 self.nodes[t].origin = Origin::Header;
-                let entry = &mut self.nodes[node].entries[i];
-                entry.0 = last;
-                let stand_in = std::mem::replace(entry.1.get_mut(), Value::Float);
-                entry.1 = Spanned::new(span, stand_in);
+                self.nodes[node].entries[i] = (last, Spanned::new(span, stand_in(t)));
                 self.current = t;
             }
             None => {

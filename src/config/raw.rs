@@ -664,6 +664,22 @@ impl Reader {
         }
     }
 
+    /// As [`Self::table`], for a table the reader frees once read.
+    fn table_mut<'t, 'i>(
+        &mut self,
+        v: &'t mut Item<'i>,
+        what: &dyn Display,
+    ) -> Option<&'t mut Table<'i>> {
+        let span = v.span();
+        match v.get_mut() {
+            Value::Table(t) => Some(t),
+            other => {
+                self.type_error(span, what, "a table", other);
+                None
+            }
+        }
+    }
+
     fn type_error(
         &mut self,
         span: Range<usize>,
@@ -705,9 +721,8 @@ impl Reader {
     }
 
     /// A map section such as `[instances.<name>]`. Entries that could not be read are left out
-    /// (their problems are reported).
-    /// Each entry's table is freed once read, while it is still in the cache (rather than in
-    /// the walk that frees the whole tree afterwards).
+    /// (their problems are reported). Each entry's table is freed once read, while it is still
+    /// in the cache (rather than in the walk that frees the whole tree afterwards).
     fn map<T>(
         &mut self,
         section: Option<&mut Item<'_>>,
@@ -717,13 +732,8 @@ impl Reader {
         let Some(v) = section else {
             return BTreeMap::new();
         };
-        let span = v.span();
-        let t = match v.get_mut() {
-            Value::Table(t) => t,
-            other => {
-                self.type_error(span, &format_args!("[{name}]"), "a table", other);
-                return BTreeMap::new();
-            }
+        let Some(t) = self.table_mut(v, &format_args!("[{name}]")) else {
+            return BTreeMap::new();
         };
         // Read in the tree's order, which is the map's: built at once from the sorted list.
         let mut out = Vec::with_capacity(t.len());
@@ -737,18 +747,11 @@ impl Reader {
                 self.skipped.insert(format!("{name}.{key}"));
                 continue;
             }
-            let span = v.span();
-            let item = match v.get_mut() {
-                Value::Table(entry) => {
-                    let item = f(self, entry, k.span(), key);
-                    drop(std::mem::take(entry));
-                    item
-                }
-                other => {
-                    self.type_error(span, &what, "a table", other);
-                    None
-                }
-            };
+            let item = self.table_mut(v, &what).and_then(|entry| {
+                let item = f(self, entry, k.span(), key);
+                drop(std::mem::take(entry));
+                item
+            });
             match item {
                 Some(item) => {
                     out.push((Spanned::new(k.span(), key.to_string()), item));
